@@ -1,0 +1,43 @@
+# The single way to set up, run, test and benchmark deepfm-tfx.
+SHELL := /bin/bash
+VENV := .venv
+STAMP := $(VENV)/.installed
+# Python 3.10 from pyenv, or python3.10 on PATH.
+PYTHON310 := $(shell p="$$(pyenv root 2>/dev/null || echo $$HOME/.pyenv)/versions/3.10.13/bin/python"; \
+	if [ -x "$$p" ]; then echo "$$p"; else command -v python3.10; fi)
+RUN_ARGS ?=
+TEST_ARGS ?=
+
+.PHONY: run test test-unit bench lock clean-venv
+
+run: $(STAMP)
+	$(VENV)/bin/deepfm-tfx run $(RUN_ARGS)
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest tests $(TEST_ARGS)
+
+test-unit: $(STAMP)
+	$(VENV)/bin/python -m pytest tests -m "not e2e" $(TEST_ARGS)
+
+bench: $(STAMP)
+	$(VENV)/bin/deepfm-tfx bench
+
+# The environment is rebuilt whenever the lock file or setup.py changes; the
+# resolver never runs here, uv only installs the pinned set.
+$(STAMP): requirements.lock setup.py
+	@if [ -z "$(PYTHON310)" ]; then \
+	  echo "error: Python 3.10 not found; install it with 'pyenv install 3.10.13' (or put python3.10 on PATH)" >&2; exit 1; fi
+	@echo "==> creating $(VENV) with $(PYTHON310)"
+	@rm -rf $(VENV)
+	@$(PYTHON310) -m venv $(VENV)
+	@$(VENV)/bin/python -m pip install -q --disable-pip-version-check "$$(grep -E '^uv==' requirements.lock)"
+	@$(VENV)/bin/uv pip sync -q --python $(VENV)/bin/python requirements.lock
+	@$(VENV)/bin/uv pip install -q --python $(VENV)/bin/python --no-deps -e .
+	@touch $(STAMP)
+
+# Re-resolve the pinned set (needs the network; ~30 s with uv).
+lock: $(STAMP)
+	$(VENV)/bin/uv pip compile -q --python-version 3.10 --python $(VENV)/bin/python requirements.in -o requirements.lock
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,133 @@
+"""The pipeline's topology, defined once for every orchestrator.
+
+SpecCsvExampleGen -> StatisticsGen -> (Import)SchemaGen -> ExampleValidator
+-> AnomalyGate -> Transform -> Trainer -> Evaluator (vs latest blessed model)
+-> ModelRepositoryPusher
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, List, Optional
+
+import tensorflow_model_analysis as tfma
+from ml_metadata.proto import metadata_store_pb2
+from tfx import v1 as tfx
+
+from components.csv_example_gen import SpecCsvExampleGen
+from components.gates import AnomalyGate
+from components.model_repository_pusher import ModelRepositoryPusher
+from schemas.feature_spec import FeatureSpec
+
+RUN_FNS = {
+    "keras": "trainer_modules.keras_runner.run_fn",
+    "estimator": "trainer_modules.estimator_runner.run_fn",
+}
+PREPROCESSING_FN = "trainer_modules.preprocessing.preprocessing_fn"
+
+
+def eval_config(label: str, min_auc: float, max_auc_drop: float) -> tfma.EvalConfig:
+    """AUC must clear an absolute floor and may not drop more than max_auc_drop
+    below the current blessed model (skipped when there is none yet)."""
+    auc_threshold = tfma.MetricThreshold(
+        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": min_auc}),
+        change_threshold=tfma.GenericChangeThreshold(
+            direction=tfma.MetricDirection.HIGHER_IS_BETTER, absolute={"value": -max_auc_drop}))
+    return tfma.EvalConfig(
+        model_specs=[tfma.ModelSpec(signature_name="serving_default", label_key=label)],
+        slicing_specs=[tfma.SlicingSpec()],
+        metrics_specs=[tfma.MetricsSpec(metrics=[
+            tfma.MetricConfig(class_name="ExampleCount"),
+            tfma.MetricConfig(class_name="AUC", threshold=auc_threshold),
+            tfma.MetricConfig(class_name="BinaryCrossentropy"),
+            tfma.MetricConfig(class_name="Calibration"),
+            tfma.MetricConfig(class_name="MeanLabel"),
+            tfma.MetricConfig(class_name="MeanPrediction"),
+        ])])
+
+
+def create_pipeline(
+    *,
+    pipeline_name: str,
+    pipeline_root: str,
+    data_root: str,
+    input_pattern: str,
+    spec: FeatureSpec,
+    model_repository: str,
+    model_name: str,
+    trainer_runner: str,
+    train_steps: int,
+    eval_steps: int,
+    training: Dict[str, Any],
+    min_auc: float,
+    max_auc_drop: float,
+    eval_fraction_buckets: int = 1,
+    enable_cache: bool = True,
+    metadata_connection_config: Optional[metadata_store_pb2.ConnectionConfig] = None,
+    beam_pipeline_args: Optional[List[str]] = None,
+) -> tfx.dsl.Pipeline:
+    if trainer_runner not in RUN_FNS:
+        raise ValueError(f"trainer runner must be one of {sorted(RUN_FNS)}, got {trainer_runner!r}")
+    spec_dict = spec.to_dict()
+
+    example_gen = SpecCsvExampleGen(
+        input_base=data_root, spec=spec,
+        input_config=tfx.proto.Input(splits=[tfx.proto.Input.Split(name="all", pattern=input_pattern)]),
+        output_config=tfx.proto.Output(split_config=tfx.proto.SplitConfig(splits=[
+            tfx.proto.SplitConfig.Split(name="train", hash_buckets=10 - eval_fraction_buckets),
+            tfx.proto.SplitConfig.Split(name="eval", hash_buckets=eval_fraction_buckets)])))
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    if spec.schema_file:
+        schema_gen = tfx.components.ImportSchemaGen(schema_file=spec.schema_file)
+    else:
+        schema_gen = tfx.components.SchemaGen(
+            statistics=statistics_gen.outputs["statistics"], infer_feature_shape=False)
+    example_validator = tfx.components.ExampleValidator(
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
+    anomaly_gate = AnomalyGate(anomalies=example_validator.outputs["anomalies"])
+
+    transform = tfx.components.Transform(
+        examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
+        preprocessing_fn=PREPROCESSING_FN, custom_config={"feature_spec": spec_dict})
+    transform.add_upstream_node(anomaly_gate)
+
+    trainer = tfx.components.Trainer(
+        run_fn=RUN_FNS[trainer_runner],
+        examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        schema=schema_gen.outputs["schema"],
+        train_args=tfx.proto.TrainArgs(num_steps=train_steps),
+        eval_args=tfx.proto.EvalArgs(num_steps=eval_steps),
+        custom_config={"feature_spec": spec_dict, "training": training, "trainer_runner": trainer_runner})
+
+    latest_blessed = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("latest_blessed_model_resolver")
+
+    evaluator = tfx.components.Evaluator(
+        examples=example_gen.outputs["examples"],
+        model=trainer.outputs["model"],
+        baseline_model=latest_blessed.outputs["model"],
+        example_splits=["eval"],
+        eval_config=eval_config(spec.label, min_auc, max_auc_drop))
+
+    pusher = ModelRepositoryPusher(
+        model=trainer.outputs["model"],
+        model_blessing=evaluator.outputs["blessing"],
+        evaluation=evaluator.outputs["evaluation"],
+        model_repository_dir=model_repository,
+        model_name=model_name,
+        record_json=json.dumps({"trainer_runner": trainer_runner, "feature_spec": spec.name}),
+    )
+
+    return tfx.dsl.Pipeline(
+        pipeline_name=pipeline_name,
+        pipeline_root=pipeline_root,
+        components=[example_gen, statistics_gen, schema_gen, example_validator, anomaly_gate,
+                    transform, trainer, latest_blessed, evaluator, pusher],
+        enable_cache=enable_cache,
+        metadata_connection_config=metadata_connection_config,
+        beam_pipeline_args=beam_pipeline_args or [],
+    )
+

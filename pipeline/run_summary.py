@@ -1,0 +1,99 @@
+"""The end-of-run summary, read back from ml-metadata and the artifacts."""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+from ml_metadata import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+
+from components import evaluation_results
+
+
+def _latest_run_context(store, pipeline_name: str):
+    runs = store.get_contexts_by_type("pipeline_run")
+    pipeline_ctx = store.get_context_by_type_and_name("pipeline", pipeline_name)
+    if pipeline_ctx is None or not runs:
+        return None
+    in_pipeline = {e.id for e in store.get_executions_by_context(pipeline_ctx.id)}
+    runs = [r for r in runs if {e.id for e in store.get_executions_by_context(r.id)} & in_pipeline]
+    return max(runs, key=lambda c: (c.create_time_since_epoch, c.id)) if runs else None
+
+
+def executions_of_latest_run(connection_config: metadata_store_pb2.ConnectionConfig,
+                             pipeline_name: str) -> List[Dict[str, Any]]:
+    """One dict per execution of the newest run: node, state, seconds, outputs."""
+    store = metadata_store.MetadataStore(connection_config)
+    run = _latest_run_context(store, pipeline_name)
+    if run is None:
+        return []
+    node_type = store.get_context_type("node").id
+    result = []
+    for execution in sorted(store.get_executions_by_context(run.id), key=lambda e: e.id):
+        node = next((c.name.split(".", 1)[-1] for c in store.get_contexts_by_execution(execution.id)
+                     if c.type_id == node_type), str(execution.id))
+        events = store.get_events_by_execution_ids([execution.id])
+        output_ids = [e.artifact_id for e in events if e.type == metadata_store_pb2.Event.OUTPUT]
+        outputs: Dict[str, list] = {}
+        types = {}
+        for artifact in store.get_artifacts_by_id(output_ids):
+            if artifact.type_id not in types:
+                types[artifact.type_id] = store.get_artifact_types_by_id([artifact.type_id])[0].name
+            outputs.setdefault(types[artifact.type_id], []).append(artifact)
+        result.append({
+            "node": node,
+            "execution_id": execution.id,
+            "state": metadata_store_pb2.Execution.State.Name(execution.last_known_state),
+            "seconds": max(execution.last_update_time_since_epoch - execution.create_time_since_epoch, 0) / 1000.0,
+            "outputs": outputs,
+            "run_id": run.name,
+        })
+    return result
+
+
+def _custom(artifact, key: str) -> Any:
+    value = artifact.custom_properties.get(key)
+    if value is None:
+        return None
+    return getattr(value, value.WhichOneof("value"))
+
+
+def build(executions: List[Dict[str, Any]], trainer_runner: str,
+          bayes: Optional[Dict[str, Any]], error: Optional[str] = None,
+          blocked_by: Optional[str] = None) -> Dict[str, Any]:
+    by_node = {e["node"]: e for e in executions}
+    summary: Dict[str, Any] = {
+        "auc": None, "logloss": None, "calibration": None, "example_count": None,
+        "baseline_auc": None,
+        "bayes_auc": bayes.get("bayes_auc") if bayes else None,
+        "bayes_logloss": bayes.get("bayes_logloss") if bayes else None,
+        "blessed": False, "pushed": False, "pushed_path": None, "pushed_version": None,
+        "trainer_runner": trainer_runner,
+        "span": None,
+        "component_seconds": {e["node"]: round(e["seconds"], 2) for e in executions},
+        "component_states": {e["node"]: e["state"] for e in executions},
+        "pipeline_run_id": executions[0]["run_id"] if executions else None,
+        "blocked_by": blocked_by,
+        "error": error,
+    }
+    examples = by_node.get("FileBasedExampleGen", {}).get("outputs", {}).get("Examples")
+    if examples:
+        summary["span"] = examples[0].properties["span"].int_value
+    evaluator = by_node.get("Evaluator")
+    if evaluator and evaluator["outputs"].get("ModelEvaluation"):
+        uri = evaluator["outputs"]["ModelEvaluation"][0].uri
+        metrics = evaluation_results.overall_metrics(uri)
+        for key in ("auc", "logloss", "calibration", "example_count"):
+            summary[key] = metrics["candidate"].get(key)
+        summary["baseline_auc"] = metrics["baseline"].get("auc")
+        blessing = evaluator["outputs"].get("ModelBlessing")
+        summary["blessed"] = bool(blessing and _custom(blessing[0], "blessed"))
+        if not summary["blessed"] and not blocked_by:
+            summary["blocked_by"] = "Evaluator"
+            summary["evaluator_failures"] = evaluation_results.validation_failures(uri)
+    pusher = by_node.get("ModelRepositoryPusher")
+    if pusher and pusher["outputs"].get("PushedModel"):
+        pushed = pusher["outputs"]["PushedModel"][0]
+        summary["pushed"] = bool(_custom(pushed, "pushed"))
+        summary["pushed_path"] = _custom(pushed, "pushed_destination")
+        summary["pushed_version"] = _custom(pushed, "pushed_version")
+    return summary

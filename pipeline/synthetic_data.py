@@ -1,0 +1,189 @@
+"""Synthetic click logs in the Criteo Kaggle format, with a planted ground truth.
+
+Labels are drawn from a known logit (first-order weights + pairwise FM
+interactions + a small nonlinear part), so the Bayes-optimal AUC and logloss of
+every span are known and written beside it as `bayes.json`. A model's AUC can
+then be judged against the best any model could do on that data.
+
+Layout: <out>/span-<N>/part-<K>.csv, one weekly span per folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Dict, List, Optional
+
+import numpy as np
+import pandas as pd
+from scipy.stats import rankdata
+
+NUM_NUMERICAL = 13
+NUM_CATEGORICAL = 26
+NUMERICAL = [f"I{i}" for i in range(1, NUM_NUMERICAL + 1)]
+CATEGORICAL = [f"C{i}" for i in range(1, NUM_CATEGORICAL + 1)]
+COLUMNS = ["label"] + NUMERICAL + CATEGORICAL
+
+# Cardinalities span four orders of magnitude, as in Criteo.
+_CARDINALITIES = [4, 12, 30, 80, 200, 500, 1500, 5000]
+_TRUE_DIM = 4
+_ZIPF_EXPONENT = 1.15
+_ROWS_PER_FILE = 250_000
+_TARGET_CTR = 0.25
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC by the rank-sum (Mann-Whitney) formula, ties averaged."""
+    labels = np.asarray(labels).astype(bool)
+    n_pos, n_neg = labels.sum(), (~labels).sum()
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(scores)
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def logloss(labels: np.ndarray, probs: np.ndarray) -> float:
+    p = np.clip(probs, 1e-7, 1 - 1e-7)
+    return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+
+
+@dataclasses.dataclass
+class GroundTruth:
+    """The planted model. Only some fields are informative, as in real logs."""
+    cardinality: List[int]
+    id_strings: List[np.ndarray]          # per categorical field: its 8-hex ids
+    id_probs: List[np.ndarray]            # per field: power-law frequencies
+    cat_missing: np.ndarray               # per field: missing rate
+    num_mu: np.ndarray
+    num_sigma: np.ndarray
+    num_missing: np.ndarray
+    cat_w: List[np.ndarray]               # first-order weight per id
+    cat_v: List[np.ndarray]               # FM vector per id
+    num_w: np.ndarray
+    num_v: np.ndarray                     # [13, dim]
+    bias: float = 0.0
+
+    @classmethod
+    def create(cls, seed: int) -> "GroundTruth":
+        rng = np.random.default_rng(seed)
+        card = [_CARDINALITIES[i % len(_CARDINALITIES)] for i in range(NUM_CATEGORICAL)]
+        informative_cat = rng.random(NUM_CATEGORICAL) < 0.6
+        informative_num = rng.random(NUM_NUMERICAL) < 0.6
+        ids, probs, w, v = [], [], [], []
+        for f in range(NUM_CATEGORICAL):
+            n = card[f]
+            ids.append(np.array([f"{x:08x}" for x in rng.choice(2**32, size=n, replace=False)]))
+            p = 1.0 / np.arange(1, n + 1) ** _ZIPF_EXPONENT
+            probs.append(p / p.sum())
+            scale = 1.0 if informative_cat[f] else 0.0
+            w.append(rng.normal(0, 0.25, n) * scale)
+            v.append(rng.normal(0, 0.22, (n, _TRUE_DIM)) * scale)
+        num_scale = informative_num.astype(float)
+        truth = cls(
+            cardinality=card, id_strings=ids, id_probs=probs,
+            cat_missing=np.where(rng.random(NUM_CATEGORICAL) < 0.3, rng.uniform(0.05, 0.4, NUM_CATEGORICAL), 0.0),
+            num_mu=rng.uniform(0.5, 4.0, NUM_NUMERICAL),
+            num_sigma=rng.uniform(0.5, 1.5, NUM_NUMERICAL),
+            num_missing=np.where(rng.random(NUM_NUMERICAL) < 0.5, rng.uniform(0.05, 0.4, NUM_NUMERICAL), 0.0),
+            cat_w=w, cat_v=v,
+            num_w=rng.normal(0, 0.2, NUM_NUMERICAL) * num_scale,
+            num_v=rng.normal(0, 0.22, (NUM_NUMERICAL, _TRUE_DIM)) * num_scale[:, None],
+        )
+        # Calibrate the intercept once so the base CTR is Criteo-like.
+        logit = truth._logit(np.random.default_rng([seed, 0]), 20_000)[1]
+        lo, hi = -10.0, 10.0
+        for _ in range(50):  # bisection: mean CTR is monotone in the bias
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if np.mean(1 / (1 + np.exp(-(logit + mid)))) < _TARGET_CTR else (lo, mid)
+        truth.bias = (lo + hi) / 2
+        return truth
+
+    def drifted(self, rng: np.random.Generator, amount: float) -> "GroundTruth":
+        """A slow random walk of the weights: next week's world."""
+        if amount <= 0:
+            return self
+        step = lambda a: a + rng.normal(0, amount, a.shape) * (a != 0)
+        return dataclasses.replace(
+            self, cat_w=[step(a) for a in self.cat_w], cat_v=[step(a) for a in self.cat_v],
+            num_w=step(self.num_w), num_v=step(self.num_v))
+
+    def sample(self, rng: np.random.Generator, rows: int) -> Dict[str, np.ndarray]:
+        """Draws rows; returns raw column values plus the true click probability."""
+        out, logit = self._logit(rng, rows)
+        out["_prob"] = 1.0 / (1.0 + np.exp(-(logit + self.bias)))
+        return out
+
+    def _logit(self, rng: np.random.Generator, rows: int):
+        n_num, n_cat = NUM_NUMERICAL, NUM_CATEGORICAL
+        emb = np.zeros((rows, n_num + n_cat, _TRUE_DIM))
+        first = np.zeros(rows)
+        out: Dict[str, np.ndarray] = {}
+        z_all = np.zeros((rows, n_num))
+        for j in range(n_num):
+            logx = rng.normal(self.num_mu[j], self.num_sigma[j], rows)
+            value = np.floor(np.expm1(np.maximum(logx, 0.0)))
+            present = rng.random(rows) >= self.num_missing[j]
+            z = np.where(present, (np.log1p(value) - self.num_mu[j]) / self.num_sigma[j], 0.0)
+            z_all[:, j] = z
+            first += self.num_w[j] * z
+            emb[:, j] = z[:, None] * self.num_v[j]
+            out[NUMERICAL[j]] = np.where(present, value.astype(np.int64).astype(str), "")
+        for f in range(n_cat):
+            idx = rng.choice(self.cardinality[f], size=rows, p=self.id_probs[f])
+            present = rng.random(rows) >= self.cat_missing[f]
+            first += np.where(present, self.cat_w[f][idx], 0.0)
+            emb[:, n_num + f] = np.where(present[:, None], self.cat_v[f][idx], 0.0)
+            out[CATEGORICAL[f]] = np.where(present, self.id_strings[f][idx], "")
+        square_of_sum = emb.sum(axis=1) ** 2
+        sum_of_squares = (emb ** 2).sum(axis=1)
+        fm = 0.5 * (square_of_sum - sum_of_squares).sum(axis=1)
+        nonlinear = 0.4 * np.tanh(z_all[:, 0] * z_all[:, 1]) + 0.3 * np.abs(z_all[:, 2]) - 0.24
+        return out, first + fm + nonlinear
+
+
+def generate(out_dir: str, rows: int, spans: int = 1, seed: int = 42, drift: float = 0.02,
+             first_span: int = 1, shuffle_labels_span: Optional[int] = None) -> List[Dict]:
+    """Writes `spans` weekly spans of `rows` rows each; returns their Bayes metrics.
+
+    Deterministic for a given seed: span N is always the same data.
+    `shuffle_labels_span` plants a broken week (labels permuted) for gate tests.
+    """
+    if rows < 1 or spans < 1:
+        raise ValueError("rows and spans must be positive")
+    truth = GroundTruth.create(seed)
+    drift_rng = np.random.default_rng([seed, 7])
+    os.makedirs(out_dir, exist_ok=True)
+    reports = []
+    for span in range(1, first_span + spans):
+        if span > 1:
+            truth = truth.drifted(drift_rng, drift)
+        if span < first_span:
+            continue
+        rng = np.random.default_rng([seed, span])
+        data = truth.sample(rng, rows)
+        prob = data.pop("_prob")
+        labels = (rng.random(rows) < prob).astype(np.int64)
+        if span == shuffle_labels_span:
+            labels = rng.permutation(labels)
+        span_dir = os.path.join(out_dir, f"span-{span}")
+        os.makedirs(span_dir, exist_ok=True)
+        frame = pd.DataFrame({"label": labels, **data}, columns=COLUMNS)
+        for part, start in enumerate(range(0, rows, _ROWS_PER_FILE)):
+            tmp = os.path.join(span_dir, f".part-{part:03d}.csv.tmp")
+            frame.iloc[start:start + _ROWS_PER_FILE].to_csv(tmp, index=False)
+            os.replace(tmp, os.path.join(span_dir, f"part-{part:03d}.csv"))
+        report = {"span": span, "rows": rows, "seed": seed, "ctr": float(labels.mean()),
+                  "bayes_auc": auc(labels, prob), "bayes_logloss": logloss(labels, prob),
+                  "labels_shuffled": span == shuffle_labels_span}
+        with open(os.path.join(span_dir, "bayes.json"), "w") as f:
+            json.dump(report, f, indent=2)
+        reports.append(report)
+    return reports
+
+
+def read_bayes(data_dir: str, span: int) -> Optional[Dict]:
+    path = os.path.join(data_dir, f"span-{span}", "bayes.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)

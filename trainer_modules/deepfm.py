@@ -1,0 +1,114 @@
+"""The DeepFM model (Guo et al. 2017), defined once for both runners.
+
+logit = bias + first-order weights + FM second-order term + DNN, where the FM
+and the DNN share one embedding per field. Categorical ids of all fields live
+in one fused table, each field at its own offset: one gather per batch instead
+of one per field. Numeric fields join the interactions as value * embedding.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldLayout:
+    """Which transformed features the model reads, and their id-space sizes."""
+    categorical: Tuple[Tuple[str, int], ...]          # (name, number of ids)
+    numerical: Tuple[str, ...]
+    multivalent: Tuple[Tuple[str, int], ...] = ()     # (name, number of ids); ids padded with -1
+
+    @property
+    def num_fields(self) -> int:
+        return len(self.categorical) + len(self.numerical) + len(self.multivalent)
+
+    def offsets(self) -> Tuple[np.ndarray, np.ndarray, int]:
+        sizes = [n for _, n in self.categorical] + [n for _, n in self.multivalent]
+        starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        k = len(self.categorical)
+        return starts[:k], starts[k:-1], int(starts[-1])
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelHParams:
+    embedding_dim: int = 8
+    dnn_units: Sequence[int] = (128, 64)
+    embedding_l2: float = 1e-6
+
+
+class FMInteraction(tf.keras.layers.Layer):
+    """Second-order FM term: sum over field pairs of <e_i, e_j>.
+
+    Uses 0.5 * ((sum e)^2 - sum e^2), linear in the number of fields.
+    """
+
+    def call(self, embeddings: tf.Tensor) -> tf.Tensor:  # [batch, fields, dim]
+        square_of_sum = tf.square(tf.reduce_sum(embeddings, axis=1))
+        sum_of_squares = tf.reduce_sum(tf.square(embeddings), axis=1)
+        return 0.5 * tf.reduce_sum(square_of_sum - sum_of_squares, axis=1, keepdims=True)
+
+
+class DeepFM(tf.keras.Model):
+    """Maps a dict of transformed features to click logits [batch, 1]."""
+
+    def __init__(self, layout: FieldLayout, hparams: ModelHParams = ModelHParams(), **kwargs):
+        super().__init__(name=kwargs.pop("name", "deepfm"), **kwargs)
+        self.layout = layout
+        self.hparams = hparams
+        cat_offsets, multi_offsets, total_ids = layout.offsets()
+        self._cat_offsets = tf.constant(cat_offsets, tf.int64)
+        self._multi_offsets = [int(o) for o in multi_offsets]
+        dim = hparams.embedding_dim
+        regularizer = tf.keras.regularizers.l2(hparams.embedding_l2) if hparams.embedding_l2 else None
+        # Ids of every categorical field share one table, shifted by per-field offsets.
+        self.field_embeddings = tf.keras.layers.Embedding(
+            max(total_ids, 1), dim, embeddings_regularizer=regularizer,
+            embeddings_initializer=tf.keras.initializers.RandomNormal(stddev=0.01),
+            name="field_embeddings")
+        self.linear_weights = tf.keras.layers.Embedding(
+            max(total_ids, 1), 1, embeddings_regularizer=regularizer,
+            embeddings_initializer="zeros", name="linear_weights")
+        n_num = max(len(layout.numerical), 1)
+        self.numeric_embeddings = self.add_weight(
+            name="numeric_embeddings", shape=(n_num, dim),
+            initializer=tf.keras.initializers.RandomNormal(stddev=0.01))
+        self.numeric_linear = self.add_weight(name="numeric_linear", shape=(n_num,), initializer="zeros")
+        self.bias = self.add_weight(name="bias", shape=(1,), initializer="zeros")
+        self.fm = FMInteraction(name="fm")
+        self.dnn = [tf.keras.layers.Dense(u, activation="relu", name=f"dnn_{i}")
+                    for i, u in enumerate(hparams.dnn_units)]
+        self.dnn_out = tf.keras.layers.Dense(1, name="dnn_logit")
+
+    def _fields(self, features: Dict[str, tf.Tensor]):
+        """Per-field embeddings [batch, fields, dim] and first-order sum [batch, 1]."""
+        parts, linear = [], []
+        if self.layout.categorical:
+            ids = tf.stack([tf.reshape(tf.cast(features[n], tf.int64), [-1])
+                            for n, _ in self.layout.categorical], axis=1)
+            ids = ids + self._cat_offsets
+            parts.append(self.field_embeddings(ids))
+            linear.append(tf.reduce_sum(self.linear_weights(ids), axis=[1, 2])[:, None])
+        if self.layout.numerical:
+            values = tf.stack([tf.reshape(tf.cast(features[n], tf.float32), [-1])
+                               for n in self.layout.numerical], axis=1)
+            parts.append(values[:, :, None] * self.numeric_embeddings[None])
+            linear.append(tf.reduce_sum(values * self.numeric_linear, axis=1, keepdims=True))
+        for (name, _), offset in zip(self.layout.multivalent, self._multi_offsets):
+            ids = tf.cast(features[name], tf.int64)
+            valid = tf.cast(ids >= 0, tf.float32)[:, :, None]
+            count = tf.maximum(tf.reduce_sum(valid, axis=1), 1.0)
+            ids = tf.maximum(ids, 0) + offset
+            # Mean over the field's tokens: the field stays one FM "field".
+            parts.append((tf.reduce_sum(self.field_embeddings(ids) * valid, axis=1) / count)[:, None])
+            linear.append(tf.reduce_sum(self.linear_weights(ids) * valid, axis=1) / count)
+        return tf.concat(parts, axis=1), tf.add_n(linear)
+
+    def call(self, features: Dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+        embeddings, first_order = self._fields(features)
+        deep = tf.reshape(embeddings, [-1, self.layout.num_fields * self.hparams.embedding_dim])
+        for layer in self.dnn:
+            deep = layer(deep, training=training)
+        return self.bias + first_order + self.fm(embeddings) + self.dnn_out(deep, training=training)

@@ -1,0 +1,72 @@
+"""Estimator runner: a TFX `run_fn` that drives tf.estimator.train_and_evaluate.
+
+Why a run_fn and not TFX 1.15's Estimator executor (`trainer_fn`): the
+GenericExecutor gives both runners the same FnArgs, data accessor and output
+layout, so the pipeline swaps runners with one dotted path and the Estimator
+path keeps working after TFX removed its executor (1.16).
+"""
+import os
+import shutil
+import tempfile
+
+import tensorflow as tf
+from tfx import v1 as tfx
+
+from trainer_modules import serving, training_setup
+from trainer_modules.deepfm import DeepFM
+
+LOGITS = "logits"
+
+
+def make_model_fn(inputs: training_setup.TrainerInputs):
+    """A model_fn around the same DeepFM the Keras runner trains."""
+    config = inputs.config
+
+    def model_fn(features, labels, mode, params=None):
+        model = DeepFM(inputs.layout, config.model)
+        training = mode == tf.estimator.ModeKeys.TRAIN
+        logits = model(features, training=training)
+        probability = tf.sigmoid(logits)
+        if mode == tf.estimator.ModeKeys.PREDICT:
+            predictions = {serving.OUTPUT_KEY: probability, LOGITS: logits}
+            return tf.estimator.EstimatorSpec(mode, predictions=predictions, export_outputs={
+                serving.SIGNATURE: tf.estimator.export.PredictOutput({serving.OUTPUT_KEY: probability})})
+        labels = tf.cast(tf.reshape(labels, [-1, 1]), tf.float32)
+        loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits))
+        if model.losses:
+            loss += tf.add_n(model.losses)
+        train_op = None
+        if training:
+            optimizer = tf.compat.v1.train.AdamOptimizer(config.learning_rate)
+            train_op = optimizer.minimize(loss, global_step=tf.compat.v1.train.get_or_create_global_step(),
+                                          var_list=model.trainable_variables)
+        metrics = {"auc": tf.compat.v1.metrics.auc(labels, probability, num_thresholds=1000)}
+        return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op, eval_metric_ops=metrics)
+
+    return model_fn
+
+
+def run_fn(fn_args: tfx.components.FnArgs) -> None:
+    inputs = training_setup.load_inputs(fn_args)
+    config = inputs.config
+    run_config = tf.estimator.RunConfig(
+        model_dir=fn_args.model_run_dir,  # checkpoints and summaries, for TensorBoard
+        train_distribute=training_setup.distribution_strategy(config.distribution),
+        save_checkpoints_steps=max(fn_args.train_steps // 2, 1), log_step_count_steps=100)
+    estimator = tf.estimator.Estimator(make_model_fn(inputs), config=run_config)
+
+    def input_fn(files):
+        return lambda: training_setup.make_dataset(files, fn_args.data_accessor, inputs, config.batch_size)
+
+    tf.estimator.train_and_evaluate(
+        estimator,
+        tf.estimator.TrainSpec(input_fn(fn_args.train_files), max_steps=fn_args.train_steps),
+        tf.estimator.EvalSpec(input_fn(fn_args.eval_files), steps=fn_args.eval_steps, throttle_secs=0))
+
+    # Estimator exports under a timestamped folder; TFX expects the model itself.
+    export_base = tempfile.mkdtemp(dir=os.path.dirname(fn_args.serving_model_dir.rstrip("/")) or None)
+    exported = estimator.export_saved_model(
+        export_base, serving.estimator_receiver_fn(inputs.transform_output, inputs.spec.label))
+    shutil.copytree(exported.decode() if isinstance(exported, bytes) else exported, fn_args.serving_model_dir,
+                    dirs_exist_ok=True)
+    shutil.rmtree(export_base, ignore_errors=True)

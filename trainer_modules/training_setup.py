@@ -1,0 +1,91 @@
+"""What both runners share: hyperparameters, the field layout, input data and
+the distribution strategy. The runners differ only in the loop and export."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, Optional
+
+import tensorflow as tf
+import tensorflow_transform as tft
+from tfx import v1 as tfx
+from tfx_bsl.public import tfxio
+
+from schemas.feature_spec import FeatureSpec
+from trainer_modules import preprocessing
+from trainer_modules.deepfm import FieldLayout, ModelHParams
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    batch_size: int = 1024
+    learning_rate: float = 2e-3
+    embedding_dim: int = 8
+    dnn_units: tuple = (128, 64)
+    embedding_l2: float = 1e-6
+    steps_per_execution: int = 20
+    # "auto": mirrored over local GPUs when there are several, else the default strategy.
+    distribution: str = "auto"
+
+    @property
+    def model(self) -> ModelHParams:
+        return ModelHParams(self.embedding_dim, tuple(self.dnn_units), self.embedding_l2)
+
+    @classmethod
+    def from_dict(cls, d: Optional[Dict[str, Any]]) -> "TrainingConfig":
+        d = dict(d or {})
+        if "dnn_units" in d:
+            d["dnn_units"] = tuple(int(u) for u in d["dnn_units"])
+        return cls(**d)
+
+
+@dataclasses.dataclass
+class TrainerInputs:
+    spec: FeatureSpec
+    config: TrainingConfig
+    transform_output: tft.TFTransformOutput
+    layout: FieldLayout
+    runner_name: str
+
+
+def load_inputs(fn_args: tfx.components.FnArgs) -> TrainerInputs:
+    custom = fn_args.custom_config or {}
+    spec = FeatureSpec.from_dict(custom["feature_spec"])
+    transform_output = tft.TFTransformOutput(fn_args.transform_output)
+    return TrainerInputs(spec, TrainingConfig.from_dict(custom.get("training")), transform_output,
+                         field_layout(spec, transform_output), custom.get("trainer_runner", ""))
+
+
+def field_layout(spec: FeatureSpec, transform_output: tft.TFTransformOutput) -> FieldLayout:
+    def size(name: str) -> int:
+        if spec.categorical_encoding == "hash":
+            return spec.hash_buckets
+        vocab = transform_output.vocabulary_size_by_name(preprocessing.vocabulary_name(name))
+        return int(vocab) + spec.oov_buckets
+    return FieldLayout(
+        categorical=tuple((n, size(n)) for n in spec.categorical),
+        numerical=tuple(spec.numerical),
+        multivalent=tuple((m.name, size(m.name)) for m in spec.multivalent))
+
+
+def make_dataset(file_pattern, data_accessor, inputs: TrainerInputs, batch_size: int) -> tf.data.Dataset:
+    """(features, label) batches of the Transform output, repeated, prefetched."""
+    dataset = data_accessor.tf_dataset_factory(
+        file_pattern,
+        tfxio.TensorFlowDatasetOptions(batch_size=batch_size, label_key=inputs.spec.label,
+                                       shuffle_buffer_size=10_000, sloppy_ordering=True),
+        inputs.transform_output.transformed_metadata.schema)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def distribution_strategy(name: str) -> Optional[tf.distribute.Strategy]:
+    """None means TF's default (single device) strategy."""
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "auto":
+        name = "mirrored" if len(gpus) > 1 else "default"
+    if name == "default":
+        return None
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"unknown distribution strategy {name!r}; use auto, default, mirrored or multi_worker")
