@@ -28,7 +28,7 @@ def overall_metrics(evaluation_uri: str) -> Dict[str, Dict[str, Any]]:
             name = METRICS.get(kv.key.name)
             if name is None or kv.key.HasField("sub_key"):
                 continue
-            if kv.key.HasField("is_diff") and kv.key.is_diff:
+            if kv.key.is_diff:
                 continue
             role = "baseline" if kv.key.model_name == "baseline" else "candidate"
             out[role][name] = _value(kv.value)

@@ -75,7 +75,7 @@ def build(executions: List[Dict[str, Any]], trainer_runner: str,
         "blocked_by": blocked_by,
         "error": error,
     }
-    examples = by_node.get("FileBasedExampleGen", {}).get("outputs", {}).get("Examples")
+    examples = by_node.get("SpecCsvExampleGen", {}).get("outputs", {}).get("Examples")
     if examples:
         summary["span"] = examples[0].properties["span"].int_value
     evaluator = by_node.get("Evaluator")

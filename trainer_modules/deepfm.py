@@ -2,34 +2,29 @@
 
 logit = bias + first-order weights + FM second-order term + DNN, where the FM
 and the DNN share one embedding per field. Categorical ids of all fields live
-in one fused table, each field at its own offset: one gather per batch instead
-of one per field. Numeric fields join the interactions as value * embedding.
+in one fused table (Transform maps field-prefixed tokens into one id space):
+one gather per batch instead of one per field. Numeric fields join the
+interactions as value * embedding.
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Dict, Sequence, Tuple
 
-import numpy as np
 import tensorflow as tf
 
 
 @dataclasses.dataclass(frozen=True)
 class FieldLayout:
-    """Which transformed features the model reads, and their id-space sizes."""
-    categorical: Tuple[Tuple[str, int], ...]          # (name, number of ids)
+    """Which transformed features the model reads, and the shared id-space size."""
+    categorical: Tuple[str, ...]
     numerical: Tuple[str, ...]
-    multivalent: Tuple[Tuple[str, int], ...] = ()     # (name, number of ids); ids padded with -1
+    multivalent: Tuple[str, ...] = ()     # ids padded with -1
+    num_ids: int = 1
 
     @property
     def num_fields(self) -> int:
         return len(self.categorical) + len(self.numerical) + len(self.multivalent)
-
-    def offsets(self) -> Tuple[np.ndarray, np.ndarray, int]:
-        sizes = [n for _, n in self.categorical] + [n for _, n in self.multivalent]
-        starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        k = len(self.categorical)
-        return starts[:k], starts[k:-1], int(starts[-1])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,12 +53,9 @@ class DeepFM(tf.keras.Model):
         super().__init__(name=kwargs.pop("name", "deepfm"), **kwargs)
         self.layout = layout
         self.hparams = hparams
-        cat_offsets, multi_offsets, total_ids = layout.offsets()
-        self._cat_offsets = tf.constant(cat_offsets, tf.int64)
-        self._multi_offsets = [int(o) for o in multi_offsets]
+        total_ids = layout.num_ids
         dim = hparams.embedding_dim
         regularizer = tf.keras.regularizers.l2(hparams.embedding_l2) if hparams.embedding_l2 else None
-        # Ids of every categorical field share one table, shifted by per-field offsets.
         self.field_embeddings = tf.keras.layers.Embedding(
             max(total_ids, 1), dim, embeddings_regularizer=regularizer,
             embeddings_initializer=tf.keras.initializers.RandomNormal(stddev=0.01),
@@ -87,8 +79,7 @@ class DeepFM(tf.keras.Model):
         parts, linear = [], []
         if self.layout.categorical:
             ids = tf.stack([tf.reshape(tf.cast(features[n], tf.int64), [-1])
-                            for n, _ in self.layout.categorical], axis=1)
-            ids = ids + self._cat_offsets
+                            for n in self.layout.categorical], axis=1)
             parts.append(self.field_embeddings(ids))
             linear.append(tf.reduce_sum(self.linear_weights(ids), axis=[1, 2])[:, None])
         if self.layout.numerical:
@@ -96,11 +87,11 @@ class DeepFM(tf.keras.Model):
                                for n in self.layout.numerical], axis=1)
             parts.append(values[:, :, None] * self.numeric_embeddings[None])
             linear.append(tf.reduce_sum(values * self.numeric_linear, axis=1, keepdims=True))
-        for (name, _), offset in zip(self.layout.multivalent, self._multi_offsets):
+        for name in self.layout.multivalent:
             ids = tf.cast(features[name], tf.int64)
             valid = tf.cast(ids >= 0, tf.float32)[:, :, None]
             count = tf.maximum(tf.reduce_sum(valid, axis=1), 1.0)
-            ids = tf.maximum(ids, 0) + offset
+            ids = tf.maximum(ids, 0)
             # Mean over the field's tokens: the field stays one FM "field".
             parts.append((tf.reduce_sum(self.field_embeddings(ids) * valid, axis=1) / count)[:, None])
             linear.append(tf.reduce_sum(self.linear_weights(ids) * valid, axis=1) / count)

@@ -1,7 +1,12 @@
 """Transform's preprocessing_fn, built from the feature spec in custom_config.
 
+All categorical and multivalent fields share ONE id space: each token is
+prefixed with its field ("C3=05db9164") and a single vocabulary (or hash) maps
+it to an id. That is one analyzer pass instead of one per field, and the ids
+index the model's fused embedding table directly.
+
 Outputs, keyed by the raw column names:
-  categorical  -> int64 id [batch], vocabulary (with OOV buckets) or hash
+  categorical  -> int64 id [batch]
   numerical    -> float32 [batch], log and/or z-score; missing -> 0 (the mean)
   multivalent  -> int64 ids [batch, max_length], padded with -1
   label        -> int64 [batch]
@@ -14,10 +19,14 @@ import tensorflow_transform as tft
 from schemas.feature_spec import FeatureSpec
 
 PAD_ID = -1
+VOCABULARY = "categorical_ids"
 
 
-def vocabulary_name(feature: str) -> str:
-    return f"vocab_{feature}"
+def num_ids(spec: FeatureSpec, vocabulary_size: int) -> int:
+    """Size of the shared id space, OOV buckets included."""
+    if spec.categorical_encoding == "hash":
+        return spec.hash_buckets
+    return vocabulary_size + spec.oov_buckets
 
 
 def _dense_column(x: Any, default: Any) -> tf.Tensor:
@@ -34,37 +43,57 @@ def _log(values: tf.Tensor) -> tf.Tensor:
     return tf.sign(values) * tf.math.log1p(tf.abs(values))
 
 
-def _numerical(x: tf.SparseTensor, how: str) -> tf.Tensor:
-    values = tf.cast(x.values, tf.float32)
+def _numerical(inputs: Dict[str, Any], spec: FeatureSpec) -> Dict[str, tf.Tensor]:
+    """All numeric columns z-scored with one set of (elementwise) analyzers."""
+    how = spec.numerical_transform
+    columns = [inputs[name] for name in spec.numerical]
+    present = tf.stack([tf.cast(_dense_column(tf.sparse.map_values(tf.ones_like, c), 0), tf.float32)
+                        if isinstance(c, tf.SparseTensor) else tf.ones_like(tf.reshape(c, [-1]), tf.float32)
+                        for c in columns], axis=1)
+    values = tf.stack([tf.cast(_dense_column(c, 0), tf.float32) for c in columns], axis=1)
     if how in ("log", "log_zscore"):
         values = _log(values)
-    present = tf.SparseTensor(x.indices, values, x.dense_shape)
     if how in ("zscore", "log_zscore"):
-        # Statistics over present values only; a missing value then lands on the mean.
-        present = tft.scale_to_z_score(present)
-    return _dense_column(present, 0.0)
+        # Statistics over present values only, so a missing value lands on the mean (0).
+        count = tft.sum(present, reduce_instance_dims=False)
+        mean = tft.sum(values * present, reduce_instance_dims=False) / tf.maximum(count, 1.0)
+        mean_sq = tft.sum(tf.square(values) * present, reduce_instance_dims=False) / tf.maximum(count, 1.0)
+        std = tf.sqrt(tf.maximum(mean_sq - tf.square(mean), 0.0))
+        values = tf.where(std > 0, (values - mean) / tf.where(std > 0, std, 1.0), 0.0)
+    values = values * present
+    return {name: values[:, i] for i, name in enumerate(spec.numerical)}
 
 
-def _categorical(x: Any, spec: FeatureSpec, name: str) -> Any:
-    if spec.categorical_encoding == "hash":
-        return tft.hash_strings(x, spec.hash_buckets)
-    return tft.compute_and_apply_vocabulary(
-        x, top_k=spec.vocabulary_top_k, frequency_threshold=spec.vocabulary_min_count,
-        num_oov_buckets=spec.oov_buckets, vocab_filename=vocabulary_name(name))
+def _prefixed(field: str, tokens):
+    prefix = tf.constant(field + "=")
+    if isinstance(tokens, tf.SparseTensor):
+        return tf.sparse.map_values(lambda v: tf.strings.join([prefix, v]), tokens)
+    return tf.strings.join([prefix, tokens])
 
 
 def preprocessing_fn(inputs: Dict[str, Any], custom_config: Dict[str, Any]) -> Dict[str, Any]:
     spec = FeatureSpec.from_dict(custom_config["feature_spec"])
     outputs = {spec.label: tf.cast(_dense_column(inputs[spec.label], 0), tf.int64)}
-    for name in spec.categorical:
-        # A missing id is a category of its own (""), as in Criteo.
-        outputs[name] = _categorical(_dense_column(inputs[name], b""), spec, name)
-    for name in spec.numerical:
-        outputs[name] = _numerical(inputs[name], spec.numerical_transform)
+    # A missing id is a category of its own (""), as in Criteo.
+    tokens = {name: _prefixed(name, _dense_column(inputs[name], b"")) for name in spec.categorical}
+    multi = {m.name: _prefixed(m.name, inputs[m.name]) for m in spec.multivalent}
+
+    if spec.categorical_encoding == "hash":
+        to_ids = lambda t: tft.hash_strings(t, spec.hash_buckets)  # noqa: E731
+    else:
+        everything = [tf.reshape(t, [-1]) for t in tokens.values()] + [t.values for t in multi.values()]
+        vocabulary = tft.vocabulary(
+            tf.concat(everything, axis=0), top_k=spec.vocabulary_top_k,
+            frequency_threshold=spec.vocabulary_min_count, vocab_filename=VOCABULARY)
+        to_ids = lambda t: tft.apply_vocabulary(t, vocabulary, num_oov_buckets=spec.oov_buckets)  # noqa: E731
+
+    for name, t in tokens.items():
+        outputs[name] = to_ids(t)
     for m in spec.multivalent:
-        ids = _categorical(inputs[m.name], spec, m.name)
+        ids = to_ids(multi[m.name])
         batch = ids.dense_shape[0]
         kept = tf.sparse.slice(ids, [0, 0], [batch, m.max_length])  # drop tokens past max_length
         kept = tf.SparseTensor(kept.indices, kept.values, [batch, m.max_length])
         outputs[m.name] = tf.sparse.to_dense(kept, default_value=PAD_ID)
+    outputs.update(_numerical(inputs, spec))
     return outputs

@@ -56,15 +56,13 @@ def load_inputs(fn_args: tfx.components.FnArgs) -> TrainerInputs:
 
 
 def field_layout(spec: FeatureSpec, transform_output: tft.TFTransformOutput) -> FieldLayout:
-    def size(name: str) -> int:
-        if spec.categorical_encoding == "hash":
-            return spec.hash_buckets
-        vocab = transform_output.vocabulary_size_by_name(preprocessing.vocabulary_name(name))
-        return int(vocab) + spec.oov_buckets
+    vocabulary = 0
+    if spec.categorical_encoding == "vocabulary":
+        vocabulary = int(transform_output.vocabulary_size_by_name(preprocessing.VOCABULARY))
     return FieldLayout(
-        categorical=tuple((n, size(n)) for n in spec.categorical),
-        numerical=tuple(spec.numerical),
-        multivalent=tuple((m.name, size(m.name)) for m in spec.multivalent))
+        categorical=tuple(spec.categorical), numerical=tuple(spec.numerical),
+        multivalent=tuple(m.name for m in spec.multivalent),
+        num_ids=preprocessing.num_ids(spec, vocabulary))
 
 
 def make_dataset(file_pattern, data_accessor, inputs: TrainerInputs, batch_size: int) -> tf.data.Dataset:
