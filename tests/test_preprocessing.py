@@ -1,0 +1,93 @@
+"""preprocessing_fn run for real with tft_beam on a few rows."""
+import tempfile
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_transform as tft
+import tensorflow_transform.beam as tft_beam
+from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
+
+from schemas.feature_spec import FeatureSpec, Multivalent
+from trainer_modules import preprocessing
+
+SPEC = FeatureSpec(name="t", label="label", categorical=["C1", "C2"], numerical=["I1"],
+                   multivalent=[Multivalent("genres", "|", 3)], vocabulary_min_count=2, oov_buckets=1)
+
+C1 = ["a", "a", "a", "a", "b", "b", "b", "c"]
+C2 = ["x", "x", "y", None, "x", None, "x", "z"]   # x: 4 times; y, z once
+I1 = [0.0, 1.0, None, 10.0, 100.0, 3.0, None, 7.0]
+GENRES = [["g1", "g2"], ["g1"], [], ["g2", "g1", "g3", "g1"], ["g9"], ["g1"], ["g2"], ["g2"]]
+
+
+def _rows():
+    rows = []
+    for i in range(len(C1)):
+        row = {"label": [i % 2], "C1": [C1[i].encode()], "C2": [C2[i].encode()] if C2[i] else [],
+               "I1": [I1[i]] if I1[i] is not None else [], "genres": [g.encode() for g in GENRES[i]]}
+        rows.append(row)
+    return rows
+
+
+def _run(spec):
+    feature_spec = {"label": tf.io.VarLenFeature(tf.int64), "C1": tf.io.VarLenFeature(tf.string),
+                    "C2": tf.io.VarLenFeature(tf.string), "I1": tf.io.VarLenFeature(tf.float32),
+                    "genres": tf.io.VarLenFeature(tf.string)}
+    metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(feature_spec))
+    with tempfile.TemporaryDirectory() as tmp, tft_beam.Context(temp_dir=tmp, force_tf_compat_v1=False):
+        (transformed, _), transform_fn = (_rows(), metadata) | tft_beam.AnalyzeAndTransformDataset(
+            lambda inputs: preprocessing.preprocessing_fn(inputs, {"feature_spec": spec.to_dict()}),
+            output_record_batches=False)
+        transform_fn | tft_beam.WriteTransformFn(tmp)
+        if spec.categorical_encoding != "vocabulary":
+            return transformed, None
+        vocab = tft.TFTransformOutput(tmp).vocabulary_by_name(preprocessing.VOCABULARY)
+    return transformed, [v.decode() for v in vocab]
+
+
+@pytest.fixture(scope="module")
+def vocab_run():
+    return _run(SPEC)
+
+
+def test_shared_vocabulary_ids_and_oov(vocab_run):
+    rows, vocab = vocab_run
+    # Tokens are field-prefixed in one vocabulary; below min_count 2 -> OOV.
+    assert set(vocab) == {"C1=a", "C1=b", "C2=x", "C2=", "genres=g1", "genres=g2"}
+    assert vocab[0] == "genres=g1"  # most frequent first (5 times)
+    ids = {t: i for i, t in enumerate(vocab)}
+    oov = len(vocab)  # the single OOV bucket
+    assert [r["C1"] for r in rows] == [ids["C1=a"]] * 4 + [ids["C1=b"]] * 3 + [oov]
+    assert [r["C2"] for r in rows] == [ids["C2=x"], ids["C2=x"], oov, ids["C2="], ids["C2=x"], ids["C2="],
+                                       ids["C2=x"], oov]
+    assert preprocessing.num_ids(SPEC, len(vocab)) == len(vocab) + 1
+
+
+def test_multivalent_padded_and_truncated(vocab_run):
+    rows, vocab = vocab_run
+    ids = {t: i for i, t in enumerate(vocab)}
+    oov = len(vocab)
+    g1, g2 = ids["genres=g1"], ids["genres=g2"]
+    assert list(rows[0]["genres"]) == [g1, g2, -1]
+    assert list(rows[2]["genres"]) == [-1, -1, -1]
+    assert list(rows[3]["genres"]) == [g2, g1, oov]   # 4 tokens cut to max_length 3
+    assert list(rows[4]["genres"]) == [oov, -1, -1]
+
+
+def test_numeric_log_zscore_with_missing_at_mean(vocab_run):
+    rows, _ = vocab_run
+    present = np.log1p([0.0, 1.0, 10.0, 100.0, 3.0, 7.0])
+    want = (present - present.mean()) / present.std()
+    got = np.array([rows[i]["I1"] for i in (0, 1, 3, 4, 5, 7)])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    assert rows[2]["I1"] == 0.0 and rows[6]["I1"] == 0.0
+    assert [r["label"] for r in rows] == [0, 1, 0, 1, 0, 1, 0, 1]
+
+
+def test_hash_encoding_is_stable_and_bounded():
+    spec = FeatureSpec.from_dict(dict(SPEC.to_dict(), categorical_encoding="hash", hash_buckets=1000))
+    rows, vocab = _run(spec)
+    assert vocab is None
+    assert all(0 <= r["C1"] < 1000 for r in rows)
+    assert rows[0]["C1"] == rows[1]["C1"] != rows[4]["C1"]
+    assert preprocessing.num_ids(spec, 0) == 1000

@@ -1,0 +1,58 @@
+import hashlib
+import json
+import os
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score
+
+from pipeline import synthetic_data
+
+
+def digest(folder):
+    h = hashlib.sha256()
+    for root, _, files in sorted(os.walk(folder)):
+        for name in sorted(files):
+            with open(os.path.join(root, name), "rb") as f:
+                h.update(name.encode() + f.read())
+    return h.hexdigest()
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
+    synthetic_data.generate(str(tmp_path / "a"), rows=2000, spans=2, seed=7)
+    synthetic_data.generate(str(tmp_path / "b"), rows=2000, spans=2, seed=7)
+    synthetic_data.generate(str(tmp_path / "c"), rows=2000, spans=2, seed=8)
+    assert digest(tmp_path / "a") == digest(tmp_path / "b")
+    assert digest(tmp_path / "a") != digest(tmp_path / "c")
+
+
+def test_later_span_does_not_depend_on_how_many_were_generated(tmp_path):
+    synthetic_data.generate(str(tmp_path / "all"), rows=1000, spans=3, seed=1)
+    synthetic_data.generate(str(tmp_path / "only3"), rows=1000, spans=1, seed=1, first_span=3)
+    assert digest(tmp_path / "all" / "span-3") == digest(tmp_path / "only3" / "span-3")
+
+
+def test_criteo_format_and_power_law(tmp_path):
+    synthetic_data.generate(str(tmp_path), rows=20000, spans=1, seed=3)
+    frame = pd.read_csv(tmp_path / "span-1" / "part-000.csv", dtype=str, keep_default_na=False)
+    assert list(frame.columns) == synthetic_data.COLUMNS
+    assert set(frame["label"]) == {"0", "1"}
+    ids = frame["C8"][frame["C8"] != ""]
+    assert ids.str.fullmatch(r"[0-9a-f]{8}").all()
+    counts = ids.value_counts().to_numpy()
+    # Power law: the top id is far more common than the median one.
+    assert counts[0] > 20 * np.median(counts)
+    assert (frame.drop(columns="label") == "").to_numpy().any(), "some fields must be missing"
+
+
+def test_bayes_auc_matches_sklearn_on_true_probabilities(tmp_path):
+    truth = synthetic_data.GroundTruth.create(5)
+    rng = np.random.default_rng(0)
+    data = truth.sample(rng, 30000)
+    labels = (rng.random(30000) < data["_prob"]).astype(int)
+    assert abs(synthetic_data.auc(labels, data["_prob"]) - roc_auc_score(labels, data["_prob"])) < 1e-9
+    report = synthetic_data.generate(str(tmp_path), rows=30000, spans=1, seed=5)[0]
+    with open(tmp_path / "span-1" / "bayes.json") as f:
+        assert json.load(f) == report
+    assert 0.7 < report["bayes_auc"] < 0.95
+    assert 0.15 < report["ctr"] < 0.35
