@@ -114,6 +114,15 @@ def read_record(repo: str, model: str, version: int) -> Optional[Dict[str, Any]]
         return json.load(f)
 
 
+def version_of_source(repo: str, model: str, source_model: str) -> Optional[int]:
+    """The version already pushed from this Trainer output, if any."""
+    for v in reversed(versions(repo, model)):
+        record = read_record(repo, model, v)
+        if record and record.get("source_model") == source_model:
+            return v
+    return None
+
+
 def list_models(repo: str, model: str) -> List[Dict[str, Any]]:
     serving = serving_version(repo, model)
     return [{"version": v, "serving": v == serving, "record": read_record(repo, model, v)}

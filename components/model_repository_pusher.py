@@ -29,12 +29,20 @@ def ModelRepositoryPusher(
     if not model_blessing.get_int_custom_property("blessed"):
         pushed_model.set_int_custom_property("pushed", 0)
         return
+    existing = model_repository.version_of_source(model_repository_dir, model_name, model.uri)
+    if existing is not None:
+        # Re-blessed against itself (e.g. a re-run): already in the repository.
+        _mark_pushed(pushed_model, model_repository_dir, model_name, existing)
+        return
     metrics = evaluation_results.overall_metrics(evaluation.uri)
     record = dict(json.loads(record_json), metrics=metrics["candidate"],
                   baseline_metrics=metrics["baseline"] or None, source_model=model.uri)
     version = model_repository.push(model_repository_dir, model_name,
                                     os.path.join(model.uri, "Format-Serving"), record)
+    _mark_pushed(pushed_model, model_repository_dir, model_name, version)
+
+
+def _mark_pushed(pushed_model, repo: str, model_name: str, version: int) -> None:
     pushed_model.set_int_custom_property("pushed", 1)
     pushed_model.set_int_custom_property("pushed_version", version)
-    pushed_model.set_string_custom_property(
-        "pushed_destination", os.path.join(model_repository_dir, model_name, str(version)))
+    pushed_model.set_string_custom_property("pushed_destination", os.path.join(repo, model_name, str(version)))

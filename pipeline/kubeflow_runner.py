@@ -1,0 +1,140 @@
+"""Compiles the pipeline for Kubeflow Pipelines: v1 (Argo YAML) and v2 (PipelineJob JSON).
+
+Compiling needs no cluster, bucket or credentials: the project's code travels
+in the image and components name it by dotted path, so nothing is uploaded.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Dict, Optional, Sequence
+
+from tfx import v1 as tfx
+
+from pipeline import configs
+from pipeline.pipeline import create_pipeline
+from schemas import feature_spec
+
+# Built from docker/Dockerfile; bump together with setup.py's version.
+DEFAULT_IMAGE = "ghcr.io/deepfm-tfx/pipeline:0.1.0"
+# Where docker/Dockerfile puts the project inside the image.
+IMAGE_PROJECT_DIR = "/opt/deepfm-tfx"
+# Where --pvc mounts a PersistentVolumeClaim on every v1 step, and the root of
+# the default paths: the model repository needs a POSIX file system.
+MOUNT_PATH = "/mnt/deepfm-tfx"
+DEFAULT_PIPELINE_ROOT = f"{MOUNT_PATH}/pipeline"
+DEFAULT_DATA_ROOT = f"{MOUNT_PATH}/data"
+DEFAULT_MODEL_REPOSITORY = f"{MOUNT_PATH}/model_repository"
+# Vertex/KFP v2 pipeline names allow only [a-z0-9-].
+V2_PIPELINE_NAME = configs.PIPELINE_NAME.replace("_", "-")
+
+
+def spanned_input_pattern(spec: feature_spec.FeatureSpec) -> str:
+    # The data folder cannot be listed at compile time; ExampleGen resolves the
+    # newest span when each run starts.
+    return f"span-{{SPAN}}/{spec.file_pattern}"
+
+
+def schema_in_image(spec: feature_spec.FeatureSpec) -> feature_spec.FeatureSpec:
+    """Points a bundled schema at its copy in the image; ImportSchemaGen reads it in a pod."""
+    if spec.schema_file and os.path.dirname(os.path.abspath(spec.schema_file)) == feature_spec.SPEC_DIR:
+        return dataclasses.replace(
+            spec, schema_file=f"{IMAGE_PROJECT_DIR}/schemas/{os.path.basename(spec.schema_file)}")
+    return spec
+
+
+def _check_remote(name: str, path: str) -> None:
+    if not (path.startswith("/") or "://" in path):
+        raise ValueError(f"{name} must be absolute (gs://..., s3://... or a mounted path) "
+                         f"because every step runs in its own pod; got {path!r}")
+
+
+def build_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str, model_repository: str,
+                   beam_args: Sequence[str] = (), trainer: str = "keras",
+                   features: str = feature_spec.DEFAULT_SPEC, model_name: str = configs.MODEL_NAME,
+                   train_steps: Optional[int] = None, eval_steps: Optional[int] = None,
+                   training: Optional[Dict[str, Any]] = None, min_auc: Optional[float] = None,
+                   max_auc_drop: Optional[float] = None, enable_cache: bool = True):
+    """pipeline.py's topology with cluster paths; ml-metadata is the orchestrator's own."""
+    _check_remote("pipeline_root", pipeline_root)
+    _check_remote("data_root", data_root)
+    if not model_repository.startswith("/"):
+        # The pusher renames folders atomically: a mounted volume, or /gcs/<bucket> on Vertex.
+        raise ValueError(f"model_repository must be an absolute path on a mounted file system, "
+                         f"got {model_repository!r}")
+    d = configs.RunConfig()
+    spec = schema_in_image(feature_spec.load(features))
+    return create_pipeline(
+        pipeline_name=pipeline_name,
+        pipeline_root=pipeline_root,
+        data_root=data_root,
+        input_pattern=spanned_input_pattern(spec),
+        spec=spec,
+        model_repository=model_repository,
+        model_name=model_name,
+        trainer_runner=trainer,
+        train_steps=d.train_steps if train_steps is None else train_steps,
+        eval_steps=d.eval_steps if eval_steps is None else eval_steps,
+        training=dict(training or {}),
+        min_auc=d.min_auc if min_auc is None else min_auc,
+        max_auc_drop=d.max_auc_drop if max_auc_drop is None else max_auc_drop,
+        enable_cache=enable_cache,
+        beam_pipeline_args=configs.DEFAULT_BEAM_ARGS + list(beam_args),
+    )
+
+
+def _split(output_path: str):
+    output_path = os.path.abspath(output_path)
+    os.makedirs(os.path.dirname(output_path), exist_ok=True)
+    return os.path.dirname(output_path), os.path.basename(output_path)
+
+
+def compile_v1(output_path: str, *, pipeline_root: str = DEFAULT_PIPELINE_ROOT,
+               data_root: str = DEFAULT_DATA_ROOT, model_repository: str = DEFAULT_MODEL_REPOSITORY,
+               image: str = DEFAULT_IMAGE, beam_args: Sequence[str] = (), trainer: str = "keras",
+               pvc_name: Optional[str] = None, pipeline_name: str = configs.PIPELINE_NAME,
+               **options: Any) -> str:
+    """Writes a KFP v1 package (.yaml, .tar.gz or .zip); returns its path.
+
+    `options` are build_pipeline's tuning arguments (features, train_steps, ...).
+    """
+    if not output_path.endswith((".yaml", ".yml", ".tar.gz", ".tgz", ".zip")):
+        raise ValueError(f"a KFP v1 package must end in .yaml, .tar.gz or .zip, got {output_path!r}")
+    from kfp import onprem
+    from tfx.orchestration.kubeflow import kubeflow_dag_runner
+
+    operator_funcs = kubeflow_dag_runner.get_default_pipeline_operator_funcs()
+    if pvc_name:
+        operator_funcs.append(onprem.mount_pvc(pvc_name, "deepfm-tfx", MOUNT_PATH))
+    runner_config = tfx.orchestration.experimental.KubeflowDagRunnerConfig(
+        kubeflow_metadata_config=tfx.orchestration.experimental.get_default_kubeflow_metadata_config(),
+        tfx_image=image,
+        pipeline_operator_funcs=operator_funcs)
+    output_dir, output_filename = _split(output_path)
+    tfx.orchestration.experimental.KubeflowDagRunner(
+        config=runner_config, output_dir=output_dir, output_filename=output_filename,
+    ).run(build_pipeline(pipeline_name=pipeline_name, pipeline_root=pipeline_root, data_root=data_root,
+                         model_repository=model_repository, beam_args=beam_args, trainer=trainer,
+                         **options))
+    return os.path.join(output_dir, output_filename)
+
+
+def compile_v2(output_path: str, *, pipeline_root: str = DEFAULT_PIPELINE_ROOT,
+               data_root: str = DEFAULT_DATA_ROOT, model_repository: str = DEFAULT_MODEL_REPOSITORY,
+               image: str = DEFAULT_IMAGE, beam_args: Sequence[str] = (), trainer: str = "keras",
+               pipeline_name: str = V2_PIPELINE_NAME, **options: Any) -> str:
+    """Writes a KFP v2 / Vertex AI PipelineJob (.json); returns its path.
+
+    On Vertex, GCS buckets are mounted at /gcs/<bucket>, which suits the model
+    repository; the pipeline root is the job's gcsOutputDirectory.
+    """
+    if not output_path.endswith(".json"):
+        raise ValueError(f"a KFP v2 PipelineJob is written as .json, got {output_path!r}")
+    output_dir, output_filename = _split(output_path)
+    tfx.orchestration.experimental.KubeflowV2DagRunner(
+        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=image),
+        output_dir=output_dir, output_filename=output_filename,
+    ).run(build_pipeline(pipeline_name=pipeline_name, pipeline_root=pipeline_root, data_root=data_root,
+                         model_repository=model_repository, beam_args=beam_args, trainer=trainer,
+                         **options))
+    return os.path.join(output_dir, output_filename)

@@ -1,0 +1,274 @@
+"""Kubeflow Pipelines: the compiled v1 (Argo) and v2 (PipelineJob) packages, and the weekly schedule."""
+import importlib
+import json
+import types
+
+import pytest
+import yaml
+from google.protobuf import json_format
+from kfp.pipeline_spec import pipeline_spec_pb2
+from tfx.proto.orchestration import executable_spec_pb2, pipeline_pb2
+
+from pipeline import kubeflow_runner, orchestrators_cli, schedule
+
+IMAGE = "registry.example.com/deepfm-tfx/pipeline:test-7"
+PIPELINE_ROOT = "gs://deepfm-test-bucket/pipeline"
+DATA_ROOT = "gs://deepfm-test-bucket/data"
+MODEL_REPOSITORY = "/mnt/deepfm-tfx/model_repository"
+BEAM_ARG = "--temp_location=gs://deepfm-test-bucket/tmp"
+UPSTREAM = {
+    "SpecCsvExampleGen": set(),
+    "ImportSchemaGen": set(),
+    "latest_blessed_model_resolver": set(),
+    "StatisticsGen": {"SpecCsvExampleGen"},
+    "ExampleValidator": {"StatisticsGen", "ImportSchemaGen"},
+    "AnomalyGate": {"ExampleValidator"},
+    "Transform": {"SpecCsvExampleGen", "ImportSchemaGen", "AnomalyGate"},
+    "Trainer": {"Transform", "ImportSchemaGen"},
+    "Evaluator": {"SpecCsvExampleGen", "Trainer", "latest_blessed_model_resolver"},
+    "ModelRepositoryPusher": {"Trainer", "Evaluator"},
+}
+SCHEMA_IN_IMAGE = "/opt/deepfm-tfx/schemas/criteo.schema.pbtxt"
+OPTIONS = dict(pipeline_root=PIPELINE_ROOT, data_root=DATA_ROOT, model_repository=MODEL_REPOSITORY,
+               image=IMAGE, beam_args=[BEAM_ARG], train_steps=123, eval_steps=7)
+
+
+def _importable(class_path: str) -> bool:
+    module, _, name = class_path.rpartition(".")
+    return hasattr(importlib.import_module(module), name)
+
+
+# --- KFP v1: Argo Workflow YAML --------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def v1(tmp_path_factory):
+    path = kubeflow_runner.compile_v1(str(tmp_path_factory.mktemp("kfp") / "deepfm_tfx.yaml"),
+                                      trainer="estimator", pvc_name="deepfm-data", **OPTIONS)
+    with open(path) as f:
+        workflow = yaml.safe_load(f)
+    containers = {}  # node id -> (template, its tfx IR)
+    for template in workflow["spec"]["templates"]:
+        if "container" in template:
+            args = template["container"]["args"]
+            ir = json_format.Parse(args[args.index("--tfx_ir") + 1], pipeline_pb2.Pipeline())
+            containers[args[args.index("--node_id") + 1]] = (template, ir)
+    return path, workflow, containers
+
+
+def test_v1_dag_edges_follow_the_topology(v1):
+    _, workflow, containers = v1
+    assert workflow["kind"] == "Workflow"
+    dag = next(t["dag"] for t in workflow["spec"]["templates"] if t["name"] == workflow["spec"]["entrypoint"])
+    node_of = {t["name"]: node for node, (t, _) in containers.items()}
+    edges = {node_of[task["template"]]: {node_of[d] for d in task.get("dependencies", [])}
+             for task in dag["tasks"]}
+    assert edges == UPSTREAM
+
+
+def test_v1_containers_use_the_image_the_volume_and_cluster_metadata(v1):
+    _, _, containers = v1
+    for node, (template, _) in containers.items():
+        container = template["container"]
+        assert container["image"] == IMAGE, node
+        assert container["command"] == ["python", "-m", "tfx.orchestration.kubeflow.container_entrypoint"]
+        args = container["args"]
+        metadata = json.loads(args[args.index("--kubeflow_metadata_config") + 1])
+        assert metadata["grpc_config"]["grpc_service_host"]["environment_variable"] == "METADATA_GRPC_SERVICE_HOST"
+        assert {"mountPath": kubeflow_runner.MOUNT_PATH, "name": "deepfm-tfx"} in container["volumeMounts"]
+        assert template["volumes"] == [{"name": "deepfm-tfx", "persistentVolumeClaim": {"claimName": "deepfm-data"}}]
+
+
+def _parameters(ir):
+    node = ir.nodes[0].pipeline_node
+    return {k: v.field_value.string_value or v.field_value.int_value
+            for k, v in node.parameters.parameters.items()}
+
+
+def test_v1_module_references_and_parameters(v1):
+    _, workflow, containers = v1
+    assert workflow["spec"]["arguments"]["parameters"] == [{"name": "pipeline-root", "value": PIPELINE_ROOT}]
+    params = {node: _parameters(ir) for node, (_, ir) in containers.items()}
+    assert params["Trainer"]["run_fn"] == "trainer_modules.estimator_runner.run_fn"
+    assert json.loads(params["Trainer"]["train_args"]) == {"num_steps": 123}
+    assert json.loads(params["Trainer"]["eval_args"]) == {"num_steps": 7}
+    assert params["Transform"]["preprocessing_fn"] == "trainer_modules.preprocessing.preprocessing_fn"
+    assert params["SpecCsvExampleGen"]["input_base"] == DATA_ROOT
+    assert json.loads(params["SpecCsvExampleGen"]["input_config"])["splits"][0]["pattern"] == "span-{SPAN}/*.csv"
+    assert params["ImportSchemaGen"]["schema_file"] == SCHEMA_IN_IMAGE
+    assert params["ModelRepositoryPusher"]["model_repository_dir"] == MODEL_REPOSITORY
+
+    beam_nodes = set()
+    for node, (_, ir) in containers.items():
+        deployment = pipeline_pb2.IntermediateDeploymentConfig()
+        ir.deployment_config.Unpack(deployment)
+        if node not in deployment.executor_specs:
+            continue  # the resolver has no executor
+        spec = deployment.executor_specs[node]
+        if spec.Is(executable_spec_pb2.BeamExecutableSpec.DESCRIPTOR):
+            beam = executable_spec_pb2.BeamExecutableSpec()
+            spec.Unpack(beam)
+            assert BEAM_ARG in beam.beam_pipeline_args, node
+            beam_nodes.add(node)
+            class_path = beam.python_executor_spec.class_path
+        else:
+            python = executable_spec_pb2.PythonClassExecutableSpec()
+            spec.Unpack(python)
+            class_path = python.class_path
+        # The image runs exactly the code installed here: every executor must import.
+        assert _importable(class_path), class_path
+    assert {"SpecCsvExampleGen", "StatisticsGen", "Transform", "Evaluator"} <= beam_nodes
+
+
+def test_v1_rejects_paths_a_pod_cannot_use(tmp_path):
+    with pytest.raises(ValueError, match="pipeline_root must be absolute"):
+        kubeflow_runner.compile_v1(str(tmp_path / "p.yaml"), **dict(OPTIONS, pipeline_root="workspace/pipeline"))
+    with pytest.raises(ValueError, match="model_repository must be an absolute path on a mounted file system"):
+        kubeflow_runner.compile_v1(str(tmp_path / "p.yaml"), **dict(OPTIONS, model_repository="gs://b/models"))
+    assert not (tmp_path / "p.yaml").exists()
+
+
+# --- KFP v2 / Vertex: PipelineJob JSON --------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def v2(tmp_path_factory):
+    path = kubeflow_runner.compile_v2(str(tmp_path_factory.mktemp("kfp2") / "deepfm_tfx.json"), **OPTIONS)
+    with open(path) as f:
+        job = json_format.Parse(f.read(), pipeline_spec_pb2.PipelineJob())
+    spec = json_format.ParseDict(json_format.MessageToDict(job.pipeline_spec), pipeline_spec_pb2.PipelineSpec(),
+                                 ignore_unknown_fields=False)
+    return job, spec
+
+
+def _v2_node(task_name: str) -> str:
+    # v2 splits the resolver into one query task per artifact.
+    for suffix in ("-model-resolver", "-model-blessing-resolver"):
+        if task_name.endswith(suffix):
+            return task_name[: -len(suffix)]
+    return task_name
+
+
+def test_v2_dag_edges_follow_the_topology(v2):
+    job, spec = v2
+    assert job.display_name == spec.pipeline_info.name == "deepfm-tfx"
+    tasks = spec.root.dag.tasks
+    assert {"latest_blessed_model_resolver-model-resolver",
+            "latest_blessed_model_resolver-model-blessing-resolver"} <= set(tasks)
+    edges = {}
+    for name, task in tasks.items():
+        edges.setdefault(_v2_node(name), set()).update(_v2_node(d) for d in task.dependent_tasks)
+    assert edges == UPSTREAM
+
+
+def test_v2_image_module_references_and_parameters(v2):
+    job, spec = v2
+    assert job.runtime_config.gcs_output_directory == PIPELINE_ROOT
+    executors = json_format.MessageToDict(spec.deployment_spec)["executors"]
+    containers = {name: e["container"] for name, e in executors.items() if "container" in e}
+    assert len(containers) == 9  # every component but the resolver
+    for name, container in containers.items():
+        assert container["image"] == IMAGE, name
+        assert BEAM_ARG in container["args"], name
+        class_path = container["args"][container["args"].index("--executor_class_path") + 1]
+        assert _importable(class_path), class_path
+
+    def constant(task, key):
+        value = spec.root.dag.tasks[task].inputs.parameters[key].runtime_value.constant_value
+        return value.string_value or value.int_value
+
+    assert constant("Trainer", "run_fn") == "trainer_modules.keras_runner.run_fn"
+    assert json.loads(constant("Trainer", "train_args")) == {"num_steps": 123}
+    assert constant("Transform", "preprocessing_fn") == "trainer_modules.preprocessing.preprocessing_fn"
+    assert constant("SpecCsvExampleGen", "input_base") == DATA_ROOT
+    assert json.loads(constant("SpecCsvExampleGen", "input_config"))["splits"][0]["pattern"] == "span-{SPAN}/*.csv"
+    assert constant("ImportSchemaGen", "schema_file") == SCHEMA_IN_IMAGE
+    assert constant("ModelRepositoryPusher", "model_repository_dir") == MODEL_REPOSITORY
+
+
+# --- Weekly schedule ---------------------------------------------------------------------------
+
+class FakeKfpClient:
+    """Records the kfp 1.8 Client calls; the only stand-in in these tests (no KFP server here)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def create_experiment(self, name, description=None, namespace=None):
+        self.calls.append(("create_experiment", {"name": name, "namespace": namespace}))
+        return types.SimpleNamespace(id="exp-42", name=name)
+
+    def create_recurring_run(self, experiment_id, job_name, **kwargs):
+        self.calls.append(("create_recurring_run", dict(kwargs, experiment_id=experiment_id, job_name=job_name)))
+        return types.SimpleNamespace(id="job-7", name=job_name)
+
+
+def test_weekly_recurring_run_uses_the_package_experiment_and_six_field_cron(v1):
+    package = v1[0]
+    client = FakeKfpClient()
+    created = schedule.create_weekly_recurring_run(client, package, "deepfm-weekly")
+    assert [name for name, _ in client.calls] == ["create_experiment", "create_recurring_run"]
+    assert client.calls[0][1]["name"] == "deepfm-weekly"
+    run = client.calls[1][1]
+    assert run["experiment_id"] == "exp-42"
+    assert run["cron_expression"] == "0 0 3 * * 1" and len(run["cron_expression"].split()) == 6
+    assert run["pipeline_package_path"] == package
+    assert run["job_name"] == "deepfm-tfx-weekly" and run["no_catchup"] is True and run["max_concurrency"] == 1
+    assert "interval_second" not in run or run["interval_second"] is None
+    assert (created.job_id, created.experiment_id) == ("job-7", "exp-42")
+    assert "job-7" in str(created) and "0 0 3 * * 1" in str(created) and package in str(created)
+
+
+def test_schedule_rejects_five_field_cron_and_v2_packages(tmp_path, v1):
+    with pytest.raises(ValueError, match="did you mean '0 0 3 \\* \\* 1'"):
+        schedule.create_weekly_recurring_run(FakeKfpClient(), v1[0], "e", cron="0 3 * * 1")
+    v2_package = tmp_path / "job.json"
+    v2_package.write_text("{}")
+    with pytest.raises(ValueError, match="v2 .json"):
+        schedule.create_weekly_recurring_run(FakeKfpClient(), str(v2_package), "e")
+
+
+# --- CLI hooks ---------------------------------------------------------------------------------
+
+def _parse(argv):
+    import argparse
+    parser = argparse.ArgumentParser()
+    orchestrators_cli.register(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(argv)
+
+
+def test_cli_compile_kubeflow_v2_writes_the_job(tmp_path, capsys):
+    out = tmp_path / "out" / "job.json"
+    args = _parse(["compile", "--target", "kubeflow-v2", "--output", str(out), "--image", IMAGE,
+                   "--pipeline-root", PIPELINE_ROOT, "--data-root", DATA_ROOT, f"--beam-arg={BEAM_ARG}"])
+    assert args.func(args) == 0
+    with open(out) as f:
+        job = json.load(f)
+    assert job["runtimeConfig"]["gcsOutputDirectory"] == PIPELINE_ROOT
+    assert IMAGE in json.dumps(job["pipelineSpec"]["deploymentSpec"])
+    assert str(out) in capsys.readouterr().out
+
+
+def test_cli_compile_reports_bad_flags(tmp_path, capsys):
+    args = _parse(["compile", "--target", "kubeflow-v2", "--output", str(tmp_path / "job.json"), "--pvc", "x"])
+    assert args.func(args) == 2
+    assert "--pvc applies to --target kubeflow" in capsys.readouterr().err
+    args = _parse(["compile", "--target", "kubeflow", "--output", str(tmp_path / "p.yaml"),
+                   "--data-root", "relative/data"])
+    assert args.func(args) == 2
+    assert "data_root must be absolute" in capsys.readouterr().err
+
+
+def test_cli_schedule_builds_a_kfp_client_for_the_host(monkeypatch, v1, capsys):
+    import kfp
+    built = []
+
+    def fake_client(host=None, namespace=None, **_):
+        built.append(host)
+        return FakeKfpClient()
+
+    # kfp.Client would call the KFP API over HTTP; that call is the one thing faked.
+    monkeypatch.setattr(kfp, "Client", fake_client)
+    args = _parse(["schedule", "--host", "http://kfp.example:8080", "--package", v1[0], "--cron", "0 30 4 * * 0"])
+    assert args.func(args) == 0
+    assert built == ["http://kfp.example:8080"]
+    out = capsys.readouterr().out
+    assert "0 30 4 * * 0" in out and "job-7" in out

@@ -1,0 +1,126 @@
+"""The real pipeline (LocalDagRunner, SQLite ml-metadata) on a few thousand rows."""
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from ml_metadata import metadata_store
+
+from components import model_repository
+from components.csv_example_gen import parse_file
+from pipeline import configs, local_runner, metadata, run_summary, synthetic_data
+from schemas import feature_spec
+
+pytestmark = pytest.mark.e2e
+
+NODES = {"SpecCsvExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "AnomalyGate",
+         "Transform", "Trainer", "latest_blessed_model_resolver", "Evaluator", "ModelRepositoryPusher"}
+SUMMARY_KEYS = {"auc", "logloss", "example_count", "bayes_auc", "bayes_logloss", "blessed", "pushed",
+                "pushed_path", "trainer_runner", "component_seconds"}
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    synthetic_data.generate(str(root), rows=4000, spans=1, seed=11)
+    return str(root)
+
+
+def run_config(tmp, data_root, trainer, **overrides):
+    return configs.RunConfig(
+        data=data_root, pipeline_root=str(tmp / "pipeline"), model_repository=str(tmp / "repo"),
+        trainer=trainer, train_steps=60, eval_steps=4, min_auc=0.5,
+        training={"batch_size": 256, "dnn_units": [32, 16]}, **overrides)
+
+
+def raw_examples(data_root, n=64):
+    spec = feature_spec.load(feature_spec.DEFAULT_SPEC)
+    path = os.path.join(data_root, "span-1", "part-000.csv")
+    serialized = []
+    for s in parse_file(path, spec):
+        ex = tf.train.Example.FromString(s)
+        del ex.features.feature["label"]  # a request carries no label
+        serialized.append(ex.SerializeToString())
+        if len(serialized) == n:
+            return serialized
+    return serialized
+
+
+def score(saved_model_dir, serialized):
+    loaded = tf.saved_model.load(saved_model_dir)
+    fn = loaded.signatures["serving_default"]
+    return fn, fn(examples=tf.constant(serialized))["click_probability"].numpy()
+
+
+@pytest.fixture(scope="module")
+def keras_run(tmp_path_factory, data_root):
+    tmp = tmp_path_factory.mktemp("keras")
+    config = run_config(tmp, data_root, "keras")
+    first = local_runner.run(config)
+    first_executions = run_summary.executions_of_latest_run(
+        metadata.connection_config(None, config.pipeline_root), configs.PIPELINE_NAME)
+    second = local_runner.run(config)
+    return config, first, first_executions, second
+
+
+def test_keras_run_pushes_a_servable_model(keras_run, data_root):
+    config, summary, _, _ = keras_run
+    assert SUMMARY_KEYS <= set(summary)
+    assert summary["blessed"] and summary["pushed"] and summary["trainer_runner"] == "keras"
+    assert 0.5 < summary["auc"] <= 1.0 and summary["example_count"] > 200
+    assert summary["bayes_auc"] == pytest.approx(synthetic_data.read_bayes(data_root, 1)["bayes_auc"])
+    assert set(summary["component_seconds"]) == NODES
+    with open(config.summary_path) as f:
+        assert json.load(f)["pushed_path"] == summary["pushed_path"]
+
+    versions = model_repository.versions(config.model_repository, config.model_name)
+    assert len(versions) == 1 and summary["pushed_path"].endswith(str(versions[0]))
+    assert os.path.isfile(os.path.join(summary["pushed_path"], "saved_model.pb"))
+    assert model_repository.serving_version(config.model_repository, config.model_name) == versions[0]
+    record = model_repository.read_record(config.model_repository, config.model_name, versions[0])
+    assert record["trainer_runner"] == "keras" and record["metrics"]["auc"] == pytest.approx(summary["auc"])
+
+    _, probs = score(summary["pushed_path"], raw_examples(data_root))
+    assert probs.shape == (64, 1)
+    assert np.all((probs > 0) & (probs < 1)) and probs.std() > 0
+
+
+def test_ml_metadata_records_every_component(keras_run):
+    _, _, executions, _ = keras_run
+    assert {e["node"] for e in executions} == NODES
+    assert all(e["state"] == "COMPLETE" for e in executions), executions
+
+
+def test_second_run_reuses_cached_results(keras_run):
+    config, first, _, second = keras_run
+    executions = run_summary.executions_of_latest_run(
+        metadata.connection_config(None, config.pipeline_root), configs.PIPELINE_NAME)
+    states = {e["node"]: e["state"] for e in executions}
+    for node in ("SpecCsvExampleGen", "StatisticsGen", "Transform", "Trainer"):
+        assert states[node] == "CACHED", states
+    # Same model re-blessed against itself: no duplicate version.
+    assert second["pushed_path"] == first["pushed_path"]
+    assert second["baseline_auc"] == pytest.approx(first["auc"])
+    assert len(model_repository.versions(config.model_repository, config.model_name)) == 1
+
+
+def test_estimator_run_pushes_a_model_with_the_same_signature(tmp_path_factory, keras_run, data_root):
+    tmp = tmp_path_factory.mktemp("estimator")
+    config = run_config(tmp, data_root, "estimator")
+    summary = local_runner.run(config)
+    assert summary["pushed"] and summary["blessed"] and summary["trainer_runner"] == "estimator"
+    record = model_repository.read_record(config.model_repository, config.model_name, summary["pushed_version"])
+    assert record["trainer_runner"] == "estimator"
+    # TensorBoard-readable checkpoints and summaries under the Trainer's model_run_dir.
+    run_dirs = [os.path.join(r, d) for r, ds, _ in os.walk(os.path.join(config.pipeline_root, "Trainer"))
+                for d in ds if d == "model_run"]
+    assert any(f.startswith("events.out.tfevents") for d in run_dirs for f in os.listdir(d))
+
+    serialized = raw_examples(data_root)
+    est_fn, est_probs = score(summary["pushed_path"], serialized)
+    keras_fn, _ = score(keras_run[1]["pushed_path"], serialized)
+    assert np.all((est_probs > 0) & (est_probs < 1)) and est_probs.shape == (64, 1)
+    assert est_fn.structured_input_signature == keras_fn.structured_input_signature
+    assert {k: (v.dtype, v.shape.as_list()) for k, v in est_fn.structured_outputs.items()} == \
+        {k: (v.dtype, v.shape.as_list()) for k, v in keras_fn.structured_outputs.items()}
