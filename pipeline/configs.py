@@ -24,7 +24,7 @@ class RunConfig:
     model_repository: str = "model_repository"
     model_name: str = MODEL_NAME
     trainer: str = "keras"
-    train_steps: int = 3000
+    train_steps: int = 1500
     eval_steps: int = 50
     rows: int = 500_000                       # rows per span of the generated default
     spans: int = 1

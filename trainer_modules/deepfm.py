@@ -30,8 +30,8 @@ class FieldLayout:
 @dataclasses.dataclass(frozen=True)
 class ModelHParams:
     embedding_dim: int = 8
-    dnn_units: Sequence[int] = (128, 64)
-    embedding_l2: float = 1e-6
+    dnn_units: Sequence[int] = (64, 32)
+    embedding_l2: float = 3e-4
 
 
 class FMInteraction(tf.keras.layers.Layer):

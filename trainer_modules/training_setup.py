@@ -20,8 +20,9 @@ class TrainingConfig:
     batch_size: int = 1024
     learning_rate: float = 2e-3
     embedding_dim: int = 8
-    dnn_units: tuple = (128, 64)
-    embedding_l2: float = 1e-6
+    dnn_units: tuple = (64, 32)
+    # Strong enough that rare ids do not overfit in a few epochs.
+    embedding_l2: float = 3e-4
     steps_per_execution: int = 20
     # "auto": mirrored over local GPUs when there are several, else the default strategy.
     distribution: str = "auto"
