@@ -9,6 +9,7 @@ import dataclasses
 import os
 from typing import Any, Dict, List, Optional
 
+from pipeline import synthetic_data
 from schemas.feature_spec import DEFAULT_SPEC
 
 PIPELINE_NAME = "deepfm_tfx"
@@ -39,7 +40,8 @@ class RunConfig:
 
     @property
     def data_root(self) -> str:
-        return self.data or os.path.join(WORKSPACE, "data", f"synthetic-{self.rows}-seed{self.seed}")
+        return self.data or os.path.join(
+            WORKSPACE, "data", f"synthetic-v{synthetic_data.VERSION}-{self.rows}rows-{self.spans}spans-seed{self.seed}")
 
     @property
     def summary_path(self) -> str:

@@ -16,6 +16,7 @@ def silence_before_imports(verbose: bool) -> None:
     if not verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+        os.environ.setdefault("PYTHONWARNINGS", "ignore")  # inherited by Beam worker processes
         warnings.filterwarnings("ignore")
 
 

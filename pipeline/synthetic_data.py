@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
+# Bump when the generated data changes, so cached default data is regenerated.
+VERSION = 2
 NUM_NUMERICAL = 13
 NUM_CATEGORICAL = 26
 NUMERICAL = [f"I{i}" for i in range(1, NUM_NUMERICAL + 1)]

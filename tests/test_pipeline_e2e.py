@@ -113,9 +113,10 @@ def test_estimator_run_pushes_a_model_with_the_same_signature(tmp_path_factory, 
     record = model_repository.read_record(config.model_repository, config.model_name, summary["pushed_version"])
     assert record["trainer_runner"] == "estimator"
     # TensorBoard-readable checkpoints and summaries under the Trainer's model_run_dir.
-    run_dirs = [os.path.join(r, d) for r, ds, _ in os.walk(os.path.join(config.pipeline_root, "Trainer"))
-                for d in ds if d == "model_run"]
-    assert any(f.startswith("events.out.tfevents") for d in run_dirs for f in os.listdir(d))
+    model_run = os.path.join(config.pipeline_root, "Trainer", "model_run")
+    events = [f for _, _, files in os.walk(model_run) for f in files if f.startswith("events.out.tfevents")]
+    checkpoints = [f for _, _, files in os.walk(model_run) for f in files if f.startswith("model.ckpt")]
+    assert events and checkpoints
 
     serialized = raw_examples(data_root)
     est_fn, est_probs = score(summary["pushed_path"], serialized)
