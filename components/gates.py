@@ -39,3 +39,46 @@ def AnomalyGate(anomalies: tfx.dsl.components.InputArtifact[tfx.types.standard_a
     problems = describe_anomalies(anomalies)
     if problems:
         raise GateFailed("ExampleValidator", "schema anomalies in the new data:\n  " + "\n  ".join(problems))
+
+
+def _comparator_anomalies(anomalies, kind: str) -> list:
+    lines = []
+    for feature, info in sorted(anomalies.anomaly_info.items()):
+        reasons = [r for r in info.reason if "COMPARATOR" in anomalies_pb2.AnomalyInfo.Type.Name(r.type)]
+        if reasons:
+            lines.append(f"{kind}: {feature}: " + "; ".join(r.description for r in reasons))
+    return lines
+
+
+def drift_and_skew(current_stats, previous_stats, schema) -> list:
+    """TFDV's drift and skew comparators, with the thresholds set in the schema.
+
+    Drift: this span vs the previous one. Skew: the data the serving model was
+    last trained on (the previous span) vs the traffic it now sees (this span).
+    """
+    import tensorflow_data_validation as tfdv
+
+    drift = tfdv.validate_statistics(current_stats, schema, previous_statistics=previous_stats)
+    skew = tfdv.validate_statistics(previous_stats, schema, serving_statistics=current_stats)
+    return _comparator_anomalies(drift, "drift") + _comparator_anomalies(skew, "skew")
+
+
+@tfx.dsl.components.component
+def DriftGate(
+    statistics: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleStatistics],
+    schema: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Schema],
+    previous_statistics: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleStatistics] = None,
+) -> None:
+    """Fails the run when categorical distributions moved past the schema's thresholds."""
+    from tfx.components.statistics_gen import stats_artifact_utils
+    from tfx.utils import io_utils
+
+    if previous_statistics is None or previous_statistics.uri == statistics.uri:
+        return  # first span, or a re-run of the same one
+    schema_proto = io_utils.SchemaReader().read(io_utils.get_only_uri_in_dir(schema.uri))
+    current = stats_artifact_utils.load_statistics(statistics, "train").proto()
+    previous = stats_artifact_utils.load_statistics(previous_statistics, "train").proto()
+    problems = drift_and_skew(current, previous, schema_proto)
+    if problems:
+        raise GateFailed("DriftSkew", "categorical distributions moved past the schema's thresholds "
+                         "vs the previous span:\n  " + "\n  ".join(problems))

@@ -1,48 +1,89 @@
 """ModelRepositoryPusher: TFX's Pusher contract, writing to the versioned repository.
 
-It pushes only blessed models, like TFX's Pusher, but copies atomically and
-writes a record per version (metrics, runner, data) for `deepfm-tfx models`.
+Like TFX's Pusher it pushes only blessed models, but it copies atomically and
+writes a record per version: metrics, trainer runner, the spans trained on,
+a data fingerprint, the pipeline run and whether training was warm-started.
 """
+import hashlib
 import json
 import os
+from typing import Any, Dict, List
 
-from tfx import v1 as tfx
+from tfx import types
+from tfx.dsl.components.base import base_component, base_executor, executor_spec
+from tfx.types import standard_artifacts
+from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
 from components import evaluation_results, model_repository
+from components.span_window import span_of
 
-Model = tfx.types.standard_artifacts.Model
-ModelBlessing = tfx.types.standard_artifacts.ModelBlessing
-ModelEvaluation = tfx.types.standard_artifacts.ModelEvaluation
-PushedModel = tfx.types.standard_artifacts.PushedModel
+TRAINING_INFO = "training_info.json"  # written by the runners beside Format-Serving
 
 
-@tfx.dsl.components.component
-def ModelRepositoryPusher(
-    model: tfx.dsl.components.InputArtifact[Model],
-    model_blessing: tfx.dsl.components.InputArtifact[ModelBlessing],
-    evaluation: tfx.dsl.components.InputArtifact[ModelEvaluation],
-    pushed_model: tfx.dsl.components.OutputArtifact[PushedModel],
-    model_repository_dir: tfx.dsl.components.Parameter[str],
-    model_name: tfx.dsl.components.Parameter[str],
-    record_json: tfx.dsl.components.Parameter[str] = "{}",
-) -> None:
-    if not model_blessing.get_int_custom_property("blessed"):
-        pushed_model.set_int_custom_property("pushed", 0)
-        return
-    existing = model_repository.version_of_source(model_repository_dir, model_name, model.uri)
-    if existing is not None:
-        # Re-blessed against itself (e.g. a re-run): already in the repository.
-        _mark_pushed(pushed_model, model_repository_dir, model_name, existing)
-        return
-    metrics = evaluation_results.overall_metrics(evaluation.uri)
-    record = dict(json.loads(record_json), metrics=metrics["candidate"],
-                  baseline_metrics=metrics["baseline"] or None, source_model=model.uri)
-    version = model_repository.push(model_repository_dir, model_name,
-                                    os.path.join(model.uri, "Format-Serving"), record)
-    _mark_pushed(pushed_model, model_repository_dir, model_name, version)
+def training_info(model_uri: str) -> Dict[str, Any]:
+    path = os.path.join(model_uri, TRAINING_INFO)
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
 
 
-def _mark_pushed(pushed_model, repo: str, model_name: str, version: int) -> None:
-    pushed_model.set_int_custom_property("pushed", 1)
-    pushed_model.set_int_custom_property("pushed_version", version)
-    pushed_model.set_string_custom_property("pushed_destination", os.path.join(repo, model_name, str(version)))
+def data_fingerprint(examples: List[types.Artifact]) -> str:
+    """Hash of ExampleGen's input fingerprints (file names, sizes, mtimes) per span."""
+    parts = sorted(f"{span_of(e)}:{e.get_string_custom_property('input_fingerprint')}" for e in examples)
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+class ModelRepositoryPusherSpec(types.ComponentSpec):
+    PARAMETERS = {
+        "model_repository_dir": ExecutionParameter(type=str),
+        "model_name": ExecutionParameter(type=str),
+        "record_json": ExecutionParameter(type=str, optional=True),
+    }
+    INPUTS = {
+        "model": ChannelParameter(type=standard_artifacts.Model),
+        "model_blessing": ChannelParameter(type=standard_artifacts.ModelBlessing),
+        "evaluation": ChannelParameter(type=standard_artifacts.ModelEvaluation),
+        "examples": ChannelParameter(type=standard_artifacts.Examples),  # the training window
+    }
+    OUTPUTS = {"pushed_model": ChannelParameter(type=standard_artifacts.PushedModel)}
+
+
+class Executor(base_executor.BaseExecutor):
+    def Do(self, input_dict, output_dict, exec_properties) -> None:
+        [model] = input_dict["model"]
+        [blessing] = input_dict["model_blessing"]
+        [evaluation] = input_dict["evaluation"]
+        [pushed_model] = output_dict["pushed_model"]
+        repo, name = exec_properties["model_repository_dir"], exec_properties["model_name"]
+        if not blessing.get_int_custom_property("blessed"):
+            pushed_model.set_int_custom_property("pushed", 0)
+            return
+        version = model_repository.version_of_source(repo, name, model.uri)
+        if version is None:  # not already pushed by an earlier run of this same model
+            metrics = evaluation_results.overall_metrics(evaluation.uri)
+            examples = input_dict["examples"]
+            info = training_info(model.uri)
+            record = dict(
+                json.loads(exec_properties.get("record_json") or "{}"),
+                metrics=metrics["candidate"], baseline_metrics=metrics["baseline"] or None,
+                spans=sorted(span_of(e) for e in examples), data_fingerprint=data_fingerprint(examples),
+                pipeline_run_id=self._context.pipeline_run_id if self._context else None,
+                warm_started=info.get("warm_started", False), base_model=info.get("base_model"),
+                train_steps=info.get("train_steps"), source_model=model.uri)
+            version = model_repository.push(repo, name, os.path.join(model.uri, "Format-Serving"), record)
+        pushed_model.set_int_custom_property("pushed", 1)
+        pushed_model.set_int_custom_property("pushed_version", version)
+        pushed_model.set_string_custom_property("pushed_destination", os.path.join(repo, name, str(version)))
+
+
+class ModelRepositoryPusher(base_component.BaseComponent):
+    SPEC_CLASS = ModelRepositoryPusherSpec
+    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
+
+    def __init__(self, model, model_blessing, evaluation, examples, model_repository_dir: str,
+                 model_name: str, record_json: str = "{}"):
+        super().__init__(spec=ModelRepositoryPusherSpec(
+            model=model, model_blessing=model_blessing, evaluation=evaluation, examples=examples,
+            model_repository_dir=model_repository_dir, model_name=model_name, record_json=record_json,
+            pushed_model=types.Channel(type=standard_artifacts.PushedModel)))

@@ -7,6 +7,7 @@ taken in the same process. Results go to a table on stdout and a JSON file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import math
@@ -345,77 +346,76 @@ class KerasLoop:
         pass
 
 
-class EstimatorLoop:
-    """tf.estimator.train in a thread, paused between windows by a session hook."""
-
-    def __init__(self, name: str, inputs, files: str, total_steps: int, model_dir: str, note: str = ""):
-        import tensorflow as tf
-
-        from trainer_modules import estimator_runner, training_setup
-        self.name, self.note, self.batch_size = name, note, inputs.config.batch_size
-        self.total_steps = total_steps
-        self.steps_done = 0
-        self._cv = threading.Condition()
-        self._allowed = self._started = self._completed = 0
-        self._error: Optional[BaseException] = None
-        # As estimator_runner.run_fn configures it.
-        run_config = tf.estimator.RunConfig(model_dir=model_dir, save_checkpoints_steps=max(total_steps // 2, 1),
-                                            log_step_count_steps=100)
-        self.estimator = tf.estimator.Estimator(estimator_runner.make_model_fn(inputs), config=run_config)
-        accessor = _data_accessor()
-        self._input_fn = lambda: training_setup.make_dataset(files, accessor, inputs, inputs.config.batch_size)
-        loop = self
-
-        class Gate(tf.estimator.SessionRunHook):
-            def before_run(self, run_context):
-                with loop._cv:
-                    loop._completed = loop._started  # the previous step and all its hooks are done
-                    loop._cv.notify_all()
-                    while loop._allowed <= loop._started:
-                        loop._cv.wait()
-                    loop._started += 1
-
-        self._thread = threading.Thread(target=self._train, args=(Gate(),), daemon=True)
-
-    def _train(self, gate) -> None:
-        try:
-            self.estimator.train(self._input_fn, max_steps=self.total_steps, hooks=[gate])
-        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
-            self._error = e
-        with self._cv:
-            self._completed = self._started
-            self._cv.notify_all()
-
-    def step(self, n: int) -> None:
-        if not self._thread.is_alive() and self._allowed == 0:
-            self._thread.start()
-        with self._cv:
-            self._allowed += n
-            self._cv.notify_all()
-            while self._completed < self._allowed and self._error is None and \
-                    (self._thread.is_alive() or self._completed < self._started):
-                self._cv.wait(0.5)
-        if self._allowed >= self.total_steps:
-            self._thread.join()  # the final checkpoint belongs to the last window
-        if self._error:
-            raise self._error
-        self.steps_done += n
-
-    def predict(self, features):
+def _estimator_worker(conn, paths: Dict[str, str], total_steps: int, model_dir: str) -> None:
+    """Child process: Keras layers built in a v1 graph (as model_fn does)
+    invalidate Keras models built eagerly in the same process."""
+    try:
+        _quiet()
         import numpy as np
         import tensorflow as tf
 
-        from trainer_modules import serving
+        from trainer_modules import estimator_runner, serving, training_setup
+        inputs = _trainer_inputs(paths["graph"])
+        # As estimator_runner.run_fn configures it.
+        run_config = tf.estimator.RunConfig(model_dir=model_dir, save_checkpoints_steps=max(total_steps // 2, 1),
+                                            log_step_count_steps=100)
+        estimator = tf.estimator.Estimator(estimator_runner.make_model_fn(inputs), config=run_config)
+        accessor = _data_accessor()
+
+        class Gate(tf.estimator.SessionRunHook):
+            allowed = started = 0
+
+            def before_run(self, run_context):
+                if self.started == self.allowed:
+                    if self.started:
+                        conn.send(("done", self.started))  # the previous step and all its hooks are done
+                    self.allowed += conn.recv()[1]
+                self.started += 1
+
+        gate = Gate()
+        estimator.train(lambda: training_setup.make_dataset(paths["train"], accessor, inputs, inputs.config.batch_size),
+                        max_steps=total_steps, hooks=[gate])
+        conn.send(("done", gate.started))  # after the final checkpoint
+        conn.recv()
+        features, _ = load_numpy(paths["eval"], inputs)
         input_fn = lambda: tf.data.Dataset.from_tensor_slices(features).batch(8192)  # noqa: E731
-        out = [p[serving.OUTPUT_KEY] for p in self.estimator.predict(input_fn, yield_single_examples=False)]
-        return np.concatenate(out).reshape(-1)
+        probs = [p[serving.OUTPUT_KEY] for p in estimator.predict(input_fn, yield_single_examples=False)]
+        conn.send(("probs", np.concatenate(probs).reshape(-1)))
+    except BaseException:  # noqa: BLE001 - reported to the parent
+        import traceback
+        conn.send(("error", traceback.format_exc()))
+
+
+class EstimatorLoop:
+    """The Estimator runner's train loop in a child process, paused between windows."""
+
+    def __init__(self, name: str, paths: Dict[str, str], total_steps: int, model_dir: str, note: str = ""):
+        import multiprocessing
+        self.name, self.note, self.batch_size = name, note, 1024
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_estimator_worker, args=(child, paths, total_steps, model_dir), daemon=True)
+        self.proc.start()
+
+    def _reply(self, kind: str):
+        got, value = self.conn.recv()
+        if got == "error":
+            raise RuntimeError(f"{self.name} failed in its process:\n{value}")
+        assert got == kind, (got, kind)
+        return value
+
+    def step(self, n: int) -> None:
+        self.conn.send(("step", n))
+        self._reply("done")
+
+    def predict(self, features):
+        self.conn.send(("predict", 0))
+        return self._reply("probs")
 
     def close(self) -> None:
-        if self._thread.is_alive():
-            with self._cv:
-                self._allowed = self.total_steps + 1
-                self._cv.notify_all()
-            self._thread.join()
+        self.proc.join(timeout=60)
+        if self.proc.is_alive():
+            self.proc.terminate()
 
 
 def _keras_predict(loop, features):
@@ -446,8 +446,24 @@ def _runner_model(inputs, jit_compile: bool = False):
     return model
 
 
+def _import_deepctr():
+    """deepctr's __init__ only starts a thread that asks PyPI for newer
+    releases; load the package without it."""
+    import importlib.util
+    import types
+    if "deepctr" not in sys.modules:
+        found = importlib.util.find_spec("deepctr")
+        if found is None:
+            raise ImportError("deepctr is not installed; uv pip install --no-deps -r requirements-bench.txt")
+        package = types.ModuleType("deepctr")
+        package.__path__ = list(found.submodule_search_locations)
+        package.__version__ = "0.9.4"
+        sys.modules["deepctr"] = package
+
+
 def _deepctr_model(inputs, steps_per_execution: int):
     import tensorflow as tf
+    _import_deepctr()
     from deepctr.feature_column import DenseFeat, SparseFeat
     from deepctr.models import DeepFM as DeepCTRDeepFM
     c, layout = inputs.config, inputs.layout
@@ -505,7 +521,7 @@ def build_contenders(paths: Dict[str, str], train_np, plan: Dict[str, Any], work
     contenders.append(runner_loop("keras-runner", "as shipped: spe 20, batch 1024, TFRecord input"))
     est_dir = os.path.join(workdir, "estimator-model")
     shutil.rmtree(est_dir, ignore_errors=True)
-    contenders.append(EstimatorLoop("estimator-runner", base, paths["train"], plan["total_steps"], est_dir,
+    contenders.append(EstimatorLoop("estimator-runner", paths, plan["total_steps"], est_dir,
                                     "as shipped: model_fn + tf.compat.v1 Adam, TFRecord input"))
     deepctr_x = _deepctr_arrays(*train_np[:1], base.layout)
     for spe, note in ((1, "DeepCTR as documented: model.fit on numpy (spe 1)"),
@@ -523,6 +539,8 @@ def build_contenders(paths: Dict[str, str], train_np, plan: Dict[str, Any], work
                         spe=plan["big_batch_spe"], batch=4 * c.batch_size, lr=2 * c.learning_rate),
             runner_loop("runner numpy input", "same model fed from memory as DeepCTR is", dataset="numpy"),
             runner_loop("runner tf.data cache", "TFRecords parsed once, then .cache()", dataset="cache"),
+            runner_loop("runner cache + batch 4096", "both: .cache(), batch 4096, lr x2",
+                        spe=plan["big_batch_spe"], batch=4 * c.batch_size, lr=2 * c.learning_rate, dataset="cache"),
         ]
     return contenders
 
@@ -695,17 +713,24 @@ def _serving_parts(transform_graph: str, model_fn):
     layer = tft_out.transform_features_layer()
     raw_spec = serving.raw_feature_spec(tft_out, spec.label)
 
+    # One small output each, as the signature has: converting dozens of
+    # (sparse) outputs back to Python would cost more than the stage itself.
+    def checksum(tensors):
+        return tf.add_n([tf.reduce_sum(tf.cast(tf.size(t.values if isinstance(t, tf.SparseTensor) else t),
+                                               tf.int64)) for t in tensors.values()])
+
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def noop(examples):
-        return tf.shape(examples)
+        return tf.size(examples)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def parse(examples):
-        return tf.io.parse_example(examples, raw_spec)
+        return checksum(tf.io.parse_example(examples, raw_spec))
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def parse_transform(examples):
-        return layer(tf.io.parse_example(examples, raw_spec))
+        transformed = layer(tf.io.parse_example(examples, raw_spec))
+        return tf.add_n([tf.reduce_sum(tf.cast(t, tf.float32)) for t in transformed.values()])
 
     return {"python call floor (no-op tf.function)": noop, "parse_example": parse,
             "parse_example + Transform": parse_transform, "whole signature": model_fn}
@@ -716,7 +741,7 @@ def section_serving(args, shared: Dict[str, Any]) -> Dict[str, Any]:
 
     from trainer_modules import serving
     quick = args.quick
-    out: Dict[str, Any] = {}
+    out: Dict[str, Any] = {"models": {}}
     data_root = shared["default_runs"]["keras"]["summary"]["data_root"]
     requests = raw_requests(data_root, 4096)
     for trainer in ("keras", "estimator"):
@@ -752,20 +777,20 @@ def section_serving(args, shared: Dict[str, Any]) -> Dict[str, Any]:
         res["verdict_p50"] = verdict(res["single_p50_ms"], TARGETS["serving_p50_ms"], higher_is_better=False)
         res["verdict_batch1024"] = verdict(res["batches"][1024]["examples_per_s"],
                                            TARGETS["serving_batch1024_examples_per_s"])
-        out[trainer] = res
+        out["models"][trainer] = res
     return out
 
 
 def print_serving(res: Dict[str, Any]) -> None:
     rows = []
-    for trainer, r in res.items():
+    for trainer, r in res["models"].items():
         rows.append([trainer, r["single_p50_ms"], r["single_p99_ms"]] +
                     [r["batches"][b]["examples_per_s"] for b in (1, 64, 1024)] +
                     [r["verdict_p50"], r["verdict_batch1024"]])
     print(table(["model", "p50 ms (1 ex)", "p99 ms", "ex/s b=1", "ex/s b=64", "ex/s b=1024",
                  "p50<2ms", ">200k ex/s"], rows,
                 title="\nServing: serving_default on raw serialized tf.Examples, in-process"))
-    parts = res.get("keras", {}).get("breakdown_median_ms")
+    parts = res["models"].get("keras", {}).get("breakdown_median_ms")
     if parts:
         print(table(["stage (Keras model)", "ms b=1", "ms b=1024"],
                     [[n, v[1], v[1024]] for n, v in parts.items()], title="  where the time goes (medians)"))
@@ -895,6 +920,21 @@ def _write_partial(args, sections: Dict[str, Any]) -> None:
     merge_results(args.out, {"sections": sections, "updated": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
 
+@contextlib.contextmanager
+def native_stderr_to(path: str):
+    """TF/XLA C++ logs bypass Python logging; send file descriptor 2 to a file."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "a") as f:
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def _quiet() -> None:
     import logging
     import warnings
@@ -932,10 +972,15 @@ def main(args) -> int:
                            ("pipeline", section_pipeline, print_pipeline)):
         if name not in sections:
             continue
-        print(f"\n== {name}", flush=True)
+        load = os.getloadavg()
+        print(f"\n== {name} (load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} CPUs)",
+              flush=True)
         t = time.time()
-        results[name] = fn(args, shared)
+        with native_stderr_to(os.path.join(args.workdir, "native-stderr.log")):
+            results[name] = fn(args, shared)
         results[name]["section_seconds"] = round(time.time() - t, 1)
+        # Other work on the machine skews every figure; keep the evidence.
+        results[name]["load_average_before_after"] = [list(load), list(os.getloadavg())]
         shared[name] = results[name]
         show(results[name])
         _write_partial(args, {name: results[name]})

@@ -32,6 +32,8 @@ def _run_parser(sub) -> None:
     p.add_argument("--min-auc", type=float, default=d.min_auc, help="absolute AUC floor for blessing")
     p.add_argument("--max-auc-drop", type=float, default=d.max_auc_drop,
                    help="largest AUC drop vs the blessed model that still blesses")
+    p.add_argument("--window-spans", type=int, default=d.window_spans, help="train on the newest K spans")
+    p.add_argument("--no-warm-start", action="store_true", help="always train from scratch")
     p.add_argument("--no-cache", action="store_true")
     p.add_argument("--verbose", action="store_true", help="show TF, Beam and absl logs")
 
@@ -48,7 +50,8 @@ def _config_from(args):
         model_repository=args.model_repository, model_name=args.model_name, trainer=args.trainer,
         train_steps=args.train_steps, eval_steps=args.eval_steps, rows=args.rows, seed=args.seed,
         metadata=args.metadata, summary=args.summary, beam_args=args.beam_arg, training=training,
-        min_auc=args.min_auc, max_auc_drop=args.max_auc_drop, enable_cache=not args.no_cache)
+        min_auc=args.min_auc, max_auc_drop=args.max_auc_drop, enable_cache=not args.no_cache,
+        window_spans=args.window_spans, warm_start=not args.no_warm_start)
 
 
 def _print_summary(summary) -> None:
@@ -56,7 +59,8 @@ def _print_summary(summary) -> None:
         return "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
     print("\nSummary")
     for key in ("auc", "bayes_auc", "logloss", "bayes_logloss", "calibration", "example_count",
-                "baseline_auc", "blessed", "pushed", "pushed_path", "trainer_runner", "blocked_by"):
+                "baseline_auc", "blessed", "pushed", "pushed_path", "trainer_runner", "span", "window_spans",
+                "warm_started", "blocked_by"):
         print(f"  {key:<15} {fmt(summary.get(key))}")
     seconds = summary.get("component_seconds", {})
     if seconds:

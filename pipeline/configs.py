@@ -34,6 +34,8 @@ class RunConfig:
     summary: Optional[str] = None
     beam_args: List[str] = dataclasses.field(default_factory=list)
     training: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    window_spans: int = 4                     # train on the newest K spans
+    warm_start: bool = True
     min_auc: float = 0.6
     max_auc_drop: float = 0.01
     enable_cache: bool = True

@@ -8,9 +8,11 @@ import re
 import time
 from typing import Any, Dict, Optional, Tuple
 
+from ml_metadata import metadata_store
 from tfx import v1 as tfx
 
 from components.csv_example_gen import DataError, check_files
+from components import span_window
 from components.gates import GateFailed
 from pipeline import configs, metadata, run_summary, synthetic_data
 from pipeline.pipeline import create_pipeline
@@ -59,6 +61,8 @@ def build(config: configs.RunConfig, spec: feature_spec.FeatureSpec, input_patte
         train_steps=config.train_steps,
         eval_steps=config.eval_steps,
         training=config.training,
+        window_spans=config.window_spans,
+        warm_start=config.warm_start,
         min_auc=config.min_auc,
         max_auc_drop=config.max_auc_drop,
         enable_cache=config.enable_cache,
@@ -108,6 +112,11 @@ def run(config: configs.RunConfig) -> Dict[str, Any]:
     summary["data_root"] = os.path.abspath(config.data_root)
     if exit_code == 0 and not summary["blessed"]:
         exit_code = 3  # the Evaluator gate refused the model
+    if exit_code == 3 and summary["examples_artifact_id"]:
+        # Leave the week's data out of later training windows.
+        span_window.quarantine(metadata_store.MetadataStore(pipeline.metadata_connection_config),
+                               summary["examples_artifact_id"], f"blocked by {summary['blocked_by']}")
+        summary["quarantined_span"] = summary["span"]
     os.makedirs(os.path.dirname(os.path.abspath(config.summary_path)), exist_ok=True)
     with open(config.summary_path, "w") as f:
         json.dump(summary, f, indent=2)

@@ -1,8 +1,10 @@
 """The pipeline's topology, defined once for every orchestrator.
 
-SpecCsvExampleGen -> StatisticsGen -> (Import)SchemaGen -> ExampleValidator
--> AnomalyGate -> Transform -> Trainer -> Evaluator (vs latest blessed model)
--> ModelRepositoryPusher
+SpecCsvExampleGen (newest span) -> StatisticsGen -> ExampleValidator -> AnomalyGate
+                                                 -> DriftGate (vs previous span)
+training_window (newest K spans) -> Transform (analyzer cache) -> Trainer
+    (warm start from the latest blessed model) -> Evaluator (newest span's
+    held-out split, vs the latest blessed model) -> ModelRepositoryPusher
 """
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
 from components.csv_example_gen import SpecCsvExampleGen
-from components.gates import AnomalyGate
+from components.gates import AnomalyGate, DriftGate
+from components.span_window import RollingSpanWindowStrategy
 from components.model_repository_pusher import ModelRepositoryPusher
 from schemas.feature_spec import FeatureSpec
 
@@ -60,6 +63,8 @@ def create_pipeline(
     training: Dict[str, Any],
     min_auc: float,
     max_auc_drop: float,
+    window_spans: int = 4,
+    warm_start: bool = True,
     eval_fraction_buckets: int = 1,
     enable_cache: bool = True,
     metadata_connection_config: Optional[metadata_store_pb2.ConnectionConfig] = None,
@@ -76,7 +81,20 @@ def create_pipeline(
             tfx.proto.SplitConfig.Split(name="train", hash_buckets=10 - eval_fraction_buckets),
             tfx.proto.SplitConfig.Split(name="eval", hash_buckets=eval_fraction_buckets)]))
     ).with_id("SpecCsvExampleGen")
+    examples_channel = tfx.dsl.Channel(
+        type=tfx.types.standard_artifacts.Examples, producer_component_id=example_gen.id, output_key="examples")
+    training_window = tfx.dsl.Resolver(
+        strategy_class=RollingSpanWindowStrategy, config={"num_spans": window_spans}, examples=examples_channel,
+    ).with_id("training_window")
+    training_window.add_upstream_node(example_gen)  # so it sees the span ingested by this run
+
+    previous_statistics = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,
+        statistics=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ExampleStatistics,
+                                   producer_component_id="StatisticsGen", output_key="statistics"),
+    ).with_id("previous_statistics")
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    statistics_gen.add_upstream_node(previous_statistics)  # resolve before this run's statistics exist
     if spec.schema_file:
         schema_gen = tfx.components.ImportSchemaGen(schema_file=spec.schema_file)
     else:
@@ -85,28 +103,38 @@ def create_pipeline(
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
     anomaly_gate = AnomalyGate(anomalies=example_validator.outputs["anomalies"])
+    drift_gate = DriftGate(statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"],
+                           previous_statistics=previous_statistics.outputs["statistics"])
 
+    transform_cache = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,
+        cache=tfx.dsl.Channel(type=tfx.types.standard_artifacts.TransformCache),
+    ).with_id("latest_transform_cache")
     transform = tfx.components.Transform(
-        examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
+        examples=training_window.outputs["examples"], schema=schema_gen.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN, custom_config={"feature_spec": spec_dict},
+        # Spans analysed in an earlier run are not analysed again.
+        analyzer_cache=transform_cache.outputs["cache"],
         # Statistics of the transformed data cost a full TFDV pass we never read.
         disable_statistics=True)
     transform.add_upstream_node(anomaly_gate)
-
-    trainer = tfx.components.Trainer(
-        run_fn=RUN_FNS[trainer_runner],
-        examples=transform.outputs["transformed_examples"],
-        transform_graph=transform.outputs["transform_graph"],
-        schema=schema_gen.outputs["schema"],
-        train_args=tfx.proto.TrainArgs(num_steps=train_steps),
-        eval_args=tfx.proto.EvalArgs(num_steps=eval_steps),
-        custom_config={"feature_spec": spec_dict, "training": training, "trainer_runner": trainer_runner})
+    transform.add_upstream_node(drift_gate)
 
     latest_blessed = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
         model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
     ).with_id("latest_blessed_model_resolver")
+
+    trainer = tfx.components.Trainer(
+        run_fn=RUN_FNS[trainer_runner],
+        examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        schema=schema_gen.outputs["schema"],
+        base_model=latest_blessed.outputs["model"] if warm_start else None,
+        train_args=tfx.proto.TrainArgs(num_steps=train_steps),
+        eval_args=tfx.proto.EvalArgs(num_steps=eval_steps),
+        custom_config={"feature_spec": spec_dict, "training": training, "trainer_runner": trainer_runner})
 
     evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"],
@@ -119,6 +147,7 @@ def create_pipeline(
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
         evaluation=evaluator.outputs["evaluation"],
+        examples=training_window.outputs["examples"],
         model_repository_dir=model_repository,
         model_name=model_name,
         record_json=json.dumps({"trainer_runner": trainer_runner, "feature_spec": spec.name}),
@@ -127,8 +156,9 @@ def create_pipeline(
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
-        components=[example_gen, statistics_gen, schema_gen, example_validator, anomaly_gate,
-                    transform, trainer, latest_blessed, evaluator, pusher],
+        components=[example_gen, training_window, previous_statistics, statistics_gen, schema_gen,
+                    example_validator, anomaly_gate, drift_gate, transform_cache, transform,
+                    latest_blessed, trainer, evaluator, pusher],
         enable_cache=enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args or [],

@@ -7,6 +7,7 @@ from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from components import evaluation_results
+from components.model_repository_pusher import training_info as training_setup_info
 
 
 def _latest_run_context(store, pipeline_name: str):
@@ -32,22 +33,37 @@ def executions_of_latest_run(connection_config: metadata_store_pb2.ConnectionCon
         node = next((c.name.split(".", 1)[-1] for c in store.get_contexts_by_execution(execution.id)
                      if c.type_id == node_type), str(execution.id))
         events = store.get_events_by_execution_ids([execution.id])
-        output_ids = [e.artifact_id for e in events if e.type == metadata_store_pb2.Event.OUTPUT]
-        outputs: Dict[str, list] = {}
-        types = {}
-        for artifact in store.get_artifacts_by_id(output_ids):
-            if artifact.type_id not in types:
-                types[artifact.type_id] = store.get_artifact_types_by_id([artifact.type_id])[0].name
-            outputs.setdefault(types[artifact.type_id], []).append(artifact)
+        inputs = _artifacts_by_type(store, [e.artifact_id for e in events if e.type == metadata_store_pb2.Event.INPUT])
+        outputs = _artifacts_by_type(store, [e.artifact_id for e in events
+                                             if e.type == metadata_store_pb2.Event.OUTPUT])
         result.append({
             "node": node,
             "execution_id": execution.id,
             "state": metadata_store_pb2.Execution.State.Name(execution.last_known_state),
             "seconds": max(execution.last_update_time_since_epoch - execution.create_time_since_epoch, 0) / 1000.0,
+            "inputs": inputs,
             "outputs": outputs,
             "run_id": run.name,
         })
     return result
+
+
+def _artifacts_by_type(store, artifact_ids: List[int]) -> Dict[str, list]:
+    by_type: Dict[str, list] = {}
+    names: Dict[int, str] = {}
+    for artifact in store.get_artifacts_by_id(artifact_ids) if artifact_ids else []:
+        if artifact.type_id not in names:
+            names[artifact.type_id] = store.get_artifact_types_by_id([artifact.type_id])[0].name
+        by_type.setdefault(names[artifact.type_id], []).append(artifact)
+    return by_type
+
+
+def _span(artifact) -> int:
+    # TFX 1.15 keeps an Examples artifact's span as a custom property.
+    for props in (artifact.custom_properties, artifact.properties):
+        if "span" in props:
+            return props["span"].int_value
+    return 0
 
 
 def _custom(artifact, key: str) -> Any:
@@ -69,6 +85,10 @@ def build(executions: List[Dict[str, Any]], trainer_runner: str,
         "blessed": False, "pushed": False, "pushed_path": None, "pushed_version": None,
         "trainer_runner": trainer_runner,
         "span": None,
+        "examples_artifact_id": None,
+        "window_spans": None,
+        "warm_started": None,
+        "warm_start_note": None,
         "component_seconds": {e["node"]: round(e["seconds"], 2) for e in executions},
         "component_states": {e["node"]: e["state"] for e in executions},
         "pipeline_run_id": executions[0]["run_id"] if executions else None,
@@ -77,7 +97,16 @@ def build(executions: List[Dict[str, Any]], trainer_runner: str,
     }
     examples = by_node.get("SpecCsvExampleGen", {}).get("outputs", {}).get("Examples")
     if examples:
-        summary["span"] = examples[0].properties["span"].int_value
+        summary["span"] = _span(examples[0])
+        summary["examples_artifact_id"] = examples[0].id
+    window = by_node.get("Transform", {}).get("inputs", {}).get("Examples")
+    if window:
+        summary["window_spans"] = sorted(_span(a) for a in window)
+    trained = by_node.get("Trainer", {}).get("outputs", {}).get("Model")
+    if trained:
+        info = training_setup_info(trained[0].uri)
+        summary["warm_started"] = info.get("warm_started")
+        summary["warm_start_note"] = info.get("warm_start_note")
     evaluator = by_node.get("Evaluator")
     if evaluator and evaluator["outputs"].get("ModelEvaluation"):
         uri = evaluator["outputs"]["ModelEvaluation"][0].uri

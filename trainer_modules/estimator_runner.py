@@ -53,7 +53,14 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         model_dir=fn_args.model_run_dir,  # checkpoints and summaries, for TensorBoard
         train_distribute=training_setup.distribution_strategy(config.distribution),
         save_checkpoints_steps=max(fn_args.train_steps // 2, 1), log_step_count_steps=100)
-    estimator = tf.estimator.Estimator(make_model_fn(inputs), config=run_config)
+    warm_from, note = training_setup.warm_start_source(fn_args, inputs)
+    warm_start = None
+    if warm_from:
+        # An exported Estimator SavedModel's variables are a name-based checkpoint.
+        warm_start = tf.estimator.WarmStartSettings(
+            ckpt_to_initialize_from=os.path.join(warm_from, "variables", "variables"),
+            vars_to_warm_start=r"^deepfm/")
+    estimator = tf.estimator.Estimator(make_model_fn(inputs), config=run_config, warm_start_from=warm_start)
 
     def input_fn(files):
         return lambda: training_setup.make_dataset(files, fn_args.data_accessor, inputs, config.batch_size)
@@ -70,3 +77,4 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     shutil.copytree(exported.decode() if isinstance(exported, bytes) else exported, fn_args.serving_model_dir,
                     dirs_exist_ok=True)
     shutil.rmtree(export_base, ignore_errors=True)
+    training_setup.write_training_info(fn_args, inputs, warm_from, note)

@@ -1,4 +1,6 @@
 """Keras runner: TFX Trainer's `run_fn` training DeepFM with model.fit."""
+import os
+
 import tensorflow as tf
 from tfx import v1 as tfx
 
@@ -23,11 +25,17 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     strategy = training_setup.distribution_strategy(config.distribution) or tf.distribute.get_strategy()
     train = training_setup.make_dataset(fn_args.train_files, fn_args.data_accessor, inputs, config.batch_size)
     evaluation = training_setup.make_dataset(fn_args.eval_files, fn_args.data_accessor, inputs, config.batch_size)
+    warm_from, note = training_setup.warm_start_source(fn_args, inputs)
     with strategy.scope():
         model = build_model(inputs)
+        if warm_from:
+            model(next(iter(train))[0])  # create the variables, then overwrite them
+            # The SavedModel's root object is the DeepFM model itself.
+            model.load_weights(os.path.join(warm_from, "variables", "variables")).expect_partial()
     model.fit(
         train, steps_per_epoch=fn_args.train_steps, epochs=1,
         validation_data=evaluation, validation_steps=fn_args.eval_steps, verbose=0,
         callbacks=[tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq=100)])
+    training_setup.write_training_info(fn_args, inputs, warm_from, note)
     model.save(fn_args.serving_model_dir, save_format="tf",
                signatures=serving.keras_signatures(model, inputs.transform_output, inputs.spec.label))

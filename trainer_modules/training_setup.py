@@ -3,7 +3,9 @@ the distribution strategy. The runners differ only in the loop and export."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Optional
+import json
+import os
+from typing import Any, Dict, Optional, Tuple
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -88,3 +90,62 @@ def distribution_strategy(name: str) -> Optional[tf.distribute.Strategy]:
     if name == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise ValueError(f"unknown distribution strategy {name!r}; use auto, default, mirrored or multi_worker")
+
+
+TRAINING_INFO = "training_info.json"  # beside Format-Serving; read by the pusher and the summary
+
+
+def _model_root(serving_dir: str) -> str:
+    return os.path.dirname(serving_dir.rstrip("/"))
+
+
+def read_training_info(serving_dir: str) -> Dict[str, Any]:
+    path = os.path.join(_model_root(serving_dir), TRAINING_INFO)
+    if not tf.io.gfile.exists(path):
+        return {}
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
+def _vocabulary_file(saved_model_dir: str) -> Optional[str]:
+    for name in tf.io.gfile.listdir(os.path.join(saved_model_dir, "assets")) \
+            if tf.io.gfile.exists(os.path.join(saved_model_dir, "assets")) else []:
+        if name == preprocessing.VOCABULARY:
+            return os.path.join(saved_model_dir, "assets", name)
+    return None
+
+
+def warm_start_source(fn_args, inputs: TrainerInputs) -> Tuple[Optional[str], str]:
+    """The blessed model to start from, or None and why training starts cold.
+
+    Embedding rows only carry over when ids mean the same thing: hashed ids
+    always do; vocabulary ids only if the vocabulary is unchanged.
+    """
+    base = fn_args.base_model
+    if not base:
+        return None, "cold start: no blessed model yet"
+    previous = read_training_info(base)
+    if previous.get("trainer_runner") != inputs.runner_name:
+        return None, f"cold start: the blessed model was trained by the {previous.get('trainer_runner')!r} runner"
+    if previous.get("num_ids") != inputs.layout.num_ids or previous.get("layout") != _layout_key(inputs):
+        return None, "cold start: the field layout or id space changed"
+    if inputs.spec.categorical_encoding == "vocabulary":
+        old = _vocabulary_file(base)
+        new = inputs.transform_output.vocabulary_file_by_name(preprocessing.VOCABULARY)
+        if not old or tf.io.gfile.GFile(old, "rb").read() != tf.io.gfile.GFile(new, "rb").read():
+            return None, "cold start: the vocabulary changed, so ids moved (hash encoding keeps them stable)"
+    return base, f"warm start from {base}"
+
+
+def _layout_key(inputs: TrainerInputs) -> str:
+    layout, config = inputs.layout, inputs.config
+    return json.dumps([layout.categorical, layout.numerical, layout.multivalent,
+                       config.embedding_dim, list(config.dnn_units)])
+
+
+def write_training_info(fn_args, inputs: TrainerInputs, warm_from: Optional[str], note: str) -> None:
+    info = {"trainer_runner": inputs.runner_name, "warm_started": warm_from is not None,
+            "base_model": warm_from, "warm_start_note": note, "train_steps": fn_args.train_steps,
+            "num_ids": inputs.layout.num_ids, "layout": _layout_key(inputs)}
+    with tf.io.gfile.GFile(os.path.join(_model_root(fn_args.serving_model_dir), TRAINING_INFO), "w") as f:
+        json.dump(info, f, indent=2)

@@ -1,0 +1,52 @@
+"""Which ingested spans the model trains on: a rolling window of the newest K.
+
+Like TFX's SpanRangeStrategy with a rolling range, but a span is counted once
+(its newest ingestion) and spans a gate quarantined are skipped, so one bad
+week does not poison the next K trainings.
+"""
+from typing import Dict, List, Optional
+
+from ml_metadata import metadata_store
+from tfx import types
+from tfx.dsl.components.common import resolver
+
+QUARANTINED = "quarantined"
+
+
+def span_of(artifact: types.Artifact) -> int:
+    # ExampleGen in TFX 1.15 records the span as a custom property.
+    if artifact.has_custom_property("span"):
+        return int(artifact.get_int_custom_property("span"))
+    return int(artifact.span or 0)
+
+
+class RollingSpanWindowStrategy(resolver.ResolverStrategy):
+    def __init__(self, num_spans: int):
+        if num_spans < 1:
+            raise ValueError("the training window needs at least one span")
+        self._num_spans = num_spans
+
+    def window(self, artifacts: List[types.Artifact]) -> List[types.Artifact]:
+        newest_per_span: Dict[int, types.Artifact] = {}
+        for artifact in artifacts:
+            if artifact.get_int_custom_property(QUARANTINED):
+                continue
+            span = span_of(artifact)
+            if span not in newest_per_span or artifact.id > newest_per_span[span].id:
+                newest_per_span[span] = artifact
+        spans = sorted(newest_per_span, reverse=True)[:self._num_spans]
+        return [newest_per_span[s] for s in spans]
+
+    def resolve_artifacts(self, store: metadata_store.MetadataStore,
+                          input_dict: Dict[str, List[types.Artifact]]
+                          ) -> Optional[Dict[str, List[types.Artifact]]]:
+        result = {key: self.window(artifacts) for key, artifacts in input_dict.items()}
+        return result if all(result.values()) else None
+
+
+def quarantine(store: metadata_store.MetadataStore, artifact_id: int, reason: str) -> None:
+    """Marks an ingested span so later windows leave it out."""
+    [artifact] = store.get_artifacts_by_id([artifact_id])
+    artifact.custom_properties[QUARANTINED].int_value = 1
+    artifact.custom_properties["quarantine_reason"].string_value = reason[:1000]
+    store.put_artifacts([artifact])
