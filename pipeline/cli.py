@@ -106,7 +106,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     from pipeline import console
     console.silence_before_imports("--verbose" in argv)
-    from pipeline import models_cli, orchestrators_cli
+    from pipeline import models_cli, orchestrators_cli, simulate
 
     parser = argparse.ArgumentParser(prog="deepfm-tfx", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -120,6 +120,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     g.add_argument("--out", default="workspace/data/synthetic")
     orchestrators_cli.register(sub)
     models_cli.register(sub)
+    simulate.register(sub)
     args = parser.parse_args(argv)
     if hasattr(args, "func"):
         return args.func(args)

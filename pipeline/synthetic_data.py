@@ -25,6 +25,7 @@ NUM_CATEGORICAL = 26
 NUMERICAL = [f"I{i}" for i in range(1, NUM_NUMERICAL + 1)]
 CATEGORICAL = [f"C{i}" for i in range(1, NUM_CATEGORICAL + 1)]
 COLUMNS = ["label"] + NUMERICAL + CATEGORICAL
+BROKEN_COLUMN = "C2"
 
 # Cardinalities span three orders of magnitude; small enough that 500k rows
 # can pin down every id's weights, so a good model gets near the Bayes AUC.
@@ -145,11 +146,14 @@ class GroundTruth:
 
 
 def generate(out_dir: str, rows: int, spans: int = 1, seed: int = 42, drift: float = 0.02,
-             first_span: int = 1, shuffle_labels_span: Optional[int] = None) -> List[Dict]:
+             first_span: int = 1, shuffle_labels_span: Optional[int] = None,
+             broken_column_span: Optional[int] = None) -> List[Dict]:
     """Writes `spans` weekly spans of `rows` rows each; returns their Bayes metrics.
 
     Deterministic for a given seed: span N is always the same data.
-    `shuffle_labels_span` plants a broken week (labels permuted) for gate tests.
+    `shuffle_labels_span` plants a broken week (labels permuted) for gate tests;
+    `broken_column_span` one whose column C2 holds a single unseen id (an
+    upstream join gone wrong).
     """
     if rows < 1 or spans < 1:
         raise ValueError("rows and spans must be positive")
@@ -168,6 +172,8 @@ def generate(out_dir: str, rows: int, spans: int = 1, seed: int = 42, drift: flo
         labels = (rng.random(rows) < prob).astype(np.int64)
         if span == shuffle_labels_span:
             labels = rng.permutation(labels)
+        if span == broken_column_span:
+            data[BROKEN_COLUMN] = np.full(rows, "deadbeef")
         span_dir = os.path.join(out_dir, f"span-{span}")
         os.makedirs(span_dir, exist_ok=True)
         frame = pd.DataFrame({"label": labels, **data}, columns=COLUMNS)
@@ -177,7 +183,8 @@ def generate(out_dir: str, rows: int, spans: int = 1, seed: int = 42, drift: flo
             os.replace(tmp, os.path.join(span_dir, f"part-{part:03d}.csv"))
         report = {"span": span, "rows": rows, "seed": seed, "ctr": float(labels.mean()),
                   "bayes_auc": auc(labels, prob), "bayes_logloss": logloss(labels, prob),
-                  "labels_shuffled": span == shuffle_labels_span}
+                  "labels_shuffled": span == shuffle_labels_span,
+                  "broken_column": BROKEN_COLUMN if span == broken_column_span else None}
         with open(os.path.join(span_dir, "bayes.json"), "w") as f:
             json.dump(report, f, indent=2)
         reports.append(report)
