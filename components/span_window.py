@@ -44,9 +44,24 @@ class RollingSpanWindowStrategy(resolver.ResolverStrategy):
         return result if all(result.values()) else None
 
 
-def quarantine(store: metadata_store.MetadataStore, artifact_id: int, reason: str) -> None:
-    """Marks an ingested span so later windows leave it out."""
-    [artifact] = store.get_artifacts_by_id([artifact_id])
-    artifact.custom_properties[QUARANTINED].int_value = 1
-    artifact.custom_properties["quarantine_reason"].string_value = reason[:1000]
-    store.put_artifacts([artifact])
+class LatestNotQuarantinedStrategy(resolver.ResolverStrategy):
+    """The newest artifact per key that no gate quarantined (e.g. the previous good week's statistics)."""
+
+    def resolve_artifacts(self, store: metadata_store.MetadataStore,
+                          input_dict: Dict[str, List[types.Artifact]]
+                          ) -> Optional[Dict[str, List[types.Artifact]]]:
+        result = {}
+        for key, artifacts in input_dict.items():
+            good = [a for a in artifacts if not a.get_int_custom_property(QUARANTINED)]
+            result[key] = [max(good, key=lambda a: a.id)] if good else []
+        return result
+
+
+def quarantine(store: metadata_store.MetadataStore, artifact_ids: List[int], reason: str) -> None:
+    """Marks a week's examples and statistics so later runs neither train on
+    them nor compare the next week against them."""
+    artifacts = store.get_artifacts_by_id(artifact_ids)
+    for artifact in artifacts:
+        artifact.custom_properties[QUARANTINED].int_value = 1
+        artifact.custom_properties["quarantine_reason"].string_value = reason[:1000]
+    store.put_artifacts(artifacts)

@@ -54,7 +54,8 @@ def build_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str, mo
                    features: str = feature_spec.DEFAULT_SPEC, model_name: str = configs.MODEL_NAME,
                    train_steps: Optional[int] = None, eval_steps: Optional[int] = None,
                    training: Optional[Dict[str, Any]] = None, min_auc: Optional[float] = None,
-                   max_auc_drop: Optional[float] = None, enable_cache: bool = True):
+                   max_auc_drop: Optional[float] = None, enable_cache: bool = True,
+                   custom_resolvers: bool = True):
     """pipeline.py's topology with cluster paths; ml-metadata is the orchestrator's own."""
     _check_remote("pipeline_root", pipeline_root)
     _check_remote("data_root", data_root)
@@ -79,6 +80,7 @@ def build_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str, mo
         min_auc=d.min_auc if min_auc is None else min_auc,
         max_auc_drop=d.max_auc_drop if max_auc_drop is None else max_auc_drop,
         enable_cache=enable_cache,
+        custom_resolvers=custom_resolvers,
         beam_pipeline_args=configs.DEFAULT_BEAM_ARGS + list(beam_args),
     )
 
@@ -136,5 +138,5 @@ def compile_v2(output_path: str, *, pipeline_root: str = DEFAULT_PIPELINE_ROOT,
         output_dir=output_dir, output_filename=output_filename,
     ).run(build_pipeline(pipeline_name=pipeline_name, pipeline_root=pipeline_root, data_root=data_root,
                          model_repository=model_repository, beam_args=beam_args, trainer=trainer,
-                         **options))
+                         custom_resolvers=False, **options))
     return os.path.join(output_dir, output_filename)

@@ -114,8 +114,9 @@ def run(config: configs.RunConfig) -> Dict[str, Any]:
         exit_code = 3  # the Evaluator gate refused the model
     if exit_code == 3 and summary["examples_artifact_id"]:
         # Leave the week's data out of later training windows.
+        week = [summary["examples_artifact_id"], summary["statistics_artifact_id"]]
         span_window.quarantine(metadata_store.MetadataStore(pipeline.metadata_connection_config),
-                               summary["examples_artifact_id"], f"blocked by {summary['blocked_by']}")
+                               [i for i in week if i], f"blocked by {summary['blocked_by']}")
         summary["quarantined_span"] = summary["span"]
     os.makedirs(os.path.dirname(os.path.abspath(config.summary_path)), exist_ok=True)
     with open(config.summary_path, "w") as f:

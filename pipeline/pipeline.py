@@ -17,7 +17,7 @@ from tfx import v1 as tfx
 
 from components.csv_example_gen import SpecCsvExampleGen
 from components.gates import AnomalyGate, DriftGate
-from components.span_window import RollingSpanWindowStrategy
+from components.span_window import LatestNotQuarantinedStrategy, RollingSpanWindowStrategy
 from components.model_repository_pusher import ModelRepositoryPusher
 from schemas.feature_spec import FeatureSpec
 
@@ -65,6 +65,7 @@ def create_pipeline(
     max_auc_drop: float,
     window_spans: int = 4,
     warm_start: bool = True,
+    custom_resolvers: bool = True,
     eval_fraction_buckets: int = 1,
     enable_cache: bool = True,
     metadata_connection_config: Optional[metadata_store_pb2.ConnectionConfig] = None,
@@ -87,9 +88,13 @@ def create_pipeline(
         strategy_class=RollingSpanWindowStrategy, config={"num_spans": window_spans}, examples=examples_channel,
     ).with_id("training_window")
     training_window.add_upstream_node(example_gen)  # so it sees the span ingested by this run
+    # KFP v2 compiles only TFX's own resolver strategies (and ignores the order
+    # above): there the model trains on the newest span alone.
+    training_examples = (training_window.outputs["examples"] if custom_resolvers
+                         else example_gen.outputs["examples"])
 
     previous_statistics = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,
+        strategy_class=LatestNotQuarantinedStrategy if custom_resolvers else tfx.dsl.experimental.LatestArtifactStrategy,
         statistics=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ExampleStatistics,
                                    producer_component_id="StatisticsGen", output_key="statistics"),
     ).with_id("previous_statistics")
@@ -111,7 +116,7 @@ def create_pipeline(
         cache=tfx.dsl.Channel(type=tfx.types.standard_artifacts.TransformCache),
     ).with_id("latest_transform_cache")
     transform = tfx.components.Transform(
-        examples=training_window.outputs["examples"], schema=schema_gen.outputs["schema"],
+        examples=training_examples, schema=schema_gen.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN, custom_config={"feature_spec": spec_dict},
         # Spans analysed in an earlier run are not analysed again.
         analyzer_cache=transform_cache.outputs["cache"],
@@ -147,7 +152,7 @@ def create_pipeline(
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
         evaluation=evaluator.outputs["evaluation"],
-        examples=training_window.outputs["examples"],
+        examples=training_examples,
         model_repository_dir=model_repository,
         model_name=model_name,
         record_json=json.dumps({"trainer_runner": trainer_runner, "feature_spec": spec.name}),
@@ -156,7 +161,7 @@ def create_pipeline(
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
-        components=[example_gen, training_window, previous_statistics, statistics_gen, schema_gen,
+        components=[example_gen] + ([training_window] if custom_resolvers else []) + [previous_statistics, statistics_gen, schema_gen,
                     example_validator, anomaly_gate, drift_gate, transform_cache, transform,
                     latest_blessed, trainer, evaluator, pusher],
         enable_cache=enable_cache,

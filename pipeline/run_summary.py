@@ -86,6 +86,7 @@ def build(executions: List[Dict[str, Any]], trainer_runner: str,
         "trainer_runner": trainer_runner,
         "span": None,
         "examples_artifact_id": None,
+        "statistics_artifact_id": None,
         "window_spans": None,
         "warm_started": None,
         "warm_start_note": None,
@@ -99,6 +100,9 @@ def build(executions: List[Dict[str, Any]], trainer_runner: str,
     if examples:
         summary["span"] = _span(examples[0])
         summary["examples_artifact_id"] = examples[0].id
+    statistics = by_node.get("StatisticsGen", {}).get("outputs", {}).get("ExampleStatistics")
+    if statistics:
+        summary["statistics_artifact_id"] = statistics[0].id
     window = by_node.get("Transform", {}).get("inputs", {}).get("Examples")
     if window:
         summary["window_spans"] = sorted(_span(a) for a in window)

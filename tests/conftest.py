@@ -11,3 +11,22 @@ SHARED_SAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__f
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "e2e: runs the real pipeline on small data (minutes)")
+
+# The pipeline's task graph (node -> its upstream nodes), as every orchestrator must compile it.
+PIPELINE_UPSTREAM = {
+    "SpecCsvExampleGen": set(),
+    "ImportSchemaGen": set(),
+    "latest_blessed_model_resolver": set(),
+    "latest_transform_cache": set(),
+    "previous_statistics": set(),
+    "training_window": {"SpecCsvExampleGen"},
+    "StatisticsGen": {"SpecCsvExampleGen", "previous_statistics"},
+    "ExampleValidator": {"StatisticsGen", "ImportSchemaGen"},
+    "AnomalyGate": {"ExampleValidator"},
+    "DriftGate": {"StatisticsGen", "ImportSchemaGen", "previous_statistics"},
+    "Transform": {"training_window", "ImportSchemaGen", "AnomalyGate", "DriftGate", "latest_transform_cache"},
+    "Trainer": {"Transform", "ImportSchemaGen", "latest_blessed_model_resolver"},
+    "Evaluator": {"SpecCsvExampleGen", "Trainer", "latest_blessed_model_resolver"},
+    "ModelRepositoryPusher": {"Trainer", "Evaluator", "training_window"},
+}
+RESOLVERS = {"latest_blessed_model_resolver", "latest_transform_cache", "previous_statistics", "training_window"}

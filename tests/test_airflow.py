@@ -7,22 +7,12 @@ import time
 
 import pytest
 
+from conftest import PIPELINE_UPSTREAM, RESOLVERS
 from components import model_repository
 from pipeline import airflow_runner, synthetic_data
 
 DAG_ID = "deepfm_tfx"
-UPSTREAM = {
-    "SpecCsvExampleGen": set(),
-    "ImportSchemaGen": set(),
-    "latest_blessed_model_resolver": set(),
-    "StatisticsGen": {"SpecCsvExampleGen"},
-    "ExampleValidator": {"StatisticsGen", "ImportSchemaGen"},
-    "AnomalyGate": {"ExampleValidator"},
-    "Transform": {"SpecCsvExampleGen", "ImportSchemaGen", "AnomalyGate"},
-    "Trainer": {"Transform", "ImportSchemaGen"},
-    "Evaluator": {"SpecCsvExampleGen", "Trainer", "latest_blessed_model_resolver"},
-    "ModelRepositoryPusher": {"Trainer", "Evaluator"},
-}
+UPSTREAM = PIPELINE_UPSTREAM
 POSTGRES = dict(user="deepfm_airflow_test", password="deepfm-test-pw", database="deepfm_airflow_test")
 
 

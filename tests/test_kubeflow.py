@@ -9,6 +9,7 @@ from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 from tfx.proto.orchestration import executable_spec_pb2, pipeline_pb2
 
+from conftest import PIPELINE_UPSTREAM, RESOLVERS
 from pipeline import kubeflow_runner, orchestrators_cli, schedule
 
 IMAGE = "registry.example.com/deepfm-tfx/pipeline:test-7"
@@ -16,18 +17,7 @@ PIPELINE_ROOT = "gs://deepfm-test-bucket/pipeline"
 DATA_ROOT = "gs://deepfm-test-bucket/data"
 MODEL_REPOSITORY = "/mnt/deepfm-tfx/model_repository"
 BEAM_ARG = "--temp_location=gs://deepfm-test-bucket/tmp"
-UPSTREAM = {
-    "SpecCsvExampleGen": set(),
-    "ImportSchemaGen": set(),
-    "latest_blessed_model_resolver": set(),
-    "StatisticsGen": {"SpecCsvExampleGen"},
-    "ExampleValidator": {"StatisticsGen", "ImportSchemaGen"},
-    "AnomalyGate": {"ExampleValidator"},
-    "Transform": {"SpecCsvExampleGen", "ImportSchemaGen", "AnomalyGate"},
-    "Trainer": {"Transform", "ImportSchemaGen"},
-    "Evaluator": {"SpecCsvExampleGen", "Trainer", "latest_blessed_model_resolver"},
-    "ModelRepositoryPusher": {"Trainer", "Evaluator"},
-}
+UPSTREAM = PIPELINE_UPSTREAM
 SCHEMA_IN_IMAGE = "/opt/deepfm-tfx/schemas/criteo.schema.pbtxt"
 OPTIONS = dict(pipeline_root=PIPELINE_ROOT, data_root=DATA_ROOT, model_repository=MODEL_REPOSITORY,
                image=IMAGE, beam_args=[BEAM_ARG], train_steps=123, eval_steps=7)
@@ -156,7 +146,10 @@ def test_v2_dag_edges_follow_the_topology(v2):
     edges = {}
     for name, task in tasks.items():
         edges.setdefault(_v2_node(name), set()).update(_v2_node(d) for d in task.dependent_tasks)
-    assert edges == UPSTREAM
+    # v2 has no custom resolvers: Transform and the pusher read ExampleGen's newest span directly.
+    v2_upstream = {node: {"SpecCsvExampleGen" if up == "training_window" else up for up in ups}
+                   for node, ups in UPSTREAM.items() if node != "training_window"}
+    assert edges == v2_upstream
 
 
 def test_v2_image_module_references_and_parameters(v2):
@@ -164,7 +157,7 @@ def test_v2_image_module_references_and_parameters(v2):
     assert job.runtime_config.gcs_output_directory == PIPELINE_ROOT
     executors = json_format.MessageToDict(spec.deployment_spec)["executors"]
     containers = {name: e["container"] for name, e in executors.items() if "container" in e}
-    assert len(containers) == 9  # every component but the resolver
+    assert len(containers) == len(UPSTREAM) - len(RESOLVERS)  # resolvers run no container; v2 has no window
     for name, container in containers.items():
         assert container["image"] == IMAGE, name
         assert BEAM_ARG in container["args"], name

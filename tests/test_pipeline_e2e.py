@@ -14,8 +14,9 @@ from schemas import feature_spec
 
 pytestmark = pytest.mark.e2e
 
-NODES = {"SpecCsvExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "AnomalyGate",
-         "Transform", "Trainer", "latest_blessed_model_resolver", "Evaluator", "ModelRepositoryPusher"}
+NODES = {"SpecCsvExampleGen", "training_window", "previous_statistics", "StatisticsGen", "ImportSchemaGen",
+         "ExampleValidator", "AnomalyGate", "DriftGate", "latest_transform_cache", "Transform", "Trainer",
+         "latest_blessed_model_resolver", "Evaluator", "ModelRepositoryPusher"}
 SUMMARY_KEYS = {"auc", "logloss", "example_count", "bayes_auc", "bayes_logloss", "blessed", "pushed",
                 "pushed_path", "trainer_runner", "component_seconds"}
 
