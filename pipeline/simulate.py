@@ -18,7 +18,7 @@ BAD_KINDS = ("broken_column", "shuffled_labels")
 
 def run_weeks(workdir: str, weeks: int, rows: int, bad_week: int, bad_kind: str, seed: int,
               train_steps: int, window_spans: int, min_auc: float, trainer: str = "keras",
-              beam_args: List[str] = ()) -> List[Dict[str, Any]]:
+              beam_args: List[str] = (), warm_start: bool = True) -> List[Dict[str, Any]]:
     if bad_kind not in BAD_KINDS:
         raise ValueError(f"bad kind must be one of {BAD_KINDS}")
     shutil.rmtree(workdir, ignore_errors=True)  # a simulation always starts from an empty world
@@ -26,7 +26,7 @@ def run_weeks(workdir: str, weeks: int, rows: int, bad_week: int, bad_kind: str,
     config = configs.RunConfig(
         data=data_root, pipeline_root=os.path.join(workdir, "pipeline"),
         model_repository=os.path.join(workdir, "model_repository"), trainer=trainer,
-        train_steps=train_steps, window_spans=window_spans, min_auc=min_auc, seed=seed,
+        train_steps=train_steps, window_spans=window_spans, min_auc=min_auc, seed=seed, warm_start=warm_start,
         beam_args=list(beam_args))
     table = []
     for week in range(1, weeks + 1):
@@ -79,6 +79,7 @@ def register(subparsers) -> None:
     p.add_argument("--window-spans", type=int, default=4)
     p.add_argument("--min-auc", type=float, default=0.6)
     p.add_argument("--trainer", choices=["keras", "estimator"], default="keras")
+    p.add_argument("--no-warm-start", action="store_true", help="train every week from scratch")
     p.add_argument("--workdir", default=os.path.join(configs.WORKSPACE, "simulation"))
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=_main)
@@ -88,7 +89,8 @@ def _main(args) -> int:
     from pipeline import console
     console.configure_logging(args.verbose)
     table = run_weeks(args.workdir, args.weeks, args.rows, args.bad_week, args.bad_kind, args.seed,
-                      args.train_steps, args.window_spans, args.min_auc, args.trainer)
+                      args.train_steps, args.window_spans, args.min_auc, args.trainer,
+                      warm_start=not args.no_warm_start)
     print("\n" + format_table(table))
     print(f"\nwritten to {os.path.join(args.workdir, 'pipeline', 'simulation.json')}")
     bad = [r for r in table if r["bad"]]
