@@ -65,3 +65,38 @@ def quarantine(store: metadata_store.MetadataStore, artifact_ids: List[int], rea
         artifact.custom_properties[QUARANTINED].int_value = 1
         artifact.custom_properties["quarantine_reason"].string_value = reason[:1000]
     store.put_artifacts(artifacts)
+
+
+class AnalyzerCacheStrategy(resolver.ResolverStrategy):
+    """The newest Transform analyzer cache built in an earlier week.
+
+    A cache from a run that already saw the newest span would change
+    Transform's inputs on every re-run of the same week, so an unchanged
+    re-run could never be served from the pipeline cache.
+    """
+
+    def resolve_artifacts(self, store: metadata_store.MetadataStore,
+                          input_dict: Dict[str, List[types.Artifact]]
+                          ) -> Optional[Dict[str, List[types.Artifact]]]:
+        ingested = [a for a in store.get_artifacts_by_type("Examples")
+                    if "input_fingerprint" in a.custom_properties and "span" in a.custom_properties
+                    and QUARANTINED not in a.custom_properties]
+        newest = max((a.custom_properties["span"].int_value for a in ingested), default=None)
+        result = {}
+        for key, caches in input_dict.items():
+            result[key] = []
+            for cache in sorted(caches, key=lambda a: a.id, reverse=True):
+                if newest is None or newest not in self._input_spans(store, cache.id):
+                    result[key] = [cache]
+                    break
+        return result
+
+    @staticmethod
+    def _input_spans(store: metadata_store.MetadataStore, artifact_id: int) -> set:
+        from ml_metadata.proto import metadata_store_pb2
+        producers = [e.execution_id for e in store.get_events_by_artifact_ids([artifact_id])
+                     if e.type == metadata_store_pb2.Event.OUTPUT]
+        input_ids = [e.artifact_id for e in store.get_events_by_execution_ids(producers)
+                     if e.type == metadata_store_pb2.Event.INPUT]
+        return {a.custom_properties["span"].int_value for a in store.get_artifacts_by_id(input_ids)
+                if "span" in a.custom_properties}

@@ -461,15 +461,13 @@ def _import_deepctr():
         sys.modules["deepctr"] = package
 
 
-def _deepctr_model(inputs, steps_per_execution: int):
+def _deepctr_model(inputs, vocabulary_sizes: Dict[str, int], steps_per_execution: int):
     import tensorflow as tf
     _import_deepctr()
     from deepctr.feature_column import DenseFeat, SparseFeat
     from deepctr.models import DeepFM as DeepCTRDeepFM
     c, layout = inputs.config, inputs.layout
-    # Each field gets its own table over the shared id space: ids are already
-    # field-disjoint, so this is DeepCTR's per-field vocabulary, unchanged.
-    columns = [SparseFeat(n, vocabulary_size=layout.num_ids, embedding_dim=c.embedding_dim, dtype="int32")
+    columns = [SparseFeat(n, vocabulary_size=vocabulary_sizes[n], embedding_dim=c.embedding_dim, dtype="int32")
                for n in layout.categorical] + [DenseFeat(n, 1) for n in layout.numerical]
     model = DeepCTRDeepFM(columns, columns, dnn_hidden_units=tuple(c.dnn_units), l2_reg_linear=c.embedding_l2,
                           l2_reg_embedding=c.embedding_l2, l2_reg_dnn=0, dnn_dropout=0, task="binary")
@@ -478,11 +476,71 @@ def _deepctr_model(inputs, steps_per_execution: int):
     return model
 
 
-def _deepctr_arrays(features, layout):
-    import numpy as np
-    out = {n: features[n].astype(np.int32) for n in layout.categorical}
-    out.update({n: features[n].astype(np.float32) for n in layout.numerical})
-    return out
+class DeepCTREncoder:
+    """Per-field compact ids, as DeepCTR's examples prepare data (LabelEncoder
+    per sparse field); 0 is kept for ids the training split never saw."""
+
+    def __init__(self, train_features, layout):
+        import numpy as np
+        self.layout = layout
+        self.uniques = {n: np.unique(train_features[n]) for n in layout.categorical}
+        self.vocabulary_sizes = {n: len(u) + 1 for n, u in self.uniques.items()}
+
+    def __call__(self, features):
+        import numpy as np
+        out = {}
+        for n, u in self.uniques.items():
+            x = features[n]
+            pos = np.clip(np.searchsorted(u, x), 0, len(u) - 1)
+            out[n] = np.where(u[pos] == x, pos + 1, 0).astype(np.int32)
+        out.update({n: features[n].astype(np.float32) for n in self.layout.numerical})
+        return out
+
+
+def _lazy_model(inputs, jit_compile: bool = False):
+    """DeepFM whose embedding L2 and Adam touch only the rows a batch looks up.
+
+    As shipped, the table-wide L2 makes the embedding gradient dense, and
+    Keras' Adam decays every row's moments each step: both cost O(table)."""
+    import tensorflow as tf
+
+    from trainer_modules.deepfm import DeepFM
+    l2 = inputs.config.embedding_l2
+
+    class LazyL2DeepFM(DeepFM):
+        def _fields(self, features):
+            fields = super()._fields(features)  # builds the tables
+            ids = tf.stack([tf.reshape(tf.cast(features[n], tf.int64), [-1]) for n in self.layout.categorical], 1)
+            rows = tf.unique(tf.reshape(ids, [-1])).y
+            self.add_loss(l2 * (tf.reduce_sum(tf.square(tf.gather(self.field_embeddings.embeddings, rows))) +
+                                tf.reduce_sum(tf.square(tf.gather(self.linear_weights.embeddings, rows)))))
+            return fields
+
+    class LazyAdam(tf.keras.optimizers.Adam):
+        def update_step(self, gradient, variable):
+            if not isinstance(gradient, tf.IndexedSlices):
+                return super().update_step(gradient, variable)
+            rows, slot = tf.unique(gradient.indices)
+            g = tf.math.unsorted_segment_sum(gradient.values, slot, tf.shape(rows)[0])
+            key = self._var_key(variable)
+            m = self._momentums[self._index_dict[key]]
+            v = self._velocities[self._index_dict[key]]
+            step = tf.cast(self.iterations + 1, variable.dtype)
+            lr = tf.cast(self.learning_rate, variable.dtype)
+            alpha = lr * tf.sqrt(1 - tf.pow(tf.cast(self.beta_2, variable.dtype), step)) / (
+                1 - tf.pow(tf.cast(self.beta_1, variable.dtype), step))
+            m_rows = self.beta_1 * tf.gather(m, rows) + (1 - self.beta_1) * g
+            v_rows = self.beta_2 * tf.gather(v, rows) + (1 - self.beta_2) * tf.square(g)
+            m.scatter_update(tf.IndexedSlices(m_rows, rows))
+            v.scatter_update(tf.IndexedSlices(v_rows, rows))
+            variable.scatter_sub(tf.IndexedSlices(alpha * m_rows / (tf.sqrt(v_rows) + self.epsilon), rows))
+
+    c = inputs.config
+    model = LazyL2DeepFM(inputs.layout, c.model.__class__(c.embedding_dim, tuple(c.dnn_units), 0.0))
+    model.compile(optimizer=LazyAdam(c.learning_rate), loss=tf.keras.losses.BinaryCrossentropy(from_logits=True),
+                  metrics=[tf.keras.metrics.AUC(from_logits=True, name="auc")],
+                  steps_per_execution=c.steps_per_execution, jit_compile=jit_compile)
+    return model
 
 
 def _cached_dataset(files, inputs, batch_size):
@@ -497,52 +555,106 @@ def _cached_dataset(files, inputs, batch_size):
     return ds.cache().repeat().prefetch(tf.data.AUTOTUNE)
 
 
-def build_contenders(paths: Dict[str, str], train_np, plan: Dict[str, Any], workdir: str, variants: bool):
+class IdModulo:
+    """Hashed ids mod a smaller power of two are exactly the ids of a Transform
+    with that many hash buckets (fingerprint mod 2^18 mod 2^k)."""
+
+    def __init__(self, layout, buckets: int):
+        self.layout, self.buckets = layout, buckets
+
+    def __call__(self, features):
+        return {k: (v % self.buckets if k in self.layout.categorical else v) for k, v in features.items()}
+
+
+def build_contenders(paths: Dict[str, str], train_np, plan: Dict[str, Any], workdir: str, variants: bool,
+                     only: Optional[Sequence[str]] = None):
     """Each contender sees the same examples count: plan["examples"]."""
+    import dataclasses
     import shutil
 
     from trainer_modules import training_setup
     base = _trainer_inputs(paths["graph"])
     c = base.config
     accessor = _data_accessor()
-    contenders = []
+    big = dict(spe=plan["big_batch_spe"], batch=4 * c.batch_size, lr=2 * c.learning_rate)
+    hashed = base.spec.categorical_encoding == "hash"
+    small_buckets = 1 << 15
 
     def runner_loop(name, note, spe=c.steps_per_execution, batch=c.batch_size, lr=c.learning_rate,
-                    jit=False, dataset="tfrecord"):
+                    jit=False, dataset="tfrecord", lazy=False, buckets=None):
         inputs = _trainer_inputs(paths["graph"], batch_size=batch, learning_rate=lr, steps_per_execution=spe)
+        encode = None
         if dataset == "tfrecord":
             ds = training_setup.make_dataset(paths["train"], accessor, inputs, batch)
         elif dataset == "cache":
             ds = _cached_dataset(paths["train"], inputs, batch)
+            if buckets:
+                encode = IdModulo(inputs.layout, buckets)
+                inputs.layout = dataclasses.replace(inputs.layout, num_ids=buckets)
+                ds = ds.map(lambda x, y: (encode(x), y)).prefetch(2)
         else:
-            ds = _array_dataset(train_np[0], train_np[1], batch)
-        return KerasLoop(name, _runner_model(inputs, jit), ds, batch, spe, _keras_predict, note)
+            features = train_np[0]
+            if buckets:
+                encode = IdModulo(inputs.layout, buckets)
+                inputs.layout = dataclasses.replace(inputs.layout, num_ids=buckets)
+                features = encode(features)
+            ds = _array_dataset(features, train_np[1], batch)
+        model = _lazy_model(inputs, jit) if lazy else _runner_model(inputs, jit)
+        loop = KerasLoop(name, model, ds, batch, spe, _keras_predict, note)
+        loop.encode = encode
+        return loop
 
-    contenders.append(runner_loop("keras-runner", "as shipped: spe 20, batch 1024, TFRecord input"))
-    est_dir = os.path.join(workdir, "estimator-model")
-    shutil.rmtree(est_dir, ignore_errors=True)
-    contenders.append(EstimatorLoop("estimator-runner", paths, plan["total_steps"], est_dir,
-                                    "as shipped: model_fn + tf.compat.v1 Adam, TFRecord input"))
-    deepctr_x = _deepctr_arrays(*train_np[:1], base.layout)
-    for spe, note in ((1, "DeepCTR as documented: model.fit on numpy (spe 1)"),
-                      (c.steps_per_execution, "DeepCTR on numpy, given the runner's spe 20")):
-        model = _deepctr_model(base, spe)
-        contenders.append(KerasLoop(f"deepctr-spe{spe}", model, _array_dataset(deepctr_x, train_np[1], c.batch_size),
-                                    c.batch_size, spe, _probability_predict, note))
+    def deepctr_loop(spe, note):
+        encoder = DeepCTREncoder(train_np[0], base.layout)
+        model = _deepctr_model(base, encoder.vocabulary_sizes, spe)
+        loop = KerasLoop(f"deepctr-spe{spe}", model, _array_dataset(encoder(train_np[0]), train_np[1], c.batch_size),
+                         c.batch_size, spe, _probability_predict, note)
+        loop.encode = encoder
+        return loop
+
+    def estimator_loop():
+        est_dir = os.path.join(workdir, "estimator-model")
+        shutil.rmtree(est_dir, ignore_errors=True)
+        return EstimatorLoop("estimator-runner", paths, plan["total_steps"], est_dir,
+                             "as shipped: model_fn + tf.compat.v1 Adam, TFRecord input")
+
+    factories = [
+        ("keras-runner", lambda: runner_loop("keras-runner", "as shipped: spe 20, batch 1024, TFRecord input")),
+        ("estimator-runner", estimator_loop),
+        ("deepctr-spe1", lambda: deepctr_loop(1, "DeepCTR as documented: per-field label-encoded ids, "
+                                                 "model.fit on numpy (spe 1)")),
+        (f"deepctr-spe{c.steps_per_execution}", lambda: deepctr_loop(
+            c.steps_per_execution, "the same, given the runner's steps_per_execution")),
+    ]
     if variants:
-        contenders += [
-            runner_loop("runner spe=1", "steps_per_execution 1", spe=1),
-            runner_loop(f"runner spe={plan['long_spe']}", f"steps_per_execution {plan['long_spe']}",
-                        spe=plan["long_spe"]),
-            runner_loop("runner jit_compile", "XLA on the train step", jit=True),
-            runner_loop("runner batch 4096", "batch 4096, lr x2 (sqrt scaling), 1/4 the steps",
-                        spe=plan["big_batch_spe"], batch=4 * c.batch_size, lr=2 * c.learning_rate),
-            runner_loop("runner numpy input", "same model fed from memory as DeepCTR is", dataset="numpy"),
-            runner_loop("runner tf.data cache", "TFRecords parsed once, then .cache()", dataset="cache"),
-            runner_loop("runner cache + batch 4096", "both: .cache(), batch 4096, lr x2",
-                        spe=plan["big_batch_spe"], batch=4 * c.batch_size, lr=2 * c.learning_rate, dataset="cache"),
+        v = [
+            ("runner spe=1", "steps_per_execution 1", dict(spe=1)),
+            (f"runner spe={plan['long_spe']}", f"steps_per_execution {plan['long_spe']}", dict(spe=plan["long_spe"])),
+            ("runner jit_compile", "XLA on the train step", dict(jit=True)),
+            ("runner batch 4096", "batch 4096, lr x2 (sqrt scaling), 1/4 the steps", big),
+            ("runner numpy input", "same model fed from memory as DeepCTR is", dict(dataset="numpy")),
+            ("runner tf.data cache", "TFRecords parsed once, then .cache()", dict(dataset="cache")),
+            ("runner cache + batch 4096", "both: .cache(), batch 4096, lr x2", dict(big, dataset="cache")),
+            ("runner lazy L2 + Adam", "L2 and Adam moments on the batch's rows only", dict(lazy=True)),
+            ("runner lazy + numpy", "lazy L2/Adam, fed from memory", dict(lazy=True, dataset="numpy")),
+            ("runner lazy + cache + 4096", "lazy L2/Adam, .cache(), batch 4096, lr x2",
+             dict(big, dataset="cache", lazy=True)),
         ]
-    return contenders
+        if hashed and base.layout.num_ids > small_buckets:
+            v += [("runner 2^15 buckets + numpy", f"hash_buckets {small_buckets} instead of {base.layout.num_ids}, "
+                                                  "fed from memory", dict(dataset="numpy", buckets=small_buckets)),
+                  ("runner 2^15 + numpy + 4096", "hash_buckets 2^15, from memory, batch 4096, lr x2",
+                   dict(big, dataset="numpy", buckets=small_buckets)),
+                  ("runner 2^15 + cache + 4096", "hash_buckets 2^15, .cache(), batch 4096, lr x2",
+                   dict(big, dataset="cache", buckets=small_buckets))]
+        factories += [(name, (lambda name=name, note=note, kw=kw: runner_loop(name, note, **kw)))
+                      for name, note, kw in v]
+    if only:
+        unknown = [n for n in only if n not in {f[0] for f in factories}]
+        if unknown:
+            raise ValueError(f"unknown contender(s) {unknown}; known: {[f[0] for f in factories]}")
+        factories = [f for f in factories if f[0] in only or f[0] == "keras-runner" or f[0].startswith("deepctr")]
+    return [make() for _, make in factories]
 
 
 def trainer_plan(quick: bool, total_steps: int) -> Dict[str, Any]:
@@ -568,7 +680,8 @@ def section_trainer(args, shared: Dict[str, Any]) -> Dict[str, Any]:
     base = _trainer_inputs(paths["graph"])
     train_np = load_numpy(paths["train"], base)
     eval_np = load_numpy(paths["eval"], base)
-    contenders = build_contenders(paths, train_np, plan, args.workdir, variants=not args.no_variants)
+    contenders = build_contenders(paths, train_np, plan, args.workdir, variants=not args.no_variants,
+                                  only=parse_list(args.contenders) if args.contenders else None)
     print(f"  {len(contenders)} contenders x {plan['examples']:,} examples each; windows of "
           f"{plan['window_steps'] * 1024:,} examples, interleaved", flush=True)
 
@@ -589,7 +702,8 @@ def section_trainer(args, shared: Dict[str, Any]) -> Dict[str, Any]:
             times[c.name].append(time.perf_counter() - t)
     rows = []
     for c in contenders:
-        probs = c.predict(eval_np[0] if not c.name.startswith("deepctr") else _deepctr_arrays(eval_np[0], base.layout))
+        encode = getattr(c, "encode", None)
+        probs = c.predict(encode(eval_np[0]) if encode else eval_np[0])
         c.close()
         window_examples = plan["window_steps"] * 1024
         rates = [window_examples / t for t in times[c.name]]
@@ -701,6 +815,23 @@ def _timed_calls(fn, batches, repeats: int) -> List[float]:
     return times
 
 
+def _concurrent_throughput(fn, batches, callers: int, calls_each: int) -> float:
+    """Examples/s with several threads calling at once (TF ops release the GIL)."""
+    def work(k):
+        for i in range(calls_each):
+            fn(batches[(i + k) % len(batches)])
+    rates = []
+    for _ in range(3):
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(callers)]
+        t = time.perf_counter()
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        rates.append(callers * calls_each * int(batches[0].shape[0]) / (time.perf_counter() - t))
+    return median(rates)
+
+
 def _serving_parts(transform_graph: str, model_fn):
     """The signature's stages as separate functions, to see where time goes."""
     import tensorflow as tf
@@ -763,6 +894,8 @@ def section_serving(args, shared: Dict[str, Any]) -> Dict[str, Any]:
             _timed_calls(call, batches, 5)
             t = _timed_calls(call, batches, reps)
             res["batches"][b] = {"median_ms": median(t) * 1e3, "examples_per_s": b / median(t), "calls": reps}
+        res["batch1024_two_callers_examples_per_s"] = _concurrent_throughput(
+            call, [tf.constant(requests[i:i + 1024]) for i in range(0, 4096, 1024)], 2, 10 if quick else 60)
         if trainer == "keras":
             parts = {}
             graph = transform_output(run["pipeline_root"])["graph"]
@@ -786,9 +919,10 @@ def print_serving(res: Dict[str, Any]) -> None:
     for trainer, r in res["models"].items():
         rows.append([trainer, r["single_p50_ms"], r["single_p99_ms"]] +
                     [r["batches"][b]["examples_per_s"] for b in (1, 64, 1024)] +
+                    [r.get("batch1024_two_callers_examples_per_s")] +
                     [r["verdict_p50"], r["verdict_batch1024"]])
     print(table(["model", "p50 ms (1 ex)", "p99 ms", "ex/s b=1", "ex/s b=64", "ex/s b=1024",
-                 "p50<2ms", ">200k ex/s"], rows,
+                 "b=1024 2 callers", "p50<2ms", ">200k ex/s"], rows,
                 title="\nServing: serving_default on raw serialized tf.Examples, in-process"))
     parts = res["models"].get("keras", {}).get("breakdown_median_ms")
     if parts:
@@ -1008,6 +1142,7 @@ def register(subparsers) -> None:
     p.add_argument("--workdir", default=os.path.join("workspace", "bench"))
     p.add_argument("--rerun", action="store_true", help="redo the default pipeline runs instead of reusing them")
     p.add_argument("--no-variants", action="store_true", help="trainer: only the runners and DeepCTR")
+    p.add_argument("--contenders", help="trainer: comma-separated subset (the runner and DeepCTR always run)")
     p.add_argument("--no-beam-modes", action="store_true", help="pipeline: skip the Beam DirectRunner comparison")
     p.set_defaults(func=main)
 

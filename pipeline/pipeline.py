@@ -17,7 +17,8 @@ from tfx import v1 as tfx
 
 from components.csv_example_gen import SpecCsvExampleGen
 from components.gates import AnomalyGate, DriftGate
-from components.span_window import LatestNotQuarantinedStrategy, RollingSpanWindowStrategy
+from components.span_window import (AnalyzerCacheStrategy, LatestNotQuarantinedStrategy,
+                                    RollingSpanWindowStrategy)
 from components.model_repository_pusher import ModelRepositoryPusher
 from schemas.feature_spec import FeatureSpec
 
@@ -112,9 +113,10 @@ def create_pipeline(
                            previous_statistics=previous_statistics.outputs["statistics"])
 
     transform_cache = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,
+        strategy_class=AnalyzerCacheStrategy if custom_resolvers else tfx.dsl.experimental.LatestArtifactStrategy,
         cache=tfx.dsl.Channel(type=tfx.types.standard_artifacts.TransformCache),
     ).with_id("latest_transform_cache")
+    transform_cache.add_upstream_node(example_gen)  # it needs to know the newest span
     transform = tfx.components.Transform(
         examples=training_examples, schema=schema_gen.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN, custom_config={"feature_spec": spec_dict},

@@ -17,7 +17,7 @@ PIPELINE_UPSTREAM = {
     "SpecCsvExampleGen": set(),
     "ImportSchemaGen": set(),
     "latest_blessed_model_resolver": set(),
-    "latest_transform_cache": set(),
+    "latest_transform_cache": {"SpecCsvExampleGen"},
     "previous_statistics": set(),
     "training_window": {"SpecCsvExampleGen"},
     "StatisticsGen": {"SpecCsvExampleGen", "previous_statistics"},

@@ -8,13 +8,13 @@ import pytest
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
+from conftest import PIPELINE_UPSTREAM
 from components import model_repository
 from pipeline import configs, local_runner, metadata, run_summary, synthetic_data
 
 pytestmark = pytest.mark.e2e
 
-NODES = {"SpecCsvExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "AnomalyGate",
-         "Transform", "Trainer", "latest_blessed_model_resolver", "Evaluator", "ModelRepositoryPusher"}
+NODES = set(PIPELINE_UPSTREAM)
 HOSTS = ("127.0.0.1", "localhost")  # a TCP client from 127.0.0.1 may be matched as either
 
 

@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 from ml_metadata import metadata_store
 
+from conftest import PIPELINE_UPSTREAM
 from components import model_repository
 from components.csv_example_gen import parse_file
 from pipeline import configs, local_runner, metadata, run_summary, synthetic_data
@@ -14,9 +15,7 @@ from schemas import feature_spec
 
 pytestmark = pytest.mark.e2e
 
-NODES = {"SpecCsvExampleGen", "training_window", "previous_statistics", "StatisticsGen", "ImportSchemaGen",
-         "ExampleValidator", "AnomalyGate", "DriftGate", "latest_transform_cache", "Transform", "Trainer",
-         "latest_blessed_model_resolver", "Evaluator", "ModelRepositoryPusher"}
+NODES = set(PIPELINE_UPSTREAM)
 SUMMARY_KEYS = {"auc", "logloss", "example_count", "bayes_auc", "bayes_logloss", "blessed", "pushed",
                 "pushed_path", "trainer_runner", "component_seconds"}
 
@@ -29,9 +28,11 @@ def data_root(tmp_path_factory):
 
 
 def run_config(tmp, data_root, trainer, **overrides):
+    # Warm start off: with it a re-run retrains from the model the first run blessed
+    # (a new Trainer input), and this file checks plain caching. test_weekly_lifecycle covers it.
     return configs.RunConfig(
         data=data_root, pipeline_root=str(tmp / "pipeline"), model_repository=str(tmp / "repo"),
-        trainer=trainer, train_steps=60, eval_steps=4, min_auc=0.5,
+        trainer=trainer, train_steps=60, eval_steps=4, min_auc=0.5, warm_start=False,
         training={"batch_size": 256, "dnn_units": [32, 16]}, **overrides)
 
 
