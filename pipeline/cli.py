@@ -106,7 +106,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     from pipeline import console
     console.silence_before_imports("--verbose" in argv)
-    from pipeline import models_cli, orchestrators_cli, simulate
+    from pipeline import bench, models_cli, orchestrators_cli, simulate
 
     parser = argparse.ArgumentParser(prog="deepfm-tfx", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -121,6 +121,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     orchestrators_cli.register(sub)
     models_cli.register(sub)
     simulate.register(sub)
+    bench.register(sub)
     args = parser.parse_args(argv)
     if hasattr(args, "func"):
         return args.func(args)
