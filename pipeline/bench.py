@@ -13,6 +13,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import threading
@@ -570,7 +571,6 @@ def build_contenders(paths: Dict[str, str], train_np, plan: Dict[str, Any], work
                      only: Optional[Sequence[str]] = None):
     """Each contender sees the same examples count: plan["examples"]."""
     import dataclasses
-    import shutil
 
     from trainer_modules import training_setup
     base = _trainer_inputs(paths["graph"])
@@ -666,7 +666,8 @@ def trainer_plan(quick: bool, total_steps: int) -> Dict[str, Any]:
     window = (total_steps - warmup) // windows
     window -= window % 20
     return {"total_steps": warmup + windows * window, "warmup_steps": warmup, "window_steps": window,
-            "windows": windows, "big_batch_spe": 5, "long_spe": 40 if quick else 100, "examples": (warmup + windows * window) * 1024}
+            "windows": windows, "big_batch_spe": 5, "long_spe": 40 if quick else 100,
+            "examples": (warmup + windows * window) * 1024}
 
 
 def section_trainer(args, shared: Dict[str, Any]) -> Dict[str, Any]:
@@ -715,7 +716,9 @@ def section_trainer(args, shared: Dict[str, Any]) -> Dict[str, Any]:
     by = {r["name"]: r for r in rows}
     deepctr_best = max((r for r in rows if r["name"].startswith("deepctr")), key=lambda r: r["examples_per_s"])
     runner = by["keras-runner"]
+    documented = by["deepctr-spe1"]
     for r in rows:
+        r["vs_deepctr_documented"] = ratio(r["examples_per_s"], documented["examples_per_s"])
         r["vs_deepctr_best"] = ratio(r["examples_per_s"], deepctr_best["examples_per_s"])
         r["auc_minus_deepctr_best"] = r["eval_auc"] - deepctr_best["eval_auc"]
     speedup = runner["vs_deepctr_best"]
@@ -723,6 +726,7 @@ def section_trainer(args, shared: Dict[str, Any]) -> Dict[str, Any]:
     return {"plan": plan, "pipeline_root": run["pipeline_root"], "train_rows": int(len(train_np[1])),
             "contenders": rows, "deepctr_reference": deepctr_best["name"],
             "target": {"keras_runner_vs_deepctr": speedup, "auc_gap": runner["eval_auc"] - deepctr_best["eval_auc"],
+                       "keras_runner_vs_deepctr_documented": runner["vs_deepctr_documented"],
                        "verdict": "met" if met else "NOT met",
                        "rule": ">= 2x the faster DeepCTR contender's examples/s, AUC not lower by more than 0.001"},
             "machine": _machine()}
@@ -730,8 +734,9 @@ def section_trainer(args, shared: Dict[str, Any]) -> Dict[str, Any]:
 
 def print_trainer(res: Dict[str, Any]) -> None:
     rows = [[r["name"], r["batch_size"], r["examples_per_s"], r["min_examples_per_s"], r["max_examples_per_s"],
-             r["vs_deepctr_best"], r["eval_auc"], r["warmup_seconds"]] for r in res["contenders"]]
-    print(table(["contender", "batch", "ex/s (median)", "min", "max", f"x {res['deepctr_reference']}",
+             r["vs_deepctr_documented"], r["vs_deepctr_best"], r["eval_auc"], r["warmup_seconds"]]
+            for r in res["contenders"]]
+    print(table(["contender", "batch", "ex/s (median)", "min", "max", "x deepctr-spe1", f"x {res['deepctr_reference']}",
                  "eval AUC", "warm-up s"], rows,
                 title=f"\nTrainer throughput ({res['plan']['windows']} interleaved windows of "
                       f"{res['plan']['window_steps'] * 1024:,} examples after "
@@ -739,7 +744,8 @@ def print_trainer(res: Dict[str, Any]) -> None:
     for r in res["contenders"]:
         print(f"  {r['name']}: {r['note']}")
     t = res["target"]
-    print(f"  target Keras runner >= 2x DeepCTR at equal AUC: {t['keras_runner_vs_deepctr']:.2f}x, "
+    print(f"  target Keras runner >= 2x DeepCTR at equal AUC: {t['keras_runner_vs_deepctr']:.2f}x the faster DeepCTR "
+          f"({t['keras_runner_vs_deepctr_documented']:.2f}x DeepCTR as documented), "
           f"AUC gap {t['auc_gap']:+.4f} -> {t['verdict']}")
 
 
@@ -940,7 +946,6 @@ def section_pipeline(args, shared: Dict[str, Any]) -> Dict[str, Any]:
     for rows in sizes:
         ensure_data(rows)
         root = os.path.join(args.workdir, "runs", f"pipeline-{rows}")
-        import shutil
         shutil.rmtree(root, ignore_errors=True)  # a first run must not hit an old cache
         print(f"  pipeline at {rows:,} rows: first run", flush=True)
         first = run_pipeline(root, rows, "keras", extra, "first")
@@ -954,7 +959,6 @@ def section_pipeline(args, shared: Dict[str, Any]) -> Dict[str, Any]:
                                 ("multi_processing x2", ["--beam-arg=--direct_running_mode=multi_processing",
                                                          "--beam-arg=--direct_num_workers=2"])):
             root = os.path.join(args.workdir, "runs", f"beam-{beam_rows}-{mode.split()[0]}")
-            import shutil
             shutil.rmtree(root, ignore_errors=True)
             print(f"  Beam {mode} at {beam_rows:,} rows", flush=True)
             r = run_pipeline(root, beam_rows, "keras", extra + beam_args + ["--no-cache"], "run")
@@ -1148,7 +1152,7 @@ def register(subparsers) -> None:
 
 
 if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(prog="deepfm-tfx bench")
+    _parser = argparse.ArgumentParser(prog="deepfm-tfx")
     register(_parser.add_subparsers(dest="command", required=True))
     _args = _parser.parse_args(["bench"] + sys.argv[1:])
     sys.exit(_args.func(_args))
