@@ -152,14 +152,17 @@ def merge_results(path: str, update: Dict[str, Any]) -> Dict[str, Any]:
 # ---------------------------------------------------------------- pipeline runs
 
 class TreeSampler:
-    """Polls the resident set size of a process and all its descendants."""
+    """Polls the resident set size of a process and all its descendants;
+    with `log`, also the peak per component the run's progress lines name."""
 
-    def __init__(self, pid: int, interval: float = 0.5):
+    def __init__(self, pid: int, interval: float = 0.5, log: Optional[str] = None):
         import psutil
         self._psutil = psutil
         self.root = psutil.Process(pid)
         self.interval = interval
         self.peak_bytes = 0
+        self.log = log
+        self.peak_by_component: Dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -175,7 +178,23 @@ class TreeSampler:
             except self._psutil.Error:
                 pass  # exited between listing and reading
         self.peak_bytes = max(self.peak_bytes, total)
+        current = self._current_component()
+        if current:
+            self.peak_by_component[current] = max(self.peak_by_component.get(current, 0), total)
         return total
+
+    def _current_component(self) -> Optional[str]:
+        if not self.log:
+            return None
+        try:
+            with open(self.log, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(f.tell() - 4096, 0))
+                tail = f.read().decode("utf-8", "replace")
+        except OSError:
+            return None
+        started = [line.split("▶", 1)[1].split()[0] for line in tail.splitlines() if "▶" in line]
+        return started[-1] if started else None
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -219,7 +238,7 @@ def run_pipeline(root: str, rows: int, trainer: str = "keras", extra: Sequence[s
     started = time.monotonic()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        with TreeSampler(proc.pid) as sampler:
+        with TreeSampler(proc.pid, log=log_path) as sampler:
             code = proc.wait()
     wall = time.monotonic() - started
     summary: Dict[str, Any] = {}
@@ -227,7 +246,9 @@ def run_pipeline(root: str, rows: int, trainer: str = "keras", extra: Sequence[s
         with open(summary_path) as f:
             summary = json.load(f)
     return {"command": " ".join(cmd), "exit_code": code, "process_seconds": round(wall, 1),
-            "peak_rss_mb": round(sampler.peak_bytes / 2**20), "summary": summary, "log": log_path}
+            "peak_rss_mb": round(sampler.peak_bytes / 2**20),
+            "peak_rss_mb_by_component": {k: round(v / 2**20) for k, v in sampler.peak_by_component.items()},
+            "summary": summary, "log": log_path}
 
 
 def default_run(workdir: str, trainer: str, rows: int, extra: Sequence[str], rerun: bool) -> Dict[str, Any]:
@@ -979,6 +1000,7 @@ def _pipeline_figures(rows: int, first: Dict[str, Any], again: Dict[str, Any]) -
     comp = s.get("component_seconds", {})
     total = first["process_seconds"]
     ref_us_cell = per_row_per_column(REFERENCE["total_seconds"], REFERENCE["rows"], REFERENCE["columns"])
+    same_rows = {REFERENCE["rows"]: REFERENCE["total_seconds"], 100_000: REFERENCE["total_seconds_100k"]}.get(rows)
     per_component = {}
     for ref_name, ref_s in REFERENCE["components"].items():
         ours = comp.get(REFERENCE_NODE.get(ref_name, ref_name))
@@ -993,10 +1015,16 @@ def _pipeline_figures(rows: int, first: Dict[str, Any], again: Dict[str, Any]) -
         "rows": rows, "columns": SYNTHETIC_COLUMNS, "exit_code": first["exit_code"],
         "process_seconds": total, "runner_wall_seconds": s.get("wall_seconds"),
         "component_seconds": comp, "component_states": s.get("component_states", {}),
-        "peak_rss_mb": first["peak_rss_mb"], "rows_per_s": rows / total,
+        "peak_rss_mb": first["peak_rss_mb"], "peak_rss_mb_by_component": first.get("peak_rss_mb_by_component", {}),
+        "rows_per_s": rows / total,
         "us_per_row": total / rows * 1e6, "us_per_cell": per_row_per_column(total, rows, SYNTHETIC_COLUMNS),
         "reference_us_per_cell": ref_us_cell,
         "reference_over_ours_per_cell": ratio(ref_us_cell, per_row_per_column(total, rows, SYNTHETIC_COLUMNS)),
+        # Fixed costs dominate small runs: compare with the reference at the same row count where it has one.
+        "same_rows_reference_seconds": same_rows,
+        "same_rows_reference_over_ours_per_cell": ratio(
+            per_row_per_column(same_rows, rows, REFERENCE["columns"]) if same_rows else None,
+            per_row_per_column(total, rows, SYNTHETIC_COLUMNS)),
         "per_component_vs_reference": per_component,
         "auc": s.get("auc"), "bayes_auc": s.get("bayes_auc"),
         "cached": {"exit_code": again["exit_code"], "process_seconds": again["process_seconds"],
@@ -1023,7 +1051,9 @@ def print_pipeline(res: Dict[str, Any]) -> None:
              ["rows/s"] + [runs[k]["rows_per_s"] for k in runs],
              ["us per row"] + [runs[k]["us_per_row"] for k in runs],
              ["us per row x column"] + [runs[k]["us_per_cell"] for k in runs],
-             ["reference/ours per cell"] + [runs[k]["reference_over_ours_per_cell"] for k in runs],
+             ["reference(1M)/ours per cell"] + [runs[k]["reference_over_ours_per_cell"] for k in runs],
+             ["reference(same rows)/ours per cell"] + [runs[k].get("same_rows_reference_over_ours_per_cell")
+                                                       for k in runs],
              ["cached re-run s"] + [runs[k]["cached"]["process_seconds"] for k in runs],
              ["cached / first"] + [runs[k]["cached_over_first"] for k in runs],
              ["re-executed when cached"] + [", ".join(f"{n} {v:.0f}s" for n, v in runs[k]["cached_reexecuted"].items())
@@ -1035,6 +1065,11 @@ def print_pipeline(res: Dict[str, Any]) -> None:
     for g in res.get("growth", []):
         print(f"  {g['rows']:>9,} rows: {g['us_per_row']:.1f} us/row, x{g['per_row_vs_smallest']:.2f} "
               f"the smallest size's per-row cost")
+    for k, r in runs.items():
+        by = sorted(r.get("peak_rss_mb_by_component", {}).items(), key=lambda kv: -kv[1])[:4]
+        if by:
+            print(f"  {int(k):,} rows, peak RSS of the tree while each component ran (MB): "
+                  + ", ".join(f"{n} {v:,}" for n, v in by))
     for k, r in runs.items():
         for name, v in r["per_component_vs_reference"].items():
             print(f"  {int(k):,} rows {name}: {v['us_per_cell']:.3g} us/cell vs reference "
