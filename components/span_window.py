@@ -67,6 +67,17 @@ def quarantine(store: metadata_store.MetadataStore, artifact_ids: List[int], rea
     store.put_artifacts(artifacts)
 
 
+def _ingested(store: metadata_store.MetadataStore) -> List[types.Artifact]:
+    """ExampleGen outputs no gate quarantined (Transform's outputs are Examples too)."""
+    return [a for a in store.get_artifacts_by_type("Examples")
+            if "input_fingerprint" in a.custom_properties and "span" in a.custom_properties
+            and QUARANTINED not in a.custom_properties]
+
+
+def newest_span(store: metadata_store.MetadataStore) -> Optional[int]:
+    return max((a.custom_properties["span"].int_value for a in _ingested(store)), default=None)
+
+
 class AnalyzerCacheStrategy(resolver.ResolverStrategy):
     """The newest Transform analyzer cache built in an earlier week.
 
@@ -78,10 +89,7 @@ class AnalyzerCacheStrategy(resolver.ResolverStrategy):
     def resolve_artifacts(self, store: metadata_store.MetadataStore,
                           input_dict: Dict[str, List[types.Artifact]]
                           ) -> Optional[Dict[str, List[types.Artifact]]]:
-        ingested = [a for a in store.get_artifacts_by_type("Examples")
-                    if "input_fingerprint" in a.custom_properties and "span" in a.custom_properties
-                    and QUARANTINED not in a.custom_properties]
-        newest = max((a.custom_properties["span"].int_value for a in ingested), default=None)
+        newest = newest_span(store)
         result = {}
         for key, caches in input_dict.items():
             result[key] = []
@@ -100,3 +108,31 @@ class AnalyzerCacheStrategy(resolver.ResolverStrategy):
                      if e.type == metadata_store_pb2.Event.INPUT]
         return {a.custom_properties["span"].int_value for a in store.get_artifacts_by_id(input_ids)
                 if "span" in a.custom_properties}
+
+
+class EarlierBlessedModelStrategy(resolver.ResolverStrategy):
+    """The newest blessed model trained before the newest span arrived:
+    last week's production model, both the warm-start source and the
+    Evaluator's baseline.
+
+    TFX's LatestBlessedModelStrategy would pick this week's own model on a
+    re-run, so the Trainer and Evaluator inputs change every time and an
+    unchanged re-run retrains. Artifact ids grow over time, so "trained
+    before" is "created before the newest span's first ingestion".
+    """
+
+    def resolve_artifacts(self, store: metadata_store.MetadataStore,
+                          input_dict: Dict[str, List[types.Artifact]]
+                          ) -> Optional[Dict[str, List[types.Artifact]]]:
+        newest = newest_span(store)
+        cutoff = min((a.id for a in _ingested(store) if a.custom_properties["span"].int_value == newest),
+                     default=None)
+        blessing_of = {int(b.get_int_custom_property("current_model_id")): b
+                       for b in sorted(input_dict.get("model_blessing", []), key=lambda b: b.id)
+                       if b.get_int_custom_property("blessed") == 1}
+        models = [m for m in input_dict.get("model", [])
+                  if m.id in blessing_of and (cutoff is None or m.id < cutoff)]
+        if not models:
+            return {"model": [], "model_blessing": []}
+        model = max(models, key=lambda m: m.id)
+        return {"model": [model], "model_blessing": [blessing_of[model.id]]}

@@ -381,7 +381,7 @@ def _estimator_worker(conn, paths: Dict[str, str], total_steps: int, model_dir: 
         # As estimator_runner.run_fn configures it.
         run_config = tf.estimator.RunConfig(model_dir=model_dir, save_checkpoints_steps=max(total_steps // 2, 1),
                                             log_step_count_steps=100)
-        estimator = tf.estimator.Estimator(estimator_runner.make_model_fn(inputs), config=run_config)
+        estimator = tf.estimator.Estimator(estimator_runner.make_model_fn(inputs, total_steps), config=run_config)
         accessor = _data_accessor()
 
         class Gate(tf.estimator.SessionRunHook):
@@ -452,16 +452,24 @@ def _probability_predict(loop, features):
     return np.reshape(loop.model.predict(features, batch_size=8192, verbose=0), [-1])
 
 
-def _runner_model(inputs, jit_compile: bool = False):
+def _adam(config, steps: int):
+    """The runners' optimizer and learning-rate schedule, for every contender."""
+    import tensorflow as tf
+
+    from trainer_modules import training_setup
+    return tf.keras.optimizers.Adam(training_setup.learning_rate(config, steps))
+
+
+def _runner_model(inputs, steps: int, jit_compile: bool = False):
     """keras_runner.build_model, with jit_compile as the one optional change."""
     import tensorflow as tf
 
     from trainer_modules import keras_runner
     from trainer_modules.deepfm import DeepFM
     if not jit_compile:
-        return keras_runner.build_model(inputs)
+        return keras_runner.build_model(inputs, steps)
     model = DeepFM(inputs.layout, inputs.config.model)
-    model.compile(optimizer=tf.keras.optimizers.Adam(inputs.config.learning_rate),
+    model.compile(optimizer=_adam(inputs.config, steps),
                   loss=tf.keras.losses.BinaryCrossentropy(from_logits=True),
                   metrics=[tf.keras.metrics.AUC(from_logits=True, name="auc")],
                   steps_per_execution=inputs.config.steps_per_execution, jit_compile=True)
@@ -483,7 +491,7 @@ def _import_deepctr():
         sys.modules["deepctr"] = package
 
 
-def _deepctr_model(inputs, vocabulary_sizes: Dict[str, int], steps_per_execution: int):
+def _deepctr_model(inputs, vocabulary_sizes: Dict[str, int], steps_per_execution: int, steps: int):
     import tensorflow as tf
     _import_deepctr()
     from deepctr.feature_column import DenseFeat, SparseFeat
@@ -493,7 +501,7 @@ def _deepctr_model(inputs, vocabulary_sizes: Dict[str, int], steps_per_execution
                for n in layout.categorical] + [DenseFeat(n, 1) for n in layout.numerical]
     model = DeepCTRDeepFM(columns, columns, dnn_hidden_units=tuple(c.dnn_units), l2_reg_linear=c.embedding_l2,
                           l2_reg_embedding=c.embedding_l2, l2_reg_dnn=0, dnn_dropout=0, task="binary")
-    model.compile(optimizer=tf.keras.optimizers.Adam(c.learning_rate), loss="binary_crossentropy",
+    model.compile(optimizer=_adam(c, steps), loss="binary_crossentropy",
                   metrics=[tf.keras.metrics.AUC(name="auc")], steps_per_execution=steps_per_execution)
     return model
 
@@ -519,7 +527,7 @@ class DeepCTREncoder:
         return out
 
 
-def _lazy_model(inputs, jit_compile: bool = False):
+def _lazy_model(inputs, steps: int, jit_compile: bool = False):
     """DeepFM whose embedding L2 and Adam touch only the rows a batch looks up.
 
     As shipped, the table-wide L2 makes the embedding gradient dense, and
@@ -559,7 +567,9 @@ def _lazy_model(inputs, jit_compile: bool = False):
 
     c = inputs.config
     model = LazyL2DeepFM(inputs.layout, c.model.__class__(c.embedding_dim, tuple(c.dnn_units), 0.0))
-    model.compile(optimizer=LazyAdam(c.learning_rate), loss=tf.keras.losses.BinaryCrossentropy(from_logits=True),
+    from trainer_modules import training_setup
+    model.compile(optimizer=LazyAdam(training_setup.learning_rate(c, steps)),
+                  loss=tf.keras.losses.BinaryCrossentropy(from_logits=True),
                   metrics=[tf.keras.metrics.AUC(from_logits=True, name="auc")],
                   steps_per_execution=c.steps_per_execution, jit_compile=jit_compile)
     return model
@@ -620,14 +630,15 @@ def build_contenders(paths: Dict[str, str], train_np, plan: Dict[str, Any], work
                 inputs.layout = dataclasses.replace(inputs.layout, num_ids=buckets)
                 features = encode(features)
             ds = _array_dataset(features, train_np[1], batch)
-        model = _lazy_model(inputs, jit) if lazy else _runner_model(inputs, jit)
+        steps = plan["examples"] // batch
+        model = _lazy_model(inputs, steps, jit) if lazy else _runner_model(inputs, steps, jit)
         loop = KerasLoop(name, model, ds, batch, spe, _keras_predict, note)
         loop.encode = encode
         return loop
 
     def deepctr_loop(spe, note):
         encoder = DeepCTREncoder(train_np[0], base.layout)
-        model = _deepctr_model(base, encoder.vocabulary_sizes, spe)
+        model = _deepctr_model(base, encoder.vocabulary_sizes, spe, plan["examples"] // c.batch_size)
         loop = KerasLoop(f"deepctr-spe{spe}", model, _array_dataset(encoder(train_np[0]), train_np[1], c.batch_size),
                          c.batch_size, spe, _probability_predict, note)
         loop.encode = encoder

@@ -17,8 +17,8 @@ from tfx import v1 as tfx
 
 from components.csv_example_gen import SpecCsvExampleGen
 from components.gates import AnomalyGate, DriftGate
-from components.span_window import (AnalyzerCacheStrategy, LatestNotQuarantinedStrategy,
-                                    RollingSpanWindowStrategy)
+from components.span_window import (AnalyzerCacheStrategy, EarlierBlessedModelStrategy,
+                                    LatestNotQuarantinedStrategy, RollingSpanWindowStrategy)
 from components.model_repository_pusher import ModelRepositoryPusher
 from schemas.feature_spec import FeatureSpec
 
@@ -127,11 +127,14 @@ def create_pipeline(
     transform.add_upstream_node(anomaly_gate)
     transform.add_upstream_node(drift_gate)
 
+    # Last week's blessed model, so re-running a week changes no input downstream.
     latest_blessed = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        strategy_class=EarlierBlessedModelStrategy if custom_resolvers
+        else tfx.dsl.experimental.LatestBlessedModelStrategy,
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
         model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
     ).with_id("latest_blessed_model_resolver")
+    latest_blessed.add_upstream_node(example_gen)  # it needs to know the newest span
 
     trainer = tfx.components.Trainer(
         run_fn=RUN_FNS[trainer_runner],

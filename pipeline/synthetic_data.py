@@ -19,7 +19,7 @@ import pandas as pd
 from scipy.stats import rankdata
 
 # Bump when the generated data changes, so cached default data is regenerated.
-VERSION = 2
+VERSION = 3
 NUM_NUMERICAL = 13
 NUM_CATEGORICAL = 26
 NUMERICAL = [f"I{i}" for i in range(1, NUM_NUMERICAL + 1)]
@@ -167,20 +167,25 @@ def generate(out_dir: str, rows: int, spans: int = 1, seed: int = 42, drift: flo
         if span < first_span:
             continue
         rng = np.random.default_rng([seed, span])
-        data = truth.sample(rng, rows)
-        prob = data.pop("_prob")
-        labels = (rng.random(rows) < prob).astype(np.int64)
-        if span == shuffle_labels_span:
-            labels = rng.permutation(labels)
-        if span == broken_column_span:
-            data[BROKEN_COLUMN] = np.full(rows, "deadbeef")
         span_dir = os.path.join(out_dir, f"span-{span}")
         os.makedirs(span_dir, exist_ok=True)
-        frame = pd.DataFrame({"label": labels, **data}, columns=COLUMNS)
+        # One file's rows at a time, so memory does not grow with the span.
+        all_labels, all_probs = [], []
         for part, start in enumerate(range(0, rows, _ROWS_PER_FILE)):
+            n = min(_ROWS_PER_FILE, rows - start)
+            data = truth.sample(rng, n)
+            prob = data.pop("_prob")
+            labels = (rng.random(n) < prob).astype(np.int64)
+            if span == shuffle_labels_span:
+                labels = rng.permutation(labels)
+            if span == broken_column_span:
+                data[BROKEN_COLUMN] = np.full(n, "deadbeef")
             tmp = os.path.join(span_dir, f".part-{part:03d}.csv.tmp")
-            frame.iloc[start:start + _ROWS_PER_FILE].to_csv(tmp, index=False)
+            pd.DataFrame({"label": labels, **data}, columns=COLUMNS).to_csv(tmp, index=False)
             os.replace(tmp, os.path.join(span_dir, f"part-{part:03d}.csv"))
+            all_labels.append(labels)
+            all_probs.append(prob)
+        labels, prob = np.concatenate(all_labels), np.concatenate(all_probs)
         report = {"span": span, "rows": rows, "seed": seed, "ctr": float(labels.mean()),
                   "bayes_auc": auc(labels, prob), "bayes_logloss": logloss(labels, prob),
                   "labels_shuffled": span == shuffle_labels_span,

@@ -16,7 +16,7 @@ def pytest_configure(config):
 PIPELINE_UPSTREAM = {
     "SpecCsvExampleGen": set(),
     "ImportSchemaGen": set(),
-    "latest_blessed_model_resolver": set(),
+    "latest_blessed_model_resolver": {"SpecCsvExampleGen"},
     "latest_transform_cache": {"SpecCsvExampleGen"},
     "previous_statistics": set(),
     "training_window": {"SpecCsvExampleGen"},

@@ -59,3 +59,18 @@ def test_fm_and_dnn_share_one_fused_embedding_table():
     # Numeric field: value times its own embedding.
     np.testing.assert_allclose(emb[2, 3].numpy(), features["n1"][2].numpy() * model.numeric_embeddings[0].numpy(),
                                rtol=1e-6)
+
+
+def test_missing_number_gets_its_own_embedding_and_weight():
+    model = DeepFM(LAYOUT, ModelHParams(embedding_dim=4, dnn_units=(8,)))
+    features = batch()
+    features["n2"] = tf.constant([np.nan, 0.0, np.nan, 1.0, 2.0, 3.0], tf.float32)
+    model(features)
+    model.missing_linear.assign([0.5, -1.5])
+    emb, first = model._fields(features)
+    np.testing.assert_allclose(emb[0, 4].numpy(), model.missing_embeddings[1].numpy(), rtol=1e-6)
+    np.testing.assert_allclose(emb[1, 4].numpy(), 0.0)  # a present zero is not "missing"
+    assert np.all(np.isfinite(model(features).numpy()))
+    zeroed = dict(features, n2=tf.where(tf.math.is_nan(features["n2"]), 0.0, features["n2"]))
+    _, first_zeroed = model._fields(zeroed)
+    np.testing.assert_allclose((first - first_zeroed).numpy()[:, 0], [-1.5, 0, -1.5, 0, 0, 0], atol=1e-6)

@@ -21,7 +21,7 @@ def test_estimator_model_fn_logits_equal_keras_logits():
 
     spec = FeatureSpec(name="t", label="y", categorical=["c1", "c2"], numerical=["n1"], multivalent=[])
     inputs = TrainerInputs(spec, config, transform_output=None, layout=LAYOUT, runner_name="estimator")
-    model_fn = estimator_runner.make_model_fn(inputs)
+    model_fn = estimator_runner.make_model_fn(inputs, train_steps=100)
     with tf.Graph().as_default():
         features = {k: tf.constant(v) for k, v in raw.items()}
         spec_out = model_fn(features, None, tf.estimator.ModeKeys.PREDICT)

@@ -68,6 +68,12 @@ class DeepFM(tf.keras.Model):
             name="numeric_embeddings", shape=(n_num, dim),
             initializer=tf.keras.initializers.RandomNormal(stddev=0.01))
         self.numeric_linear = self.add_weight(name="numeric_linear", shape=(n_num,), initializer="zeros")
+        # A missing number (NaN from Transform) gets its own embedding and weight:
+        # "missing" is not the same as "at the mean".
+        self.missing_embeddings = self.add_weight(
+            name="missing_embeddings", shape=(n_num, dim),
+            initializer=tf.keras.initializers.RandomNormal(stddev=0.01))
+        self.missing_linear = self.add_weight(name="missing_linear", shape=(n_num,), initializer="zeros")
         self.bias = self.add_weight(name="bias", shape=(1,), initializer="zeros")
         self.fm = FMInteraction(name="fm")
         self.dnn = [tf.keras.layers.Dense(u, activation="relu", name=f"dnn_{i}")
@@ -85,8 +91,13 @@ class DeepFM(tf.keras.Model):
         if self.layout.numerical:
             values = tf.stack([tf.reshape(tf.cast(features[n], tf.float32), [-1])
                                for n in self.layout.numerical], axis=1)
-            parts.append(values[:, :, None] * self.numeric_embeddings[None])
-            linear.append(tf.reduce_sum(values * self.numeric_linear, axis=1, keepdims=True))
+            missing = tf.math.is_nan(values)
+            values = tf.where(missing, 0.0, values)
+            missing = tf.cast(missing, tf.float32)
+            parts.append(values[:, :, None] * self.numeric_embeddings[None]
+                         + missing[:, :, None] * self.missing_embeddings[None])
+            linear.append(tf.reduce_sum(values * self.numeric_linear + missing * self.missing_linear,
+                                        axis=1, keepdims=True))
         for name in self.layout.multivalent:
             ids = tf.cast(features[name], tf.int64)
             valid = tf.cast(ids >= 0, tf.float32)[:, :, None]

@@ -18,7 +18,7 @@ from trainer_modules.deepfm import DeepFM
 LOGITS = "logits"
 
 
-def make_model_fn(inputs: training_setup.TrainerInputs):
+def make_model_fn(inputs: training_setup.TrainerInputs, train_steps: int):
     """A model_fn around the same DeepFM the Keras runner trains."""
     config = inputs.config
 
@@ -37,9 +37,10 @@ def make_model_fn(inputs: training_setup.TrainerInputs):
             loss += tf.add_n(model.losses)
         train_op = None
         if training:
-            optimizer = tf.compat.v1.train.AdamOptimizer(config.learning_rate)
-            train_op = optimizer.minimize(loss, global_step=tf.compat.v1.train.get_or_create_global_step(),
-                                          var_list=model.trainable_variables)
+            step = tf.compat.v1.train.get_or_create_global_step()
+            rate = training_setup.learning_rate(config, train_steps)
+            optimizer = tf.compat.v1.train.AdamOptimizer(rate(step) if callable(rate) else rate)
+            train_op = optimizer.minimize(loss, global_step=step, var_list=model.trainable_variables)
         metrics = {"auc": tf.compat.v1.metrics.auc(labels, probability, num_thresholds=1000)}
         return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op, eval_metric_ops=metrics)
 
@@ -60,7 +61,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         warm_start = tf.estimator.WarmStartSettings(
             ckpt_to_initialize_from=os.path.join(warm_from, "variables", "variables"),
             vars_to_warm_start=r"^deepfm/")
-    estimator = tf.estimator.Estimator(make_model_fn(inputs), config=run_config, warm_start_from=warm_start)
+    estimator = tf.estimator.Estimator(make_model_fn(inputs, fn_args.train_steps), config=run_config, warm_start_from=warm_start)
 
     def input_fn(files):
         return lambda: training_setup.make_dataset(files, fn_args.data_accessor, inputs, config.batch_size)

@@ -8,10 +8,10 @@ from trainer_modules import serving, training_setup
 from trainer_modules.deepfm import DeepFM
 
 
-def build_model(inputs: training_setup.TrainerInputs) -> tf.keras.Model:
+def build_model(inputs: training_setup.TrainerInputs, train_steps: int) -> tf.keras.Model:
     model = DeepFM(inputs.layout, inputs.config.model)
     model.compile(
-        optimizer=tf.keras.optimizers.Adam(inputs.config.learning_rate),
+        optimizer=tf.keras.optimizers.Adam(training_setup.learning_rate(inputs.config, train_steps)),
         loss=tf.keras.losses.BinaryCrossentropy(from_logits=True),
         metrics=[tf.keras.metrics.AUC(from_logits=True, name="auc")],
         # Fewer Python round-trips per step; the model is small and fast.
@@ -27,7 +27,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     evaluation = training_setup.make_dataset(fn_args.eval_files, fn_args.data_accessor, inputs, config.batch_size)
     warm_from, note = training_setup.warm_start_source(fn_args, inputs)
     with strategy.scope():
-        model = build_model(inputs)
+        model = build_model(inputs, fn_args.train_steps)
         if warm_from:
             model(next(iter(train))[0])  # create the variables, then overwrite them
             # The SavedModel's root object is the DeepFM model itself.

@@ -7,7 +7,8 @@ index the model's fused embedding table directly.
 
 Outputs, keyed by the raw column names:
   categorical  -> int64 id [batch]
-  numerical    -> float32 [batch], log and/or z-score; missing -> 0 (the mean)
+  numerical    -> float32 [batch], log and/or z-score; missing -> NaN, which the
+                  model maps to a learned per-field "missing" embedding
   multivalent  -> int64 ids [batch, max_length], padded with -1
   label        -> int64 [batch]
 """
@@ -54,13 +55,14 @@ def _numerical(inputs: Dict[str, Any], spec: FeatureSpec) -> Dict[str, tf.Tensor
     if how in ("log", "log_zscore"):
         values = _log(values)
     if how in ("zscore", "log_zscore"):
-        # Statistics over present values only, so a missing value lands on the mean (0).
+        # Statistics over present values only.
         count = tft.sum(present, reduce_instance_dims=False)
         mean = tft.sum(values * present, reduce_instance_dims=False) / tf.maximum(count, 1.0)
         mean_sq = tft.sum(tf.square(values) * present, reduce_instance_dims=False) / tf.maximum(count, 1.0)
         std = tf.sqrt(tf.maximum(mean_sq - tf.square(mean), 0.0))
         values = tf.where(std > 0, (values - mean) / tf.where(std > 0, std, 1.0), 0.0)
-    values = values * present
+    # Missing is not "at the mean": the model gives it its own embedding.
+    values = tf.where(present > 0, values, float("nan"))
     return {name: values[:, i] for i, name in enumerate(spec.numerical)}
 
 

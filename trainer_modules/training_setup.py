@@ -20,7 +20,10 @@ from trainer_modules.deepfm import FieldLayout, ModelHParams
 @dataclasses.dataclass(frozen=True)
 class TrainingConfig:
     batch_size: int = 1024
-    learning_rate: float = 2e-3
+    learning_rate: float = 5e-3
+    # "cosine" decays the rate to 0 over the run's steps: a constant rate left
+    # the rare ids' embeddings noisy (0.003 AUC on the default data).
+    learning_rate_decay: str = "cosine"
     embedding_dim: int = 8
     dnn_units: tuple = (64, 32)
     # Strong enough that rare ids do not overfit in a few epochs.
@@ -76,6 +79,15 @@ def make_dataset(file_pattern, data_accessor, inputs: TrainerInputs, batch_size:
                                        shuffle_buffer_size=10_000, sloppy_ordering=True),
         inputs.transform_output.transformed_metadata.schema)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def learning_rate(config: TrainingConfig, train_steps: int):
+    """A float, or a schedule of the step that both runners call."""
+    if config.learning_rate_decay == "cosine":
+        return tf.keras.optimizers.schedules.CosineDecay(config.learning_rate, max(train_steps, 1))
+    if config.learning_rate_decay == "none":
+        return config.learning_rate
+    raise ValueError(f"unknown learning_rate_decay {config.learning_rate_decay!r}; use cosine or none")
 
 
 def distribution_strategy(name: str) -> Optional[tf.distribute.Strategy]:
