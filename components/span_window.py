@@ -44,19 +44,6 @@ class RollingSpanWindowStrategy(resolver.ResolverStrategy):
         return result if all(result.values()) else None
 
 
-class LatestNotQuarantinedStrategy(resolver.ResolverStrategy):
-    """The newest artifact per key that no gate quarantined (e.g. the previous good week's statistics)."""
-
-    def resolve_artifacts(self, store: metadata_store.MetadataStore,
-                          input_dict: Dict[str, List[types.Artifact]]
-                          ) -> Optional[Dict[str, List[types.Artifact]]]:
-        result = {}
-        for key, artifacts in input_dict.items():
-            good = [a for a in artifacts if not a.get_int_custom_property(QUARANTINED)]
-            result[key] = [max(good, key=lambda a: a.id)] if good else []
-        return result
-
-
 def quarantine(store: metadata_store.MetadataStore, artifact_ids: List[int], reason: str) -> None:
     """Marks a week's examples and statistics so later runs neither train on
     them nor compare the next week against them."""
@@ -78,12 +65,15 @@ def newest_span(store: metadata_store.MetadataStore) -> Optional[int]:
     return max((a.custom_properties["span"].int_value for a in _ingested(store)), default=None)
 
 
-class AnalyzerCacheStrategy(resolver.ResolverStrategy):
-    """The newest Transform analyzer cache built in an earlier week.
+class EarlierWeekStrategy(resolver.ResolverStrategy):
+    """Per key, the newest artifact built from earlier weeks only: no gate
+    quarantined it and it was not made from the newest span.
 
-    A cache from a run that already saw the newest span would change
-    Transform's inputs on every re-run of the same week, so an unchanged
-    re-run could never be served from the pipeline cache.
+    Used for the Transform analyzer cache and the drift baseline statistics.
+    The latest artifact would, on a re-run of the same week, be this week's
+    own output, which changes the consumer's inputs on every re-run (so an
+    unchanged re-run is never served from the pipeline cache) and compares
+    a week's statistics with themselves.
     """
 
     def resolve_artifacts(self, store: metadata_store.MetadataStore,
@@ -91,11 +81,13 @@ class AnalyzerCacheStrategy(resolver.ResolverStrategy):
                           ) -> Optional[Dict[str, List[types.Artifact]]]:
         newest = newest_span(store)
         result = {}
-        for key, caches in input_dict.items():
+        for key, artifacts in input_dict.items():
             result[key] = []
-            for cache in sorted(caches, key=lambda a: a.id, reverse=True):
-                if newest is None or newest not in self._input_spans(store, cache.id):
-                    result[key] = [cache]
+            for artifact in sorted(artifacts, key=lambda a: a.id, reverse=True):
+                if artifact.get_int_custom_property(QUARANTINED):
+                    continue
+                if newest is None or newest not in self._input_spans(store, artifact.id):
+                    result[key] = [artifact]
                     break
         return result
 

@@ -58,7 +58,7 @@ def _print_summary(summary) -> None:
     def fmt(v):
         return "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
     print("\nSummary")
-    for key in ("auc", "bayes_auc", "logloss", "bayes_logloss", "calibration", "example_count",
+    for key in ("auc", "bayes_auc", "bayes_auc_span", "logloss", "bayes_logloss", "calibration", "example_count",
                 "baseline_auc", "blessed", "pushed", "pushed_path", "trainer_runner", "span", "window_spans",
                 "warm_started", "blocked_by"):
         print(f"  {key:<15} {fmt(summary.get(key))}")

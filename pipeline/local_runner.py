@@ -107,6 +107,8 @@ def run(config: configs.RunConfig) -> Dict[str, Any]:
             error, exit_code = f"{type(e).__name__}: {_message_of(e)}", 1
     executions = run_summary.executions_of_latest_run(pipeline.metadata_connection_config, configs.PIPELINE_NAME)
     bayes = synthetic_data.read_bayes(config.data_root, span) if span is not None else None
+    if bayes:
+        bayes = run_summary.bayes_of_evaluated_rows(bayes, run_summary.examples_uri(executions))
     summary = run_summary.build(executions, config.trainer, bayes, error=error, blocked_by=blocked_by)
     summary["wall_seconds"] = round(time.monotonic() - started, 1)
     summary["data_root"] = os.path.abspath(config.data_root)

@@ -17,8 +17,8 @@ from tfx import v1 as tfx
 
 from components.csv_example_gen import SpecCsvExampleGen
 from components.gates import AnomalyGate, DriftGate
-from components.span_window import (AnalyzerCacheStrategy, EarlierBlessedModelStrategy,
-                                    LatestNotQuarantinedStrategy, RollingSpanWindowStrategy)
+from components.span_window import (EarlierBlessedModelStrategy, EarlierWeekStrategy,
+                                    RollingSpanWindowStrategy)
 from components.model_repository_pusher import ModelRepositoryPusher
 from schemas.feature_spec import FeatureSpec
 
@@ -95,11 +95,12 @@ def create_pipeline(
                          else example_gen.outputs["examples"])
 
     previous_statistics = tfx.dsl.Resolver(
-        strategy_class=LatestNotQuarantinedStrategy if custom_resolvers else tfx.dsl.experimental.LatestArtifactStrategy,
+        strategy_class=EarlierWeekStrategy if custom_resolvers else tfx.dsl.experimental.LatestArtifactStrategy,
         statistics=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ExampleStatistics,
                                    producer_component_id="StatisticsGen", output_key="statistics"),
     ).with_id("previous_statistics")
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    previous_statistics.add_upstream_node(example_gen)  # it needs to know the newest span
     statistics_gen.add_upstream_node(previous_statistics)  # resolve before this run's statistics exist
     if spec.schema_file:
         schema_gen = tfx.components.ImportSchemaGen(schema_file=spec.schema_file)
@@ -113,7 +114,7 @@ def create_pipeline(
                            previous_statistics=previous_statistics.outputs["statistics"])
 
     transform_cache = tfx.dsl.Resolver(
-        strategy_class=AnalyzerCacheStrategy if custom_resolvers else tfx.dsl.experimental.LatestArtifactStrategy,
+        strategy_class=EarlierWeekStrategy if custom_resolvers else tfx.dsl.experimental.LatestArtifactStrategy,
         cache=tfx.dsl.Channel(type=tfx.types.standard_artifacts.TransformCache),
     ).with_id("latest_transform_cache")
     transform_cache.add_upstream_node(example_gen)  # it needs to know the newest span

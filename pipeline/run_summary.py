@@ -7,6 +7,7 @@ from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from components import evaluation_results
+from pipeline import synthetic_data
 from components.model_repository_pusher import training_info as training_setup_info
 
 
@@ -73,6 +74,61 @@ def _custom(artifact, key: str) -> Any:
     return getattr(value, value.WhichOneof("value"))
 
 
+def evaluated_columns(examples_uri: str, split: str = "eval"):
+    """Raw columns ("" = missing) and labels of an ExampleGen split, as written."""
+    import glob
+    import os
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import tensorflow as tf
+    from tfx_bsl.coders import example_coder
+
+    files = sorted(glob.glob(os.path.join(examples_uri, f"Split-{split}", "*.gz")))
+    serialized = [r for b in tf.data.TFRecordDataset(files, compression_type="GZIP").batch(8192)
+                  for r in b.numpy()]
+    if not serialized:
+        return None, None
+    batch = example_coder.ExamplesToRecordBatchDecoder().DecodeBatch(serialized)
+    columns = {}
+    for name in synthetic_data.COLUMNS:
+        if name not in batch.schema.names:
+            return None, None
+        cells = batch.column(name)  # one value per cell, or none when missing
+        present = pc.list_value_length(cells).fill_null(0).to_numpy(zero_copy_only=False) == 1
+        values = cells.flatten()
+        if pa.types.is_binary(values.type):
+            values = pc.cast(values, pa.string())
+        column = np.full(len(cells), "", dtype=object)
+        column[present] = values.to_numpy(zero_copy_only=False).astype(str)
+        columns[name] = column.astype(str)
+    labels = columns.pop("label").astype(np.float64).astype(np.int64)
+    return columns, labels
+
+
+def examples_uri(executions: List[Dict[str, Any]]) -> Optional[str]:
+    """The newest span's ingested examples in this run."""
+    for e in executions:
+        if e["node"] == "SpecCsvExampleGen" and e["outputs"].get("Examples"):
+            return e["outputs"]["Examples"][0].uri
+    return None
+
+
+def bayes_of_evaluated_rows(report: Dict[str, Any], examples_uri: Optional[str]) -> Dict[str, Any]:
+    """The generator's Bayes figures, recomputed on the held-out rows the
+    Evaluator scored: the whole span's differ from them by sampling noise."""
+    result = dict(report, bayes_auc_span=report.get("bayes_auc"), bayes_rows="span")
+    if examples_uri:
+        columns, labels = evaluated_columns(examples_uri)
+        if columns is not None:
+            rows = synthetic_data.bayes_of_rows(report, columns, labels)
+            if rows:
+                result.update(bayes_auc=rows["bayes_auc"], bayes_logloss=rows["bayes_logloss"],
+                              bayes_rows=rows["rows"])
+    return result
+
+
 def build(executions: List[Dict[str, Any]], trainer_runner: str,
           bayes: Optional[Dict[str, Any]], error: Optional[str] = None,
           blocked_by: Optional[str] = None) -> Dict[str, Any]:
@@ -80,8 +136,11 @@ def build(executions: List[Dict[str, Any]], trainer_runner: str,
     summary: Dict[str, Any] = {
         "auc": None, "logloss": None, "calibration": None, "example_count": None,
         "baseline_auc": None,
+        # On the rows the Evaluator scored when those can be read, else the whole span.
         "bayes_auc": bayes.get("bayes_auc") if bayes else None,
         "bayes_logloss": bayes.get("bayes_logloss") if bayes else None,
+        "bayes_rows": bayes.get("bayes_rows") if bayes else None,
+        "bayes_auc_span": bayes.get("bayes_auc_span") if bayes else None,
         "blessed": False, "pushed": False, "pushed_path": None, "pushed_version": None,
         "trainer_runner": trainer_runner,
         "span": None,

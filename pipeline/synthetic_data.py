@@ -118,31 +118,57 @@ class GroundTruth:
         return out
 
     def _logit(self, rng: np.random.Generator, rows: int):
-        n_num, n_cat = NUM_NUMERICAL, NUM_CATEGORICAL
-        emb = np.zeros((rows, n_num + n_cat, _TRUE_DIM))
-        first = np.zeros(rows)
+        """Draws raw columns; their logit comes from the columns alone, as a model sees them."""
         out: Dict[str, np.ndarray] = {}
-        z_all = np.zeros((rows, n_num))
-        for j in range(n_num):
+        for j in range(NUM_NUMERICAL):
             logx = rng.normal(self.num_mu[j], self.num_sigma[j], rows)
             value = np.floor(np.expm1(np.maximum(logx, 0.0)))
             present = rng.random(rows) >= self.num_missing[j]
+            out[NUMERICAL[j]] = np.where(present, value.astype(np.int64).astype(str), "")
+        for f in range(NUM_CATEGORICAL):
+            idx = rng.choice(self.cardinality[f], size=rows, p=self.id_probs[f])
+            present = rng.random(rows) >= self.cat_missing[f]
+            out[CATEGORICAL[f]] = np.where(present, self.id_strings[f][idx], "")
+        return out, self.logit_of(out)
+
+    def logit_of(self, columns: Dict[str, np.ndarray]) -> np.ndarray:
+        """The true logit (without the intercept) of raw column values ("" = missing)."""
+        rows = len(columns[NUMERICAL[0]])
+        emb = np.zeros((rows, NUM_NUMERICAL + NUM_CATEGORICAL, _TRUE_DIM))
+        first = np.zeros(rows)
+        z_all = np.zeros((rows, NUM_NUMERICAL))
+        for j, name in enumerate(NUMERICAL):
+            raw = np.asarray(columns[name]).astype(str)
+            present = raw != ""
+            value = np.where(present, raw, "0").astype(np.float64)
             z = np.where(present, (np.log1p(value) - self.num_mu[j]) / self.num_sigma[j], 0.0)
             z_all[:, j] = z
             first += self.num_w[j] * z
             emb[:, j] = z[:, None] * self.num_v[j]
-            out[NUMERICAL[j]] = np.where(present, value.astype(np.int64).astype(str), "")
-        for f in range(n_cat):
-            idx = rng.choice(self.cardinality[f], size=rows, p=self.id_probs[f])
-            present = rng.random(rows) >= self.cat_missing[f]
-            first += np.where(present, self.cat_w[f][idx], 0.0)
-            emb[:, n_num + f] = np.where(present[:, None], self.cat_v[f][idx], 0.0)
-            out[CATEGORICAL[f]] = np.where(present, self.id_strings[f][idx], "")
+        for f, name in enumerate(CATEGORICAL):
+            index = {s: i for i, s in enumerate(self.id_strings[f])}
+            idx = np.array([index.get(s, -1) for s in np.asarray(columns[name]).astype(str)])
+            known = idx >= 0  # missing, or an id the truth never drew (a broken column)
+            idx = np.maximum(idx, 0)
+            first += np.where(known, self.cat_w[f][idx], 0.0)
+            emb[:, NUM_NUMERICAL + f] = np.where(known[:, None], self.cat_v[f][idx], 0.0)
         square_of_sum = emb.sum(axis=1) ** 2
         sum_of_squares = (emb ** 2).sum(axis=1)
         fm = 0.5 * (square_of_sum - sum_of_squares).sum(axis=1)
         nonlinear = 0.4 * np.tanh(z_all[:, 0] * z_all[:, 1]) + 0.3 * np.abs(z_all[:, 2]) - 0.24
-        return out, first + fm + nonlinear
+        return first + fm + nonlinear
+
+    def probability_of(self, columns: Dict[str, np.ndarray]) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-(self.logit_of(columns) + self.bias)))
+
+
+def truth_of_span(seed: int, span: int, drift: float) -> GroundTruth:
+    """Replays the weekly drift to get span N's planted model."""
+    truth = GroundTruth.create(seed)
+    drift_rng = np.random.default_rng([seed, 7])
+    for _ in range(2, span + 1):
+        truth = truth.drifted(drift_rng, drift)
+    return truth
 
 
 def generate(out_dir: str, rows: int, spans: int = 1, seed: int = 42, drift: float = 0.02,
@@ -186,7 +212,7 @@ def generate(out_dir: str, rows: int, spans: int = 1, seed: int = 42, drift: flo
             all_labels.append(labels)
             all_probs.append(prob)
         labels, prob = np.concatenate(all_labels), np.concatenate(all_probs)
-        report = {"span": span, "rows": rows, "seed": seed, "ctr": float(labels.mean()),
+        report = {"span": span, "rows": rows, "seed": seed, "drift": drift, "ctr": float(labels.mean()),
                   "bayes_auc": auc(labels, prob), "bayes_logloss": logloss(labels, prob),
                   "labels_shuffled": span == shuffle_labels_span,
                   "broken_column": BROKEN_COLUMN if span == broken_column_span else None}
@@ -194,6 +220,16 @@ def generate(out_dir: str, rows: int, spans: int = 1, seed: int = 42, drift: flo
             json.dump(report, f, indent=2)
         reports.append(report)
     return reports
+
+
+def bayes_of_rows(report: Dict, columns: Dict[str, np.ndarray], labels: np.ndarray) -> Dict[str, float]:
+    """The Bayes-optimal AUC and logloss on given rows of a span (e.g. the held-out
+    split a model is evaluated on), so model and optimum see the same rows."""
+    if report.get("labels_shuffled"):
+        return {}  # the labels no longer come from the truth
+    truth = truth_of_span(report["seed"], report["span"], report.get("drift", 0.02))
+    prob = truth.probability_of(columns)
+    return {"bayes_auc": auc(labels, prob), "bayes_logloss": logloss(labels, prob), "rows": int(len(labels))}
 
 
 def read_bayes(data_dir: str, span: int) -> Optional[Dict]:

@@ -18,7 +18,7 @@ PIPELINE_UPSTREAM = {
     "ImportSchemaGen": set(),
     "latest_blessed_model_resolver": {"SpecCsvExampleGen"},
     "latest_transform_cache": {"SpecCsvExampleGen"},
-    "previous_statistics": set(),
+    "previous_statistics": {"SpecCsvExampleGen"},
     "training_window": {"SpecCsvExampleGen"},
     "StatisticsGen": {"SpecCsvExampleGen", "previous_statistics"},
     "ExampleValidator": {"StatisticsGen", "ImportSchemaGen"},

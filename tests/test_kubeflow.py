@@ -149,7 +149,7 @@ def test_v2_dag_edges_follow_the_topology(v2):
     # v2 has no custom resolvers: Transform and the pusher read ExampleGen's newest span directly.
     v2_upstream = {node: {"SpecCsvExampleGen" if up == "training_window" else up for up in ups}
                    for node, ups in UPSTREAM.items() if node != "training_window"}
-    for resolver_id in ("latest_transform_cache", "latest_blessed_model_resolver"):
+    for resolver_id in ("latest_transform_cache", "latest_blessed_model_resolver", "previous_statistics"):
         v2_upstream[resolver_id] = set()  # v2 orders no resolver after a component
     assert edges == v2_upstream
 

@@ -69,7 +69,9 @@ def test_keras_run_pushes_a_servable_model(keras_run, data_root):
     assert SUMMARY_KEYS <= set(summary)
     assert summary["blessed"] and summary["pushed"] and summary["trainer_runner"] == "keras"
     assert 0.5 < summary["auc"] <= 1.0 and summary["example_count"] > 200
-    assert summary["bayes_auc"] == pytest.approx(synthetic_data.read_bayes(data_root, 1)["bayes_auc"])
+    assert summary["bayes_auc_span"] == pytest.approx(synthetic_data.read_bayes(data_root, 1)["bayes_auc"])
+    # Recomputed on exactly the rows the Evaluator scored.
+    assert summary["bayes_rows"] == summary["example_count"] and 0.6 < summary["bayes_auc"] < 1.0
     assert set(summary["component_seconds"]) == NODES
     with open(config.summary_path) as f:
         assert json.load(f)["pushed_path"] == summary["pushed_path"]

@@ -3,8 +3,8 @@ from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 from tfx.types import standard_artifacts
 
-from components.span_window import (EarlierBlessedModelStrategy, RollingSpanWindowStrategy,
-                                    newest_span, quarantine)
+from components.span_window import (EarlierBlessedModelStrategy, EarlierWeekStrategy,
+                                    RollingSpanWindowStrategy, newest_span, quarantine)
 
 
 def store():
@@ -77,3 +77,33 @@ def test_window_takes_newest_ingestion_of_the_newest_spans_and_skips_quarantine(
     a[4].mlmd_artifact.CopyFrom(refreshed)
     window = RollingSpanWindowStrategy(2).window(a)
     assert [x.id for x in window] == [a[3].id, a[1].id]
+
+
+def statistics_of(s, examples):
+    """A StatisticsGen execution: examples in, statistics out."""
+    stats = put(s, standard_artifacts.ExampleStatistics())
+    execution_type = s.put_execution_type(metadata_store_pb2.ExecutionType(name="StatisticsGen"))
+    [execution_id] = s.put_executions([metadata_store_pb2.Execution(type_id=execution_type)])
+    s.put_events([metadata_store_pb2.Event(artifact_id=examples.id, execution_id=execution_id,
+                                           type=metadata_store_pb2.Event.INPUT),
+                  metadata_store_pb2.Event(artifact_id=stats.id, execution_id=execution_id,
+                                           type=metadata_store_pb2.Event.OUTPUT)])
+    return stats
+
+
+def test_drift_baseline_is_the_previous_good_week_even_on_a_rerun():
+    s = store()
+    week1 = statistics_of(s, ingest(s, 1))
+    def baseline(stats):
+        for a in stats:  # as a resolver sees them: as stored now
+            a.mlmd_artifact.CopyFrom(s.get_artifacts_by_id([a.id])[0])
+        return [a.id for a in EarlierWeekStrategy().resolve_artifacts(s, {"statistics": stats})["statistics"]]
+
+    assert baseline([week1]) == [], "week 1 has no earlier week"
+    week2 = statistics_of(s, ingest(s, 2))
+    rerun2 = statistics_of(s, ingest(s, 2))
+    assert baseline([week1, week2, rerun2]) == [week1.id]
+    bad3 = statistics_of(s, ingest(s, 3))
+    quarantine(s, [bad3.id], "drift")
+    ingest(s, 4)
+    assert baseline([week1, week2, rerun2, bad3]) == [rerun2.id]

@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pandas as pd
+import pytest
 from sklearn.metrics import roc_auc_score
 
 from pipeline import synthetic_data
@@ -56,3 +57,16 @@ def test_bayes_auc_matches_sklearn_on_true_probabilities(tmp_path):
         assert json.load(f) == report
     assert 0.7 < report["bayes_auc"] < 0.95
     assert 0.15 < report["ctr"] < 0.35
+
+
+def test_bayes_on_rows_recomputes_the_truth_from_written_columns_of_a_drifted_span(tmp_path):
+    report = synthetic_data.generate(str(tmp_path), rows=3000, spans=3, seed=9)[2]
+    frame = pd.read_csv(tmp_path / "span-3" / "part-000.csv", dtype=str, keep_default_na=False)
+    columns = {c: frame[c].to_numpy() for c in synthetic_data.COLUMNS[1:]}
+    labels = frame["label"].astype(int).to_numpy()
+    again = synthetic_data.bayes_of_rows(report, columns, labels)
+    assert again["bayes_auc"] == pytest.approx(report["bayes_auc"], abs=1e-12)
+    assert again["bayes_logloss"] == pytest.approx(report["bayes_logloss"], abs=1e-12)
+    # A subset of rows has its own optimum, which a model scored on it must be compared with.
+    half = synthetic_data.bayes_of_rows(report, {c: v[:1500] for c, v in columns.items()}, labels[:1500])
+    assert half["rows"] == 1500 and half["bayes_auc"] != report["bayes_auc"]
