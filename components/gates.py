@@ -1,8 +1,9 @@
 """Gates that stop a run with a readable reason instead of a stack trace."""
 import os
 
-from tfx import v1 as tfx
-from tfx.types import artifact_utils
+from tfx.dsl.component.experimental.annotations import InputArtifact
+from tfx.dsl.component.experimental.decorators import component
+from tfx.types import artifact_utils, standard_artifacts
 from tensorflow_metadata.proto.v0 import anomalies_pb2
 
 _SCHEMA_DIFF = "SchemaDiff.pb"
@@ -33,8 +34,8 @@ def describe_anomalies(anomalies_artifact) -> list:
     return lines
 
 
-@tfx.dsl.components.component
-def AnomalyGate(anomalies: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleAnomalies]) -> None:
+@component
+def AnomalyGate(anomalies: InputArtifact[standard_artifacts.ExampleAnomalies]) -> None:
     """Fails the run before Transform when ExampleValidator found anomalies."""
     problems = describe_anomalies(anomalies)
     if problems:
@@ -63,11 +64,11 @@ def drift_and_skew(current_stats, previous_stats, schema) -> list:
     return _comparator_anomalies(drift, "drift") + _comparator_anomalies(skew, "skew")
 
 
-@tfx.dsl.components.component
+@component
 def DriftGate(
-    statistics: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleStatistics],
-    schema: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Schema],
-    previous_statistics: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleStatistics] = None,
+    statistics: InputArtifact[standard_artifacts.ExampleStatistics],
+    schema: InputArtifact[standard_artifacts.Schema],
+    previous_statistics: InputArtifact[standard_artifacts.ExampleStatistics] = None,
 ) -> None:
     """Fails the run when categorical distributions moved past the schema's thresholds."""
     from tfx.components.statistics_gen import stats_artifact_utils

@@ -9,7 +9,7 @@ import time
 from typing import Any, Dict, Optional, Tuple
 
 from ml_metadata import metadata_store
-from tfx import v1 as tfx
+from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
 from components.csv_example_gen import DataError, check_files
 from components import span_window
@@ -97,7 +97,7 @@ def run(config: configs.RunConfig) -> Dict[str, Any]:
     started = time.monotonic()
     error, blocked_by, exit_code = None, None, 0
     try:
-        tfx.orchestration.LocalDagRunner().run(pipeline)
+        LocalDagRunner().run(pipeline)
     except Exception as e:  # noqa: BLE001 - reported in the summary, re-raised below as RunFailed
         if gate := _find(e, GateFailed):
             error, blocked_by, exit_code = _message_of(gate), gate.gate, 3

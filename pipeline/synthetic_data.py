@@ -132,24 +132,30 @@ class GroundTruth:
         return out, self.logit_of(out)
 
     def logit_of(self, columns: Dict[str, np.ndarray]) -> np.ndarray:
-        """The true logit (without the intercept) of raw column values ("" = missing)."""
+        """The true logit (without the intercept) of raw column values: numbers as
+        str ("" = missing) or float (NaN = missing), ids as str ("" = missing)."""
         rows = len(columns[NUMERICAL[0]])
         emb = np.zeros((rows, NUM_NUMERICAL + NUM_CATEGORICAL, _TRUE_DIM))
         first = np.zeros(rows)
         z_all = np.zeros((rows, NUM_NUMERICAL))
         for j, name in enumerate(NUMERICAL):
-            raw = np.asarray(columns[name]).astype(str)
-            present = raw != ""
-            value = np.where(present, raw, "0").astype(np.float64)
+            raw = np.asarray(columns[name])
+            if raw.dtype.kind in "USO":
+                raw = np.where(raw.astype(str) == "", "nan", raw)
+            value = raw.astype(np.float64)
+            present = ~np.isnan(value)
+            value = np.where(present, value, 0.0)
             z = np.where(present, (np.log1p(value) - self.num_mu[j]) / self.num_sigma[j], 0.0)
             z_all[:, j] = z
             first += self.num_w[j] * z
             emb[:, j] = z[:, None] * self.num_v[j]
         for f, name in enumerate(CATEGORICAL):
-            index = {s: i for i, s in enumerate(self.id_strings[f])}
-            idx = np.array([index.get(s, -1) for s in np.asarray(columns[name]).astype(str)])
-            known = idx >= 0  # missing, or an id the truth never drew (a broken column)
-            idx = np.maximum(idx, 0)
+            order = np.argsort(self.id_strings[f])
+            ids = self.id_strings[f][order]
+            given = np.asarray(columns[name]).astype(ids.dtype)
+            at = np.minimum(np.searchsorted(ids, given), len(ids) - 1)
+            known = ids[at] == given  # not missing, and an id the truth draws (not a broken column)
+            idx = order[at]
             first += np.where(known, self.cat_w[f][idx], 0.0)
             emb[:, NUM_NUMERICAL + f] = np.where(known[:, None], self.cat_v[f][idx], 0.0)
         square_of_sum = emb.sum(axis=1) ** 2

@@ -70,3 +70,14 @@ def test_bayes_on_rows_recomputes_the_truth_from_written_columns_of_a_drifted_sp
     # A subset of rows has its own optimum, which a model scored on it must be compared with.
     half = synthetic_data.bayes_of_rows(report, {c: v[:1500] for c, v in columns.items()}, labels[:1500])
     assert half["rows"] == 1500 and half["bayes_auc"] != report["bayes_auc"]
+
+
+def test_truth_reads_missing_numbers_as_empty_strings_or_nan_alike():
+    truth = synthetic_data.GroundTruth.create(3)
+    data = truth.sample(np.random.default_rng(1), 2000)
+    prob = data.pop("_prob")
+    as_float = {c: (np.where(v == "", "nan", v).astype(float) if c in synthetic_data.NUMERICAL else v)
+                for c, v in data.items()}
+    assert any((data[c] == "").any() for c in synthetic_data.NUMERICAL)
+    np.testing.assert_allclose(truth.probability_of(data), prob, rtol=1e-12)
+    np.testing.assert_allclose(truth.probability_of(as_float), prob, rtol=1e-12)

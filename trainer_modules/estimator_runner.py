@@ -10,7 +10,7 @@ import shutil
 import tempfile
 
 import tensorflow as tf
-from tfx import v1 as tfx
+from tfx.components.trainer.fn_args_utils import FnArgs
 
 from trainer_modules import serving, training_setup
 from trainer_modules.deepfm import DeepFM
@@ -47,7 +47,7 @@ def make_model_fn(inputs: training_setup.TrainerInputs, train_steps: int):
     return model_fn
 
 
-def run_fn(fn_args: tfx.components.FnArgs) -> None:
+def run_fn(fn_args: FnArgs) -> None:
     inputs = training_setup.load_inputs(fn_args)
     config = inputs.config
     run_config = tf.estimator.RunConfig(

@@ -2,7 +2,7 @@
 import os
 
 import tensorflow as tf
-from tfx import v1 as tfx
+from tfx.components.trainer.fn_args_utils import FnArgs
 
 from trainer_modules import serving, training_setup
 from trainer_modules.deepfm import DeepFM
@@ -19,7 +19,7 @@ def build_model(inputs: training_setup.TrainerInputs, train_steps: int) -> tf.ke
     return model
 
 
-def run_fn(fn_args: tfx.components.FnArgs) -> None:
+def run_fn(fn_args: FnArgs) -> None:
     inputs = training_setup.load_inputs(fn_args)
     config = inputs.config
     strategy = training_setup.distribution_strategy(config.distribution) or tf.distribute.get_strategy()

@@ -9,7 +9,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import tensorflow as tf
 import tensorflow_transform as tft
-from tfx import v1 as tfx
+from tfx.components.trainer.fn_args_utils import FnArgs
 from tfx_bsl.public import tfxio
 
 from schemas.feature_spec import FeatureSpec
@@ -53,7 +53,7 @@ class TrainerInputs:
     runner_name: str
 
 
-def load_inputs(fn_args: tfx.components.FnArgs) -> TrainerInputs:
+def load_inputs(fn_args: FnArgs) -> TrainerInputs:
     custom = fn_args.custom_config or {}
     spec = FeatureSpec.from_dict(custom["feature_spec"])
     transform_output = tft.TFTransformOutput(fn_args.transform_output)
