@@ -1,10 +1,12 @@
 """The pipeline's topology, defined once for every orchestrator.
 
 SpecCsvExampleGen (newest span) -> StatisticsGen -> ExampleValidator -> AnomalyGate
-                                                 -> DriftGate (vs previous span)
+                                                 -> DriftGate (vs the previous good span)
 training_window (newest K spans) -> Transform (analyzer cache) -> Trainer
-    (warm start from the latest blessed model) -> Evaluator (newest span's
-    held-out split, vs the latest blessed model) -> ModelRepositoryPusher
+    (warm start from last week's blessed model) -> Evaluator (newest span's
+    held-out split, vs last week's blessed model) -> ModelRepositoryPusher
+
+Every baseline comes from earlier weeks, so re-running a week is fully cached.
 """
 from __future__ import annotations
 
