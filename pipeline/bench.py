@@ -523,7 +523,8 @@ class DeepCTREncoder:
             x = features[n]
             pos = np.clip(np.searchsorted(u, x), 0, len(u) - 1)
             out[n] = np.where(u[pos] == x, pos + 1, 0).astype(np.int32)
-        out.update({n: features[n].astype(np.float32) for n in self.layout.numerical})
+        # DeepCTR has no notion of missing: NaN (our Transform's "missing") becomes 0, as in its examples.
+        out.update({n: np.nan_to_num(features[n].astype(np.float32), nan=0.0) for n in self.layout.numerical})
         return out
 
 
