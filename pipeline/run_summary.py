@@ -80,7 +80,6 @@ def evaluated_columns(examples_uri: str, split: str = "eval", chunk_rows: int = 
     """Raw columns and labels of an ExampleGen split, as written, `chunk_rows` at a
     time: numbers as float (NaN = missing), ids as str ("" = missing)."""
     import glob
-    import os
 
     import numpy as np
     import pyarrow as pa
@@ -129,17 +128,9 @@ def bayes_of_evaluated_rows(report: Dict[str, Any], examples_uri: Optional[str])
     if memo and os.path.exists(memo):  # a cached re-run: same rows, same answer
         with open(memo) as f:
             return dict(result, **json.load(f))
-    if examples_uri and not report.get("labels_shuffled"):
-        import numpy as np
-        truth = synthetic_data.truth_of_span(report["seed"], report["span"], report.get("drift", 0.02))
-        probs, labels = [], []
-        for columns, chunk_labels in evaluated_columns(examples_uri):
-            probs.append(truth.probability_of(columns))
-            labels.append(chunk_labels)
-        if labels:
-            labels, probs = np.concatenate(labels), np.concatenate(probs)
-            rows = {"bayes_auc": synthetic_data.auc(labels, probs),
-                    "bayes_logloss": synthetic_data.logloss(labels, probs), "bayes_rows": int(len(labels))}
+    if examples_uri:
+        rows = synthetic_data.bayes_of_rows(report, evaluated_columns(examples_uri))
+        if rows:
             result.update(rows)
             with open(memo + ".tmp", "w") as f:
                 json.dump(rows, f)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Dict, List, Optional
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
@@ -228,14 +228,22 @@ def generate(out_dir: str, rows: int, spans: int = 1, seed: int = 42, drift: flo
     return reports
 
 
-def bayes_of_rows(report: Dict, columns: Dict[str, np.ndarray], labels: np.ndarray) -> Dict[str, float]:
+def bayes_of_rows(report: Dict, chunks: Iterable[Tuple[Dict[str, np.ndarray], np.ndarray]]) -> Dict[str, float]:
     """The Bayes-optimal AUC and logloss on given rows of a span (e.g. the held-out
-    split a model is evaluated on), so model and optimum see the same rows."""
+    split a model is evaluated on), so model and optimum see the same rows.
+    `chunks` yields (columns, labels); empty when there are no rows or the
+    labels no longer come from the truth."""
     if report.get("labels_shuffled"):
-        return {}  # the labels no longer come from the truth
+        return {}
     truth = truth_of_span(report["seed"], report["span"], report.get("drift", 0.02))
-    prob = truth.probability_of(columns)
-    return {"bayes_auc": auc(labels, prob), "bayes_logloss": logloss(labels, prob), "rows": int(len(labels))}
+    probs, labels = [], []
+    for columns, chunk_labels in chunks:
+        probs.append(truth.probability_of(columns))
+        labels.append(chunk_labels)
+    if not labels:
+        return {}
+    labels, prob = np.concatenate(labels), np.concatenate(probs)
+    return {"bayes_auc": auc(labels, prob), "bayes_logloss": logloss(labels, prob), "bayes_rows": int(len(labels))}
 
 
 def read_bayes(data_dir: str, span: int) -> Optional[Dict]:

@@ -64,12 +64,12 @@ def test_bayes_on_rows_recomputes_the_truth_from_written_columns_of_a_drifted_sp
     frame = pd.read_csv(tmp_path / "span-3" / "part-000.csv", dtype=str, keep_default_na=False)
     columns = {c: frame[c].to_numpy() for c in synthetic_data.COLUMNS[1:]}
     labels = frame["label"].astype(int).to_numpy()
-    again = synthetic_data.bayes_of_rows(report, columns, labels)
+    again = synthetic_data.bayes_of_rows(report, [(columns, labels)])
     assert again["bayes_auc"] == pytest.approx(report["bayes_auc"], abs=1e-12)
     assert again["bayes_logloss"] == pytest.approx(report["bayes_logloss"], abs=1e-12)
     # A subset of rows has its own optimum, which a model scored on it must be compared with.
-    half = synthetic_data.bayes_of_rows(report, {c: v[:1500] for c, v in columns.items()}, labels[:1500])
-    assert half["rows"] == 1500 and half["bayes_auc"] != report["bayes_auc"]
+    half = synthetic_data.bayes_of_rows(report, [({c: v[:1500] for c, v in columns.items()}, labels[:1500])])
+    assert half["bayes_rows"] == 1500 and half["bayes_auc"] != report["bayes_auc"]
 
 
 def test_truth_reads_missing_numbers_as_empty_strings_or_nan_alike():
