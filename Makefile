@@ -22,7 +22,7 @@ test-unit: $(STAMP)
 # DeepCTR is a benchmark-only extra, installed here and never at run time.
 bench: $(STAMP)
 	@$(VENV)/bin/uv pip install -q --python $(VENV)/bin/python --no-deps -r requirements-bench.txt
-	$(VENV)/bin/deepfm-tfx bench $(BENCH_ARGS)
+	$(VENV)/bin/python -m bench $(BENCH_ARGS)
 
 # The environment is rebuilt whenever the lock file or setup.py changes; the
 # resolver never runs here, uv only installs the pinned set.

@@ -37,13 +37,10 @@ from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 from tfx_bsl.coders import example_coder
 
-from schemas.feature_spec import FeatureSpec
+from deepfm_tfx.errors import DataError
+from deepfm_tfx.schemas.feature_spec import FeatureSpec
 
 _BLOCK_BYTES = 16 << 20
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file, and the row and column where known."""
 
 
 def spec_to_custom_config(spec: FeatureSpec) -> example_gen_pb2.CustomConfig:

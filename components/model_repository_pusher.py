@@ -7,26 +7,18 @@ a data fingerprint, the pipeline run and whether training was warm-started.
 import hashlib
 import json
 import os
-from typing import Any, Dict, List
+from typing import List
 
 from tfx import types
 from tfx.dsl.components.base import base_component, base_executor, executor_spec
 from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
-from components import evaluation_results, model_repository
-from components.span_window import span_of
+from deepfm_tfx import evaluation_results
 
-TRAINING_INFO = "training_info.json"  # written by the runners beside Format-Serving
-
-
-def training_info(model_uri: str) -> Dict[str, Any]:
-    path = os.path.join(model_uri, TRAINING_INFO)
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
-
+from deepfm_tfx import model_repository
+from deepfm_tfx import training_info
+from deepfm_tfx.spans import span_of
 
 def data_fingerprint(examples: List[types.Artifact]) -> str:
     """Hash of ExampleGen's input fingerprints (file names, sizes, mtimes) per span."""
@@ -63,7 +55,7 @@ class Executor(base_executor.BaseExecutor):
         if version is None:  # not already pushed by an earlier run of this same model
             metrics = evaluation_results.overall_metrics(evaluation.uri)
             examples = input_dict["examples"]
-            info = training_info(model.uri)
+            info = training_info.read(model.uri)
             record = dict(
                 json.loads(exec_properties.get("record_json") or "{}"),
                 metrics=metrics["candidate"], baseline_metrics=metrics["baseline"] or None,

@@ -10,14 +10,9 @@ from ml_metadata import metadata_store
 from tfx import types
 from tfx.dsl.components.common import resolver
 
+from deepfm_tfx.spans import span_of
+
 QUARANTINED = "quarantined"
-
-
-def span_of(artifact: types.Artifact) -> int:
-    # ExampleGen in TFX 1.15 records the span as a custom property.
-    if artifact.has_custom_property("span"):
-        return int(artifact.get_int_custom_property("span"))
-    return int(artifact.span or 0)
 
 
 class RollingSpanWindowStrategy(resolver.ResolverStrategy):

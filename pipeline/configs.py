@@ -1,54 +1,136 @@
-"""Run configuration: every knob of a run, with the local defaults.
+"""Run configuration: every knob of a run, with its default and meaning.
 
-The topology (pipeline.py) takes these as arguments; each orchestrator's
-runner fills them from its own flags or environment.
+`RunConfig` is the one source. The command line's flags, the Airflow
+settings, the Kubeflow compiler and `simulate` are all derived from its
+fields (and from `TrainingConfig`'s for the training knobs), and every
+orchestrator hands a RunConfig to `pipeline.create_pipeline_from_config`.
+No TensorFlow is imported here.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
-from pipeline import synthetic_data
-from schemas.feature_spec import DEFAULT_SPEC
+from deepfm_tfx import synthetic
+from deepfm_tfx.schemas.feature_spec import DEFAULT_SPEC
+from deepfm_tfx.trainer_modules.hparams import TrainingConfig
 
 PIPELINE_NAME = "deepfm_tfx"
 MODEL_NAME = "deepfm"
 WORKSPACE = "workspace"
+TRAINERS = ("keras", "estimator")
+# Beam's DirectRunner defaults for one machine; --beam-arg adds to these.
+DEFAULT_BEAM_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+
+
+def _knob(default, help: str, **extra):
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help, **extra})
+    return dataclasses.field(default=default, metadata={"help": help, **extra})
 
 
 @dataclasses.dataclass
 class RunConfig:
-    data: Optional[str] = None                 # None: generate the synthetic default
-    features: str = DEFAULT_SPEC
-    pipeline_root: str = os.path.join(WORKSPACE, "pipeline")
-    model_repository: str = "model_repository"
-    model_name: str = MODEL_NAME
-    trainer: str = "keras"
-    train_steps: int = 1500
-    eval_steps: int = 50
-    rows: int = 500_000                       # rows per span of the generated default
-    spans: int = 1
-    seed: int = 42
-    metadata: Optional[str] = None            # None: SQLite under the pipeline root
-    summary: Optional[str] = None
-    beam_args: List[str] = dataclasses.field(default_factory=list)
-    training: Dict[str, Any] = dataclasses.field(default_factory=dict)
-    window_spans: int = 4                     # train on the newest K spans
-    warm_start: bool = True
-    min_auc: float = 0.6
-    max_auc_drop: float = 0.01
-    enable_cache: bool = True
+    data: Optional[str] = _knob(None, "data folder (span-N/ subfolders or files); default: generated synthetic data")
+    features: str = _knob(DEFAULT_SPEC, "feature spec YAML")
+    pipeline_root: str = _knob(os.path.join(WORKSPACE, "pipeline"), "pipeline outputs and SQLite ml-metadata")
+    model_repository: str = _knob("model_repository", "the versioned model repository")
+    model_name: str = _knob(MODEL_NAME, "model name in the repository and in TF Serving")
+    trainer: str = _knob("keras", "training loop", choices=TRAINERS)
+    train_steps: int = _knob(1500, "training steps of each run")
+    eval_steps: int = _knob(50, "validation steps during training")
+    rows: int = _knob(500_000, "rows per span of the generated default data")
+    spans: int = _knob(1, "spans of the generated default data")
+    seed: int = _knob(42, "seed of the generated default data")
+    metadata: Optional[str] = _knob(None, "ml-metadata: mysql://user:pass@host:port/db (default: SQLite "
+                                          "under the pipeline root)")
+    summary: Optional[str] = _knob(None, "where to write the summary JSON (default: <pipeline-root>/summary.json)")
+    beam_args: List[str] = _knob([], "extra Beam pipeline argument, as --beam-arg=--flag=value (repeatable)",
+                                 flag="--beam-arg")
+    training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig, metadata={"nested": True})
+    window_spans: int = _knob(4, "train on the newest K spans")
+    warm_start: bool = _knob(True, "start from last week's blessed model", negate="--no-warm-start",
+                             negate_help="always train from scratch")
+    min_auc: float = _knob(0.6, "absolute AUC floor for blessing")
+    max_auc_drop: float = _knob(0.01, "largest AUC drop vs the serving model that still blesses")
+    enable_cache: bool = _knob(True, "reuse TFX's cached executions", negate="--no-cache",
+                               negate_help="re-execute every component")
+
+    def __post_init__(self):
+        if isinstance(self.training, dict):
+            self.training = TrainingConfig.from_dict(self.training)
 
     @property
     def data_root(self) -> str:
         return self.data or os.path.join(
-            WORKSPACE, "data", f"synthetic-v{synthetic_data.VERSION}-{self.rows}rows-{self.spans}spans-seed{self.seed}")
+            WORKSPACE, "data", f"synthetic-v{synthetic.VERSION}-{self.rows}rows-{self.spans}spans-seed{self.seed}")
 
     @property
     def summary_path(self) -> str:
         return self.summary or os.path.join(self.pipeline_root, "summary.json")
 
+    @property
+    def training_dict(self) -> Dict[str, Any]:
+        """The training knobs as the Trainer's custom_config carries them."""
+        d = dataclasses.asdict(self.training)
+        d["dnn_units"] = list(d["dnn_units"])
+        return d
 
-# Beam's DirectRunner defaults for one machine; --beam-arg adds to these.
-DEFAULT_BEAM_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+
+def _flag(field: dataclasses.Field) -> str:
+    return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+
+
+def _add(parser: argparse.ArgumentParser, field: dataclasses.Field, default: Any, dest: str) -> None:
+    meta = field.metadata
+    if "negate" in meta:
+        parser.add_argument(meta["negate"], dest=dest, action="store_false", default=default,
+                            help=meta["negate_help"])
+        return
+    kind = field.type if isinstance(field.type, type) else None
+    # The CLI's formatter appends each default.
+    kwargs: Dict[str, Any] = {"dest": dest, "help": meta["help"], "metavar": field.name.upper()}
+    if "choices" in meta:
+        kwargs["choices"] = meta["choices"]
+        del kwargs["metavar"]
+    if field.name == "beam_args":
+        kwargs.update(action="append", default=default if default is argparse.SUPPRESS else [], metavar="ARG")
+    elif meta.get("list"):
+        kwargs.update(default=default if default is argparse.SUPPRESS else ",".join(map(str, default)),
+                      type=lambda s: tuple(int(u) for u in s.split(",")))
+    else:
+        typ = {"int": int, "float": float, "str": str, "Optional[str]": str}.get(str(field.type), kind or str)
+        kwargs.update(type=typ, default=default)
+    parser.add_argument(_flag(field), **kwargs)
+
+
+def add_arguments(parser: argparse.ArgumentParser, names: Optional[Iterable[str]] = None,
+                  defaults: Optional[RunConfig] = None, training: bool = True,
+                  only_given: bool = False) -> None:
+    """Adds RunConfig's (and TrainingConfig's) knobs as flags; `names` picks a subset.
+
+    With only_given, a flag not on the command line leaves no attribute, so
+    the caller's own defaults (e.g. an orchestrator's paths) apply.
+    """
+    defaults = defaults or RunConfig()
+    wanted = set(names) if names is not None else None
+    for field in dataclasses.fields(RunConfig):
+        if field.metadata.get("nested") or (wanted is not None and field.name not in wanted):
+            continue
+        _add(parser, field, argparse.SUPPRESS if only_given else getattr(defaults, field.name), field.name)
+    if training:
+        group = parser.add_argument_group("training")
+        for field in dataclasses.fields(TrainingConfig):
+            _add(group, field, argparse.SUPPRESS if only_given else getattr(defaults.training, field.name),
+                 "training." + field.name)
+
+
+def from_arguments(args: argparse.Namespace, base: Optional[RunConfig] = None) -> RunConfig:
+    """A RunConfig from parsed flags; knobs without a flag keep `base`'s values."""
+    base = base or RunConfig()
+    given = vars(args)
+    run = {f.name: given[f.name] for f in dataclasses.fields(RunConfig) if f.name in given}
+    training = {k.split(".", 1)[1]: v for k, v in given.items() if k.startswith("training.")}
+    return dataclasses.replace(base, **run, training=dataclasses.replace(base.training, **training))

@@ -26,18 +26,17 @@ from tfx.proto import example_gen_pb2, trainer_pb2
 from tfx.types import standard_artifacts
 from tfx.types.channel import Channel
 
-from components.csv_example_gen import SpecCsvExampleGen
-from components.gates import AnomalyGate, DriftGate
-from components.span_window import (EarlierBlessedModelStrategy, EarlierWeekStrategy,
+from deepfm_tfx.components.csv_example_gen import SpecCsvExampleGen
+from deepfm_tfx.components.gates import AnomalyGate, DriftGate
+from deepfm_tfx.components.span_window import (EarlierBlessedModelStrategy, EarlierWeekStrategy,
                                     RollingSpanWindowStrategy)
-from components.model_repository_pusher import ModelRepositoryPusher
-from schemas.feature_spec import FeatureSpec
+from deepfm_tfx.components.model_repository_pusher import ModelRepositoryPusher
+from deepfm_tfx.pipeline import configs
+from deepfm_tfx.schemas.feature_spec import FeatureSpec
 
-RUN_FNS = {
-    "keras": "trainer_modules.keras_runner.run_fn",
-    "estimator": "trainer_modules.estimator_runner.run_fn",
-}
-PREPROCESSING_FN = "trainer_modules.preprocessing.preprocessing_fn"
+# The training loop is chosen by dotted path; these are persisted in ml-metadata.
+RUN_FNS = {trainer: f"deepfm_tfx.trainer_modules.{trainer}_trainer.run_fn" for trainer in configs.TRAINERS}
+PREPROCESSING_FN = "deepfm_tfx.trainer_modules.preprocessing.preprocessing_fn"
 
 
 def eval_config(label: str, min_auc: float, max_auc_drop: float) -> tfma.EvalConfig:
@@ -83,6 +82,29 @@ def create_pipeline(
     metadata_connection_config: Optional[metadata_store_pb2.ConnectionConfig] = None,
     beam_pipeline_args: Optional[List[str]] = None,
 ) -> Pipeline:
+    """The one topology every orchestrator runs.
+
+    Args:
+      pipeline_name: name of the pipeline in ml-metadata (and on Kubeflow/Airflow).
+      pipeline_root: where component outputs go (a local path, gs:// or s3://).
+      data_root: folder ExampleGen reads; holds span-<N>/ folders or the files.
+      input_pattern: file pattern under data_root, e.g. `span-{SPAN}/*.csv`.
+      spec: the feature spec (columns, types, encodings, optional curated schema).
+      model_repository: the versioned model repository the pusher writes to.
+      model_name: the model's folder in the repository and its TF Serving name.
+      trainer_runner: which training loop, one of configs.TRAINERS.
+      train_steps, eval_steps: steps of training and of validation during training.
+      training: TrainingConfig's knobs as a dict (batch size, learning rate, ...).
+      min_auc: absolute AUC floor for blessing.
+      max_auc_drop: largest AUC drop vs last week's blessed model that still blesses.
+      window_spans: train on the newest K spans.
+      warm_start: start from last week's blessed model when its ids still mean the same.
+      custom_resolvers: our span-aware resolvers; False for KFP v2, which compiles only TFX's.
+      eval_fraction_buckets: tenths of each span held out for evaluation.
+      enable_cache: reuse cached executions.
+      metadata_connection_config: ml-metadata store; None for the orchestrator's own.
+      beam_pipeline_args: Beam options for every Beam-based component.
+    """
     if trainer_runner not in RUN_FNS:
         raise ValueError(f"trainer runner must be one of {sorted(RUN_FNS)}, got {trainer_runner!r}")
     spec_dict = spec.to_dict()
@@ -186,3 +208,40 @@ def create_pipeline(
         beam_pipeline_args=beam_pipeline_args or [],
     )
 
+
+
+def create_pipeline_from_config(config: configs.RunConfig, spec: FeatureSpec, input_pattern: str, *,
+                                pipeline_name: str = configs.PIPELINE_NAME, custom_resolvers: bool = True,
+                                metadata_connection_config: Optional[metadata_store_pb2.ConnectionConfig] = None
+                                ) -> Pipeline:
+    """create_pipeline with every knob taken from a RunConfig: what each orchestrator calls.
+
+    Args:
+      config: the run's knobs; its paths are used as given.
+      spec: the loaded feature spec.
+      input_pattern: file pattern under config.data_root.
+      pipeline_name: as in create_pipeline (KFP v2 allows only [a-z0-9-]).
+      custom_resolvers: as in create_pipeline.
+      metadata_connection_config: as in create_pipeline.
+    """
+    return create_pipeline(
+        pipeline_name=pipeline_name,
+        pipeline_root=config.pipeline_root,
+        data_root=config.data_root,
+        input_pattern=input_pattern,
+        spec=spec,
+        model_repository=config.model_repository,
+        model_name=config.model_name,
+        trainer_runner=config.trainer,
+        train_steps=config.train_steps,
+        eval_steps=config.eval_steps,
+        training=config.training_dict,
+        window_spans=config.window_spans,
+        warm_start=config.warm_start,
+        min_auc=config.min_auc,
+        max_auc_drop=config.max_auc_drop,
+        enable_cache=config.enable_cache,
+        custom_resolvers=custom_resolvers,
+        metadata_connection_config=metadata_connection_config,
+        beam_pipeline_args=configs.DEFAULT_BEAM_ARGS + list(config.beam_args),
+    )

@@ -8,9 +8,10 @@ from typing import Any, Dict, List, Optional
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from components import evaluation_results
-from pipeline import synthetic_data
-from components.model_repository_pusher import training_info as training_setup_info
+from deepfm_tfx import evaluation_results
+from deepfm_tfx.synthetic import generator
+from deepfm_tfx import training_info
+from deepfm_tfx.spans import span_of
 
 
 def _latest_run_context(store, pipeline_name: str):
@@ -61,14 +62,6 @@ def _artifacts_by_type(store, artifact_ids: List[int]) -> Dict[str, list]:
     return by_type
 
 
-def _span(artifact) -> int:
-    # TFX 1.15 keeps an Examples artifact's span as a custom property.
-    for props in (artifact.custom_properties, artifact.properties):
-        if "span" in props:
-            return props["span"].int_value
-    return 0
-
-
 def _custom(artifact, key: str) -> Any:
     value = artifact.custom_properties.get(key)
     if value is None:
@@ -91,10 +84,10 @@ def evaluated_columns(examples_uri: str, split: str = "eval", chunk_rows: int = 
     decoder = example_coder.ExamplesToRecordBatchDecoder()
     for records in tf.data.TFRecordDataset(files, compression_type="GZIP").batch(chunk_rows):
         batch = decoder.DecodeBatch(list(records.numpy()))
-        if not set(synthetic_data.COLUMNS) <= set(batch.schema.names):
+        if not set(generator.COLUMNS) <= set(batch.schema.names):
             return
         columns = {}
-        for name in synthetic_data.COLUMNS:
+        for name in generator.COLUMNS:
             cells = batch.column(name)  # one value per cell, or none when missing
             present = pc.list_value_length(cells).fill_null(0).to_numpy(zero_copy_only=False) == 1
             values = cells.flatten()
@@ -129,7 +122,7 @@ def bayes_of_evaluated_rows(report: Dict[str, Any], examples_uri: Optional[str])
         with open(memo) as f:
             return dict(result, **json.load(f))
     if examples_uri:
-        rows = synthetic_data.bayes_of_rows(report, evaluated_columns(examples_uri))
+        rows = generator.bayes_of_rows(report, evaluated_columns(examples_uri))
         if rows:
             result.update(rows)
             with open(memo + ".tmp", "w") as f:
@@ -166,17 +159,17 @@ def build(executions: List[Dict[str, Any]], trainer_runner: str,
     }
     examples = by_node.get("SpecCsvExampleGen", {}).get("outputs", {}).get("Examples")
     if examples:
-        summary["span"] = _span(examples[0])
+        summary["span"] = span_of(examples[0])
         summary["examples_artifact_id"] = examples[0].id
     statistics = by_node.get("StatisticsGen", {}).get("outputs", {}).get("ExampleStatistics")
     if statistics:
         summary["statistics_artifact_id"] = statistics[0].id
     window = by_node.get("Transform", {}).get("inputs", {}).get("Examples")
     if window:
-        summary["window_spans"] = sorted(_span(a) for a in window)
+        summary["window_spans"] = sorted(span_of(a) for a in window)
     trained = by_node.get("Trainer", {}).get("outputs", {}).get("Model")
     if trained:
-        info = training_setup_info(trained[0].uri)
+        info = training_info.read(trained[0].uri)
         summary["warm_started"] = info.get("warm_started")
         summary["warm_start_note"] = info.get("warm_start_note")
     evaluator = by_node.get("Evaluator")

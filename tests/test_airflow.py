@@ -8,8 +8,9 @@ import time
 import pytest
 
 from conftest import PIPELINE_UPSTREAM, RESOLVERS
-from components import model_repository
-from pipeline import airflow_runner, synthetic_data
+from deepfm_tfx import model_repository
+from deepfm_tfx.pipeline.orchestrators import airflow
+from deepfm_tfx.synthetic import generator
 
 DAG_ID = "deepfm_tfx"
 UPSTREAM = PIPELINE_UPSTREAM
@@ -36,7 +37,7 @@ def load_dag(path):
 
 
 def test_dag_file_loads_with_weekly_schedule_and_the_pipeline_graph(airflow_env):
-    dag = load_dag(airflow_runner.DAG_FILE)
+    dag = load_dag(airflow.DAG_FILE)
     assert dag.schedule_interval == "@weekly"
     assert dag.catchup is False
     assert dag.start_date.isoformat() == "2024-01-01T00:00:00+00:00"
@@ -47,12 +48,12 @@ def test_dag_file_loads_with_weekly_schedule_and_the_pipeline_graph(airflow_env)
     assert props["SpecCsvExampleGen"]["input_base"] == os.path.join(home, "data")
     assert "span-{SPAN}/*.csv" in props["SpecCsvExampleGen"]["input_config"]
     assert props["ModelRepositoryPusher"]["model_repository_dir"] == os.path.join(home, "model_repository")
-    assert props["Trainer"]["run_fn"] == "trainer_modules.keras_runner.run_fn"
+    assert props["Trainer"]["run_fn"] == "deepfm_tfx.trainer_modules.keras_trainer.run_fn"
 
 
 def test_installed_dag_bakes_in_flags_and_env_still_wins(airflow_env, monkeypatch):
     data = str(airflow_env / "weekly-data")
-    path = airflow_runner.install_dag(str(airflow_env / "dags"), {
+    path = airflow.install_dag(str(airflow_env / "dags"), {
         "data_root": data, "train_steps": 7, "eval_steps": 3, "beam_args": ["--direct_num_workers=2"]})
     monkeypatch.setenv("DEEPFM_TFX_SCHEDULE", "0 4 * * 1")
     monkeypatch.setenv("DEEPFM_TFX_EVAL_STEPS", "5")
@@ -70,41 +71,35 @@ def test_installed_dag_bakes_in_flags_and_env_still_wins(airflow_env, monkeypatc
 
 
 def test_cli_compile_airflow_installs_the_dag_with_its_flags(airflow_env, capsys):
-    import argparse
-
-    from pipeline import orchestrators_cli
-    parser = argparse.ArgumentParser()
-    orchestrators_cli.register(parser.add_subparsers(dest="command", required=True))
+    from deepfm_tfx.pipeline import cli
     dags = airflow_env / "dags"
-    args = parser.parse_args(["compile", "--target", "airflow", "--output", str(dags),
-                              "--model-repository", str(airflow_env / "served"), "--trainer", "estimator"])
-    assert args.func(args) == 0
+    assert cli.main(["compile", "--target", "airflow", "--output", str(dags),
+                     "--model-repository", str(airflow_env / "served"), "--trainer", "estimator"]) == 0
     assert str(dags / "deepfm_tfx_dag.py") in capsys.readouterr().out
     props = {t.task_id: t.op_kwargs["exec_properties"] for t in load_dag(dags / "deepfm_tfx_dag.py").tasks}
     assert props["ModelRepositoryPusher"]["model_repository_dir"] == str(airflow_env / "served")
-    assert props["Trainer"]["run_fn"] == "trainer_modules.estimator_runner.run_fn"
+    assert props["Trainer"]["run_fn"] == "deepfm_tfx.trainer_modules.estimator_trainer.run_fn"
 
-    args = parser.parse_args(["compile", "--target", "airflow", "--output", str(dags), "--image", "x:1"])
-    assert args.func(args) == 2
+    assert cli.main(["compile", "--target", "airflow", "--output", str(dags), "--image", "x:1"]) == 2
     assert "Kubeflow targets only" in capsys.readouterr().err
 
 
 def test_postgres_helper_is_idempotent_and_falls_back_to_sqlite(tmp_path):
     import psycopg2
     try:
-        first = airflow_runner.setup_postgres_metadata_db(**POSTGRES)
+        first = airflow.setup_postgres_metadata_db(**POSTGRES)
         if not first.startswith("postgresql"):
             pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432")
         assert first == "postgresql+psycopg2://deepfm_airflow_test:deepfm-test-pw@127.0.0.1:5432/deepfm_airflow_test"
-        assert airflow_runner.setup_postgres_metadata_db(**POSTGRES) == first
+        assert airflow.setup_postgres_metadata_db(**POSTGRES) == first
         conn = psycopg2.connect(host="127.0.0.1", port=5432, user=POSTGRES["user"],
                                 password=POSTGRES["password"], dbname=POSTGRES["database"])
         with conn, conn.cursor() as cur:
             cur.execute("CREATE TABLE probe (x int)")  # the role owns the database
         conn.close()
     finally:
-        airflow_runner.drop_postgres_metadata_db(user=POSTGRES["user"], database=POSTGRES["database"])
-    fallback = airflow_runner.setup_postgres_metadata_db(port=1, sqlite_fallback=str(tmp_path / "a.db"))
+        airflow.drop_postgres_metadata_db(user=POSTGRES["user"], database=POSTGRES["database"])
+    fallback = airflow.setup_postgres_metadata_db(port=1, sqlite_fallback=str(tmp_path / "a.db"))
     assert fallback == f"sqlite:///{tmp_path / 'a.db'}"
 
 
@@ -126,18 +121,18 @@ def _tail(log, n=60):
 @pytest.mark.e2e
 def test_whole_dag_runs_in_airflow_on_postgres_and_pushes_a_model(tmp_path):
     import psycopg2
-    url = airflow_runner.setup_postgres_metadata_db(**POSTGRES)
+    url = airflow.setup_postgres_metadata_db(**POSTGRES)
     if not url.startswith("postgresql"):
         pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432")
     try:
         home = tmp_path / "deepfm"
-        synthetic_data.generate(str(home / "data"), rows=3000, spans=1, seed=5)
+        generator.generate(str(home / "data"), rows=3000, spans=1, seed=5)
         dags = tmp_path / "dags"
-        airflow_runner.install_dag(str(dags), {
+        airflow.install_dag(str(dags), {
             "train_steps": 30, "eval_steps": 3, "min_auc": 0.0,
             "training": {"batch_size": 256, "dnn_units": [32, 16]}})
         env = dict(os.environ, DEEPFM_TFX_HOME=str(home), TF_CPP_MIN_LOG_LEVEL="3", PYTHONWARNINGS="ignore",
-                   **airflow_runner.airflow_environment(str(tmp_path / "airflow_home"), str(dags), url))
+                   **airflow.airflow_environment(str(tmp_path / "airflow_home"), str(dags), url))
         log = str(tmp_path / "airflow.log")
         code, _ = _airflow(env, "db", "migrate", log=log, timeout=600)
         assert code == 0, _tail(log)
@@ -163,4 +158,4 @@ def test_whole_dag_runs_in_airflow_on_postgres_and_pushes_a_model(tmp_path):
         record = model_repository.read_record(repo, "deepfm", versions[0])
         assert record["trainer_runner"] == "keras" and "auc" in record["metrics"]
     finally:
-        airflow_runner.drop_postgres_metadata_db(user=POSTGRES["user"], database=POSTGRES["database"])
+        airflow.drop_postgres_metadata_db(user=POSTGRES["user"], database=POSTGRES["database"])

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from pipeline import bench
+from bench import bench
 
 
 def test_median_odd_even_and_unsorted():
@@ -103,10 +103,10 @@ def test_trainer_plan_windows_fit_the_step_budget():
     assert bench.trainer_plan(False, 1500)["total_steps"] == 1500
 
 
-def test_register_parses_the_options():
+def test_configure_parses_the_options():
     parser = argparse.ArgumentParser()
-    bench.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["bench", "--sections", "trainer,serving", "--pipeline-rows", "100000,1000000",
+    bench.configure(parser)
+    args = parser.parse_args(["--sections", "trainer,serving", "--pipeline-rows", "100000,1000000",
                               "--quick"])
     assert args.func is bench.main
     assert args.pipeline_rows == [100_000, 1_000_000] and args.quick

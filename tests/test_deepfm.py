@@ -3,7 +3,7 @@ import itertools
 import numpy as np
 import tensorflow as tf
 
-from trainer_modules.deepfm import DeepFM, FieldLayout, FMInteraction, ModelHParams
+from deepfm_tfx.trainer_modules.deepfm import DeepFM, FieldLayout, FMInteraction, ModelHParams
 
 LAYOUT = FieldLayout(categorical=("c1", "c2", "c3"), numerical=("n1", "n2"), multivalent=("m",), num_ids=50)
 
@@ -30,7 +30,7 @@ def test_fm_equals_brute_force_pairwise_sum():
 
 
 def test_logit_is_bias_plus_linear_plus_fm_plus_dnn():
-    model = DeepFM(LAYOUT, ModelHParams(embedding_dim=4, dnn_units=(8,)))
+    model = DeepFM(LAYOUT, ModelHParams(embedding_dim=4, dnn_units=(8,), embedding_l2=3e-4))
     features = batch()
     logits = model(features).numpy()[:, 0]
     emb, first = model._fields(features)
@@ -45,7 +45,7 @@ def test_logit_is_bias_plus_linear_plus_fm_plus_dnn():
 
 
 def test_fm_and_dnn_share_one_fused_embedding_table():
-    model = DeepFM(LAYOUT, ModelHParams(embedding_dim=4, dnn_units=(8,)))
+    model = DeepFM(LAYOUT, ModelHParams(embedding_dim=4, dnn_units=(8,), embedding_l2=3e-4))
     features = batch()
     model(features)
     emb, _ = model._fields(features)
@@ -62,7 +62,7 @@ def test_fm_and_dnn_share_one_fused_embedding_table():
 
 
 def test_missing_number_gets_its_own_embedding_and_weight():
-    model = DeepFM(LAYOUT, ModelHParams(embedding_dim=4, dnn_units=(8,)))
+    model = DeepFM(LAYOUT, ModelHParams(embedding_dim=4, dnn_units=(8,), embedding_l2=3e-4))
     features = batch()
     features["n2"] = tf.constant([np.nan, 0.0, np.nan, 1.0, 2.0, 3.0], tf.float32)
     model(features)

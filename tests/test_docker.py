@@ -9,8 +9,8 @@ import urllib.parse
 import pytest
 import yaml
 
-from components import model_repository
-from pipeline import kubeflow_runner
+from deepfm_tfx import model_repository
+from deepfm_tfx.pipeline.orchestrators import kubeflow
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCKER = os.path.join(REPO, "docker")
@@ -48,7 +48,20 @@ def test_dockerfile_builds_from_pinned_tfx_and_installs_the_lock():
     assert froms[0].endswith(":" + importlib.metadata.version("tfx"))  # the TFX this repo compiles with
     runs = " ".join(args for op, args in instructions if op == "RUN")
     assert "--no-deps -r requirements.lock" in runs and "--no-deps -e ." in runs
-    assert [args for op, args in instructions if op == "WORKDIR"] == [kubeflow_runner.IMAGE_PROJECT_DIR]
+    assert [args for op, args in instructions if op == "WORKDIR"] == [kubeflow.IMAGE_PROJECT_DIR]
+
+
+def _setup_package_dir():
+    with open(os.path.join(REPO, "setup.py")) as f:
+        source = f.read()
+    scope = {"__file__": os.path.join(REPO, "setup.py")}
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:
+        exec(source.split("setuptools.setup(")[0], scope)
+    finally:
+        os.chdir(cwd)
+    return scope["PACKAGE_DIR"]
 
 
 def test_dockerfile_copies_existing_sources_and_every_package():
@@ -59,10 +72,10 @@ def test_dockerfile_copies_existing_sources_and_every_package():
             for source in sources:
                 assert os.path.exists(os.path.join(REPO, source)), source
                 copied.append(source.rstrip("/"))
-    with open(os.path.join(REPO, "setup.py")) as f:
-        packages = set(re.findall(r'"(\w+)\*"', re.search(r"include=\[([^\]]*)\]", f.read()).group(1)))
-    assert packages
-    assert packages <= set(copied) and {"requirements.lock", "setup.py"} <= set(copied)
+    # Every folder setup.py maps into the deepfm_tfx package, and nothing else (bench/ is a tool).
+    folders = {path.split("/")[0] for path in _setup_package_dir().values()}
+    assert folders == {"deepfm_tfx", "pipeline", "components", "trainer_modules", "schemas"}
+    assert folders <= set(copied) and "bench" not in copied and {"requirements.lock", "setup.py"} <= set(copied)
     with open(os.path.join(DOCKER, "Dockerfile.dockerignore")) as f:
         ignored = [line.strip() for line in f if line.strip() and not line.startswith("#")]
     for source in copied:
@@ -70,8 +83,8 @@ def test_dockerfile_copies_existing_sources_and_every_package():
 
 
 def test_default_image_tag_is_the_package_version():
-    assert_pinned(kubeflow_runner.DEFAULT_IMAGE)
-    assert kubeflow_runner.DEFAULT_IMAGE.rsplit(":", 1)[1] == importlib.metadata.version("deepfm-tfx")
+    assert_pinned(kubeflow.DEFAULT_IMAGE)
+    assert kubeflow.DEFAULT_IMAGE.rsplit(":", 1)[1] == importlib.metadata.version("deepfm-tfx")
 
 
 def _gitignored(path: str) -> bool:
@@ -125,7 +138,7 @@ def test_airflow_compose_runs_the_dag_on_its_postgres():
     postgres = services["postgres"]["environment"]
     for name in ("airflow-init", "airflow-scheduler", "airflow-webserver"):
         service = services[name]
-        assert service["image"] == kubeflow_runner.DEFAULT_IMAGE
+        assert service["image"] == kubeflow.DEFAULT_IMAGE
         env = service["environment"]
         url = urllib.parse.urlparse(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
         assert url.scheme == "postgresql+psycopg2" and url.hostname == "postgres"
@@ -133,6 +146,6 @@ def test_airflow_compose_runs_the_dag_on_its_postgres():
             postgres["POSTGRES_USER"], postgres["POSTGRES_PASSWORD"], postgres["POSTGRES_DB"])
         dag_mount = next(v for v in service["volumes"] if "airflow_dag.py" in v)
         source, target = split_volume(dag_mount)
-        assert os.path.samefile(os.path.join(DOCKER, "airflow", source), os.path.join(REPO, "pipeline/airflow_dag.py"))
+        assert os.path.samefile(os.path.join(DOCKER, "airflow", source), os.path.join(REPO, "pipeline/orchestrators/airflow_dag.py"))
         assert os.path.dirname(target) == env["AIRFLOW__CORE__DAGS_FOLDER"]
         assert int(env["AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT"]) >= 120

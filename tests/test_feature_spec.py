@@ -3,8 +3,8 @@ import textwrap
 
 import pytest
 
-from schemas import feature_spec
-from schemas.feature_spec import FeatureSpecError
+from deepfm_tfx.schemas import feature_spec
+from deepfm_tfx.schemas.feature_spec import FeatureSpecError
 
 
 def write(tmp_path, text, name="spec.yaml"):

@@ -5,10 +5,12 @@ import os
 import pytest
 import tensorflow as tf
 
-from components.csv_example_gen import DataError, check_files, parse_file
+from deepfm_tfx.components.csv_example_gen import check_files, parse_file
+from deepfm_tfx.errors import DataError
 from conftest import SHARED_SAMPLE
-from pipeline import local_runner, synthetic_data
-from schemas import feature_spec
+from deepfm_tfx.pipeline.orchestrators import local
+from deepfm_tfx.synthetic import generator
+from deepfm_tfx.schemas import feature_spec
 
 SPEC = feature_spec.load(feature_spec.DEFAULT_SPEC)
 
@@ -57,7 +59,7 @@ def _span(tmp_path, text):
     return str(path)
 
 
-HEADER = ",".join(synthetic_data.COLUMNS)
+HEADER = ",".join(generator.COLUMNS)
 GOOD = "1," + ",".join(["3"] * 13) + "," + ",".join(["0a0b0c0d"] * 26)
 
 
@@ -91,11 +93,11 @@ def test_header_lacking_a_spec_column_is_named(tmp_path):
 def test_empty_span_and_missing_dir(tmp_path):
     _span(tmp_path, HEADER + "\n")
     with pytest.raises(DataError, match="span is empty"):
-        local_runner.input_layout(str(tmp_path), SPEC)
+        local.input_layout(str(tmp_path), SPEC)
     with pytest.raises(DataError, match="does not exist"):
-        local_runner.input_layout(str(tmp_path / "nope"), SPEC)
+        local.input_layout(str(tmp_path / "nope"), SPEC)
 
 
 def test_input_layout_picks_the_newest_span(tmp_path):
-    synthetic_data.generate(str(tmp_path), rows=50, spans=3, seed=1)
-    assert local_runner.input_layout(str(tmp_path), SPEC) == ("span-{SPAN}/*.csv", 3)
+    generator.generate(str(tmp_path), rows=50, spans=3, seed=1)
+    assert local.input_layout(str(tmp_path), SPEC) == ("span-{SPAN}/*.csv", 3)

@@ -10,7 +10,8 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 from tfx.proto.orchestration import executable_spec_pb2, pipeline_pb2
 
 from conftest import PIPELINE_UPSTREAM, RESOLVERS
-from pipeline import kubeflow_runner, orchestrators_cli, schedule
+from deepfm_tfx.pipeline.orchestrators import kubeflow
+from deepfm_tfx.pipeline.orchestrators import schedule
 
 IMAGE = "registry.example.com/deepfm-tfx/pipeline:test-7"
 PIPELINE_ROOT = "gs://deepfm-test-bucket/pipeline"
@@ -32,7 +33,7 @@ def _importable(class_path: str) -> bool:
 
 @pytest.fixture(scope="module")
 def v1(tmp_path_factory):
-    path = kubeflow_runner.compile_v1(str(tmp_path_factory.mktemp("kfp") / "deepfm_tfx.yaml"),
+    path = kubeflow.compile_v1(str(tmp_path_factory.mktemp("kfp") / "deepfm_tfx.yaml"),
                                       trainer="estimator", pvc_name="deepfm-data", **OPTIONS)
     with open(path) as f:
         workflow = yaml.safe_load(f)
@@ -64,7 +65,7 @@ def test_v1_containers_use_the_image_the_volume_and_cluster_metadata(v1):
         args = container["args"]
         metadata = json.loads(args[args.index("--kubeflow_metadata_config") + 1])
         assert metadata["grpc_config"]["grpc_service_host"]["environment_variable"] == "METADATA_GRPC_SERVICE_HOST"
-        assert {"mountPath": kubeflow_runner.MOUNT_PATH, "name": "deepfm-tfx"} in container["volumeMounts"]
+        assert {"mountPath": kubeflow.MOUNT_PATH, "name": "deepfm-tfx"} in container["volumeMounts"]
         assert template["volumes"] == [{"name": "deepfm-tfx", "persistentVolumeClaim": {"claimName": "deepfm-data"}}]
 
 
@@ -78,10 +79,10 @@ def test_v1_module_references_and_parameters(v1):
     _, workflow, containers = v1
     assert workflow["spec"]["arguments"]["parameters"] == [{"name": "pipeline-root", "value": PIPELINE_ROOT}]
     params = {node: _parameters(ir) for node, (_, ir) in containers.items()}
-    assert params["Trainer"]["run_fn"] == "trainer_modules.estimator_runner.run_fn"
+    assert params["Trainer"]["run_fn"] == "deepfm_tfx.trainer_modules.estimator_trainer.run_fn"
     assert json.loads(params["Trainer"]["train_args"]) == {"num_steps": 123}
     assert json.loads(params["Trainer"]["eval_args"]) == {"num_steps": 7}
-    assert params["Transform"]["preprocessing_fn"] == "trainer_modules.preprocessing.preprocessing_fn"
+    assert params["Transform"]["preprocessing_fn"] == "deepfm_tfx.trainer_modules.preprocessing.preprocessing_fn"
     assert params["SpecCsvExampleGen"]["input_base"] == DATA_ROOT
     assert json.loads(params["SpecCsvExampleGen"]["input_config"])["splits"][0]["pattern"] == "span-{SPAN}/*.csv"
     assert params["ImportSchemaGen"]["schema_file"] == SCHEMA_IN_IMAGE
@@ -111,9 +112,9 @@ def test_v1_module_references_and_parameters(v1):
 
 def test_v1_rejects_paths_a_pod_cannot_use(tmp_path):
     with pytest.raises(ValueError, match="pipeline_root must be absolute"):
-        kubeflow_runner.compile_v1(str(tmp_path / "p.yaml"), **dict(OPTIONS, pipeline_root="workspace/pipeline"))
+        kubeflow.compile_v1(str(tmp_path / "p.yaml"), **dict(OPTIONS, pipeline_root="workspace/pipeline"))
     with pytest.raises(ValueError, match="model_repository must be an absolute path on a mounted file system"):
-        kubeflow_runner.compile_v1(str(tmp_path / "p.yaml"), **dict(OPTIONS, model_repository="gs://b/models"))
+        kubeflow.compile_v1(str(tmp_path / "p.yaml"), **dict(OPTIONS, model_repository="gs://b/models"))
     assert not (tmp_path / "p.yaml").exists()
 
 
@@ -121,7 +122,7 @@ def test_v1_rejects_paths_a_pod_cannot_use(tmp_path):
 
 @pytest.fixture(scope="module")
 def v2(tmp_path_factory):
-    path = kubeflow_runner.compile_v2(str(tmp_path_factory.mktemp("kfp2") / "deepfm_tfx.json"), **OPTIONS)
+    path = kubeflow.compile_v2(str(tmp_path_factory.mktemp("kfp2") / "deepfm_tfx.json"), **OPTIONS)
     with open(path) as f:
         job = json_format.Parse(f.read(), pipeline_spec_pb2.PipelineJob())
     spec = json_format.ParseDict(json_format.MessageToDict(job.pipeline_spec), pipeline_spec_pb2.PipelineSpec(),
@@ -170,9 +171,9 @@ def test_v2_image_module_references_and_parameters(v2):
         value = spec.root.dag.tasks[task].inputs.parameters[key].runtime_value.constant_value
         return value.string_value or value.int_value
 
-    assert constant("Trainer", "run_fn") == "trainer_modules.keras_runner.run_fn"
+    assert constant("Trainer", "run_fn") == "deepfm_tfx.trainer_modules.keras_trainer.run_fn"
     assert json.loads(constant("Trainer", "train_args")) == {"num_steps": 123}
-    assert constant("Transform", "preprocessing_fn") == "trainer_modules.preprocessing.preprocessing_fn"
+    assert constant("Transform", "preprocessing_fn") == "deepfm_tfx.trainer_modules.preprocessing.preprocessing_fn"
     assert constant("SpecCsvExampleGen", "input_base") == DATA_ROOT
     assert json.loads(constant("SpecCsvExampleGen", "input_config"))["splits"][0]["pattern"] == "span-{SPAN}/*.csv"
     assert constant("ImportSchemaGen", "schema_file") == SCHEMA_IN_IMAGE
@@ -224,9 +225,17 @@ def test_schedule_rejects_five_field_cron_and_v2_packages(tmp_path, v1):
 # --- CLI hooks ---------------------------------------------------------------------------------
 
 def _parse(argv):
+    """Parses as `deepfm-tfx` does, returning the args with their handler."""
     import argparse
+    import importlib
+
+    from deepfm_tfx.pipeline import cli
     parser = argparse.ArgumentParser()
-    orchestrators_cli.register(parser.add_subparsers(dest="command", required=True))
+    sub = parser.add_subparsers(dest="command", required=True)
+    module, _ = cli.COMMANDS[argv[0]]
+    configure = importlib.import_module(f"deepfm_tfx.pipeline.cli.{module}").configure
+    p = sub.add_parser(argv[0])
+    configure(p, argv[0]) if module == "orchestrate" else configure(p)
     return parser.parse_args(argv)
 
 

@@ -11,8 +11,8 @@ import time
 import pytest
 import tensorflow as tf
 
-from components import model_repository as mr
-from pipeline import models_cli
+from deepfm_tfx import model_repository as mr
+from deepfm_tfx.pipeline import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = "deepfm"
@@ -57,10 +57,7 @@ def _digit_entries(repo):
 
 
 def _run_cli(argv):
-    parser = argparse.ArgumentParser()
-    models_cli.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return cli.main(argv)
 
 
 @pytest.fixture
@@ -194,9 +191,10 @@ def test_cli_list_of_an_empty_repository(tmp_path, capsys):
 
 
 def test_cli_defaults_match_the_run_config():
+    import importlib
     parser = argparse.ArgumentParser()
-    models_cli.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["models", "prune", "--keep", "2"])
+    importlib.import_module("deepfm_tfx.pipeline.cli.models").configure(parser)
+    args = parser.parse_args(["prune", "--keep", "2"])
     assert (args.model_repository, args.model_name, args.keep) == ("model_repository", "deepfm", 2)
 
 
@@ -223,7 +221,7 @@ def test_cli_rollback_and_prune(three_versions, capsys):
 _PUSH = """
 import sys
 sys.path.insert(0, sys.argv[1])
-from components import model_repository
+from deepfm_tfx import model_repository
 model_repository.push(sys.argv[2], "deepfm", sys.argv[3], {"trainer_runner": "killed"})
 """
 

@@ -9,8 +9,12 @@ from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from conftest import PIPELINE_UPSTREAM
-from components import model_repository
-from pipeline import configs, local_runner, metadata, run_summary, synthetic_data
+from deepfm_tfx import model_repository
+from deepfm_tfx.pipeline import configs
+from deepfm_tfx.pipeline.orchestrators import local
+from deepfm_tfx.pipeline import metadata
+from deepfm_tfx.pipeline import run_summary
+from deepfm_tfx.synthetic import generator
 
 pytestmark = pytest.mark.e2e
 
@@ -50,12 +54,12 @@ def mysql_url():
 def test_local_pipeline_records_its_run_in_mysql(tmp_path, mysql_url):
     url, db = mysql_url
     data = str(tmp_path / "data")
-    synthetic_data.generate(data, rows=3000, spans=1, seed=3)
+    generator.generate(data, rows=3000, spans=1, seed=3)
     config = configs.RunConfig(
         data=data, pipeline_root=str(tmp_path / "pipeline"), model_repository=str(tmp_path / "repo"),
         train_steps=30, eval_steps=3, metadata=url, min_auc=0.0,
         training={"batch_size": 256, "dnn_units": [32, 16]})
-    summary = local_runner.run(config)
+    summary = local.run(config)
     assert summary["pushed"] and summary["blessed"]
 
     connection = metadata.connection_config(url, config.pipeline_root)

@@ -8,10 +8,14 @@ import tensorflow as tf
 from ml_metadata import metadata_store
 
 from conftest import PIPELINE_UPSTREAM, RESOLVERS
-from components import model_repository
-from components.csv_example_gen import parse_file
-from pipeline import configs, local_runner, metadata, run_summary, synthetic_data
-from schemas import feature_spec
+from deepfm_tfx import model_repository
+from deepfm_tfx.components.csv_example_gen import parse_file
+from deepfm_tfx.pipeline import configs
+from deepfm_tfx.pipeline.orchestrators import local
+from deepfm_tfx.pipeline import metadata
+from deepfm_tfx.pipeline import run_summary
+from deepfm_tfx.synthetic import generator
+from deepfm_tfx.schemas import feature_spec
 
 pytestmark = pytest.mark.e2e
 
@@ -23,7 +27,7 @@ SUMMARY_KEYS = {"auc", "logloss", "example_count", "bayes_auc", "bayes_logloss",
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
-    synthetic_data.generate(str(root), rows=4000, spans=1, seed=11)
+    generator.generate(str(root), rows=4000, spans=1, seed=11)
     return str(root)
 
 
@@ -57,10 +61,10 @@ def score(saved_model_dir, serialized):
 def keras_run(tmp_path_factory, data_root):
     tmp = tmp_path_factory.mktemp("keras")
     config = run_config(tmp, data_root, "keras")
-    first = local_runner.run(config)
+    first = local.run(config)
     first_executions = run_summary.executions_of_latest_run(
         metadata.connection_config(None, config.pipeline_root), configs.PIPELINE_NAME)
-    second = local_runner.run(config)
+    second = local.run(config)
     return config, first, first_executions, second
 
 
@@ -69,7 +73,7 @@ def test_keras_run_pushes_a_servable_model(keras_run, data_root):
     assert SUMMARY_KEYS <= set(summary)
     assert summary["blessed"] and summary["pushed"] and summary["trainer_runner"] == "keras"
     assert 0.5 < summary["auc"] <= 1.0 and summary["example_count"] > 200
-    assert summary["bayes_auc_span"] == pytest.approx(synthetic_data.read_bayes(data_root, 1)["bayes_auc"])
+    assert summary["bayes_auc_span"] == pytest.approx(generator.read_bayes(data_root, 1)["bayes_auc"])
     # Recomputed on exactly the rows the Evaluator scored.
     assert summary["bayes_rows"] == summary["example_count"] and 0.6 < summary["bayes_auc"] < 1.0
     assert set(summary["component_seconds"]) == NODES
@@ -109,7 +113,7 @@ def test_second_run_reuses_cached_results(keras_run):
 def test_estimator_run_pushes_a_model_with_the_same_signature(tmp_path_factory, keras_run, data_root):
     tmp = tmp_path_factory.mktemp("estimator")
     config = run_config(tmp, data_root, "estimator")
-    summary = local_runner.run(config)
+    summary = local.run(config)
     assert summary["pushed"] and summary["blessed"] and summary["trainer_runner"] == "estimator"
     record = model_repository.read_record(config.model_repository, config.model_name, summary["pushed_version"])
     assert record["trainer_runner"] == "estimator"

@@ -8,8 +8,8 @@ import tensorflow_transform as tft
 import tensorflow_transform.beam as tft_beam
 from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
 
-from schemas.feature_spec import FeatureSpec, Multivalent
-from trainer_modules import preprocessing
+from deepfm_tfx.schemas.feature_spec import FeatureSpec, Multivalent
+from deepfm_tfx.trainer_modules import preprocessing
 
 SPEC = FeatureSpec(name="t", label="label", categorical=["C1", "C2"], numerical=["I1"],
                    multivalent=[Multivalent("genres", "|", 3)], vocabulary_min_count=2, oov_buckets=1)

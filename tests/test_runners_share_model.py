@@ -3,10 +3,10 @@ the same weights: the model is defined once."""
 import numpy as np
 import tensorflow as tf
 
-from schemas.feature_spec import FeatureSpec
-from trainer_modules import estimator_runner
-from trainer_modules.deepfm import DeepFM, FieldLayout, ModelHParams
-from trainer_modules.training_setup import TrainerInputs, TrainingConfig
+from deepfm_tfx.schemas.feature_spec import FeatureSpec
+from deepfm_tfx.trainer_modules import estimator_trainer
+from deepfm_tfx.trainer_modules.deepfm import DeepFM, FieldLayout
+from deepfm_tfx.trainer_modules.training_setup import TrainerInputs, TrainingConfig
 
 LAYOUT = FieldLayout(categorical=("c1", "c2"), numerical=("n1",), multivalent=(), num_ids=30)
 
@@ -21,7 +21,7 @@ def test_estimator_model_fn_logits_equal_keras_logits():
 
     spec = FeatureSpec(name="t", label="y", categorical=["c1", "c2"], numerical=["n1"], multivalent=[])
     inputs = TrainerInputs(spec, config, transform_output=None, layout=LAYOUT, runner_name="estimator")
-    model_fn = estimator_runner.make_model_fn(inputs, train_steps=100)
+    model_fn = estimator_trainer.make_model_fn(inputs, train_steps=100)
     with tf.Graph().as_default():
         features = {k: tf.constant(v) for k, v in raw.items()}
         spec_out = model_fn(features, None, tf.estimator.ModeKeys.PREDICT)
@@ -32,5 +32,5 @@ def test_estimator_model_fn_logits_equal_keras_logits():
             sess.run(tf.compat.v1.global_variables_initializer())
             for v in variables:
                 v.load(weights[v.name], sess)
-            estimator_logits = sess.run(spec_out.predictions[estimator_runner.LOGITS])
+            estimator_logits = sess.run(spec_out.predictions[estimator_trainer.LOGITS])
     np.testing.assert_allclose(estimator_logits, keras_logits, rtol=1e-5, atol=1e-6)

@@ -3,7 +3,7 @@ from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 from tfx.types import standard_artifacts
 
-from components.span_window import (EarlierBlessedModelStrategy, EarlierWeekStrategy,
+from deepfm_tfx.components.span_window import (EarlierBlessedModelStrategy, EarlierWeekStrategy,
                                     RollingSpanWindowStrategy, newest_span, quarantine)
 
 

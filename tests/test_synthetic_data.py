@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from pipeline import synthetic_data
+from deepfm_tfx.synthetic import generator
 
 
 def digest(folder):
@@ -20,23 +20,23 @@ def digest(folder):
 
 
 def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
-    synthetic_data.generate(str(tmp_path / "a"), rows=2000, spans=2, seed=7)
-    synthetic_data.generate(str(tmp_path / "b"), rows=2000, spans=2, seed=7)
-    synthetic_data.generate(str(tmp_path / "c"), rows=2000, spans=2, seed=8)
+    generator.generate(str(tmp_path / "a"), rows=2000, spans=2, seed=7)
+    generator.generate(str(tmp_path / "b"), rows=2000, spans=2, seed=7)
+    generator.generate(str(tmp_path / "c"), rows=2000, spans=2, seed=8)
     assert digest(tmp_path / "a") == digest(tmp_path / "b")
     assert digest(tmp_path / "a") != digest(tmp_path / "c")
 
 
 def test_later_span_does_not_depend_on_how_many_were_generated(tmp_path):
-    synthetic_data.generate(str(tmp_path / "all"), rows=1000, spans=3, seed=1)
-    synthetic_data.generate(str(tmp_path / "only3"), rows=1000, spans=1, seed=1, first_span=3)
+    generator.generate(str(tmp_path / "all"), rows=1000, spans=3, seed=1)
+    generator.generate(str(tmp_path / "only3"), rows=1000, spans=1, seed=1, first_span=3)
     assert digest(tmp_path / "all" / "span-3") == digest(tmp_path / "only3" / "span-3")
 
 
 def test_criteo_format_and_power_law(tmp_path):
-    synthetic_data.generate(str(tmp_path), rows=20000, spans=1, seed=3)
+    generator.generate(str(tmp_path), rows=20000, spans=1, seed=3)
     frame = pd.read_csv(tmp_path / "span-1" / "part-000.csv", dtype=str, keep_default_na=False)
-    assert list(frame.columns) == synthetic_data.COLUMNS
+    assert list(frame.columns) == generator.COLUMNS
     assert set(frame["label"]) == {"0", "1"}
     ids = frame["C8"][frame["C8"] != ""]
     assert ids.str.fullmatch(r"[0-9a-f]{8}").all()
@@ -47,12 +47,12 @@ def test_criteo_format_and_power_law(tmp_path):
 
 
 def test_bayes_auc_matches_sklearn_on_true_probabilities(tmp_path):
-    truth = synthetic_data.GroundTruth.create(5)
+    truth = generator.GroundTruth.create(5)
     rng = np.random.default_rng(0)
     data = truth.sample(rng, 30000)
     labels = (rng.random(30000) < data["_prob"]).astype(int)
-    assert abs(synthetic_data.auc(labels, data["_prob"]) - roc_auc_score(labels, data["_prob"])) < 1e-9
-    report = synthetic_data.generate(str(tmp_path), rows=30000, spans=1, seed=5)[0]
+    assert abs(generator.auc(labels, data["_prob"]) - roc_auc_score(labels, data["_prob"])) < 1e-9
+    report = generator.generate(str(tmp_path), rows=30000, spans=1, seed=5)[0]
     with open(tmp_path / "span-1" / "bayes.json") as f:
         assert json.load(f) == report
     assert 0.7 < report["bayes_auc"] < 0.95
@@ -60,24 +60,24 @@ def test_bayes_auc_matches_sklearn_on_true_probabilities(tmp_path):
 
 
 def test_bayes_on_rows_recomputes_the_truth_from_written_columns_of_a_drifted_span(tmp_path):
-    report = synthetic_data.generate(str(tmp_path), rows=3000, spans=3, seed=9)[2]
+    report = generator.generate(str(tmp_path), rows=3000, spans=3, seed=9)[2]
     frame = pd.read_csv(tmp_path / "span-3" / "part-000.csv", dtype=str, keep_default_na=False)
-    columns = {c: frame[c].to_numpy() for c in synthetic_data.COLUMNS[1:]}
+    columns = {c: frame[c].to_numpy() for c in generator.COLUMNS[1:]}
     labels = frame["label"].astype(int).to_numpy()
-    again = synthetic_data.bayes_of_rows(report, [(columns, labels)])
+    again = generator.bayes_of_rows(report, [(columns, labels)])
     assert again["bayes_auc"] == pytest.approx(report["bayes_auc"], abs=1e-12)
     assert again["bayes_logloss"] == pytest.approx(report["bayes_logloss"], abs=1e-12)
     # A subset of rows has its own optimum, which a model scored on it must be compared with.
-    half = synthetic_data.bayes_of_rows(report, [({c: v[:1500] for c, v in columns.items()}, labels[:1500])])
+    half = generator.bayes_of_rows(report, [({c: v[:1500] for c, v in columns.items()}, labels[:1500])])
     assert half["bayes_rows"] == 1500 and half["bayes_auc"] != report["bayes_auc"]
 
 
 def test_truth_reads_missing_numbers_as_empty_strings_or_nan_alike():
-    truth = synthetic_data.GroundTruth.create(3)
+    truth = generator.GroundTruth.create(3)
     data = truth.sample(np.random.default_rng(1), 2000)
     prob = data.pop("_prob")
-    as_float = {c: (np.where(v == "", "nan", v).astype(float) if c in synthetic_data.NUMERICAL else v)
+    as_float = {c: (np.where(v == "", "nan", v).astype(float) if c in generator.NUMERICAL else v)
                 for c, v in data.items()}
-    assert any((data[c] == "").any() for c in synthetic_data.NUMERICAL)
+    assert any((data[c] == "").any() for c in generator.NUMERICAL)
     np.testing.assert_allclose(truth.probability_of(data), prob, rtol=1e-12)
     np.testing.assert_allclose(truth.probability_of(as_float), prob, rtol=1e-12)

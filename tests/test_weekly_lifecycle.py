@@ -4,8 +4,10 @@ import os
 
 import pytest
 
-from components import model_repository
-from pipeline import configs, local_runner, synthetic_data
+from deepfm_tfx import model_repository
+from deepfm_tfx.pipeline import configs
+from deepfm_tfx.pipeline.orchestrators import local
+from deepfm_tfx.synthetic import generator
 
 pytestmark = pytest.mark.e2e
 
@@ -22,10 +24,10 @@ def world(tmp_path_factory):
     weeks = {}
 
     def week(n, **bad):
-        synthetic_data.generate(config.data, rows=ROWS, spans=1, first_span=n, seed=21, **bad)
+        generator.generate(config.data, rows=ROWS, spans=1, first_span=n, seed=21, **bad)
         try:
-            weeks[n] = (0, local_runner.run(config))
-        except local_runner.RunFailed as failed:
+            weeks[n] = (0, local.run(config))
+        except local.RunFailed as failed:
             weeks[n] = (failed.exit_code, failed.summary)
         return weeks[n]
 
@@ -55,7 +57,7 @@ def test_broken_column_is_stopped_by_the_drift_gate(world):
     before = versions(config)
     code, summary = week(3, broken_column_span=3)
     assert code == 3 and summary["blocked_by"] == "DriftSkew" and not summary["pushed"]
-    assert synthetic_data.BROKEN_COLUMN in summary["error"] and "drift" in summary["error"]
+    assert generator.BROKEN_COLUMN in summary["error"] and "drift" in summary["error"]
     assert versions(config) == before
     with open(config.summary_path) as f:
         assert json.load(f)["blocked_by"] == "DriftSkew"
@@ -64,7 +66,7 @@ def test_broken_column_is_stopped_by_the_drift_gate(world):
 def test_schema_anomaly_pushes_nothing_and_names_the_anomaly(world):
     config, week = world
     before = versions(config)
-    synthetic_data.generate(config.data, rows=ROWS, spans=1, first_span=4, seed=21)
+    generator.generate(config.data, rows=ROWS, spans=1, first_span=4, seed=21)
     path = os.path.join(config.data, "span-4", "part-000.csv")
     with open(path) as f:
         lines = f.read().splitlines()
@@ -72,9 +74,9 @@ def test_schema_anomaly_pushes_nothing_and_names_the_anomaly(world):
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     try:
-        local_runner.run(config)
+        local.run(config)
         pytest.fail("an anomalous span must stop the run")
-    except local_runner.RunFailed as failed:
+    except local.RunFailed as failed:
         assert failed.exit_code == 3 and failed.summary["blocked_by"] == "ExampleValidator"
         assert "label" in failed.summary["error"]
     assert versions(config) == before

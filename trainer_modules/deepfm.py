@@ -9,9 +9,11 @@ interactions as value * embedding.
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Tuple
 
 import tensorflow as tf
+
+from deepfm_tfx.trainer_modules.hparams import ModelHParams
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,13 +27,6 @@ class FieldLayout:
     @property
     def num_fields(self) -> int:
         return len(self.categorical) + len(self.numerical) + len(self.multivalent)
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelHParams:
-    embedding_dim: int = 8
-    dnn_units: Sequence[int] = (64, 32)
-    embedding_l2: float = 3e-4
 
 
 class FMInteraction(tf.keras.layers.Layer):
@@ -49,7 +44,7 @@ class FMInteraction(tf.keras.layers.Layer):
 class DeepFM(tf.keras.Model):
     """Maps a dict of transformed features to click logits [batch, 1]."""
 
-    def __init__(self, layout: FieldLayout, hparams: ModelHParams = ModelHParams(), **kwargs):
+    def __init__(self, layout: FieldLayout, hparams: ModelHParams, **kwargs):
         super().__init__(name=kwargs.pop("name", "deepfm"), **kwargs)
         self.layout = layout
         self.hparams = hparams

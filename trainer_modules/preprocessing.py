@@ -17,7 +17,7 @@ from typing import Any, Dict
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from schemas.feature_spec import FeatureSpec
+from deepfm_tfx.schemas.feature_spec import FeatureSpec
 
 PAD_ID = -1
 VOCABULARY = "categorical_ids"

@@ -5,43 +5,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import tensorflow as tf
 import tensorflow_transform as tft
 from tfx.components.trainer.fn_args_utils import FnArgs
 from tfx_bsl.public import tfxio
 
-from schemas.feature_spec import FeatureSpec
-from trainer_modules import preprocessing
-from trainer_modules.deepfm import FieldLayout, ModelHParams
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainingConfig:
-    batch_size: int = 1024
-    learning_rate: float = 5e-3
-    # "cosine" decays the rate to 0 over the run's steps: a constant rate left
-    # the rare ids' embeddings noisy (0.003 AUC on the default data).
-    learning_rate_decay: str = "cosine"
-    embedding_dim: int = 8
-    dnn_units: tuple = (64, 32)
-    # Strong enough that rare ids do not overfit in a few epochs.
-    embedding_l2: float = 3e-4
-    steps_per_execution: int = 20
-    # "auto": mirrored over local GPUs when there are several, else the default strategy.
-    distribution: str = "auto"
-
-    @property
-    def model(self) -> ModelHParams:
-        return ModelHParams(self.embedding_dim, tuple(self.dnn_units), self.embedding_l2)
-
-    @classmethod
-    def from_dict(cls, d: Optional[Dict[str, Any]]) -> "TrainingConfig":
-        d = dict(d or {})
-        if "dnn_units" in d:
-            d["dnn_units"] = tuple(int(u) for u in d["dnn_units"])
-        return cls(**d)
+from deepfm_tfx.schemas.feature_spec import FeatureSpec
+from deepfm_tfx.trainer_modules import preprocessing
+from deepfm_tfx import training_info
+from deepfm_tfx.trainer_modules.deepfm import FieldLayout
+from deepfm_tfx.trainer_modules.hparams import TrainingConfig
 
 
 @dataclasses.dataclass
@@ -104,21 +79,6 @@ def distribution_strategy(name: str) -> Optional[tf.distribute.Strategy]:
     raise ValueError(f"unknown distribution strategy {name!r}; use auto, default, mirrored or multi_worker")
 
 
-TRAINING_INFO = "training_info.json"  # beside Format-Serving; read by the pusher and the summary
-
-
-def _model_root(serving_dir: str) -> str:
-    return os.path.dirname(serving_dir.rstrip("/"))
-
-
-def read_training_info(serving_dir: str) -> Dict[str, Any]:
-    path = os.path.join(_model_root(serving_dir), TRAINING_INFO)
-    if not tf.io.gfile.exists(path):
-        return {}
-    with tf.io.gfile.GFile(path) as f:
-        return json.load(f)
-
-
 def _vocabulary_file(saved_model_dir: str) -> Optional[str]:
     for name in tf.io.gfile.listdir(os.path.join(saved_model_dir, "assets")) \
             if tf.io.gfile.exists(os.path.join(saved_model_dir, "assets")) else []:
@@ -136,7 +96,7 @@ def warm_start_source(fn_args, inputs: TrainerInputs) -> Tuple[Optional[str], st
     base = fn_args.base_model
     if not base:
         return None, "cold start: no blessed model yet"
-    previous = read_training_info(base)
+    previous = training_info.read(training_info.model_root(base))
     if previous.get("trainer_runner") != inputs.runner_name:
         return None, f"cold start: the blessed model was trained by the {previous.get('trainer_runner')!r} runner"
     if previous.get("num_ids") != inputs.layout.num_ids or previous.get("layout") != _layout_key(inputs):
@@ -155,9 +115,9 @@ def _layout_key(inputs: TrainerInputs) -> str:
                        config.embedding_dim, list(config.dnn_units)])
 
 
-def write_training_info(fn_args, inputs: TrainerInputs, warm_from: Optional[str], note: str) -> None:
+def write_training_info(fn_args, inputs: TrainerInputs, warm_from: Optional[str], note: str,
+                        **measured: Any) -> None:
     info = {"trainer_runner": inputs.runner_name, "warm_started": warm_from is not None,
             "base_model": warm_from, "warm_start_note": note, "train_steps": fn_args.train_steps,
-            "num_ids": inputs.layout.num_ids, "layout": _layout_key(inputs)}
-    with tf.io.gfile.GFile(os.path.join(_model_root(fn_args.serving_model_dir), TRAINING_INFO), "w") as f:
-        json.dump(info, f, indent=2)
+            "num_ids": inputs.layout.num_ids, "layout": _layout_key(inputs), **measured}
+    training_info.write(training_info.model_root(fn_args.serving_model_dir), info)

@@ -1,16 +1,15 @@
 """`deepfm-tfx models list|rollback|prune`: the versioned model repository.
 
-cli.py adds these with `models_cli.register(sub)`; each sub-subcommand sets
-`func`, a handler taking the parsed args and returning an exit code.
+Needs no TensorFlow: it answers in well under a second, as an incident demands.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
-from components import model_repository
+from deepfm_tfx import model_repository
 
 COLUMNS = ("version", "serving", "created_at", "trainer_runner", "auc", "logloss", "spans",
            "warm_started", "pipeline_run_id", "data_fingerprint")
@@ -102,16 +101,15 @@ def cmd_prune(args) -> int:
     return 0
 
 
-def register(subparsers) -> None:
-    """Adds `models` with `list`, `rollback` and `prune` to the CLI's subparsers."""
-    from pipeline.configs import RunConfig
+def configure(m) -> None:
+    """Adds `list`, `rollback` and `prune` to the `models` parser."""
+    from deepfm_tfx.pipeline.configs import RunConfig
     d = RunConfig()
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model-repository", default=d.model_repository,
-                        help="the versioned model repository (default: %(default)s)")
-    common.add_argument("--model-name", default=d.model_name, help="default: %(default)s")
+                        help="the versioned model repository")
+    common.add_argument("--model-name", default=d.model_name, help="model name in the repository")
 
-    m = subparsers.add_parser("models", help="list, roll back or prune the versions in the model repository")
     sub = m.add_subparsers(dest="models_command", required=True)
 
     ls = sub.add_parser("list", parents=[common], help="versions, their metrics and data; * marks the served one")
@@ -127,15 +125,3 @@ def register(subparsers) -> None:
     pr.add_argument("--keep", type=int, required=True, help="newest versions to keep, besides the served one")
     pr.add_argument("--dry-run", action="store_true", help="print what would be removed; remove nothing")
     pr.set_defaults(func=cmd_prune)
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    # Standalone use until cli.py wires `models` in.
-    parser = argparse.ArgumentParser(prog="deepfm-tfx")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

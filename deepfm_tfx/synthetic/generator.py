@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-# Bump when the generated data changes, so cached default data is regenerated.
-VERSION = 3
+from deepfm_tfx.spans import folder as span_folder
+from deepfm_tfx.synthetic import VERSION  # noqa: F401 (part of this module's contract)
 NUM_NUMERICAL = 13
 NUM_CATEGORICAL = 26
 NUMERICAL = [f"I{i}" for i in range(1, NUM_NUMERICAL + 1)]
@@ -199,7 +199,7 @@ def generate(out_dir: str, rows: int, spans: int = 1, seed: int = 42, drift: flo
         if span < first_span:
             continue
         rng = np.random.default_rng([seed, span])
-        span_dir = os.path.join(out_dir, f"span-{span}")
+        span_dir = span_folder(out_dir, span)
         os.makedirs(span_dir, exist_ok=True)
         # One file's rows at a time, so memory does not grow with the span.
         all_labels, all_probs = [], []
@@ -247,7 +247,7 @@ def bayes_of_rows(report: Dict, chunks: Iterable[Tuple[Dict[str, np.ndarray], np
 
 
 def read_bayes(data_dir: str, span: int) -> Optional[Dict]:
-    path = os.path.join(data_dir, f"span-{span}", "bayes.json")
+    path = os.path.join(span_folder(data_dir, span), "bayes.json")
     if not os.path.exists(path):
         return None
     with open(path) as f:

@@ -212,12 +212,12 @@ class TreeSampler:
 
 def _cli() -> List[str]:
     exe = os.path.join(os.path.dirname(sys.executable), "deepfm-tfx")
-    return [exe] if os.path.exists(exe) else [sys.executable, "-m", "pipeline.cli"]
+    return [exe] if os.path.exists(exe) else [sys.executable, "-m", "deepfm_tfx.pipeline.cli"]
 
 
 def ensure_data(rows: int, seed: int = 42) -> str:
     """The run command's default data folder, generated outside the timed run."""
-    from pipeline.configs import RunConfig
+    from deepfm_tfx.pipeline.configs import RunConfig
     root = RunConfig(rows=rows, seed=seed).data_root
     if not os.path.exists(os.path.join(root, "span-1", "bayes.json")):
         print(f"  generating {rows:,} synthetic rows into {root}", flush=True)
@@ -302,11 +302,11 @@ def _data_accessor():
 def _trainer_inputs(graph_dir: str, **config):
     import tensorflow_transform as tft
 
-    from schemas import feature_spec
-    from trainer_modules import training_setup
+    from deepfm_tfx.schemas import feature_spec
+    from deepfm_tfx.trainer_modules import hparams, training_setup
     spec = feature_spec.load(feature_spec.DEFAULT_SPEC)
     tft_out = tft.TFTransformOutput(graph_dir)
-    return training_setup.TrainerInputs(spec, training_setup.TrainingConfig(**config), tft_out,
+    return training_setup.TrainerInputs(spec, hparams.TrainingConfig(**config), tft_out,
                                         training_setup.field_layout(spec, tft_out), "keras")
 
 
@@ -376,12 +376,16 @@ def _estimator_worker(conn, paths: Dict[str, str], total_steps: int, model_dir: 
         import numpy as np
         import tensorflow as tf
 
-        from trainer_modules import estimator_runner, serving, training_setup
+        from deepfm_tfx.trainer_modules import estimator_trainer
+
+        from deepfm_tfx.trainer_modules import serving
+
+        from deepfm_tfx.trainer_modules import training_setup
         inputs = _trainer_inputs(paths["graph"])
-        # As estimator_runner.run_fn configures it.
+        # As estimator_trainer.run_fn configures it.
         run_config = tf.estimator.RunConfig(model_dir=model_dir, save_checkpoints_steps=max(total_steps // 2, 1),
                                             log_step_count_steps=100)
-        estimator = tf.estimator.Estimator(estimator_runner.make_model_fn(inputs, total_steps), config=run_config)
+        estimator = tf.estimator.Estimator(estimator_trainer.make_model_fn(inputs, total_steps), config=run_config)
         accessor = _data_accessor()
 
         class Gate(tf.estimator.SessionRunHook):
@@ -456,18 +460,18 @@ def _adam(config, steps: int):
     """The runners' optimizer and learning-rate schedule, for every contender."""
     import tensorflow as tf
 
-    from trainer_modules import training_setup
+    from deepfm_tfx.trainer_modules import training_setup
     return tf.keras.optimizers.Adam(training_setup.learning_rate(config, steps))
 
 
 def _runner_model(inputs, steps: int, jit_compile: bool = False):
-    """keras_runner.build_model, with jit_compile as the one optional change."""
+    """keras_trainer.build_model, with jit_compile as the one optional change."""
     import tensorflow as tf
 
-    from trainer_modules import keras_runner
-    from trainer_modules.deepfm import DeepFM
+    from deepfm_tfx.trainer_modules import keras_trainer
+    from deepfm_tfx.trainer_modules.deepfm import DeepFM
     if not jit_compile:
-        return keras_runner.build_model(inputs, steps)
+        return keras_trainer.build_model(inputs, steps)
     model = DeepFM(inputs.layout, inputs.config.model)
     model.compile(optimizer=_adam(inputs.config, steps),
                   loss=tf.keras.losses.BinaryCrossentropy(from_logits=True),
@@ -535,7 +539,7 @@ def _lazy_model(inputs, steps: int, jit_compile: bool = False):
     Keras' Adam decays every row's moments each step: both cost O(table)."""
     import tensorflow as tf
 
-    from trainer_modules.deepfm import DeepFM
+    from deepfm_tfx.trainer_modules.deepfm import DeepFM
     l2 = inputs.config.embedding_l2
 
     class LazyL2DeepFM(DeepFM):
@@ -568,7 +572,7 @@ def _lazy_model(inputs, steps: int, jit_compile: bool = False):
 
     c = inputs.config
     model = LazyL2DeepFM(inputs.layout, c.model.__class__(c.embedding_dim, tuple(c.dnn_units), 0.0))
-    from trainer_modules import training_setup
+    from deepfm_tfx.trainer_modules import training_setup
     model.compile(optimizer=LazyAdam(training_setup.learning_rate(c, steps)),
                   loss=tf.keras.losses.BinaryCrossentropy(from_logits=True),
                   metrics=[tf.keras.metrics.AUC(from_logits=True, name="auc")],
@@ -604,7 +608,7 @@ def build_contenders(paths: Dict[str, str], train_np, plan: Dict[str, Any], work
     """Each contender sees the same examples count: plan["examples"]."""
     import dataclasses
 
-    from trainer_modules import training_setup
+    from deepfm_tfx.trainer_modules import training_setup
     base = _trainer_inputs(paths["graph"])
     c = base.config
     accessor = _data_accessor()
@@ -706,7 +710,7 @@ def trainer_plan(quick: bool, total_steps: int) -> Dict[str, Any]:
 def section_trainer(args, shared: Dict[str, Any]) -> Dict[str, Any]:
     import numpy as np
 
-    from pipeline.synthetic_data import auc
+    from deepfm_tfx.synthetic.generator import auc
     run = shared["default_runs"]["keras"]
     paths = transform_output(run["pipeline_root"])
     plan = trainer_plan(args.quick, 1500)
@@ -830,8 +834,8 @@ def raw_requests(data_root: str, n: int) -> List[bytes]:
     """Serialized raw tf.Examples of the CSV, label removed as in a request."""
     import tensorflow as tf
 
-    from components.csv_example_gen import parse_file
-    from schemas import feature_spec
+    from deepfm_tfx.components.csv_example_gen import parse_file
+    from deepfm_tfx.schemas import feature_spec
     spec = feature_spec.load(feature_spec.DEFAULT_SPEC)
     out = []
     for path in sorted(glob.glob(os.path.join(data_root, "span-1", "*.csv"))):
@@ -876,8 +880,8 @@ def _serving_parts(transform_graph: str, model_fn):
     import tensorflow as tf
     import tensorflow_transform as tft
 
-    from schemas import feature_spec
-    from trainer_modules import serving
+    from deepfm_tfx.schemas import feature_spec
+    from deepfm_tfx.trainer_modules import serving
     spec = feature_spec.load(feature_spec.DEFAULT_SPEC)
     tft_out = tft.TFTransformOutput(transform_graph)
     layer = tft_out.transform_features_layer()
@@ -909,7 +913,7 @@ def _serving_parts(transform_graph: str, model_fn):
 def section_serving(args, shared: Dict[str, Any]) -> Dict[str, Any]:
     import tensorflow as tf
 
-    from trainer_modules import serving
+    from deepfm_tfx.trainer_modules import serving
     quick = args.quick
     out: Dict[str, Any] = {"models": {}}
     data_root = shared["default_runs"]["keras"]["summary"]["data_root"]
@@ -1181,9 +1185,8 @@ def main(args) -> int:
     return 0
 
 
-def register(subparsers) -> None:
-    """Adds `bench` to the CLI's subparsers."""
-    p = subparsers.add_parser("bench", help="benchmark the pipeline, the trainers and serving")
+def configure(p: argparse.ArgumentParser) -> None:
+    """The benchmark's flags; `python -m bench --help` lists them."""
     p.add_argument("--sections", default=",".join(SECTIONS),
                    help="comma-separated subset of %(default)s")
     p.add_argument("--pipeline-rows", type=lambda s: parse_list(s, int),
@@ -1196,10 +1199,3 @@ def register(subparsers) -> None:
     p.add_argument("--contenders", help="trainer: comma-separated subset (the runner and DeepCTR always run)")
     p.add_argument("--no-beam-modes", action="store_true", help="pipeline: skip the Beam DirectRunner comparison")
     p.set_defaults(func=main)
-
-
-if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(prog="deepfm-tfx")
-    register(_parser.add_subparsers(dest="command", required=True))
-    _args = _parser.parse_args(["bench"] + sys.argv[1:])
-    sys.exit(_args.func(_args))

@@ -4,8 +4,10 @@ import os
 import tensorflow as tf
 from tfx.components.trainer.fn_args_utils import FnArgs
 
-from trainer_modules import serving, training_setup
-from trainer_modules.deepfm import DeepFM
+from deepfm_tfx.trainer_modules import serving
+
+from deepfm_tfx.trainer_modules import training_setup
+from deepfm_tfx.trainer_modules.deepfm import DeepFM
 
 
 def build_model(inputs: training_setup.TrainerInputs, train_steps: int) -> tf.keras.Model:

@@ -2,7 +2,7 @@
 
 Put it in a dags_folder (`deepfm-tfx compile --target airflow --output DAGS`)
 of an Airflow whose Python environment has deepfm-tfx installed. Settings come
-from DEEPFM_TFX_* environment variables; see pipeline/airflow_runner.py.
+from DEEPFM_TFX_* environment variables; see pipeline/airflow.py.
 """
 import logging
 import os
@@ -11,9 +11,9 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 logging.getLogger("apache_beam").setLevel(logging.WARNING)
 
-from pipeline import airflow_runner  # noqa: E402
+from deepfm_tfx.pipeline.orchestrators import airflow  # noqa: E402
 
 # `deepfm-tfx compile --target airflow` rewrites the next line with its flags.
 DEFAULTS: dict = {}
 
-dag = airflow_runner.create_dag(airflow_runner.settings_from_env(defaults=DEFAULTS))
+dag = airflow.create_dag(airflow.settings_from_env(defaults=DEFAULTS))

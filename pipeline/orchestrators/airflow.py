@@ -1,4 +1,4 @@
-"""Runs the pipeline on Apache Airflow, retraining weekly; pipeline/airflow_dag.py is the DAG file.
+"""Runs the pipeline on Apache Airflow, retraining weekly; airflow_dag.py beside it is the DAG file.
 
 Settings come from DEEPFM_TFX_* environment variables, because the DAG file is
 parsed by Airflow's scheduler and workers, not by our CLI:
@@ -25,7 +25,7 @@ import sys
 import urllib.parse
 from typing import Any, Dict, Mapping, Optional
 
-from pipeline import configs
+from deepfm_tfx.pipeline import configs
 
 ENV_PREFIX = "DEEPFM_TFX_"
 DEFAULT_SCHEDULE = "@weekly"
@@ -44,10 +44,28 @@ class AirflowSettings:
     start_date: datetime.datetime = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
 
 
+def _parse(field: dataclasses.Field, value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    kind = str(field.type)
+    if kind == "int":
+        return int(value)
+    if kind == "float":
+        return float(value)
+    if kind == "bool":
+        return value.lower() in ("1", "true", "yes")
+    if field.name == "beam_args":
+        return shlex.split(value)
+    if field.name == "training":
+        return json.loads(value)
+    return value
+
+
 def settings_from_env(env: Optional[Mapping[str, str]] = None,
                       defaults: Optional[Dict[str, Any]] = None) -> AirflowSettings:
-    """DEEPFM_TFX_<KEY> wins over defaults[<key>], which wins over the built-in default.
+    """DEEPFM_TFX_<KEY> wins over defaults[<key>], which wins over RunConfig's default.
 
+    Every RunConfig field is a key (`data_root` names the `data` field).
     `defaults` is what `deepfm-tfx compile --target airflow` wrote into the DAG file.
     """
     env = os.environ if env is None else env
@@ -57,25 +75,16 @@ def settings_from_env(env: Optional[Mapping[str, str]] = None,
         value = env.get(ENV_PREFIX + key.upper())
         return value if value not in (None, "") else defaults.get(key, fallback)
 
-    d = configs.RunConfig()
     home = os.path.expanduser(get("home", os.path.join("~", "deepfm-tfx")))
-    beam_args = get("beam_args", [])
-    training = get("training", {})
-    run = configs.RunConfig(
-        data=get("data_root", os.path.join(home, "data")),
-        features=get("features", d.features),
-        pipeline_root=get("pipeline_root", os.path.join(home, "pipeline")),
-        model_repository=get("model_repository", os.path.join(home, "model_repository")),
-        model_name=get("model_name", d.model_name),
-        trainer=get("trainer", d.trainer),
-        train_steps=int(get("train_steps", d.train_steps)),
-        eval_steps=int(get("eval_steps", d.eval_steps)),
-        metadata=get("metadata", None) or None,
-        beam_args=shlex.split(beam_args) if isinstance(beam_args, str) else list(beam_args),
-        training=json.loads(training) if isinstance(training, str) else dict(training),
-        min_auc=float(get("min_auc", d.min_auc)),
-        max_auc_drop=float(get("max_auc_drop", d.max_auc_drop)),
-    )
+    paths = {"data": os.path.join(home, "data"), "pipeline_root": os.path.join(home, "pipeline"),
+             "model_repository": os.path.join(home, "model_repository")}
+    knobs = {}
+    for field in dataclasses.fields(configs.RunConfig):
+        key = "data_root" if field.name == "data" else field.name
+        value = get(key, paths.get(field.name))
+        if value is not None:
+            knobs[field.name] = _parse(field, value)
+    run = configs.RunConfig(**knobs)
     start = datetime.date.fromisoformat(str(get("start_date", DEFAULT_START_DATE)))
     return AirflowSettings(
         run=run, schedule=get("schedule", DEFAULT_SCHEDULE),
@@ -86,14 +95,18 @@ def create_dag(settings: Optional[AirflowSettings] = None):
     """The Airflow DAG of pipeline.py's topology: one task per component."""
     from tfx.orchestration.airflow.airflow_dag_runner import AirflowDagRunner, AirflowPipelineConfig
 
-    from pipeline import local_runner
-    from schemas import feature_spec
+    from deepfm_tfx import spans
+    from deepfm_tfx.pipeline import metadata
+    from deepfm_tfx.pipeline.pipeline import create_pipeline_from_config
+    from deepfm_tfx.schemas import feature_spec
 
     settings = settings or settings_from_env()
     config = settings.run
     spec = feature_spec.load(config.features)
     # Weekly data arrives as span-<N>/ folders; ExampleGen takes the newest at run time.
-    pipeline = local_runner.build(config, spec, f"span-{{SPAN}}/{spec.file_pattern}")
+    pipeline = create_pipeline_from_config(
+        config, spec, spans.input_pattern(spec.file_pattern),
+        metadata_connection_config=metadata.connection_config(config.metadata, config.pipeline_root))
     dag_config: Dict[str, Any] = {
         "schedule": settings.schedule,
         "start_date": settings.start_date,

@@ -1,7 +1,6 @@
 """`deepfm-tfx compile` and `deepfm-tfx schedule`: the pipeline on Kubeflow and Airflow.
 
-cli.py adds these with `orchestrators_cli.register(sub)`; each subcommand sets
-`func`, a handler taking the parsed args and returning an exit code.
+The CLI calls `configure(parser, command)` only when one of these runs.
 """
 from __future__ import annotations
 
@@ -11,25 +10,20 @@ import sys
 import tempfile
 from typing import Any, Dict
 
+from deepfm_tfx.pipeline import configs
+
 TARGETS = ("kubeflow", "kubeflow-v2", "airflow")
 
 
 def _pipeline_options(p: argparse.ArgumentParser) -> None:
-    # None means "the target's default", so only flags given are passed on.
+    # Only flags given are passed on; the target's own defaults fill the rest.
+    configs.add_arguments(p, names=["features", "trainer", "train_steps", "eval_steps", "min_auc", "max_auc_drop",
+                                    "model_name", "window_spans", "beam_args"], only_given=True)
     p.add_argument("--pipeline-root", help="pipeline outputs (Kubeflow default: /mnt/deepfm-tfx/pipeline)")
     p.add_argument("--data-root", help="folder of span-<N>/ data folders")
     p.add_argument("--model-repository", help="versioned model repository (a POSIX path)")
     p.add_argument("--image", help="container image with deepfm-tfx installed (Kubeflow only)")
-    p.add_argument("--beam-arg", action="append", default=[],
-                   help="extra Beam pipeline argument, as --beam-arg=--flag=value (repeatable)")
     p.add_argument("--pvc", help="KFP v1: PersistentVolumeClaim to mount at /mnt/deepfm-tfx on every step")
-    p.add_argument("--features", help="feature spec YAML, read now; on Kubeflow, a schema it names "
-                                      "outside schemas/ must be readable by the pods")
-    p.add_argument("--trainer", choices=["keras", "estimator"])
-    p.add_argument("--train-steps", type=int)
-    p.add_argument("--eval-steps", type=int)
-    p.add_argument("--min-auc", type=float)
-    p.add_argument("--max-auc-drop", type=float)
     p.add_argument("--verbose", action="store_true", help="show TF, Beam and absl logs")
 
 
@@ -49,49 +43,58 @@ def _given(args, *names: str) -> Dict[str, Any]:
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
+def _training(args) -> Dict[str, Any]:
+    return {k.split(".", 1)[1]: v for k, v in vars(args).items() if k.startswith("training.")}
+
+
 def _kubeflow_options(args) -> Dict[str, Any]:
-    options = _given(args, "pipeline_root", "data_root", "model_repository", "image", "features",
-                     "trainer", "train_steps", "eval_steps", "min_auc", "max_auc_drop")
-    options["beam_args"] = list(args.beam_arg)
+    options = _given(args, "pipeline_root", "data_root", "model_repository", "image", "features", "model_name",
+                     "trainer", "train_steps", "eval_steps", "min_auc", "max_auc_drop", "window_spans")
+    options["beam_args"] = list(getattr(args, "beam_args", []))
+    if _training(args):
+        options["training"] = _training(args)
     return options
 
 
 def _compile_kubeflow(args, output: str) -> str:
-    from pipeline import kubeflow_runner
+    from deepfm_tfx.pipeline.orchestrators import kubeflow
     options = _kubeflow_options(args)
     if args.target == "kubeflow":
-        return kubeflow_runner.compile_v1(output, pvc_name=args.pvc, **options)
+        return kubeflow.compile_v1(output, pvc_name=args.pvc, **options)
     if args.pvc:
         raise ValueError("--pvc applies to --target kubeflow (KFP v1) only")
-    return kubeflow_runner.compile_v2(output, **options)
+    return kubeflow.compile_v2(output, **options)
 
 
 def _install_airflow(args) -> str:
-    from pipeline import airflow_runner
-    from schemas import feature_spec
+    from deepfm_tfx.pipeline.orchestrators import airflow
+    from deepfm_tfx.schemas import feature_spec
     if args.image or args.pvc:
         raise ValueError("--image and --pvc apply to Kubeflow targets only")
-    if args.features:
+    if getattr(args, "features", None):
         feature_spec.load(args.features)  # fail here rather than in Airflow's DAG parser
-    defaults = _given(args, "trainer", "train_steps", "eval_steps", "min_auc", "max_auc_drop")
+    defaults = _given(args, "trainer", "train_steps", "eval_steps", "min_auc", "max_auc_drop", "model_name",
+                      "window_spans")
+    if _training(args):
+        defaults["training"] = _training(args)
     # Airflow parses the DAG from its own working directory.
     defaults.update({k: os.path.abspath(v) for k, v in
                      _given(args, "pipeline_root", "data_root", "model_repository", "features").items()})
-    if args.beam_arg:
-        defaults["beam_args"] = list(args.beam_arg)
-    path = airflow_runner.install_dag(args.output, defaults)
+    if getattr(args, "beam_args", None):
+        defaults["beam_args"] = list(args.beam_args)
+    path = airflow.install_dag(args.output, defaults)
     print(f"wrote Airflow DAG {path}")
     if args.setup_db:
-        url = airflow_runner.setup_postgres_metadata_db()
+        url = airflow.setup_postgres_metadata_db()
         home = os.environ.get("AIRFLOW_HOME", os.path.expanduser("~/airflow"))
         print("Airflow environment (then `airflow db migrate`):")
-        for key, value in airflow_runner.airflow_environment(home, args.output, url).items():
+        for key, value in airflow.airflow_environment(home, args.output, url).items():
             print(f"  export {key}='{value}'")
     return path
 
 
 def cmd_compile(args) -> int:
-    from schemas.feature_spec import FeatureSpecError
+    from deepfm_tfx.schemas.feature_spec import FeatureSpecError
     _quiet(args.verbose)
     try:
         if args.target == "airflow":
@@ -110,15 +113,17 @@ def cmd_schedule(args) -> int:
     import kfp_server_api
     import urllib3
 
-    from pipeline import kubeflow_runner, schedule
-    from schemas.feature_spec import FeatureSpecError
+    from deepfm_tfx.pipeline.orchestrators import kubeflow
+
+    from deepfm_tfx.pipeline.orchestrators import schedule
+    from deepfm_tfx.schemas.feature_spec import FeatureSpecError
     _quiet(args.verbose)
     try:
         schedule.check_cron(args.cron)
         with tempfile.TemporaryDirectory() as tmp:
             package = args.package
             if package is None:
-                package = kubeflow_runner.compile_v1(os.path.join(tmp, "deepfm_tfx.yaml"), pvc_name=args.pvc,
+                package = kubeflow.compile_v1(os.path.join(tmp, "deepfm_tfx.yaml"), pvc_name=args.pvc,
                                                      **_kubeflow_options(args))
             client = kfp.Client(host=args.host, namespace=args.namespace)
             created = schedule.create_weekly_recurring_run(
@@ -135,28 +140,24 @@ def cmd_schedule(args) -> int:
     return 0
 
 
-def register(subparsers) -> None:
-    """Adds `compile` and `schedule` to the CLI's subparsers."""
-    from pipeline import schedule
-
-    c = subparsers.add_parser(
-        "compile", help="compile for Kubeflow Pipelines (v1 YAML, v2 JSON) or install the Airflow DAG")
-    c.add_argument("--target", choices=TARGETS, required=True)
-    c.add_argument("--output", required=True,
-                   help="kubeflow: .yaml/.tar.gz/.zip; kubeflow-v2: .json; airflow: the dags_folder")
-    c.add_argument("--setup-db", action="store_true",
-                   help="airflow: create the Postgres role and database for Airflow's metadata")
-    _pipeline_options(c)
-    c.set_defaults(func=cmd_compile)
-
-    s = subparsers.add_parser("schedule", help="create a weekly recurring run on Kubeflow Pipelines")
-    s.add_argument("--target", choices=["kubeflow"], default="kubeflow")
-    s.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080")
-    s.add_argument("--cron", default=schedule.WEEKLY_CRON,
-                   help="6 fields, seconds first (default: %(default)s, Mondays 03:00 UTC)")
-    s.add_argument("--experiment", default=schedule.DEFAULT_EXPERIMENT)
-    s.add_argument("--job-name", default=schedule.DEFAULT_JOB_NAME)
-    s.add_argument("--namespace", help="multi-user Kubeflow: the profile namespace")
-    s.add_argument("--package", help="compiled v1 package; default: compile one now from the flags below")
-    _pipeline_options(s)
-    s.set_defaults(func=cmd_schedule)
+def configure(p, command: str) -> None:
+    """Adds `compile`'s or `schedule`'s flags to its parser."""
+    if command == "compile":
+        p.add_argument("--target", choices=TARGETS, required=True)
+        p.add_argument("--output", required=True,
+                       help="kubeflow: .yaml/.tar.gz/.zip; kubeflow-v2: .json; airflow: the dags_folder")
+        p.add_argument("--setup-db", action="store_true",
+                       help="airflow: create the Postgres role and database for Airflow's metadata")
+        _pipeline_options(p)
+        p.set_defaults(func=cmd_compile)
+        return
+    from deepfm_tfx.pipeline.orchestrators import schedule
+    p.add_argument("--target", choices=["kubeflow"], default="kubeflow")
+    p.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080")
+    p.add_argument("--cron", default=schedule.WEEKLY_CRON, help="6 fields, seconds first (Mondays 03:00 UTC)")
+    p.add_argument("--experiment", default=schedule.DEFAULT_EXPERIMENT, help="KFP experiment")
+    p.add_argument("--job-name", default=schedule.DEFAULT_JOB_NAME, help="recurring run name")
+    p.add_argument("--namespace", help="multi-user Kubeflow: the profile namespace")
+    p.add_argument("--package", help="compiled v1 package; default: compile one now from the flags below")
+    _pipeline_options(p)
+    p.set_defaults(func=cmd_schedule)

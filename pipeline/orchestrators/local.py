@@ -1,22 +1,27 @@
 """Runs the pipeline on this machine with LocalDagRunner: the embedded default."""
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
-import re
 import time
 from typing import Any, Dict, Optional, Tuple
 
 from ml_metadata import metadata_store
 from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
-from components.csv_example_gen import DataError, check_files
-from components import span_window
-from components.gates import GateFailed
-from pipeline import configs, metadata, run_summary, synthetic_data
-from pipeline.pipeline import create_pipeline
-from schemas import feature_spec
+from deepfm_tfx.components.csv_example_gen import check_files
+from deepfm_tfx.errors import DataError
+from deepfm_tfx.components import span_window
+from deepfm_tfx.components.gates import GateFailed
+from deepfm_tfx import spans
+from deepfm_tfx.pipeline import configs
+from deepfm_tfx.pipeline import metadata
+from deepfm_tfx.pipeline import run_summary
+from deepfm_tfx.synthetic import generator
+from deepfm_tfx.pipeline.pipeline import create_pipeline_from_config
+from deepfm_tfx.schemas import feature_spec
 
 
 class RunFailed(RuntimeError):
@@ -30,45 +35,29 @@ def input_layout(data_root: str, spec: feature_spec.FeatureSpec) -> Tuple[str, O
     """The ExampleGen pattern for a data folder, and its newest span (None if unspanned)."""
     if not os.path.isdir(data_root):
         raise DataError(f"{data_root}: data directory does not exist")
-    spans = [int(m.group(1)) for d in os.listdir(data_root)
-             if (m := re.fullmatch(r"span-(\d+)", d)) and os.path.isdir(os.path.join(data_root, d))]
-    if spans:
-        latest = max(spans)
-        check_files(sorted(glob.glob(os.path.join(data_root, f"span-{latest}", spec.file_pattern))),
-                    spec, os.path.join(data_root, f"span-{latest}", spec.file_pattern))
-        return f"span-{{SPAN}}/{spec.file_pattern}", latest
+    latest = spans.newest(data_root)
+    if latest is not None:
+        pattern = os.path.join(spans.folder(data_root, latest), spec.file_pattern)
+        check_files(sorted(glob.glob(pattern)), spec, pattern)
+        return spans.input_pattern(spec.file_pattern), latest
     check_files(sorted(glob.glob(os.path.join(data_root, spec.file_pattern))), spec,
                 os.path.join(data_root, spec.file_pattern))
     return spec.file_pattern, None
 
 
 def ensure_default_data(config: configs.RunConfig) -> None:
-    if config.data is None and not os.path.isdir(os.path.join(config.data_root, f"span-{config.spans}")):
+    if config.data is None and not os.path.isdir(spans.folder(config.data_root, config.spans)):
         print(f"Generating {config.rows:,} synthetic rows x {config.spans} span(s) into {config.data_root}", flush=True)
-        synthetic_data.generate(config.data_root, rows=config.rows, spans=config.spans, seed=config.seed)
+        generator.generate(config.data_root, rows=config.rows, spans=config.spans, seed=config.seed)
 
 
 def build(config: configs.RunConfig, spec: feature_spec.FeatureSpec, input_pattern: str):
-    return create_pipeline(
-        pipeline_name=configs.PIPELINE_NAME,
-        pipeline_root=os.path.abspath(config.pipeline_root),
-        data_root=os.path.abspath(config.data_root),
-        input_pattern=input_pattern,
-        spec=spec,
-        model_repository=os.path.abspath(config.model_repository),
-        model_name=config.model_name,
-        trainer_runner=config.trainer,
-        train_steps=config.train_steps,
-        eval_steps=config.eval_steps,
-        training=config.training,
-        window_spans=config.window_spans,
-        warm_start=config.warm_start,
-        min_auc=config.min_auc,
-        max_auc_drop=config.max_auc_drop,
-        enable_cache=config.enable_cache,
-        metadata_connection_config=metadata.connection_config(config.metadata, config.pipeline_root),
-        beam_pipeline_args=configs.DEFAULT_BEAM_ARGS + list(config.beam_args),
-    )
+    absolute = dataclasses.replace(
+        config, data=os.path.abspath(config.data_root), pipeline_root=os.path.abspath(config.pipeline_root),
+        model_repository=os.path.abspath(config.model_repository))
+    return create_pipeline_from_config(
+        absolute, spec, input_pattern,
+        metadata_connection_config=metadata.connection_config(config.metadata, config.pipeline_root))
 
 
 def _find(exc: BaseException, kind: type) -> Optional[BaseException]:
@@ -106,7 +95,7 @@ def run(config: configs.RunConfig) -> Dict[str, Any]:
         else:
             error, exit_code = f"{type(e).__name__}: {_message_of(e)}", 1
     executions = run_summary.executions_of_latest_run(pipeline.metadata_connection_config, configs.PIPELINE_NAME)
-    bayes = synthetic_data.read_bayes(config.data_root, span) if span is not None else None
+    bayes = generator.read_bayes(config.data_root, span) if span is not None else None
     if bayes:
         bayes = run_summary.bayes_of_evaluated_rows(bayes, run_summary.examples_uri(executions))
     summary = run_summary.build(executions, config.trainer, bayes, error=error, blocked_by=blocked_by)

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from tfx import v1 as tfx
 
-from pipeline import configs
-from pipeline.pipeline import create_pipeline
-from schemas import feature_spec
+from deepfm_tfx import spans
+from deepfm_tfx.pipeline import configs
+from deepfm_tfx.pipeline.pipeline import create_pipeline_from_config
+from deepfm_tfx.schemas import feature_spec
 
 # Built from docker/Dockerfile; bump together with setup.py's version.
 DEFAULT_IMAGE = "ghcr.io/deepfm-tfx/pipeline:0.1.0"
@@ -27,12 +28,6 @@ DEFAULT_DATA_ROOT = f"{MOUNT_PATH}/data"
 DEFAULT_MODEL_REPOSITORY = f"{MOUNT_PATH}/model_repository"
 # Vertex/KFP v2 pipeline names allow only [a-z0-9-].
 V2_PIPELINE_NAME = configs.PIPELINE_NAME.replace("_", "-")
-
-
-def spanned_input_pattern(spec: feature_spec.FeatureSpec) -> str:
-    # The data folder cannot be listed at compile time; ExampleGen resolves the
-    # newest span when each run starts.
-    return f"span-{{SPAN}}/{spec.file_pattern}"
 
 
 def schema_in_image(spec: feature_spec.FeatureSpec) -> feature_spec.FeatureSpec:
@@ -50,39 +45,22 @@ def _check_remote(name: str, path: str) -> None:
 
 
 def build_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str, model_repository: str,
-                   beam_args: Sequence[str] = (), trainer: str = "keras",
-                   features: str = feature_spec.DEFAULT_SPEC, model_name: str = configs.MODEL_NAME,
-                   train_steps: Optional[int] = None, eval_steps: Optional[int] = None,
-                   training: Optional[Dict[str, Any]] = None, min_auc: Optional[float] = None,
-                   max_auc_drop: Optional[float] = None, enable_cache: bool = True,
-                   custom_resolvers: bool = True):
-    """pipeline.py's topology with cluster paths; ml-metadata is the orchestrator's own."""
+                   custom_resolvers: bool = True, **knobs: Any):
+    """pipeline.py's topology with cluster paths; ml-metadata is the orchestrator's own.
+
+    `knobs` are RunConfig fields (features, trainer, train_steps, training, ...).
+    """
     _check_remote("pipeline_root", pipeline_root)
     _check_remote("data_root", data_root)
     if not model_repository.startswith("/"):
         # The pusher renames folders atomically: a mounted volume, or /gcs/<bucket> on Vertex.
         raise ValueError(f"model_repository must be an absolute path on a mounted file system, "
                          f"got {model_repository!r}")
-    d = configs.RunConfig()
-    spec = schema_in_image(feature_spec.load(features))
-    return create_pipeline(
-        pipeline_name=pipeline_name,
-        pipeline_root=pipeline_root,
-        data_root=data_root,
-        input_pattern=spanned_input_pattern(spec),
-        spec=spec,
-        model_repository=model_repository,
-        model_name=model_name,
-        trainer_runner=trainer,
-        train_steps=d.train_steps if train_steps is None else train_steps,
-        eval_steps=d.eval_steps if eval_steps is None else eval_steps,
-        training=dict(training or {}),
-        min_auc=d.min_auc if min_auc is None else min_auc,
-        max_auc_drop=d.max_auc_drop if max_auc_drop is None else max_auc_drop,
-        enable_cache=enable_cache,
-        custom_resolvers=custom_resolvers,
-        beam_pipeline_args=configs.DEFAULT_BEAM_ARGS + list(beam_args),
-    )
+    config = configs.RunConfig(data=data_root, pipeline_root=pipeline_root, model_repository=model_repository,
+                               **{k: v for k, v in knobs.items() if v is not None})
+    spec = schema_in_image(feature_spec.load(config.features))
+    return create_pipeline_from_config(config, spec, spans.input_pattern(spec.file_pattern),
+                                       pipeline_name=pipeline_name, custom_resolvers=custom_resolvers)
 
 
 def _split(output_path: str):

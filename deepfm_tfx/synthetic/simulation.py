@@ -11,9 +11,11 @@ import shutil
 import time
 from typing import Any, Dict, List
 
-from pipeline import configs, local_runner, synthetic_data
+from deepfm_tfx.pipeline import configs
+from deepfm_tfx.pipeline.orchestrators import local
+from deepfm_tfx.synthetic import generator
 
-BAD_KINDS = ("broken_column", "shuffled_labels")
+from deepfm_tfx.synthetic import BAD_KINDS
 
 
 def run_weeks(workdir: str, weeks: int, rows: int, bad_week: int, bad_kind: str, seed: int,
@@ -32,14 +34,14 @@ def run_weeks(workdir: str, weeks: int, rows: int, bad_week: int, bad_kind: str,
     for week in range(1, weeks + 1):
         bad = week == bad_week
         print(f"\n== week {week}{' (deliberately bad: ' + bad_kind + ')' if bad else ''}", flush=True)
-        synthetic_data.generate(
+        generator.generate(
             data_root, rows=rows, spans=1, first_span=week, seed=seed,
             shuffle_labels_span=week if bad and bad_kind == "shuffled_labels" else None,
             broken_column_span=week if bad and bad_kind == "broken_column" else None)
         started = time.monotonic()
         try:
-            summary = local_runner.run(config)
-        except local_runner.RunFailed as failed:
+            summary = local.run(config)
+        except local.RunFailed as failed:
             summary = failed.summary
         table.append({
             "week": week, "bad": bad_kind if bad else None,
@@ -66,33 +68,3 @@ def format_table(table: List[Dict[str, Any]]) -> str:
                      f"{f(r['bayes_auc']):>7}  {str(r['blessed']):<7} {f(r['pushed_version']):<14} "
                      f"{f(r['warm_started']):<5} {f(r['blocked_by']):<16} {r['seconds']:>7.1f}")
     return "\n".join(lines)
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("simulate", help="simulate N weeks of automatic retraining, one bad week included")
-    p.add_argument("--weeks", type=int, default=4)
-    p.add_argument("--rows", type=int, default=20_000, help="rows per weekly span")
-    p.add_argument("--bad-week", type=int, default=3, help="0 for none")
-    p.add_argument("--bad-kind", choices=BAD_KINDS, default="broken_column")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--train-steps", type=int, default=300)
-    p.add_argument("--window-spans", type=int, default=4)
-    p.add_argument("--min-auc", type=float, default=0.6)
-    p.add_argument("--trainer", choices=["keras", "estimator"], default="keras")
-    p.add_argument("--no-warm-start", action="store_true", help="train every week from scratch")
-    p.add_argument("--workdir", default=os.path.join(configs.WORKSPACE, "simulation"))
-    p.add_argument("--verbose", action="store_true")
-    p.set_defaults(func=_main)
-
-
-def _main(args) -> int:
-    from pipeline import console
-    console.configure_logging(args.verbose)
-    table = run_weeks(args.workdir, args.weeks, args.rows, args.bad_week, args.bad_kind, args.seed,
-                      args.train_steps, args.window_spans, args.min_auc, args.trainer,
-                      warm_start=not args.no_warm_start)
-    print("\n" + format_table(table))
-    print(f"\nwritten to {os.path.join(args.workdir, 'pipeline', 'simulation.json')}")
-    bad = [r for r in table if r["bad"]]
-    # The demonstration fails if the bad week got through.
-    return 1 if any(r["pushed"] and not r["blocked_by"] for r in bad) else 0

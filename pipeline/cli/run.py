@@ -1,0 +1,61 @@
+"""`deepfm-tfx run`: one pipeline run on this machine."""
+from __future__ import annotations
+
+import sys
+
+from deepfm_tfx.pipeline import configs
+
+
+def configure(p) -> None:
+    configs.add_arguments(p, names=[
+        "data", "features", "pipeline_root", "model_repository", "model_name", "trainer", "train_steps",
+        "eval_steps", "rows", "seed", "metadata", "summary", "beam_args", "min_auc", "max_auc_drop",
+        "window_spans", "warm_start", "enable_cache"])
+    p.add_argument("--verbose", action="store_true", help="show TF, Beam and absl logs")
+    p.set_defaults(func=cmd_run)
+
+
+SUMMARY_KEYS = ("auc", "bayes_auc", "bayes_auc_span", "logloss", "bayes_logloss", "calibration", "example_count",
+                "baseline_auc", "blessed", "pushed", "pushed_path", "not_pushed_reason", "trainer_runner", "span",
+                "window_spans", "warm_started", "learning_rate_first_step", "learning_rate_last_step",
+                "weight_change_max", "blocked_by")
+
+
+def print_summary(summary) -> None:
+    def fmt(v):
+        return "-" if v is None else (f"{v:.4g}" if isinstance(v, float) and abs(v) < 1e-3 and v
+                                      else f"{v:.4f}" if isinstance(v, float) else str(v))
+    print("\nSummary")
+    for key in SUMMARY_KEYS:
+        if key in summary:
+            print(f"  {key:<25} {fmt(summary.get(key))}")
+    seconds = summary.get("component_seconds", {})
+    if seconds:
+        print("  component seconds (ml-metadata): " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
+    for line in summary.get("evaluator_failures", []) or []:
+        print(f"  evaluator: {line}")
+    print(f"  written to {summary.get('summary_path')}")
+
+
+def cmd_run(args) -> int:
+    from deepfm_tfx.errors import EXIT_BAD_INPUT, DataError
+    from deepfm_tfx.pipeline import console
+    from deepfm_tfx.pipeline.orchestrators import local
+    from deepfm_tfx.schemas.feature_spec import FeatureSpecError
+
+    console.configure_logging(args.verbose)
+    config = configs.from_arguments(args)
+    print(f"deepfm-tfx: {config.trainer} runner, data {config.data or 'synthetic (generated)'}, "
+          f"pipeline root {config.pipeline_root}", flush=True)
+    try:
+        summary = local.run(config)
+    except (DataError, FeatureSpecError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except local.RunFailed as failed:
+        print_summary(failed.summary)
+        print(f"\nerror: {failed.summary.get('error') or 'the model was not blessed; nothing was pushed'}",
+              file=sys.stderr)
+        return failed.exit_code
+    print_summary(summary)
+    return 0
