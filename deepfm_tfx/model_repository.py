@@ -26,6 +26,8 @@ from typing import Any, Dict, Iterator, List, Optional
 
 CONFIG_FILE = "models.config"
 LOCK_FILE = ".lock"
+# An operator's rollback holds until `models release`; TF Serving ignores the file.
+HOLD_FILE = "hold.json"
 _INCOMING = ".incoming-"
 _TMP = ".tmp-"
 _DIGITS = re.compile(r"[0-9]+")
@@ -102,6 +104,23 @@ def _complete(folder: str) -> bool:
         return False
     variables = os.path.join(folder, "variables")
     return not os.path.isdir(variables) or os.path.isfile(os.path.join(variables, "variables.index"))
+
+
+def version_dir(repo: str, model: str, version: int) -> str:
+    return os.path.join(repo, model, str(version))
+
+
+def hold_path(repo: str, model: str) -> str:
+    return os.path.join(repo, model, HOLD_FILE)
+
+
+def held(repo: str, model: str) -> Optional[Dict[str, Any]]:
+    """The operator's hold from `models rollback`, or None: while held, pushes are not served."""
+    path = hold_path(repo, model)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
 
 
 def record_path(repo: str, model: str, version: int) -> str:
@@ -181,8 +200,11 @@ def push(repo: str, model: str, saved_model_dir: str, record: Dict[str, Any]) ->
         _fsync_dir(base)
         record = dict(record, version=version, created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                       path=os.path.abspath(final))
+        hold = held(repo, model)
+        record["served_on_push"] = hold is None
         _atomic_write(record_path(repo, model, version), json.dumps(record, indent=2, sort_keys=True))
-        _serve(repo, model, version)
+        if hold is None:
+            _serve(repo, model, version)
     return version
 
 
@@ -210,7 +232,11 @@ def list_models(repo: str, model: str) -> List[Dict[str, Any]]:
 
 
 def rollback(repo: str, model: str, version: int) -> None:
-    """Serves another complete version by rewriting models.config; deletes nothing."""
+    """Serves another complete version by rewriting models.config; deletes nothing.
+
+    The rollback holds: later pushes land as versions but are not served
+    until `release`.
+    """
     base = os.path.join(repo, model)
     if not os.path.isdir(base):
         raise RepositoryError(f"{repo} has no model {model!r}")
@@ -224,6 +250,18 @@ def rollback(repo: str, model: str, version: int) -> None:
             raise RepositoryError(f"{model!r} has no version {version} in {repo}; versions are "
                                   f"{', '.join(map(str, known)) or 'none'}")
         _serve(repo, model, version)
+        _atomic_write(hold_path(repo, model), json.dumps(
+            {"version": version, "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
+
+
+def release(repo: str, model: str) -> Optional[Dict[str, Any]]:
+    """Ends a rollback's hold; the next push is served again. Returns the hold it ended."""
+    with _locked(repo):
+        hold = held(repo, model)
+        if hold is not None:
+            os.remove(hold_path(repo, model))
+            _fsync_dir(os.path.join(repo, model))
+    return hold
 
 
 def prune(repo: str, model: str, keep: int, dry_run: bool = False) -> List[int]:

@@ -102,7 +102,7 @@ def evaluated_columns(examples_uri: str, split: str = "eval", chunk_rows: int = 
         yield columns, columns.pop("label").astype(np.int64)
 
 
-BAYES_MEMO = "bayes_of_eval_split.json"  # beside the examples it describes
+BAYES_MEMO = "bayes_of_eval_split.v2.json"  # beside the examples it describes
 
 
 def examples_uri(executions: List[Dict[str, Any]]) -> Optional[str]:
@@ -142,8 +142,9 @@ def build(executions: List[Dict[str, Any]], trainer_runner: str,
         "bayes_auc": bayes.get("bayes_auc") if bayes else None,
         "bayes_logloss": bayes.get("bayes_logloss") if bayes else None,
         "bayes_rows": bayes.get("bayes_rows") if bayes else None,
+        "stale_bayes_auc": bayes.get("stale_bayes_auc") if bayes else None,
         "bayes_auc_span": bayes.get("bayes_auc_span") if bayes else None,
-        "blessed": False, "pushed": False, "pushed_path": None, "pushed_version": None,
+        "blessed": False, "pushed": False, "pushed_path": None, "pushed_version": None, "not_pushed_reason": None,
         "trainer_runner": trainer_runner,
         "span": None,
         "examples_artifact_id": None,
@@ -172,6 +173,9 @@ def build(executions: List[Dict[str, Any]], trainer_runner: str,
         info = training_info.read(trained[0].uri)
         summary["warm_started"] = info.get("warm_started")
         summary["warm_start_note"] = info.get("warm_start_note")
+        for key in ("warm_start_slots", "global_step_start", "learning_rate_first_step",
+                    "learning_rate_last_step", "weight_change", "weight_change_max"):
+            summary[key] = info.get(key)
     evaluator = by_node.get("Evaluator")
     if evaluator and evaluator["outputs"].get("ModelEvaluation"):
         uri = evaluator["outputs"]["ModelEvaluation"][0].uri
@@ -190,4 +194,5 @@ def build(executions: List[Dict[str, Any]], trainer_runner: str,
         summary["pushed"] = bool(_custom(pushed, "pushed"))
         summary["pushed_path"] = _custom(pushed, "pushed_destination")
         summary["pushed_version"] = _custom(pushed, "pushed_version")
+        summary["not_pushed_reason"] = _custom(pushed, "not_pushed_reason")
     return summary

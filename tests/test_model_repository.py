@@ -115,8 +115,28 @@ def test_rollback_changes_only_what_is_served(tmp_path, saved_models):
 
     assert mr.serving_version(repo, MODEL) == v1
     assert f"versions: {v1} }}" in _config(repo) and str(v2) not in _config(repo)
-    assert sorted(os.listdir(os.path.join(repo, MODEL))) == files_before
+    # Nothing moved or vanished; the only new file is the rollback's hold.
+    assert sorted(os.listdir(os.path.join(repo, MODEL))) == sorted(files_before + [mr.HOLD_FILE])
     assert mr.versions(repo, MODEL) == [v1, v2]
+
+
+def test_a_rollback_holds_until_release(tmp_path, saved_models):
+    repo = str(tmp_path / "repo")
+    v1 = mr.push(repo, MODEL, saved_models[2.0], RECORD)
+    mr.push(repo, MODEL, saved_models[3.0], RECORD)
+    mr.rollback(repo, MODEL, v1)
+
+    held_push = mr.push(repo, MODEL, saved_models[3.0], RECORD)
+    assert mr.serving_version(repo, MODEL) == v1 and _served_output(repo, v1) == 2.0
+    assert mr.read_record(repo, MODEL, held_push)["served_on_push"] is False
+    assert mr.held(repo, MODEL)["version"] == v1
+
+    assert mr.release(repo, MODEL)["version"] == v1
+    assert mr.serving_version(repo, MODEL) == v1  # release alone changes nothing served
+    assert mr.release(repo, MODEL) is None
+    after = mr.push(repo, MODEL, saved_models[3.0], RECORD)
+    assert mr.serving_version(repo, MODEL) == after
+    assert mr.read_record(repo, MODEL, after)["served_on_push"] is True
 
 
 def test_rollback_to_an_unknown_or_incomplete_version_fails_and_changes_nothing(tmp_path, saved_models):
@@ -144,7 +164,7 @@ def test_prune_keeps_the_serving_and_the_newest(three_versions):
 
     assert mr.versions(repo, MODEL) == [v1, v3]
     assert sorted(os.listdir(os.path.join(repo, MODEL))) == sorted(
-        [str(v1), str(v3), f"{v1}.record.json", f"{v3}.record.json"])
+        [str(v1), str(v3), f"{v1}.record.json", f"{v3}.record.json", mr.HOLD_FILE])
     assert mr.serving_version(repo, MODEL) == v1
     assert _served_output(repo, v1) == 2.0
     with pytest.raises(mr.RepositoryError, match="at least 1"):
@@ -168,7 +188,7 @@ def test_cli_list_prints_a_table_and_json(three_versions, capsys):
 
     assert _run_cli(["models", "list", "--model-repository", repo]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == f"{repo}/{MODEL}: 3 version(s), serving {v2}"
+    assert out[0].startswith(f"{repo}/{MODEL}: 3 version(s), serving {v2} (held by a rollback since ")
     assert out[1].split() == ["VERSION", "SERVING", "CREATED", "RUNNER", "AUC", "LOGLOSS", "SPANS", "WARM",
                               "RUN", "ID", "DATA"]
     rows = {int(line.split()[0]): line for line in out[2:]}

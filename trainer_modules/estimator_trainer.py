@@ -6,6 +6,7 @@ layout, so the pipeline swaps runners with one dotted path and the Estimator
 path keeps working after TFX removed its executor (1.16).
 """
 import os
+import re
 import shutil
 import tempfile
 
@@ -18,6 +19,7 @@ from deepfm_tfx.trainer_modules import training_setup
 from deepfm_tfx.trainer_modules.deepfm import DeepFM
 
 LOGITS = "logits"
+MODEL_VARIABLES = r"^deepfm/"
 
 
 def make_model_fn(inputs: training_setup.TrainerInputs, train_steps: int):
@@ -49,6 +51,18 @@ def make_model_fn(inputs: training_setup.TrainerInputs, train_steps: int):
     return model_fn
 
 
+def _global_step(checkpoint) -> int:
+    if not checkpoint:
+        return 0
+    return int(tf.train.load_checkpoint(checkpoint).get_tensor(tf.compat.v1.GraphKeys.GLOBAL_STEP))
+
+
+def _model_variables(checkpoint: str):
+    reader = tf.train.load_checkpoint(checkpoint)
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if re.match(MODEL_VARIABLES, name) and "/Adam" not in name}
+
+
 def run_fn(fn_args: FnArgs) -> None:
     inputs = training_setup.load_inputs(fn_args)
     config = inputs.config
@@ -59,15 +73,18 @@ def run_fn(fn_args: FnArgs) -> None:
     warm_from, note = training_setup.warm_start_source(fn_args, inputs)
     warm_start = None
     if warm_from:
-        # An exported Estimator SavedModel's variables are a name-based checkpoint.
+        # An exported Estimator SavedModel's variables are a name-based checkpoint
+        # of the model only: Adam's slots and the global step start fresh (the
+        # regex matches trainable variables only), so this run's schedule starts at 0.
         warm_start = tf.estimator.WarmStartSettings(
             ckpt_to_initialize_from=os.path.join(warm_from, "variables", "variables"),
-            vars_to_warm_start=r"^deepfm/")
+            vars_to_warm_start=MODEL_VARIABLES)
     estimator = tf.estimator.Estimator(make_model_fn(inputs, fn_args.train_steps), config=run_config, warm_start_from=warm_start)
 
     def input_fn(files):
         return lambda: training_setup.make_dataset(files, fn_args.data_accessor, inputs, config.batch_size)
 
+    step_start = _global_step(estimator.latest_checkpoint())
     tf.estimator.train_and_evaluate(
         estimator,
         tf.estimator.TrainSpec(input_fn(fn_args.train_files), max_steps=fn_args.train_steps),
@@ -80,4 +97,11 @@ def run_fn(fn_args: FnArgs) -> None:
     shutil.copytree(exported.decode() if isinstance(exported, bytes) else exported, fn_args.serving_model_dir,
                     dirs_exist_ok=True)
     shutil.rmtree(export_base, ignore_errors=True)
-    training_setup.write_training_info(fn_args, inputs, warm_from, note)
+    measured = training_setup.learning_rate_record(
+        config, fn_args.train_steps, step_start, _global_step(estimator.latest_checkpoint()))
+    measured["warm_start_slots"] = "reset"  # the export carries no optimizer slots to carry over
+    if warm_from:
+        measured.update(training_setup.weight_change(
+            _model_variables(os.path.join(warm_from, "variables", "variables")),
+            _model_variables(estimator.latest_checkpoint())))
+    training_setup.write_training_info(fn_args, inputs, warm_from, note, **measured)

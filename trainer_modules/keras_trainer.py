@@ -1,12 +1,10 @@
-"""Keras runner: TFX Trainer's `run_fn` training DeepFM with model.fit."""
+"""Keras trainer: TFX Trainer's `run_fn` training DeepFM with model.fit."""
 import os
 
 import tensorflow as tf
 from tfx.components.trainer.fn_args_utils import FnArgs
 
-from deepfm_tfx.trainer_modules import serving
-
-from deepfm_tfx.trainer_modules import training_setup
+from deepfm_tfx.trainer_modules import serving, training_setup
 from deepfm_tfx.trainer_modules.deepfm import DeepFM
 
 
@@ -21,6 +19,29 @@ def build_model(inputs: training_setup.TrainerInputs, train_steps: int) -> tf.ke
     return model
 
 
+def warm_start(model: tf.keras.Model, warm_from: str, inputs: training_setup.TrainerInputs, first_batch) -> None:
+    """Loads last week's weights; this run's step counter and schedule start at 0.
+
+    A Keras SavedModel's checkpoint also holds its optimizer, step counter
+    included: restored as is, the cosine schedule would start where last week's
+    ended, at learning rate 0. "reset" takes the weights only; "carry" also
+    keeps Adam's moments but still restarts the step counter.
+    """
+    checkpoint = os.path.join(warm_from, "variables", "variables")
+    model(first_batch)  # create the variables, then overwrite them
+    if inputs.config.warm_start_slots == "carry":
+        model.optimizer.build(model.trainable_variables)
+        model.load_weights(checkpoint).expect_partial()
+    else:
+        # A donor without an optimizer: checkpoint restores are deferred, so
+        # loading into `model` would restore its optimizer once compile attaches it.
+        donor = DeepFM(inputs.layout, inputs.config.model)
+        donor(first_batch)
+        donor.load_weights(checkpoint).expect_partial()
+        model.set_weights(donor.get_weights())
+    model.optimizer.iterations.assign(0)
+
+
 def run_fn(fn_args: FnArgs) -> None:
     inputs = training_setup.load_inputs(fn_args)
     config = inputs.config
@@ -31,13 +52,19 @@ def run_fn(fn_args: FnArgs) -> None:
     with strategy.scope():
         model = build_model(inputs, fn_args.train_steps)
         if warm_from:
-            model(next(iter(train))[0])  # create the variables, then overwrite them
-            # The SavedModel's root object is the DeepFM model itself.
-            model.load_weights(os.path.join(warm_from, "variables", "variables")).expect_partial()
+            warm_start(model, warm_from, inputs, next(iter(train))[0])
+    base_weights = {v.name: v.numpy() for v in model.weights} if warm_from else None
+    step_start = int(model.optimizer.iterations.numpy())
     model.fit(
         train, steps_per_epoch=fn_args.train_steps, epochs=1,
         validation_data=evaluation, validation_steps=fn_args.eval_steps, verbose=0,
         callbacks=[tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq=100)])
-    training_setup.write_training_info(fn_args, inputs, warm_from, note)
+    step_end = int(model.optimizer.iterations.numpy())
+    measured = training_setup.learning_rate_record(config, fn_args.train_steps, step_start, step_end)
+    measured["warm_start_slots"] = config.warm_start_slots if warm_from else None
+    if base_weights is not None:
+        measured.update(training_setup.weight_change(
+            base_weights, {v.name: v.numpy() for v in model.weights}))
+    training_setup.write_training_info(fn_args, inputs, warm_from, note, **measured)
     model.save(fn_args.serving_model_dir, save_format="tf",
                signatures=serving.keras_signatures(model, inputs.transform_output, inputs.spec.label))

@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 from tfx.components.trainer.fn_args_utils import FnArgs
@@ -63,6 +64,29 @@ def learning_rate(config: TrainingConfig, train_steps: int):
     if config.learning_rate_decay == "none":
         return config.learning_rate
     raise ValueError(f"unknown learning_rate_decay {config.learning_rate_decay!r}; use cosine or none")
+
+
+def learning_rate_record(config: TrainingConfig, train_steps: int, step_start: int, step_end: int) -> Dict[str, Any]:
+    """The rate at this run's first and last step, from the optimizer's own step counter."""
+    rate = learning_rate(config, train_steps)
+
+    def at(step: int) -> float:
+        return float(rate(step)) if callable(rate) else float(rate)
+    return {"global_step_start": step_start, "global_step_end": step_end,
+            "learning_rate_first_step": at(step_start), "learning_rate_last_step": at(max(step_end - 1, step_start))}
+
+
+def weight_change(base: Dict[str, np.ndarray], trained: Dict[str, np.ndarray]) -> Dict[str, Any]:
+    """Relative L2 change of every variable the two share: ||w - w0|| / ||w0||."""
+    change = {}
+    for name in sorted(set(base) & set(trained)):
+        before, after = np.asarray(base[name], np.float64), np.asarray(trained[name], np.float64)
+        if before.shape != after.shape or before.dtype.kind not in "fc":
+            continue
+        norm = np.linalg.norm(before)
+        delta = np.linalg.norm(after - before)
+        change[name] = float(delta / norm) if norm > 0 else float(delta)
+    return {"weight_change": change, "weight_change_max": max(change.values()) if change else 0.0}
 
 
 def distribution_strategy(name: str) -> Optional[tf.distribute.Strategy]:

@@ -18,6 +18,7 @@ COMMANDS = {
     "generate-data": ("data", "write synthetic Criteo-format spans with known Bayes metrics"),
     "simulate": ("simulate", "simulate N weeks of automatic retraining, one bad week included"),
     "models": ("models", "list, roll back, release or prune the versions in the model repository"),
+    "schema": ("schema", "export the schema frozen by the first run, for review"),
     "compile": ("orchestrate", "compile for Kubeflow Pipelines (v1 YAML, v2 JSON) or install the Airflow DAG"),
     "schedule": ("orchestrate", "create a weekly recurring run on Kubeflow Pipelines"),
 }

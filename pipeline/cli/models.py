@@ -1,4 +1,4 @@
-"""`deepfm-tfx models list|rollback|prune`: the versioned model repository.
+"""`deepfm-tfx models list|rollback|release|prune`: the versioned model repository.
 
 Needs no TensorFlow: it answers in well under a second, as an incident demands.
 """
@@ -55,12 +55,15 @@ def cmd_list(args) -> int:
     serving = model_repository.serving_version(repo, model)
     if args.json:
         print(json.dumps({"model_repository": repo, "model_name": model, "serving_version": serving,
+                          "hold": model_repository.held(repo, model),
                           "versions": rows}, indent=2, sort_keys=True))
         return 0
     if not rows:
         print(f"{repo}: no versions of {model!r}")
         return 0
-    print(f"{repo}/{model}: {len(rows)} version(s), serving {serving if serving is not None else 'none'}")
+    hold = model_repository.held(repo, model)
+    print(f"{repo}/{model}: {len(rows)} version(s), serving {serving if serving is not None else 'none'}"
+          + (f" (held by a rollback since {hold['since']}; `models release` ends it)" if hold else ""))
     print(_table(rows))
     if serving is not None and not any(r["serving"] for r in rows):
         print(f"warning: {model_repository.CONFIG_FILE} serves version {serving}, which is not a complete "
@@ -77,10 +80,26 @@ def cmd_rollback(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if before == args.version:
-        print(f"{model} already serves version {args.version}; nothing changed")
+        print(f"{model} already serves version {args.version}; held there until `deepfm-tfx models release`")
     else:
         print(f"{model}: serving version {args.version} (was {before if before is not None else 'none'}); "
-              f"nothing was deleted")
+              f"nothing was deleted; held there until `deepfm-tfx models release` (pushes land unserved)")
+    return 0
+
+
+def cmd_release(args) -> int:
+    repo, model = args.model_repository, args.model_name
+    try:
+        hold = model_repository.release(repo, model)
+    except (model_repository.RepositoryError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    serving = model_repository.serving_version(repo, model)
+    if hold is None:
+        print(f"{model}: no rollback hold; nothing changed (serving {serving})")
+    else:
+        print(f"{model}: released the hold on version {hold['version']} (since {hold['since']}); still serving "
+              f"{serving}; the next push is served")
     return 0
 
 
@@ -120,6 +139,10 @@ def configure(m) -> None:
                         help="serve an existing version by rewriting models.config; deletes nothing")
     rb.add_argument("version", type=int)
     rb.set_defaults(func=cmd_rollback)
+
+    rl = sub.add_parser("release", parents=[common],
+                        help="end a rollback's hold: the next push is served again; serving stays as is")
+    rl.set_defaults(func=cmd_release)
 
     pr = sub.add_parser("prune", parents=[common], help="remove old versions, never the served one")
     pr.add_argument("--keep", type=int, required=True, help="newest versions to keep, besides the served one")

@@ -98,11 +98,12 @@ def create_dag(settings: Optional[AirflowSettings] = None):
     from deepfm_tfx import spans
     from deepfm_tfx.pipeline import metadata
     from deepfm_tfx.pipeline.pipeline import create_pipeline_from_config
-    from deepfm_tfx.schemas import feature_spec
+    from deepfm_tfx.schemas import feature_spec, frozen_schema
 
     settings = settings or settings_from_env()
     config = settings.run
-    spec = feature_spec.load(config.features)
+    # A schema frozen by an earlier run is imported once it exists (the DAG is re-parsed).
+    spec = frozen_schema.apply(feature_spec.load(config.features), config.pipeline_root)
     # Weekly data arrives as span-<N>/ folders; ExampleGen takes the newest at run time.
     pipeline = create_pipeline_from_config(
         config, spec, spans.input_pattern(spec.file_pattern),

@@ -21,7 +21,7 @@ from deepfm_tfx.pipeline import metadata
 from deepfm_tfx.pipeline import run_summary
 from deepfm_tfx.synthetic import generator
 from deepfm_tfx.pipeline.pipeline import create_pipeline_from_config
-from deepfm_tfx.schemas import feature_spec
+from deepfm_tfx.schemas import feature_spec, frozen_schema
 
 
 class RunFailed(RuntimeError):
@@ -77,9 +77,20 @@ def _message_of(exc: BaseException) -> str:
     return text.split(" [while running")[0].strip()
 
 
+# Gates that judge the data itself: a week they stop must not define the schema.
+DATA_GATES = ("ExampleValidator", "DriftSkew")
+
+
+def _inferred_schema_uri(executions) -> Optional[str]:
+    for execution in executions:
+        if execution["node"] == "SchemaGen" and execution["outputs"].get("Schema"):
+            return execution["outputs"]["Schema"][0].uri
+    return None
+
+
 def run(config: configs.RunConfig) -> Dict[str, Any]:
     """Runs one pipeline run; returns the summary or raises RunFailed with it."""
-    spec = feature_spec.load(config.features)
+    spec = frozen_schema.apply(feature_spec.load(config.features), config.pipeline_root)
     ensure_default_data(config)
     input_pattern, span = input_layout(config.data_root, spec)
     pipeline = build(config, spec, input_pattern)
@@ -99,6 +110,9 @@ def run(config: configs.RunConfig) -> Dict[str, Any]:
     if bayes:
         bayes = run_summary.bayes_of_evaluated_rows(bayes, run_summary.examples_uri(executions))
     summary = run_summary.build(executions, config.trainer, bayes, error=error, blocked_by=blocked_by)
+    inferred = _inferred_schema_uri(executions)
+    if inferred and summary["blocked_by"] not in DATA_GATES and exit_code in (0, 3):
+        summary["frozen_schema"] = frozen_schema.freeze(inferred, spec, config.pipeline_root)
     summary["wall_seconds"] = round(time.monotonic() - started, 1)
     summary["data_root"] = os.path.abspath(config.data_root)
     if exit_code == 0 and not summary["blessed"]:

@@ -1,0 +1,66 @@
+"""The frozen schema: inferred once, then every later week is checked against it.
+
+Without a curated `schema:` in the feature spec, SchemaGen would infer a new
+schema from every new span, so a broken week would define its own schema and
+no gate could fire. Instead the first good run's inferred schema is frozen
+under the pipeline root, with drift and skew thresholds on every feature,
+and later runs import it. Review it with `deepfm-tfx schema export`, then
+put it in the spec (`schema: FILE`) to make it curated.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Optional
+
+from deepfm_tfx.schemas.feature_spec import FeatureSpec
+
+FOLDER = "frozen_schema"
+FILE_NAME = "schema.pbtxt"
+# L-infinity distance of a categorical's value frequencies vs the previous span.
+CATEGORICAL_DRIFT = 0.1
+CATEGORICAL_SKEW = 0.15
+# Jensen-Shannon divergence of a numeric's histogram vs the previous span.
+NUMERICAL_DRIFT = 0.1
+NUMERICAL_SKEW = 0.15
+# A categorical with an inferred domain may see new values, but not mostly new ones.
+MIN_DOMAIN_MASS = 0.9
+
+
+def path(pipeline_root: str) -> str:
+    return os.path.join(pipeline_root, FOLDER, FILE_NAME)
+
+
+def apply(spec: FeatureSpec, pipeline_root: str) -> FeatureSpec:
+    """The spec to run with: a curated schema wins, else a frozen one if there is one."""
+    if spec.schema_file or not os.path.exists(path(pipeline_root)):
+        return spec
+    return dataclasses.replace(spec, schema_file=os.path.abspath(path(pipeline_root)))
+
+
+def freeze(inferred_schema_uri: str, spec: FeatureSpec, pipeline_root: str) -> Optional[str]:
+    """Writes the inferred schema with thresholds as the frozen one; None if one exists."""
+    from tensorflow_metadata.proto.v0 import schema_pb2
+    from tfx.utils import io_utils
+
+    target = path(pipeline_root)
+    if os.path.exists(target):
+        return None
+    schema = io_utils.SchemaReader().read(io_utils.get_only_uri_in_dir(inferred_schema_uri))
+    categorical = set(spec.categorical) | {m.name for m in spec.multivalent}
+    for feature in schema.feature:
+        if feature.name == spec.label:
+            continue
+        if feature.name in categorical or feature.type == schema_pb2.BYTES:
+            feature.drift_comparator.infinity_norm.threshold = CATEGORICAL_DRIFT
+            feature.skew_comparator.infinity_norm.threshold = CATEGORICAL_SKEW
+            if feature.HasField("domain") or feature.HasField("string_domain"):
+                feature.distribution_constraints.min_domain_mass = MIN_DOMAIN_MASS
+        elif feature.name in spec.numerical:
+            feature.drift_comparator.jensen_shannon_divergence.threshold = NUMERICAL_DRIFT
+            feature.skew_comparator.jensen_shannon_divergence.threshold = NUMERICAL_SKEW
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    tmp = target + ".tmp"
+    io_utils.write_pbtxt_file(tmp, schema)
+    os.replace(tmp, target)
+    return target
