@@ -180,6 +180,40 @@ def test_v2_image_module_references_and_parameters(v2):
     assert constant("ModelRepositoryPusher", "model_repository_dir") == MODEL_REPOSITORY
 
 
+def _nodes(pipeline):
+    """node id -> (its resolver strategy's name or "", {input key: the node ids it reads from})."""
+    from tfx.dsl.components.common import resolver
+    out = {}
+    for node in pipeline.components:
+        strategy = node.exec_properties.get(resolver.RESOLVER_STRATEGY_CLASS) \
+            if isinstance(node, resolver.Resolver) else None
+        out[node.id] = (strategy.__name__ if strategy else "",
+                        {key: channel.get_data_dependent_node_ids() for key, channel in node.inputs.items()})
+    return out
+
+
+def test_v2_differences_name_every_node_that_differs_and_nothing_else():
+    paths = dict(pipeline_name="p", pipeline_root=PIPELINE_ROOT, data_root=DATA_ROOT,
+                 model_repository=MODEL_REPOSITORY)
+    v1_nodes = _nodes(kubeflow.build_pipeline(custom_resolvers=True, **paths))
+    v2_nodes = _nodes(kubeflow.build_pipeline(custom_resolvers=False, **paths))
+    listed = {d.node: d for d in kubeflow.V2_DIFFERENCES}
+    assert set(v2_nodes) <= set(v1_nodes)
+    assert set(listed) == {n for n in v1_nodes if n not in v2_nodes or v1_nodes[n][0] != v2_nodes[n][0]}
+    for name, d in listed.items():
+        assert d.v1_strategy == v1_nodes[name][0]
+        assert d.v2_strategy == (v2_nodes[name][0] if name in v2_nodes else "")
+    # Apart from the resolvers, only what read the dropped window changed: it reads ExampleGen instead.
+    rewired = {n for n in v2_nodes if v1_nodes[n][1] != v2_nodes[n][1]}
+    assert rewired == {"Transform", "ModelRepositoryPusher"}
+    for n in rewired:
+        assert {k: {"SpecCsvExampleGen" if p == "training_window" else p for p in producers}
+                for k, producers in v1_nodes[n][1].items()} == v2_nodes[n][1]
+    text = kubeflow.describe_v2_differences()
+    for d in kubeflow.V2_DIFFERENCES:
+        assert f"{d.node}: " in text and d.v1_strategy in text and d.v2_strategy in text
+
+
 # --- Weekly schedule ---------------------------------------------------------------------------
 
 class FakeKfpClient:
@@ -248,7 +282,11 @@ def test_cli_compile_kubeflow_v2_writes_the_job(tmp_path, capsys):
         job = json.load(f)
     assert job["runtimeConfig"]["gcsOutputDirectory"] == PIPELINE_ROOT
     assert IMAGE in json.dumps(job["pipelineSpec"]["deploymentSpec"])
-    assert str(out) in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert str(out) in printed.out
+    # What v2 runs differently is said at compile time, not discovered in production.
+    assert kubeflow.describe_v2_differences() in printed.err
+    assert "training_window: absent" in printed.err
 
 
 def test_cli_compile_reports_bad_flags(tmp_path, capsys):

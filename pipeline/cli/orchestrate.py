@@ -102,6 +102,9 @@ def cmd_compile(args) -> int:
         else:
             path = _compile_kubeflow(args, args.output)
             print(f"wrote {args.target} pipeline {path}")
+            if args.target == "kubeflow-v2":
+                from deepfm_tfx.pipeline.orchestrators import kubeflow
+                print(kubeflow.describe_v2_differences(), file=sys.stderr)
     except (ValueError, FeatureSpecError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

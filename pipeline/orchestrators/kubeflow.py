@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 from tfx import v1 as tfx
 
@@ -28,6 +28,42 @@ DEFAULT_DATA_ROOT = f"{MOUNT_PATH}/data"
 DEFAULT_MODEL_REPOSITORY = f"{MOUNT_PATH}/model_repository"
 # Vertex/KFP v2 pipeline names allow only [a-z0-9-].
 V2_PIPELINE_NAME = configs.PIPELINE_NAME.replace("_", "-")
+
+
+class V2Difference(NamedTuple):
+    node: str
+    v1_strategy: str  # what the local, Airflow and KFP v1 runs resolve with
+    v2_strategy: str  # what a KFP v2 package resolves with instead; "" when the node is absent
+    effect: str
+
+
+# Everything a KFP v2 package runs differently, in one place: compile prints
+# it, the README repeats it, tests/test_kubeflow.py checks it against both builds.
+V2_DIFFERENCES = (
+    V2Difference("training_window", "RollingSpanWindowStrategy", "",
+                 "Transform and the pusher read SpecCsvExampleGen's output, so the model trains on the "
+                 "newest span only (--window-spans has no effect)"),
+    V2Difference("latest_blessed_model_resolver", "EarlierBlessedModelStrategy", "LatestBlessedModelStrategy",
+                 "the warm start and the Evaluator's baseline are the newest blessed model; on a re-run of a "
+                 "week that is the week's own model, so the re-run retrains instead of coming from the cache"),
+    V2Difference("previous_statistics", "EarlierWeekStrategy", "LatestArtifactStrategy",
+                 "the drift baseline is the newest statistics; on a re-run of a week that is the week's own, "
+                 "so DriftGate compares the week with itself"),
+    V2Difference("latest_transform_cache", "EarlierWeekStrategy", "LatestArtifactStrategy",
+                 "the analyzer cache is the newest one; on a re-run of a week it already holds that week, "
+                 "so Transform re-executes"),
+)
+
+
+def describe_v2_differences() -> str:
+    """What `deepfm-tfx compile --target kubeflow-v2` prints after writing the job."""
+    lines = ["note: KFP v2 compiles only TFX's own resolver strategies and orders no resolver after a "
+             "component, so this job differs from the local, Airflow and KFP v1 pipeline:"]
+    for d in V2_DIFFERENCES:
+        instead = f"{d.v2_strategy} instead of {d.v1_strategy}" if d.v2_strategy else \
+            f"absent (elsewhere {d.v1_strategy})"
+        lines.append(f"  - {d.node}: {instead}: {d.effect}.")
+    return "\n".join(lines)
 
 
 def schema_in_image(spec: feature_spec.FeatureSpec) -> feature_spec.FeatureSpec:
@@ -105,7 +141,8 @@ def compile_v2(output_path: str, *, pipeline_root: str = DEFAULT_PIPELINE_ROOT,
                pipeline_name: str = V2_PIPELINE_NAME, **options: Any) -> str:
     """Writes a KFP v2 / Vertex AI PipelineJob (.json); returns its path.
 
-    On Vertex, GCS buckets are mounted at /gcs/<bucket>, which suits the model
+    Its resolvers differ from the other orchestrators' (V2_DIFFERENCES). On
+    Vertex, GCS buckets are mounted at /gcs/<bucket>, which suits the model
     repository; the pipeline root is the job's gcsOutputDirectory.
     """
     if not output_path.endswith(".json"):
