@@ -93,10 +93,11 @@ def run_fn(fn_args: FnArgs) -> None:
     # Estimator exports under a timestamped folder; TFX expects the model itself.
     export_base = tempfile.mkdtemp(dir=os.path.dirname(fn_args.serving_model_dir.rstrip("/")) or None)
     exported = estimator.export_saved_model(
-        export_base, serving.estimator_receiver_fn(inputs.transform_output, inputs.spec.label))
+        export_base, serving.estimator_receiver_fn(inputs.transform_output, inputs.spec))
     shutil.copytree(exported.decode() if isinstance(exported, bytes) else exported, fn_args.serving_model_dir,
                     dirs_exist_ok=True)
     shutil.rmtree(export_base, ignore_errors=True)
+    serving.finish_estimator_export(fn_args.serving_model_dir)
     measured = training_setup.learning_rate_record(
         config, fn_args.train_steps, step_start, _global_step(estimator.latest_checkpoint()))
     measured["warm_start_slots"] = "reset"  # the export carries no optimizer slots to carry over

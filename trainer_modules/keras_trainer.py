@@ -67,4 +67,4 @@ def run_fn(fn_args: FnArgs) -> None:
             base_weights, {v.name: v.numpy() for v in model.weights}))
     training_setup.write_training_info(fn_args, inputs, warm_from, note, **measured)
     model.save(fn_args.serving_model_dir, save_format="tf",
-               signatures=serving.keras_signatures(model, inputs.transform_output, inputs.spec.label))
+               signatures=serving.keras_signatures(model, inputs.transform_output, inputs.spec))

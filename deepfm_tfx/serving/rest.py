@@ -1,0 +1,171 @@
+"""TF Serving's REST API on aiohttp (already in the lock, via Airflow).
+
+    GET  /v1/models/<name>[/versions/<N>|/labels/<L>]             status
+    GET  /v1/models/<name>[/versions/<N>|/labels/<L>]/metadata    signatures
+    POST /v1/models/<name>[/versions/<N>|/labels/<L>]:predict     row or columnar JSON
+
+The paths are matched with TF Serving's own regular expressions
+(http_rest_api_util.cc). Errors are `{"error": "..."}` with the HTTP status
+TF Serving gives the same error. The event loop only moves bytes: parsing
+and the model run in a thread pool, where Session.run releases the GIL.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import threading
+from concurrent import futures
+from typing import Optional
+
+from aiohttp import web
+from google.protobuf import json_format
+
+from deepfm_tfx.serving import errors, grpc_service, requests
+from deepfm_tfx.serving.errors import ServingError
+from deepfm_tfx.serving.loader import ModelManager
+
+log = logging.getLogger("deepfm_tfx.serving")
+
+PREDICT_PATH = re.compile(
+    r"(?i)/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)")
+STATUS_PATH = re.compile(r"(?i)/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?")
+_HEADERS = {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Methods": "POST, GET",
+            "Access-Control-Allow-Headers": "Content-Type"}
+
+
+def _json(body: bytes, status: int = 200) -> web.Response:
+    return web.Response(body=body, status=status, content_type="application/json", headers=_HEADERS)
+
+
+def _error(error: ServingError, status: Optional[int] = None) -> web.Response:
+    return _json(requests.error_body(error.message), status or error.http_status)
+
+
+class RestApi:
+    def __init__(self, manager: ModelManager, threads: int, max_body_bytes: int):
+        self.manager = manager
+        self.max_body_bytes = max_body_bytes
+        self.pool = futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rest")
+
+    def app(self) -> web.Application:
+        # aiohttp enforces the limit on bodies without a Content-Length too.
+        app = web.Application(client_max_size=self.max_body_bytes)
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        return app
+
+    async def handle(self, request: web.Request) -> web.Response:
+        try:
+            return await self._handle(request)
+        except ServingError as e:
+            return _error(e)
+        except web.HTTPRequestEntityTooLarge:
+            return self._too_large(request.content_length)
+        except Exception as e:  # noqa: BLE001 - a bug must answer 500, not drop the connection
+            log.exception("REST %s %s failed", request.method, request.path)
+            return _error(ServingError(errors.INTERNAL, f"{type(e).__name__}: {e}"))
+
+    def _too_large(self, size: Optional[int]) -> web.Response:
+        got = f"of {size} bytes " if size is not None else ""
+        return _error(ServingError(errors.RESOURCE_EXHAUSTED,
+                                   f"request body {got}exceeds the limit of {self.max_body_bytes} bytes "
+                                   f"(deepfm-tfx serve --rest-max-body-bytes)"), 413)
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        path, method = request.path, request.method
+        malformed = errors.invalid(f"Malformed request: {method} {path}")
+        loop = asyncio.get_running_loop()
+        if method == "POST":
+            match = PREDICT_PATH.fullmatch(path)
+            if not match:
+                raise malformed
+            if request.content_length is not None and request.content_length > self.max_body_bytes:
+                return self._too_large(request.content_length)
+            body = await request.read()
+            model, version, label, verb = match.groups()
+            if verb.lower() != "predict":
+                raise ServingError(errors.UNIMPLEMENTED,
+                                   f"{verb} is not served: this model has predict signatures only; use :predict")
+            answer = await loop.run_in_executor(self.pool, self._predict, model, _version(version), label, body)
+            return _json(answer)
+        if method == "GET":
+            match = STATUS_PATH.fullmatch(path)
+            if not match:
+                raise malformed
+            model, version, label, metadata = match.groups()
+            if not model:
+                raise errors.invalid("Missing model name in request.")
+            work = self._metadata if metadata else self._status
+            return _json(await loop.run_in_executor(self.pool, work, model, _version(version), label))
+        raise malformed
+
+    def _predict(self, model: str, version: Optional[int], label: Optional[str], body: bytes) -> bytes:
+        doc = requests.parse_json(body)  # TF Serving parses before it looks the model up
+        signature_name = requests.signature_name_of(doc)
+        servable = self.manager.resolve(model, version, label)
+        try:
+            try:
+                signature = servable.signature(signature_name)
+            except ServingError:
+                raise errors.invalid(f'Serving signature name: "{signature_name or "serving_default"}" '
+                                     f'not found in signature def') from None
+            feeds, form = requests.feeds_from_json(doc, signature.inputs, signature.defaults)
+            return requests.json_response(signature.run(feeds), form)
+        finally:
+            servable.release()
+
+    def _status(self, model: str, version: Optional[int], label: Optional[str]) -> bytes:
+        response = grpc_service.model_status(self.manager, model, version, label)
+        return json_format.MessageToJson(response, preserving_proto_field_name=True,
+                                         including_default_value_fields=True).encode()
+
+    def _metadata(self, model: str, version: Optional[int], label: Optional[str]) -> bytes:
+        from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2
+
+        spec = model_pb2.ModelSpec(name=model)
+        if version is not None:
+            spec.version.value = version
+        if label is not None:
+            spec.version_label = label
+        response = grpc_service.model_metadata(self.manager, spec)
+        signatures = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata[grpc_service.SIGNATURE_DEF].Unpack(signatures)
+        # TF Serving's shape: {"model_spec": ..., "metadata": {"signature_def": <SignatureDefMap>}}
+        return requests.orjson.dumps({
+            "model_spec": json_format.MessageToDict(response.model_spec, preserving_proto_field_name=True,
+                                                    including_default_value_fields=True),
+            "metadata": {"signature_def": json_format.MessageToDict(
+                signatures, preserving_proto_field_name=True, including_default_value_fields=True)}})
+
+
+def _version(text: Optional[str]) -> Optional[int]:
+    return int(text) if text else None
+
+
+class RestServer:
+    """The REST API on its own event-loop thread."""
+
+    def __init__(self, api: RestApi, port: int, host: str = "0.0.0.0"):
+        self.api, self.host, self.port = api, host, port
+        self._loop = asyncio.new_event_loop()
+        self._runner: Optional[web.AppRunner] = None
+        self._thread = threading.Thread(target=self._loop.run_forever, name="rest-loop", daemon=True)
+
+    def start(self) -> int:
+        async def setup():
+            self._runner = web.AppRunner(self.api.app(), access_log=None, handle_signals=False)
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True, backlog=1024)
+            await site.start()
+            return site._server.sockets[0].getsockname()[1]
+
+        self._thread.start()
+        self.port = asyncio.run_coroutine_threadsafe(setup(), self._loop).result(timeout=30)
+        return self.port
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self.api.pool.shutdown(wait=False)

@@ -1,0 +1,137 @@
+"""The `deepfm-tfx serve` process: a model manager, a gRPC server and a REST server.
+
+Like TF Serving's model server, it loads (and warms) the versions models.config
+names before it opens its ports, answers gRPC on --port and REST on
+--rest-api-port (0 turns REST off), and reloads models.config while it runs.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import Optional
+
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+
+
+class ModelServer:
+    """Ports: None turns a protocol off, 0 picks a free port (tests, benchmarks)."""
+
+    def __init__(self, repository: str, grpc_port: Optional[int] = 8500, rest_port: Optional[int] = 8501,
+                 config_file: Optional[str] = None, poll_seconds: float = 1.0,
+                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, grpc_threads: int = 16, rest_threads: int = 8,
+                 host: str = "0.0.0.0", intra_op_threads: int = 1, inter_op_threads: int = -1):
+        from deepfm_tfx.serving import loader, servable
+
+        config = servable.session_config(intra_op_threads, inter_op_threads)
+        self.manager = loader.ModelManager(
+            repository, config_file, poll_seconds,
+            load=lambda model, version, path: servable.Servable(model, version, path, config).load())
+        self._ports = (grpc_port, rest_port)
+        self._limits = (max_body_bytes, grpc_threads, rest_threads, host)
+        self.grpc_server = None
+        self.rest_server = None
+        self.grpc_port: Optional[int] = None
+        self.rest_port: Optional[int] = None
+
+    def start(self) -> "ModelServer":
+        from deepfm_tfx.serving import grpc_service, rest
+
+        grpc_port, rest_port = self._ports
+        max_body_bytes, grpc_threads, rest_threads, host = self._limits
+        self.manager.start()
+        if grpc_port is not None:
+            self.grpc_server, self.grpc_port = grpc_service.build_server(
+                self.manager, grpc_port, grpc_threads, max_body_bytes, host)
+            self.grpc_server.start()
+        if rest_port is not None:
+            self.rest_server = rest.RestServer(rest.RestApi(self.manager, rest_threads, max_body_bytes),
+                                               rest_port, host)
+            self.rest_port = self.rest_server.start()
+        return self
+
+    def stop(self, grace: float = 5.0) -> None:
+        if self.grpc_server is not None:
+            self.grpc_server.stop(grace).wait()
+        if self.rest_server is not None:
+            self.rest_server.stop()
+        self.manager.stop()
+
+    def __enter__(self) -> "ModelServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags, named like TF Serving's; importing this module does not import TensorFlow."""
+    parser.add_argument("--model-repository", required=True,
+                        help="the model repository (it holds models.config and <model>/<version>/)")
+    parser.add_argument("--port", type=int, default=8500, help="gRPC port (default: %(default)s)")
+    parser.add_argument("--rest-api-port", type=int, default=8501, help="REST port; 0 turns REST off "
+                        "(default: %(default)s)")
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")
+    parser.add_argument("--model-config-file", help="default: <model-repository>/models.config")
+    parser.add_argument("--model-config-file-poll-wait-seconds", type=float, default=1.0,
+                        help="how often models.config and the version folders are checked (default: %(default)s)")
+    parser.add_argument("--rest-max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                        help="largest request body (REST) and message (gRPC) accepted (default: %(default)s)")
+    parser.add_argument("--grpc-threads", type=int, default=16, help="gRPC request threads (default: %(default)s)")
+    parser.add_argument("--rest-threads", type=int, default=8, help="REST request threads (default: %(default)s)")
+    parser.add_argument("--intra-op-threads", type=int, default=1,
+                        help="TF threads inside one op (default: %(default)s)")
+    parser.add_argument("--inter-op-threads", type=int, default=-1,
+                        help="TF threads across ops; -1 runs a request's ops in its own thread (default: %(default)s)")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    if not os.path.isdir(args.model_repository):
+        print(f"error: {args.model_repository}: no such model repository", file=sys.stderr)
+        return 2
+    config_file = args.model_config_file or os.path.join(args.model_repository, "models.config")
+    if not os.path.exists(config_file):
+        print(f"error: {config_file} does not exist; push a model first (deepfm-tfx run)", file=sys.stderr)
+        return 2
+    server = ModelServer(
+        args.model_repository, args.port, args.rest_api_port or None, config_file,
+        args.model_config_file_poll_wait_seconds, args.rest_max_body_bytes, args.grpc_threads, args.rest_threads,
+        args.host, args.intra_op_threads, args.inter_op_threads)
+    try:
+        server.start()
+    except OSError as e:
+        print(f"error: {e}", file=sys.stderr)
+        server.stop(grace=0)
+        return 1
+    manager = server.manager
+    for model in manager.models():
+        labels = ", ".join(f"{k}={v}" for k, v in sorted(manager.labels(model).items())) or "no labels"
+        versions = ", ".join(f"{v} {s.state}" for v, s in manager.status(model))
+        print(f"serving {model}: versions {versions}; {labels}", flush=True)
+    if manager.config_error:
+        print(f"warning: {manager.config_error}", file=sys.stderr)
+    print(f"gRPC on {args.host}:{server.grpc_port}"
+          + (f", REST on http://{args.host}:{server.rest_port}/v1/models/<name>" if server.rest_port else "")
+          + f"; watching {config_file}. Ctrl-C stops.", flush=True)
+    stopped = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopped.set())
+    while not stopped.wait(1.0):
+        pass
+    print("stopping: finishing requests in flight", flush=True)
+    server.stop()
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="deepfm-tfx serve", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
