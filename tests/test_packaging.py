@@ -3,6 +3,7 @@
 An installed deepfm-tfx must not shadow a user's own `pipeline`, `schemas` or
 `components` package (Airflow appends its DAG folder to the end of sys.path).
 """
+import json
 import os
 import shutil
 import subprocess
@@ -70,3 +71,47 @@ def test_card_folders_import_only_under_deepfm_tfx(installed, tmp_path):
     configs_file, default_spec = result.stdout.split()
     assert configs_file.startswith(installed) and default_spec.startswith(installed)
     assert os.path.exists(default_spec)
+
+
+# --- commands an operator runs during an incident import no TensorFlow -----------------------
+
+HEAVY = ("tensorflow", "tfx", "apache_beam", "tensorflow_transform", "tensorflow_model_analysis", "keras")
+
+
+def _modules_after_cli(argv, cwd):
+    """Runs `deepfm-tfx ARGV` in a fresh interpreter; returns (exit code, stdout, heavy modules loaded)."""
+    code = ("import contextlib, io, json, sys\n"
+            "from deepfm_tfx.pipeline.cli import main\n"
+            "out = io.StringIO()\n"
+            "with contextlib.redirect_stdout(out):\n"
+            "    try:\n"
+            f"        code = main({list(argv)!r})\n"
+            "    except SystemExit as e:\n"
+            "        code = e.code\n"
+            f"heavy = sorted(m for m in {HEAVY!r} if m in sys.modules)\n"
+            "print(json.dumps([code, out.getvalue(), heavy]))\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_help_imports_no_tensorflow(tmp_path):
+    code, out, heavy = _modules_after_cli(["--help"], str(tmp_path))
+    assert code == 0 and "models" in out and "compile" in out
+    assert heavy == []
+
+
+def test_models_list_imports_no_tensorflow(tmp_path):
+    repo = tmp_path / "model_repository"
+    version = repo / "deepfm" / "1795313945"
+    (version / "variables").mkdir(parents=True)
+    (version / "saved_model.pb").write_bytes(b"")
+    (version / "variables" / "variables.index").write_bytes(b"")
+    (repo / "deepfm" / "1795313945.record.json").write_text('{"metrics": {"auc": 0.8123}, "trainer_runner": "keras"}')
+    (repo / "models.config").write_text(
+        'model_config_list {\n  config {\n    name: "deepfm"\n    base_path: "/models/deepfm"\n'
+        '    model_platform: "tensorflow"\n    model_version_policy { specific { versions: 1795313945 } }\n  }\n}\n')
+    code, out, heavy = _modules_after_cli(["models", "list", "--model-repository", str(repo)], str(tmp_path))
+    assert code == 0
+    assert "1795313945" in out and "0.8123" in out  # it read the repository, not just parsed flags
+    assert heavy == []
