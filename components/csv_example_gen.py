@@ -3,27 +3,24 @@
 TFX's CsvExampleGen infers column types per file (a categorical column whose
 ids happen to be all digits turns into INT), reports a bad row as a Beam stack
 trace, and parses about 4k rows/s. This executor keeps TFX's ExampleGen driver
-(spans, `{SPAN}` patterns, hash splits, caching) and replaces only the parsing:
-Arrow reads each file with the column types from the feature spec, tfx_bsl
-encodes tf.Examples in C++, and any bad input is re-scanned to name the file,
-row and column.
+(spans, `{SPAN}` patterns, caching) and replaces the rest with csv_reader:
+Arrow reads each file with the spec's column types, any bad input names its
+file, row and column, and each row's split is a hash of its own tf.Example
+bytes (or of the spec's split_key), which csv_reader builds deterministically.
 
-It also drops ExampleGen's global Reshuffle before writing: under Beam's
-DirectRunner that holds the whole split in memory (5 GB at 1M rows). Rows
-are shuffled within each Arrow block instead, and the Trainer shuffles again.
+Each input file is written to one TFRecord per split, in the file's order
+shuffled within each Arrow block: no global Reshuffle (under Beam's
+DirectRunner it holds the whole split in memory, 5 GB at 1M rows), and the
+same files give byte-identical splits. It refuses a span whose splits are
+too small to train and evaluate on (csv_reader.check_counts).
 """
 from __future__ import annotations
 
-import csv
 import os
-import zlib
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, List, Sequence, Tuple
 
 import apache_beam as beam
-import pyarrow as pa
-import pyarrow.csv as pcsv
-import pyarrow.compute as pc
-import numpy as np
+from apache_beam.metrics.metric import Metrics, MetricsFilter
 from google.protobuf import json_format, struct_pb2
 from tfx.components.example_gen import utils as example_gen_utils
 from tfx.components.example_gen import write_split
@@ -35,12 +32,13 @@ from tfx.proto import example_gen_pb2
 from tfx.components.util import examples_utils
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
-from tfx_bsl.coders import example_coder
 
-from deepfm_tfx.errors import DataError
+from deepfm_tfx.components import csv_reader
+# Where they were before csv_reader existed.
+from deepfm_tfx.components.csv_reader import check_files, parse_file  # noqa: F401
 from deepfm_tfx.schemas.feature_spec import FeatureSpec
 
-_BLOCK_BYTES = 16 << 20
+_COUNTERS = "SpecCsvExampleGen"
 
 
 def spec_to_custom_config(spec: FeatureSpec) -> example_gen_pb2.CustomConfig:
@@ -63,115 +61,6 @@ def spec_from_exec_properties(exec_properties: Dict[str, Any]) -> FeatureSpec:
     return FeatureSpec.from_dict(d)
 
 
-def _column_types(spec: FeatureSpec) -> Dict[str, pa.DataType]:
-    types = {spec.label: pa.int64()}
-    types.update({c: pa.float32() for c in spec.numerical})
-    types.update({c: pa.binary() for c in spec.categorical})
-    types.update({m.name: pa.string() for m in spec.multivalent})
-    return types
-
-
-def _read_options(spec: FeatureSpec) -> pcsv.ReadOptions:
-    if spec.header:
-        return pcsv.ReadOptions(block_size=_BLOCK_BYTES)
-    return pcsv.ReadOptions(block_size=_BLOCK_BYTES, column_names=spec.column_names)
-
-
-def _file_columns(path: str, spec: FeatureSpec) -> List[str]:
-    if not spec.header:
-        return list(spec.column_names)
-    with fileio.open(path, "r") as f:
-        first = f.readline()
-    if isinstance(first, bytes):
-        first = first.decode("utf-8", "replace")
-    return next(csv.reader([first.rstrip("\r\n")], delimiter=spec.delimiter), [])
-
-
-def check_files(files: List[str], spec: FeatureSpec, where: str) -> None:
-    """Cheap checks before Beam starts: files exist, columns exist, span not empty."""
-    if not files:
-        raise DataError(f"{where}: no data files match the pattern")
-    has_rows = False
-    for path in files:
-        columns = _file_columns(path, spec)
-        missing = [c for c in spec.all_columns if c not in columns]
-        if missing:
-            raise DataError(f"{path}: header lacks column(s) {missing} named by feature spec "
-                            f"'{spec.name}' (header has {columns[:8]}{'...' if len(columns) > 8 else ''})")
-        with fileio.open(path, "r") as f:
-            lines = [f.readline() for _ in range(2 if spec.header else 1)]
-        has_rows = has_rows or bool(lines[-1].strip())
-    if not has_rows:
-        raise DataError(f"{where}: the span is empty (its files hold no data rows)")
-
-
-def _locate_bad_row(path: str, spec: FeatureSpec, arrow_error: Exception) -> DataError:
-    """Re-scans a file Arrow rejected, in Python, to name the row and column."""
-    with fileio.open(path, "r") as f:
-        lines = (ln.decode("utf-8", "replace") if isinstance(ln, bytes) else ln for ln in f)
-        reader = csv.reader((ln.rstrip("\r\n") for ln in lines), delimiter=spec.delimiter)
-        columns = next(reader) if spec.header else list(spec.column_names)
-        index = {c: i for i, c in enumerate(columns)}
-        row_no = 1 if spec.header else 0
-        for row in reader:
-            row_no += 1
-            if not row:
-                continue
-            if len(row) != len(columns):
-                return DataError(f"{path}, row {row_no}: expected {len(columns)} fields, got {len(row)}")
-            value = row[index[spec.label]]
-            if value.strip() in ("", None):
-                return DataError(f"{path}, row {row_no}, column '{spec.label}': the label is missing")
-            for name, kind in [(spec.label, int)] + [(c, float) for c in spec.numerical]:
-                value = row[index[name]].strip()
-                if value == "":
-                    continue
-                try:
-                    kind(value)
-                except ValueError:
-                    what = "an integer label" if kind is int else "a number"
-                    return DataError(f"{path}, row {row_no}, column '{name}': expected {what}, got {value!r}")
-    return DataError(f"{path}: could not be parsed: {arrow_error}")
-
-
-def _to_list_array(array: pa.Array) -> pa.Array:
-    # One value per cell; a null cell becomes an absent feature.
-    offsets = pa.array(range(len(array) + 1), pa.int32())
-    return pa.ListArray.from_arrays(offsets, array, mask=array.is_null())
-
-
-def parse_file(path: str, spec: FeatureSpec, shuffle: bool = False) -> Iterator[bytes]:
-    """Yields one serialized tf.Example per row of a CSV/TSV file; with
-    `shuffle`, in an order permuted within each block."""
-    columns = spec.all_columns
-    multivalent = {m.name: m for m in spec.multivalent}
-    try:
-        reader = pcsv.open_csv(
-            path, read_options=_read_options(spec),
-            parse_options=pcsv.ParseOptions(delimiter=spec.delimiter),
-            convert_options=pcsv.ConvertOptions(
-                column_types=_column_types(spec), include_columns=columns,
-                strings_can_be_null=True, quoted_strings_can_be_null=True, null_values=[""]))
-        encoder = example_coder.RecordBatchToExamplesEncoder()
-        for block, batch in enumerate(reader):
-            if shuffle:  # deterministic per file and block: re-ingesting writes the same files
-                order = np.random.default_rng([zlib.crc32(os.path.basename(path).encode()), block])
-                batch = batch.take(pa.array(order.permutation(batch.num_rows)))
-            if batch.column(spec.label).null_count:
-                raise pa.ArrowInvalid("missing label")
-            arrays = []
-            for name in columns:
-                array = batch.column(name)
-                if name in multivalent:
-                    tokens = pc.split_pattern(array, multivalent[name].separator)
-                    arrays.append(pc.cast(tokens, pa.list_(pa.binary())))
-                else:
-                    arrays.append(_to_list_array(array))
-            yield from encoder.encode(pa.RecordBatch.from_arrays(arrays, columns))
-    except pa.ArrowInvalid as e:
-        raise _locate_bad_row(path, spec, e) from None
-
-
 @beam.ptransform_fn
 @beam.typehints.with_input_types(beam.Pipeline)
 @beam.typehints.with_output_types(bytes)
@@ -187,12 +76,34 @@ def _CsvToExamples(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],
             | "ParseRows" >> beam.FlatMap(parse_file, spec, shuffle=True))
 
 
+def _write_file(item: Tuple[int, str], spec_dict: Dict[str, Any], splits: Sequence[csv_reader.Split],
+                split_dirs: Sequence[str]) -> None:
+    """Writes one input file's rows into one TFRecord per split, counting each split's labels."""
+    import tensorflow as tf
+    index, path = item
+    spec = FeatureSpec.from_dict(spec_dict)
+    options = tf.io.TFRecordOptions(compression_type="GZIP")
+    writers: Dict[int, Any] = {}
+    try:
+        for i, examples, labels in csv_reader.split_file(path, spec, splits):
+            if i not in writers:
+                writers[i] = tf.io.TFRecordWriter(
+                    os.path.join(split_dirs[i], f"data_tfrecord-{index:05d}.gz"), options)
+            for example in examples:
+                writers[i].write(example)
+            for y in csv_reader.LABELS:
+                Metrics.counter(_COUNTERS, f"{splits[i].name}:{y}").inc(int((labels == y).sum()))
+    finally:
+        for writer in writers.values():
+            writer.close()
+
+
 class Executor(BaseExampleGenExecutor):
     def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
         return _CsvToExamples
 
     def Do(self, input_dict, output_dict, exec_properties) -> None:
-        """BaseExampleGenExecutor.Do, writing each split without the global Reshuffle."""
+        """Ingests the span file by file; TFX's own Do would hash-split and Reshuffle the whole span."""
         input_config = example_gen_pb2.Input()
         proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY], input_config)
         output_config = example_gen_pb2.Output()
@@ -200,12 +111,29 @@ class Executor(BaseExampleGenExecutor):
         examples = output_dict[standard_component_specs.EXAMPLES_KEY]
         artifact_utils.get_single_instance(examples).split_names = artifact_utils.encode_split_names(
             example_gen_utils.generate_output_split_names(input_config, output_config))
-        with self._make_beam_pipeline() as pipeline:
-            for split_name, split in self.GenerateExamplesByBeam(pipeline, exec_properties).items():
-                _ = (split | f"WriteSplit[{split_name}]" >> beam.io.WriteToTFRecord(
-                    os.path.join(artifact_utils.get_split_uri(examples, split_name),
-                                 write_split.DEFAULT_FILE_NAME),
-                    file_name_suffix=".gz"))
+        [split_pattern] = [s.pattern for s in input_config.splits]
+        splits = [csv_reader.Split(s.name, s.hash_buckets) for s in output_config.split_config.splits]
+        spec = spec_from_exec_properties(exec_properties)
+        pattern = os.path.join(exec_properties["input_base"], split_pattern)
+        files = sorted(fileio.glob(pattern))
+        check_files(files, spec, pattern)
+        split_dirs = [artifact_utils.get_split_uri(examples, s.name) for s in splits]
+        for folder in split_dirs:
+            fileio.makedirs(folder)
+
+        pipeline = self._make_beam_pipeline()
+        _ = (pipeline
+             | "ListFiles" >> beam.Create(list(enumerate(files)))
+             | "SpreadFiles" >> beam.Reshuffle()
+             | "WriteSplits" >> beam.Map(_write_file, spec.to_dict(), splits, split_dirs))
+        result = pipeline.run()
+        result.wait_until_finish()
+        counts: csv_reader.Counts = {s.name: {y: 0 for y in csv_reader.LABELS} for s in splits}
+        for counter in result.metrics().query(MetricsFilter().with_namespace(_COUNTERS))["counters"]:
+            name, y = counter.key.metric.name.rsplit(":", 1)
+            counts[name][int(y)] += counter.committed if counter.committed is not None else counter.attempted
+        csv_reader.check_counts(counts, pattern)
+
         payload_format = exec_properties.get(standard_component_specs.OUTPUT_DATA_FORMAT_KEY)
         file_format = exec_properties.get(standard_component_specs.OUTPUT_FILE_FORMAT_KEY)
         for artifact in examples:

@@ -26,6 +26,7 @@ from tfx.proto import example_gen_pb2, trainer_pb2
 from tfx.types import standard_artifacts
 from tfx.types.channel import Channel
 
+from deepfm_tfx.components import csv_reader
 from deepfm_tfx.components.csv_example_gen import SpecCsvExampleGen
 from deepfm_tfx.components.gates import AnomalyGate, DriftGate
 from deepfm_tfx.components.span_window import (EarlierBlessedModelStrategy, EarlierWeekStrategy,
@@ -37,6 +38,11 @@ from deepfm_tfx.schemas.feature_spec import FeatureSpec
 # The training loop is chosen by dotted path; these are persisted in ml-metadata.
 RUN_FNS = {trainer: f"deepfm_tfx.trainer_modules.{trainer}_trainer.run_fn" for trainer in configs.TRAINERS}
 PREPROCESSING_FN = "deepfm_tfx.trainer_modules.preprocessing.preprocessing_fn"
+
+
+def splits(eval_fraction_buckets: int = 1) -> List[csv_reader.Split]:
+    """ExampleGen's splits: tenths of each span, by a hash of each row."""
+    return [csv_reader.Split("train", 10 - eval_fraction_buckets), csv_reader.Split("eval", eval_fraction_buckets)]
 
 
 def eval_config(label: str, min_auc: float, max_auc_drop: float) -> tfma.EvalConfig:
@@ -113,8 +119,8 @@ def create_pipeline(
         input_base=data_root, spec=spec,
         input_config=example_gen_pb2.Input(splits=[example_gen_pb2.Input.Split(name="all", pattern=input_pattern)]),
         output_config=example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(splits=[
-            example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=10 - eval_fraction_buckets),
-            example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=eval_fraction_buckets)]))
+            example_gen_pb2.SplitConfig.Split(name=s.name, hash_buckets=s.hash_buckets)
+            for s in splits(eval_fraction_buckets)]))
     ).with_id("SpecCsvExampleGen")
     examples_channel = Channel(
         type=standard_artifacts.Examples, producer_component_id=example_gen.id, output_key="examples")

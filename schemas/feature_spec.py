@@ -50,6 +50,9 @@ class FeatureSpec:
     hash_buckets: int = 100_000
     numerical_transform: str = "log_zscore"
     schema_file: Optional[str] = None  # absolute path to a curated schema.pbtxt
+    # A categorical column whose value alone decides a row's split (e.g. a user
+    # id, so a user's rows never straddle train and eval); None: the whole row.
+    split_key: Optional[str] = None
 
     @property
     def delimiter(self) -> str:
@@ -157,6 +160,10 @@ def load(path: str) -> FeatureSpec:
             _fail(path, f"'{key}' must be an integer >= {minimum}, got {value!r}")
         ints[key] = value
 
+    split_key = raw.get("split_key")
+    if split_key is not None and split_key not in categorical:
+        _fail(path, f"'split_key' must name one of the categorical columns, got {split_key!r}")
+
     schema_file = None
     if raw.get("schema"):
         schema_file = os.path.join(os.path.dirname(os.path.abspath(path)), raw["schema"])
@@ -169,4 +176,4 @@ def load(path: str) -> FeatureSpec:
         format=fmt, header=header, column_names=column_names,
         file_pattern=str(raw.get("file_pattern", "*")),
         categorical_encoding=encoding, numerical_transform=transform,
-        schema_file=schema_file, **ints)
+        schema_file=schema_file, split_key=split_key, **ints)

@@ -99,5 +99,5 @@ def test_empty_span_and_missing_dir(tmp_path):
 
 
 def test_input_layout_picks_the_newest_span(tmp_path):
-    generator.generate(str(tmp_path), rows=50, spans=3, seed=1)
+    generator.generate(str(tmp_path), rows=1500, spans=3, seed=1)
     assert local.input_layout(str(tmp_path), SPEC) == ("span-{SPAN}/*.csv", 3)

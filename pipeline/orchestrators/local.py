@@ -11,7 +11,8 @@ from typing import Any, Dict, Optional, Tuple
 from ml_metadata import metadata_store
 from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
-from deepfm_tfx.components.csv_example_gen import check_files
+from deepfm_tfx.components import csv_reader
+from deepfm_tfx.components.csv_reader import check_files
 from deepfm_tfx.errors import DataError
 from deepfm_tfx.components import span_window
 from deepfm_tfx.components.gates import GateFailed
@@ -20,7 +21,7 @@ from deepfm_tfx.pipeline import configs
 from deepfm_tfx.pipeline import metadata
 from deepfm_tfx.pipeline import run_summary
 from deepfm_tfx.synthetic import generator
-from deepfm_tfx.pipeline.pipeline import create_pipeline_from_config
+from deepfm_tfx.pipeline.pipeline import create_pipeline_from_config, splits
 from deepfm_tfx.schemas import feature_spec, frozen_schema
 
 
@@ -32,17 +33,25 @@ class RunFailed(RuntimeError):
 
 
 def input_layout(data_root: str, spec: feature_spec.FeatureSpec) -> Tuple[str, Optional[int]]:
-    """The ExampleGen pattern for a data folder, and its newest span (None if unspanned)."""
+    """The ExampleGen pattern for a data folder, and its newest span (None if unspanned).
+
+    Reads every row ExampleGen will ingest, so a bad value, or a span too
+    small to split and evaluate, stops the run before any component starts.
+    """
     if not os.path.isdir(data_root):
-        raise DataError(f"{data_root}: data directory does not exist")
+        what = "is not a directory" if os.path.exists(data_root) else "data directory does not exist"
+        raise DataError(f"{data_root}: {what}")
     latest = spans.newest(data_root)
     if latest is not None:
-        pattern = os.path.join(spans.folder(data_root, latest), spec.file_pattern)
-        check_files(sorted(glob.glob(pattern)), spec, pattern)
-        return spans.input_pattern(spec.file_pattern), latest
-    check_files(sorted(glob.glob(os.path.join(data_root, spec.file_pattern))), spec,
-                os.path.join(data_root, spec.file_pattern))
-    return spec.file_pattern, None
+        where = os.path.join(spans.folder(data_root, latest), spec.file_pattern)
+        layout = spans.input_pattern(spec.file_pattern), latest
+    else:
+        where = os.path.join(data_root, spec.file_pattern)
+        layout = spec.file_pattern, None
+    files = sorted(glob.glob(where))
+    check_files(files, spec, where)
+    csv_reader.check_counts(csv_reader.count_splits(files, spec, splits()), where)
+    return layout
 
 
 def ensure_default_data(config: configs.RunConfig) -> None:
