@@ -1,6 +1,5 @@
 """The benchmark harness: its pure helpers, the section dispatcher, and the one
 piece of TF it owns (the in-memory input). No pipeline run, no training."""
-import argparse
 import importlib.machinery
 import json
 import math
