@@ -3,6 +3,12 @@
 Like TFX's Pusher it pushes only blessed models, but it copies atomically and
 writes a record per version: metrics, trainer runner, the spans trained on,
 a data fingerprint, the pipeline run and whether training was warm-started.
+
+Each version gets TF Serving's warmup file (assets.extra/tf_serving_warmup_requests)
+built from real rows of the newest span's eval split, so neither TF Serving nor
+`deepfm-tfx serve` answers its first requests slowly. `push_as` labels it
+stable (all traffic) or canary (beside stable); with `serving_url` the label
+moves only once that server has loaded the version (TF Serving's rule).
 """
 import hashlib
 import json
@@ -20,6 +26,9 @@ from deepfm_tfx import evaluation_results
 from deepfm_tfx import model_repository
 from deepfm_tfx import training_info
 from deepfm_tfx.spans import span_of
+
+WARMUP_ROWS = 256  # real rows replayed at load; TF Serving allows at most 1000 records
+
 
 def data_fingerprint(examples: List[types.Artifact]) -> str:
     """Hash of ExampleGen's input fingerprints (file names, sizes, mtimes) per span."""
@@ -50,6 +59,45 @@ def identical_weights(saved_model_a: str, saved_model_b: str) -> bool:
     return bool(a) and a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
+def eval_rows(examples: List[types.Artifact], n: int) -> List[bytes]:
+    """Up to n serialized tf.Examples of the newest span's eval split."""
+    import tensorflow as tf
+    newest = max(examples, key=span_of)
+    files = sorted(tf.io.gfile.glob(os.path.join(newest.uri, "Split-eval", "*")))
+    if not files:
+        return []
+    return [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP").take(n)]
+
+
+def warmup_file(saved_model_dir: str, model_name: str, rows: List[bytes], spec_json: str) -> Dict[str, bytes]:
+    """{relative path: bytes} of TF Serving's warmup file for this model, or {} without rows."""
+    import tempfile
+
+    import tensorflow as tf
+
+    from deepfm_tfx.serving import warmup
+    from deepfm_tfx.trainer_modules import serving
+
+    if not rows:
+        return {}
+    inputs = warmup.signature_inputs(saved_model_dir).get(serving.FEATURES_SIGNATURE, {})
+    if inputs:  # a request carries no label: keep only what the model takes
+        stripped = []
+        for row in rows:
+            example = tf.train.Example.FromString(row)
+            for key in [k for k in example.features.feature if k not in inputs]:
+                del example.features.feature[key]
+            stripped.append(example.SerializeToString())
+        rows = stripped
+    spec = json.loads(spec_json) if spec_json else {}
+    separators = {m["name"]: m["separator"] for m in spec.get("multivalent", [])}
+    requests = warmup.build_requests(saved_model_dir, model_name, rows, serving.SIGNATURE, serving.INPUT_KEY,
+                                     serving.FEATURES_SIGNATURE, separators)
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(warmup.write(tmp, requests), "rb") as f:
+            return {warmup.RELATIVE_PATH: f.read()}
+
+
 def _not_pushed(pushed_model: types.Artifact, reason: str) -> None:
     pushed_model.set_int_custom_property("pushed", 0)
     pushed_model.set_string_custom_property("not_pushed_reason", reason)
@@ -60,6 +108,10 @@ class ModelRepositoryPusherSpec(types.ComponentSpec):
         "model_repository_dir": ExecutionParameter(type=str),
         "model_name": ExecutionParameter(type=str),
         "record_json": ExecutionParameter(type=str, optional=True),
+        "push_as": ExecutionParameter(type=str, optional=True),  # stable | canary
+        "serving_url": ExecutionParameter(type=str, optional=True),  # REST address of the server to wait for
+        "serving_base_path": ExecutionParameter(type=str, optional=True),  # models.config base_path
+        "feature_spec_json": ExecutionParameter(type=str, optional=True),  # multivalent separators
     }
     INPUTS = {
         "model": ChannelParameter(type=standard_artifacts.Model),
@@ -99,7 +151,16 @@ class Executor(base_executor.BaseExecutor):
                 warm_started=info.get("warm_started", False), base_model=info.get("base_model"),
                 train_steps=info.get("train_steps"), source_model=model.uri,
                 **{k: info.get(k) for k in RECORDED_TRAINING_INFO})
-            version = model_repository.push(repo, name, os.path.join(model.uri, "Format-Serving"), record)
+            saved_model = os.path.join(model.uri, "Format-Serving")
+            extra = warmup_file(saved_model, name, eval_rows(examples, WARMUP_ROWS),
+                                exec_properties.get("feature_spec_json") or "")
+            wait = None
+            if exec_properties.get("serving_url"):
+                from deepfm_tfx.serving import model_status
+                wait = model_status.waiter(exec_properties["serving_url"])
+            version = model_repository.push(
+                repo, name, saved_model, record, push_as=exec_properties.get("push_as") or "stable", wait=wait,
+                extra_files=extra, base_path=exec_properties.get("serving_base_path") or None)
         pushed_model.set_int_custom_property("pushed", 1)
         pushed_model.set_int_custom_property("pushed_version", version)
         pushed_model.set_string_custom_property("pushed_destination", os.path.join(repo, name, str(version)))
@@ -110,8 +171,11 @@ class ModelRepositoryPusher(base_component.BaseComponent):
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
 
     def __init__(self, model, model_blessing, evaluation, examples, model_repository_dir: str,
-                 model_name: str, record_json: str = "{}"):
+                 model_name: str, record_json: str = "{}", push_as: str = "stable", serving_url: str = "",
+                 serving_base_path: str = "", feature_spec_json: str = ""):
         super().__init__(spec=ModelRepositoryPusherSpec(
             model=model, model_blessing=model_blessing, evaluation=evaluation, examples=examples,
             model_repository_dir=model_repository_dir, model_name=model_name, record_json=record_json,
+            push_as=push_as, serving_url=serving_url, serving_base_path=serving_base_path,
+            feature_spec_json=feature_spec_json,
             pushed_model=types.Channel(type=standard_artifacts.PushedModel)))

@@ -57,6 +57,13 @@ class RunConfig:
     max_auc_drop: float = _knob(0.01, "largest AUC drop vs the serving model that still blesses")
     enable_cache: bool = _knob(True, "reuse TFX's cached executions", negate="--no-cache",
                                negate_help="re-execute every component")
+    push_as: str = _knob("stable", "label a pushed model stable (all traffic) or canary (beside stable)",
+                         choices=("stable", "canary"))
+    serving_url: Optional[str] = _knob(None, "REST address of the TF Serving (or deepfm-tfx serve) reading the "
+                                             "repository: a label moves once it has loaded the version")
+    serving_base_path: Optional[str] = _knob(None, "base_path of the model in models.config: where the serving "
+                                                   "host mounts the repository; unset keeps the current one "
+                                                   "(/models/<name> for a new model)")
 
     def __post_init__(self):
         if isinstance(self.training, dict):

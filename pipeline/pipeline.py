@@ -87,6 +87,9 @@ def create_pipeline(
     enable_cache: bool = True,
     metadata_connection_config: Optional[metadata_store_pb2.ConnectionConfig] = None,
     beam_pipeline_args: Optional[List[str]] = None,
+    push_as: str = "stable",
+    serving_url: str = "",
+    serving_base_path: str = "",
 ) -> Pipeline:
     """The one topology every orchestrator runs.
 
@@ -108,6 +111,9 @@ def create_pipeline(
       custom_resolvers: our span-aware resolvers; False for KFP v2, which compiles only TFX's.
       eval_fraction_buckets: tenths of each span held out for evaluation.
       enable_cache: reuse cached executions.
+      push_as: label a pushed model "stable" (all traffic) or "canary" (beside stable).
+      serving_url: REST address of the server reading the repository; labels move once it has loaded.
+      serving_base_path: models.config base_path for the model (where the serving host mounts it).
       metadata_connection_config: ml-metadata store; None for the orchestrator's own.
       beam_pipeline_args: Beam options for every Beam-based component.
     """
@@ -201,6 +207,8 @@ def create_pipeline(
         model_repository_dir=model_repository,
         model_name=model_name,
         record_json=json.dumps({"trainer_runner": trainer_runner, "feature_spec": spec.name}),
+        push_as=push_as, serving_url=serving_url or "", serving_base_path=serving_base_path or "",
+        feature_spec_json=json.dumps(spec_dict),
     )
 
     return Pipeline(
@@ -247,6 +255,9 @@ def create_pipeline_from_config(config: configs.RunConfig, spec: FeatureSpec, in
         min_auc=config.min_auc,
         max_auc_drop=config.max_auc_drop,
         enable_cache=config.enable_cache,
+        push_as=config.push_as,
+        serving_url=config.serving_url or "",
+        serving_base_path=config.serving_base_path or "",
         custom_resolvers=custom_resolvers,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=configs.DEFAULT_BEAM_ARGS + list(config.beam_args),

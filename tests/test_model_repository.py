@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from deepfm_tfx import model_repository as mr
+from deepfm_tfx import models_config
 from deepfm_tfx.pipeline import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,6 +53,12 @@ def _config(repo):
         return f.read()
 
 
+def _loaded(repo):
+    """(versions TF Serving loads, labels, base_path), read with TF Serving's proto."""
+    entry = models_config.find(models_config.read(os.path.join(repo, mr.CONFIG_FILE)), MODEL)
+    return models_config.specific_versions(entry), models_config.labels(entry), entry.base_path
+
+
 def _digit_entries(repo):
     return sorted(n for n in os.listdir(os.path.join(repo, MODEL)) if n.isdigit())
 
@@ -75,8 +82,7 @@ def test_push_twice_serves_the_newest_with_records(tmp_path, saved_models):
     assert v2 > v1 and mr.versions(repo, MODEL) == [v1, v2]
     assert _digit_entries(repo) == sorted([str(v1), str(v2)])
     assert mr.serving_version(repo, MODEL) == v2
-    config = _config(repo)
-    assert f"versions: {v2} }}" in config and f'base_path: "/models/{MODEL}"' in config
+    assert _loaded(repo) == ([v2], {"stable": v2, "canary": v2}, f"/models/{MODEL}")
     assert _served_output(repo, v1) == 2.0 and _served_output(repo, v2) == 3.0
 
     r1, r2 = mr.read_record(repo, MODEL, v1), mr.read_record(repo, MODEL, v2)
@@ -114,7 +120,7 @@ def test_rollback_changes_only_what_is_served(tmp_path, saved_models):
     mr.rollback(repo, MODEL, v1)
 
     assert mr.serving_version(repo, MODEL) == v1
-    assert f"versions: {v1} }}" in _config(repo) and str(v2) not in _config(repo)
+    assert _loaded(repo)[:2] == ([v1], {"stable": v1, "canary": v1}) and str(v2) not in _config(repo)
     # Nothing moved or vanished; the only new file is the rollback's hold.
     assert sorted(os.listdir(os.path.join(repo, MODEL))) == sorted(files_before + [mr.HOLD_FILE])
     assert mr.versions(repo, MODEL) == [v1, v2]
@@ -189,11 +195,11 @@ def test_cli_list_prints_a_table_and_json(three_versions, capsys):
     assert _run_cli(["models", "list", "--model-repository", repo]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"{repo}/{MODEL}: 3 version(s), serving {v2} (held by a rollback since ")
-    assert out[1].split() == ["VERSION", "SERVING", "CREATED", "RUNNER", "AUC", "LOGLOSS", "SPANS", "WARM",
+    assert out[1].split() == ["VERSION", "LABELS", "CREATED", "RUNNER", "AUC", "LOGLOSS", "SPANS", "WARM",
                               "RUN", "ID", "DATA"]
     rows = {int(line.split()[0]): line for line in out[2:]}
     assert sorted(rows) == [v1, v2, v3]
-    assert rows[v2].split()[1] == "*" and "*" not in rows[v1] + rows[v3]
+    assert rows[v2].split()[1] == "canary,stable" and "stable" not in rows[v1] + rows[v3]
     assert rows[v2].split()[3:] == ["keras", "0.7512", "0.4431", "1,2", "yes", "run-1", "0123456789ab"]
 
     assert _run_cli(["models", "list", "--model-repository", repo, "--model-name", MODEL, "--json"]) == 0

@@ -82,8 +82,8 @@ def raw_features_from_columns(columns: Dict[str, tf.Tensor], feature_spec: Dict,
     raw = {}
     for name, feature in feature_spec.items():
         column = columns[name]
-        column = tf.cond(tf.equal(tf.size(column), 0), lambda: tf.fill([batch], _missing(column.dtype)),
-                         lambda: column)
+        # A left-out input (zero rows) becomes `batch` missing values; a full one gets nothing appended.
+        column = tf.concat([column, tf.fill([batch - tf.shape(column)[0]], _missing(column.dtype))], 0)
         if name in separators:
             tokens = tf.strings.split(column, sep=separators[name])
             raw[name] = tf.ragged.boolean_mask(tokens, tf.not_equal(tokens, "")).to_sparse()

@@ -67,25 +67,24 @@ class ModelServer:
         self.stop()
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser, default_repository: Optional[str] = None) -> None:
     """The flags, named like TF Serving's; importing this module does not import TensorFlow."""
-    parser.add_argument("--model-repository", required=True,
+    parser.add_argument("--model-repository", required=default_repository is None, default=default_repository,
                         help="the model repository (it holds models.config and <model>/<version>/)")
-    parser.add_argument("--port", type=int, default=8500, help="gRPC port (default: %(default)s)")
-    parser.add_argument("--rest-api-port", type=int, default=8501, help="REST port; 0 turns REST off "
-                        "(default: %(default)s)")
-    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")
-    parser.add_argument("--model-config-file", help="default: <model-repository>/models.config")
+    parser.add_argument("--port", type=int, default=8500, help="gRPC port")
+    parser.add_argument("--rest-api-port", type=int, default=8501, help="REST port; 0 turns REST off")
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    parser.add_argument("--model-config-file", help="TF Serving's config (default: <model-repository>/models.config)")
     parser.add_argument("--model-config-file-poll-wait-seconds", type=float, default=1.0,
-                        help="how often models.config and the version folders are checked (default: %(default)s)")
+                        help="how often models.config and the version folders are checked")
     parser.add_argument("--rest-max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
-                        help="largest request body (REST) and message (gRPC) accepted (default: %(default)s)")
-    parser.add_argument("--grpc-threads", type=int, default=16, help="gRPC request threads (default: %(default)s)")
-    parser.add_argument("--rest-threads", type=int, default=8, help="REST request threads (default: %(default)s)")
+                        help="largest request body (REST) and message (gRPC) accepted")
+    parser.add_argument("--grpc-threads", type=int, default=16, help="gRPC request threads")
+    parser.add_argument("--rest-threads", type=int, default=8, help="REST request threads")
     parser.add_argument("--intra-op-threads", type=int, default=1,
-                        help="TF threads inside one op (default: %(default)s)")
+                        help="TF threads inside one op")
     parser.add_argument("--inter-op-threads", type=int, default=-1,
-                        help="TF threads across ops; -1 runs a request's ops in its own thread (default: %(default)s)")
+                        help="TF threads across ops; -1 runs a request's ops in its own thread")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -128,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="deepfm-tfx serve", description=__doc__)
+    parser = argparse.ArgumentParser(prog="deepfm-tfx serve", description=__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

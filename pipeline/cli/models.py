@@ -1,4 +1,11 @@
-"""`deepfm-tfx models list|rollback|release|prune`: the versioned model repository.
+"""`deepfm-tfx models list|canary|promote|rollback|release|prune`: the versioned model repository.
+
+canary, promote and rollback move TF Serving's `stable` and `canary` labels
+in two steps: with `--server URL` (a TF Serving or `deepfm-tfx serve` REST
+address reading this repository) they wait until it has loaded the new
+version before moving the label, as TF Serving requires. Without it the
+label moves at once, which is right only when no TF Serving reads the
+repository yet.
 
 Needs no TensorFlow: it answers in well under a second, as an incident demands.
 """
@@ -11,15 +18,15 @@ from typing import Any, Dict, List
 
 from deepfm_tfx import model_repository
 
-COLUMNS = ("version", "serving", "created_at", "trainer_runner", "auc", "logloss", "spans",
+COLUMNS = ("version", "labels", "created_at", "trainer_runner", "auc", "logloss", "spans",
            "warm_started", "pipeline_run_id", "data_fingerprint")
-HEADERS = ("VERSION", "SERVING", "CREATED", "RUNNER", "AUC", "LOGLOSS", "SPANS", "WARM", "RUN ID", "DATA")
+HEADERS = ("VERSION", "LABELS", "CREATED", "RUNNER", "AUC", "LOGLOSS", "SPANS", "WARM", "RUN ID", "DATA")
 
 
 def _row(entry: Dict[str, Any]) -> Dict[str, Any]:
     record = entry["record"] or {}
     metrics = record.get("metrics") or {}
-    return {"version": entry["version"], "serving": entry["serving"],
+    return {"version": entry["version"], "serving": entry["serving"], "labels": entry["labels"],
             "created_at": record.get("created_at"), "trainer_runner": record.get("trainer_runner"),
             "auc": metrics.get("auc"), "logloss": metrics.get("logloss"), "spans": record.get("spans"),
             "warm_started": record.get("warm_started"), "pipeline_run_id": record.get("pipeline_run_id"),
@@ -27,8 +34,8 @@ def _row(entry: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _cell(key: str, value: Any) -> str:
-    if key == "serving":
-        return "*" if value else ""
+    if key == "labels":
+        return ",".join(value)
     if value is None:
         return "-"
     if isinstance(value, bool):
@@ -55,6 +62,7 @@ def cmd_list(args) -> int:
     serving = model_repository.serving_version(repo, model)
     if args.json:
         print(json.dumps({"model_repository": repo, "model_name": model, "serving_version": serving,
+                          "labels": model_repository.labels(repo, model),
                           "hold": model_repository.held(repo, model),
                           "versions": rows}, indent=2, sort_keys=True))
         return 0
@@ -62,7 +70,9 @@ def cmd_list(args) -> int:
         print(f"{repo}: no versions of {model!r}")
         return 0
     hold = model_repository.held(repo, model)
+    canary = model_repository.canary_version(repo, model)
     print(f"{repo}/{model}: {len(rows)} version(s), serving {serving if serving is not None else 'none'}"
+          + (f", canary {canary}" if canary is not None else "")
           + (f" (held by a rollback since {hold['since']}; `models release` ends it)" if hold else ""))
     print(_table(rows))
     if serving is not None and not any(r["serving"] for r in rows):
@@ -71,14 +81,61 @@ def cmd_list(args) -> int:
     return 0
 
 
-def cmd_rollback(args) -> int:
-    repo, model = args.model_repository, args.model_name
-    before = model_repository.serving_version(repo, model)
+def _wait(args):
+    """wait(model, version) against --server, or None without one."""
+    if not args.server:
+        return None
+    from deepfm_tfx.serving import model_status
+    print(f"waiting (up to {args.timeout:.0f}s) for {args.server} to load the new version before moving a label",
+          flush=True)
+    return model_status.waiter(args.server, args.timeout)
+
+
+def _moving(action):
+    """Runs a label move; the errors a user can act on become exit code 2."""
+    from deepfm_tfx.serving import model_status
     try:
-        model_repository.rollback(repo, model, args.version)
+        action()
     except model_repository.RepositoryError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except model_status.NotAvailable as e:
+        print(f"error: {e}\nThe new version is loading beside the labelled ones and no label moved; run the "
+              f"same command again to finish.", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _labels_line(repo: str, model: str) -> str:
+    found = model_repository.labels(repo, model)
+    return ", ".join(f"{k} {v}" for k, v in sorted(found.items(), reverse=True)) or "no labels"
+
+
+def cmd_canary(args) -> int:
+    repo, model = args.model_repository, args.model_name
+    code = _moving(lambda: model_repository.canary(repo, model, args.version, _wait(args), args.base_path))
+    if code == 0:
+        print(f"{model}: {_labels_line(repo, model)}; stable keeps its traffic, clients asking for the canary "
+              f"label get version {args.version}")
+    return code
+
+
+def cmd_promote(args) -> int:
+    repo, model = args.model_repository, args.model_name
+    before = model_repository.serving_version(repo, model)
+    code = _moving(lambda: model_repository.promote(repo, model, args.version, _wait(args), args.base_path))
+    if code == 0:
+        print(f"{model}: {_labels_line(repo, model)} (stable was {before}); version {before} is unloaded, "
+              f"nothing was deleted")
+    return code
+
+
+def cmd_rollback(args) -> int:
+    repo, model = args.model_repository, args.model_name
+    before = model_repository.serving_version(repo, model)
+    code = _moving(lambda: model_repository.rollback(repo, model, args.version, _wait(args), args.base_path))
+    if code:
+        return code
     if before == args.version:
         print(f"{model} already serves version {args.version}; held there until `deepfm-tfx models release`")
     else:
@@ -121,7 +178,7 @@ def cmd_prune(args) -> int:
 
 
 def configure(m) -> None:
-    """Adds `list`, `rollback` and `prune` to the `models` parser."""
+    """Adds `list`, `canary`, `promote`, `rollback`, `release` and `prune` to the `models` parser."""
     from deepfm_tfx.pipeline.configs import RunConfig
     d = RunConfig()
     common = argparse.ArgumentParser(add_help=False)
@@ -131,12 +188,30 @@ def configure(m) -> None:
 
     sub = m.add_subparsers(dest="models_command", required=True)
 
-    ls = sub.add_parser("list", parents=[common], help="versions, their metrics and data; * marks the served one")
+    ls = sub.add_parser("list", parents=[common], help="versions, their labels, metrics and data")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=cmd_list)
 
-    rb = sub.add_parser("rollback", parents=[common],
-                        help="serve an existing version by rewriting models.config; deletes nothing")
+    moving = argparse.ArgumentParser(add_help=False)
+    moving.add_argument("--server", metavar="URL",
+                        help="REST address of the TF Serving (or deepfm-tfx serve) reading this repository, e.g. "
+                             "http://localhost:8501: the label moves once it has loaded the version")
+    moving.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for --server")
+    moving.add_argument("--base-path", help="base_path written into models.config for this model: where the "
+                                            "serving host mounts it (default: kept, or /models/<name>)")
+
+    cn = sub.add_parser("canary", parents=[common, moving],
+                        help="load a version beside stable under the canary label")
+    cn.add_argument("version", type=int)
+    cn.set_defaults(func=cmd_canary)
+
+    pm = sub.add_parser("promote", parents=[common, moving],
+                        help="make the canary (or VERSION) stable; the old stable is unloaded")
+    pm.add_argument("version", type=int, nargs="?")
+    pm.set_defaults(func=cmd_promote)
+
+    rb = sub.add_parser("rollback", parents=[common, moving],
+                        help="move stable to an existing version (held until `models release`); deletes nothing")
     rb.add_argument("version", type=int)
     rb.set_defaults(func=cmd_rollback)
 
