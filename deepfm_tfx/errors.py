@@ -10,3 +10,7 @@ EXIT_GATE = 3
 
 class DataError(ValueError):
     """Bad input data; the message names the file, and the row and column where known."""
+
+
+class ConfigError(ValueError):
+    """A bad flag or path, found before any work; the message names the flag."""

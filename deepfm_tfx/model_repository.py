@@ -30,9 +30,10 @@ import os
 import re
 import shutil
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from deepfm_tfx import models_config
+from deepfm_tfx import saved_model_check
 from deepfm_tfx.models_config import CANARY, STABLE
 
 CONFIG_FILE = models_config.CONFIG_FILE
@@ -43,10 +44,32 @@ _INCOMING = ".incoming-"
 _TMP = ".tmp-"
 _DIGITS = re.compile(r"[0-9]+")
 _RECORD = re.compile(r"([0-9]+)\.record\.json")
+# TF Serving's model names; a name is also a folder here and a URL path segment there.
+_MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}")
+# What a dead _atomic_write leaves, and nothing else: `<file>.tmp-<pid>`.
+_TMP_FILE = re.compile(r".+\.tmp-[0-9]+")
+# A version's own copy of its record: inside the folder, so it appears atomically with it.
+VERSION_RECORD = os.path.join("assets.extra", "deepfm_tfx.record.json")
 
 
 class RepositoryError(RuntimeError):
     pass
+
+
+def check_model_name(model: str) -> str:
+    """The name, if TF Serving can serve it and it names a folder inside the repository."""
+    if not isinstance(model, str) or not _MODEL_NAME.fullmatch(model):
+        raise RepositoryError(f"model name {model!r} is not allowed: TF Serving model names use letters, digits, "
+                              f"'_', '-' and '.', start with a letter, digit or '_', and hold no path separator")
+    return model
+
+
+def model_dir(repo: str, model: str) -> str:
+    """<repo>/<model>; refuses a name or a symbolic link that would lead outside the repository."""
+    path = os.path.join(repo, check_model_name(model))
+    if os.path.islink(path):
+        raise RepositoryError(f"{path} is a symbolic link; the repository reads and writes only its own folders")
+    return path
 
 
 def _fsync_dir(path: str) -> None:
@@ -96,17 +119,17 @@ def _locked(repo: str) -> Iterator[None]:
 
 def _clear_leftovers(repo: str, model: str) -> None:
     """Removes what a dead writer left. Only call holding the lock."""
-    base = os.path.join(repo, model)
+    base = model_dir(repo, model)
     for name in os.listdir(base):
         path = os.path.join(base, name)
         record = _RECORD.fullmatch(name)
         if name.startswith(_INCOMING):
             shutil.rmtree(path, ignore_errors=True)
-        elif _TMP in name or (record and not os.path.isdir(os.path.join(base, record.group(1)))):
+        elif _TMP_FILE.fullmatch(name) or (record and not os.path.isdir(os.path.join(base, record.group(1)))):
             # A record without its folder is from a prune that died mid-way.
             os.remove(path)
     for name in os.listdir(repo):
-        if name.startswith(CONFIG_FILE + _TMP):
+        if name.startswith(CONFIG_FILE + _TMP) and _TMP_FILE.fullmatch(name):
             os.remove(os.path.join(repo, name))
 
 
@@ -118,11 +141,11 @@ def _complete(folder: str) -> bool:
 
 
 def version_dir(repo: str, model: str, version: int) -> str:
-    return os.path.join(repo, model, str(version))
+    return os.path.join(model_dir(repo, model), str(version))
 
 
 def hold_path(repo: str, model: str) -> str:
-    return os.path.join(repo, model, HOLD_FILE)
+    return os.path.join(model_dir(repo, model), HOLD_FILE)
 
 
 def held(repo: str, model: str) -> Optional[Dict[str, Any]]:
@@ -135,12 +158,12 @@ def held(repo: str, model: str) -> Optional[Dict[str, Any]]:
 
 
 def record_path(repo: str, model: str, version: int) -> str:
-    return os.path.join(repo, model, f"{version}.record.json")
+    return os.path.join(model_dir(repo, model), f"{version}.record.json")
 
 
 def versions(repo: str, model: str) -> List[int]:
     """Complete versions, oldest first: all-digit folders holding a loadable-looking SavedModel."""
-    base = os.path.join(repo, model)
+    base = model_dir(repo, model)
     if not os.path.isdir(base):
         return []
     return sorted(int(d) for d in os.listdir(base)
@@ -241,54 +264,74 @@ def push(repo: str, model: str, saved_model_dir: str, record: Dict[str, Any], pu
         raise RepositoryError(f"push_as must be one of {PUSH_AS}, got {push_as!r}")
     if not _complete(saved_model_dir):
         raise RepositoryError(f"{saved_model_dir} holds no complete SavedModel; refusing to push it")
-    base = os.path.join(repo, model)
+    if why := saved_model_check.problem(saved_model_dir):
+        raise RepositoryError(f"{saved_model_dir} cannot be served: {why}; refusing to push it")
+    base = model_dir(repo, model)
     os.makedirs(base, exist_ok=True)
     _fsync_dir(repo)
     with _locked(repo):
         _clear_leftovers(repo, model)
-        # Above every number in use, complete or not, so the rename never lands on one.
-        taken = [int(m.group(1)) for m in (re.fullmatch(r"([0-9]+)(\.record\.json)?", n) for n in os.listdir(base))
-                 if m]
-        version = max([int(time.time())] + [t + 1 for t in taken])
-        incoming = os.path.join(base, f"{_INCOMING}{version}")
-        final = os.path.join(base, str(version))
-        shutil.copytree(saved_model_dir, incoming)
-        for relative, data in (extra_files or {}).items():
-            target = os.path.join(incoming, relative)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            with open(target, "wb") as f:
-                f.write(data)
-        _fsync_tree(incoming)
-        os.rename(incoming, final)
-        _fsync_dir(base)
-        record = dict(record, version=version, created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                      path=os.path.abspath(final))
+        retried = _pushed_from(repo, model, record.get("source_model"))
+        if retried is not None:
+            # An earlier push of this same model: finish it if it died after its rename.
+            version, record = retried
+            if os.path.exists(record_path(repo, model, version)):
+                return version
+        else:
+            # Above every number in use, complete or not, so the rename never lands on one.
+            taken = [int(m.group(1)) for m in (re.fullmatch(r"([0-9]+)(\.record\.json)?", n)
+                                               for n in os.listdir(base)) if m]
+            version = max([int(time.time())] + [t + 1 for t in taken])
+            incoming = os.path.join(base, f"{_INCOMING}{version}")
+            final = os.path.join(base, str(version))
+            shutil.copytree(saved_model_dir, incoming)
+            record = dict(record, version=version, created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                          path=os.path.abspath(final))
+            extra = dict(extra_files or {}, **{VERSION_RECORD: json.dumps(record, indent=2, sort_keys=True).encode()})
+            for relative, data in extra.items():
+                target = os.path.join(incoming, relative)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                with open(target, "wb") as f:
+                    f.write(data)
+            _fsync_tree(incoming)
+            os.rename(incoming, final)
+            _fsync_dir(base)
         hold = held(repo, model)
         as_canary = push_as == "canary" and serving_version(repo, model) is not None
         record["served_on_push"] = hold is None
         record["pushed_as"] = "held" if hold else ("canary" if as_canary else "stable")
-        _atomic_write(record_path(repo, model, version), json.dumps(record, indent=2, sort_keys=True))
         if hold is None:
             moves = {CANARY: version} if as_canary else {STABLE: version, CANARY: version}
             _move_labels(repo, model, moves, wait, base_path)
+        # Last: a record beside the folder says the push finished.
+        _atomic_write(record_path(repo, model, version), json.dumps(record, indent=2, sort_keys=True))
     return version
 
 
-def read_record(repo: str, model: str, version: int) -> Optional[Dict[str, Any]]:
-    path = record_path(repo, model, version)
-    if not os.path.exists(path):
+def _pushed_from(repo: str, model: str, source_model: Optional[str]) -> Optional[Tuple[int, Dict[str, Any]]]:
+    """The version (and its record) an earlier push of `source_model` created, finished or not."""
+    if source_model is None:
         return None
-    with open(path) as f:
-        return json.load(f)
-
-
-def version_of_source(repo: str, model: str, source_model: str) -> Optional[int]:
-    """The version already pushed from this Trainer output, if any."""
     for v in reversed(versions(repo, model)):
         record = read_record(repo, model, v)
         if record and record.get("source_model") == source_model:
-            return v
+            return v, record
     return None
+
+
+def read_record(repo: str, model: str, version: int) -> Optional[Dict[str, Any]]:
+    """The record beside the version, or its own copy inside when a push died before writing that."""
+    for path in (record_path(repo, model, version), os.path.join(version_dir(repo, model, version), VERSION_RECORD)):
+        if os.path.exists(path):
+            with open(path) as f:
+                return json.load(f)
+    return None
+
+
+def version_of_source(repo: str, model: str, source_model: str) -> Optional[int]:
+    """The version a finished push of this Trainer output created, if any."""
+    found = _pushed_from(repo, model, source_model)
+    return found[0] if found and os.path.exists(record_path(repo, model, found[0])) else None
 
 
 def list_models(repo: str, model: str) -> List[Dict[str, Any]]:
@@ -300,7 +343,7 @@ def list_models(repo: str, model: str) -> List[Dict[str, Any]]:
 
 
 def _check_version(repo: str, model: str, version: int) -> None:
-    base = os.path.join(repo, model)
+    base = model_dir(repo, model)
     if not os.path.isdir(base):
         raise RepositoryError(f"{repo} has no model {model!r}")
     known = versions(repo, model)
@@ -311,6 +354,8 @@ def _check_version(repo: str, model: str, version: int) -> None:
                                   f"saved_model.pb or variables/variables.index); not serving it")
         raise RepositoryError(f"{model!r} has no version {version} in {repo}; versions are "
                               f"{', '.join(map(str, known)) or 'none'}")
+    if why := saved_model_check.problem(os.path.join(base, str(version))):
+        raise RepositoryError(f"version {version} of {model!r} cannot be served: {why}; not serving it")
 
 
 def rollback(repo: str, model: str, version: int, wait: Optional[Wait] = None,
@@ -370,7 +415,7 @@ def prune(repo: str, model: str, keep: int, dry_run: bool = False) -> List[int]:
     """Removes all but the newest `keep` versions and their records, never a labelled or loaded one."""
     if keep < 1:
         raise RepositoryError("--keep must be at least 1")
-    base = os.path.join(repo, model)
+    base = model_dir(repo, model)
     if not os.path.isdir(base):
         return []
     with _locked(repo):

@@ -212,8 +212,18 @@ def test_cli_list_prints_a_table_and_json(three_versions, capsys):
 
 
 def test_cli_list_of_an_empty_repository(tmp_path, capsys):
-    assert _run_cli(["models", "list", "--model-repository", str(tmp_path / "none")]) == 0
+    assert _run_cli(["models", "list", "--model-repository", str(tmp_path)]) == 0
     assert "no versions" in capsys.readouterr().out
+
+
+def test_cli_on_a_missing_repository_or_a_file_exits_2_saying_so(tmp_path, capsys):
+    (tmp_path / "a_file").write_text("not a repository")
+    for path, problem in ((tmp_path / "none", "no such folder"),
+                          (tmp_path / "a_file", "is a file, not a model repository folder")):
+        for argv in (["list"], ["rollback", "1"], ["prune", "--keep", "1"], ["release"]):
+            assert _run_cli(["models", *argv, "--model-repository", str(path)]) == 2
+            assert capsys.readouterr().err == f"error: --model-repository {path}: {problem}\n"
+    assert sorted(os.listdir(tmp_path)) == ["a_file"]
 
 
 def test_cli_defaults_match_the_run_config():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any, Dict, List
 
@@ -177,6 +178,25 @@ def cmd_prune(args) -> int:
     return 0
 
 
+def _checked(command):
+    """`command`, run only once the repository path and the model name are usable: nothing is read,
+    written or deleted outside the repository."""
+    def checked(args) -> int:
+        repo = args.model_repository
+        problem = ("no such folder" if not os.path.exists(repo) else
+                   "is a file, not a model repository folder" if not os.path.isdir(repo) else None)
+        if problem:
+            print(f"error: --model-repository {repo}: {problem}", file=sys.stderr)
+            return 2
+        try:
+            model_repository.check_model_name(args.model_name)
+            return command(args)
+        except model_repository.RepositoryError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    return checked
+
+
 def configure(m) -> None:
     """Adds `list`, `canary`, `promote`, `rollback`, `release` and `prune` to the `models` parser."""
     from deepfm_tfx.pipeline.configs import RunConfig
@@ -223,3 +243,6 @@ def configure(m) -> None:
     pr.add_argument("--keep", type=int, required=True, help="newest versions to keep, besides the served one")
     pr.add_argument("--dry-run", action="store_true", help="print what would be removed; remove nothing")
     pr.set_defaults(func=cmd_prune)
+
+    for parser in sub.choices.values():
+        parser.set_defaults(func=_checked(parser.get_default("func")))

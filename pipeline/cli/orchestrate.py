@@ -93,10 +93,17 @@ def _install_airflow(args) -> str:
     return path
 
 
+def _validate(args) -> None:
+    """The flags' values; their paths name places where the pipeline will run, so are not checked here."""
+    from deepfm_tfx.pipeline import validation
+    validation.validate(configs.from_arguments(args), paths=False, connect=False)
+
+
 def cmd_compile(args) -> int:
     from deepfm_tfx.schemas.feature_spec import FeatureSpecError
     _quiet(args.verbose)
     try:
+        _validate(args)
         if args.target == "airflow":
             _install_airflow(args)
         else:
@@ -122,6 +129,7 @@ def cmd_schedule(args) -> int:
     from deepfm_tfx.schemas.feature_spec import FeatureSpecError
     _quiet(args.verbose)
     try:
+        _validate(args)
         schedule.check_cron(args.cron)
         with tempfile.TemporaryDirectory() as tmp:
             package = args.package

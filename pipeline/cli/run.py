@@ -38,18 +38,23 @@ def print_summary(summary) -> None:
 
 
 def cmd_run(args) -> int:
-    from deepfm_tfx.errors import EXIT_BAD_INPUT, DataError
-    from deepfm_tfx.pipeline import console
+    from deepfm_tfx.errors import EXIT_BAD_INPUT, ConfigError, DataError
+    from deepfm_tfx.pipeline import console, validation
     from deepfm_tfx.pipeline.orchestrators import local
     from deepfm_tfx.schemas.feature_spec import FeatureSpecError
 
     console.configure_logging(args.verbose)
     config = configs.from_arguments(args)
+    try:
+        validation.validate(config)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     print(f"deepfm-tfx: {config.trainer} runner, data {config.data or 'synthetic (generated)'}, "
           f"pipeline root {config.pipeline_root}", flush=True)
     try:
         summary = local.run(config)
-    except (DataError, FeatureSpecError) as e:
+    except (ConfigError, DataError, FeatureSpecError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except local.RunFailed as failed:

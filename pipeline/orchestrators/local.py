@@ -20,6 +20,7 @@ from deepfm_tfx import spans
 from deepfm_tfx.pipeline import configs
 from deepfm_tfx.pipeline import metadata
 from deepfm_tfx.pipeline import run_summary
+from deepfm_tfx.pipeline import validation
 from deepfm_tfx.synthetic import generator
 from deepfm_tfx.pipeline.pipeline import create_pipeline_from_config, splits
 from deepfm_tfx.schemas import feature_spec, frozen_schema
@@ -99,6 +100,7 @@ def _inferred_schema_uri(executions) -> Optional[str]:
 
 def run(config: configs.RunConfig) -> Dict[str, Any]:
     """Runs one pipeline run; returns the summary or raises RunFailed with it."""
+    validation.validate(config)
     spec = frozen_schema.apply(feature_spec.load(config.features), config.pipeline_root)
     ensure_default_data(config)
     input_pattern, span = input_layout(config.data_root, spec)

@@ -1,0 +1,137 @@
+"""Every knob and path of a run, checked before any work.
+
+`deepfm-tfx run` and the local orchestrator call `validate` before anything
+is generated, created or connected to; `compile` calls it without `paths`
+(they name places on the cluster). Each problem is one ConfigError naming
+the flag. No TensorFlow here.
+"""
+from __future__ import annotations
+
+import math
+import os
+import urllib.parse
+from typing import Optional
+
+from deepfm_tfx import model_repository
+from deepfm_tfx.components import csv_reader
+from deepfm_tfx.errors import ConfigError
+from deepfm_tfx.pipeline import configs
+
+# Twice what an eval split of 1 in 10 needs, so a generated span passes csv_reader.check_counts.
+GENERATED_MIN_ROWS = 20 * csv_reader.MIN_SPLIT_ROWS
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _at_least(name: str, value, minimum) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < minimum:
+        raise ConfigError(f"{_flag(name)} must be at least {minimum}, got {value!r}")
+
+
+def _within(name: str, value, low: float, high: float) -> None:
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or not low <= value <= high:
+        raise ConfigError(f"{_flag(name)} must be between {low} and {high}, got {value!r}")
+
+
+def _nearest_existing(path: str) -> str:
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def _folder(flag: str, path: Optional[str], must_exist: bool = False) -> None:
+    """A folder that exists, or that can be created where the nearest existing parent is writable."""
+    if path is None:
+        return
+    if not path:
+        raise ConfigError(f"{flag} is empty")
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise ConfigError(f"{flag} {path}: is a file, not a folder")
+        if not must_exist and not os.access(path, os.W_OK | os.X_OK):
+            raise ConfigError(f"{flag} {path}: is not writable")
+        return
+    if must_exist:
+        raise ConfigError(f"{flag} {path}: no such folder")
+    parent = _nearest_existing(path)
+    if not os.path.isdir(parent):
+        raise ConfigError(f"{flag} {path}: cannot be created, {parent} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path}: cannot be created, {parent} is not writable")
+
+
+def _file_to_write(flag: str, path: Optional[str]) -> None:
+    if path is None:
+        return
+    if os.path.isdir(path):
+        raise ConfigError(f"{flag} {path}: is a folder, not a file")
+    _folder(flag, os.path.dirname(os.path.abspath(path)))
+
+
+def _repository(config: configs.RunConfig) -> None:
+    repo = config.model_repository
+    _folder("--model-repository", repo)
+    if not os.path.isdir(repo):
+        return
+    try:
+        model = model_repository.model_dir(repo, config.model_name)
+        if os.path.exists(model) and not os.path.isdir(model):
+            raise ConfigError(f"--model-repository {repo}: {model} is a file, not the model's folder")
+        model_repository.read_config(repo)  # a models.config that does not parse is never overwritten
+    except model_repository.RepositoryError as e:
+        raise ConfigError(f"--model-repository {repo}: {e}") from None
+
+
+def _serving_url(url: Optional[str]) -> None:
+    if not url:
+        return
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ConfigError(f"--serving-url must look like http://host:8501, got {url!r}")
+
+
+def validate(config: configs.RunConfig, *, paths: bool = True, connect: bool = True) -> None:
+    """Raises ConfigError for the first knob or path that would fail the run later."""
+    try:
+        model_repository.check_model_name(config.model_name)
+    except model_repository.RepositoryError as e:
+        raise ConfigError(f"--model-name: {e}") from None
+    if config.trainer not in configs.TRAINERS:
+        raise ConfigError(f"--trainer must be one of {', '.join(configs.TRAINERS)}, got {config.trainer!r}")
+    for name in ("train_steps", "eval_steps", "window_spans", "rows", "spans"):
+        _at_least(name, getattr(config, name), 1)
+    _within("min_auc", config.min_auc, 0.0, 1.0)
+    _within("max_auc_drop", config.max_auc_drop, 0.0, 1.0)
+    training = config.training
+    for name in ("batch_size", "embedding_dim", "steps_per_execution"):
+        _at_least(name, getattr(training, name), 1)
+    if not training.dnn_units or any(not isinstance(u, int) or u < 1 for u in training.dnn_units):
+        raise ConfigError(f"--dnn-units must be positive layer widths, got {','.join(map(str, training.dnn_units))!r}")
+    if not (math.isfinite(training.learning_rate) and training.learning_rate > 0):
+        raise ConfigError(f"--learning-rate must be a positive number, got {training.learning_rate!r}")
+    _at_least("embedding_l2", training.embedding_l2, 0.0)
+    bad_beam = [a for a in config.beam_args if not a.startswith("--")]
+    if bad_beam:
+        raise ConfigError(f"--beam-arg takes Beam options like --beam-arg=--direct_num_workers=2, got {bad_beam[0]!r}")
+    _serving_url(getattr(config, "serving_url", None))
+
+    if config.data is None and config.rows < GENERATED_MIN_ROWS:
+        raise ConfigError(f"--rows must be at least {GENERATED_MIN_ROWS} for the generated data, so that its "
+                          f"1-in-10 eval split holds {csv_reader.MIN_SPLIT_ROWS} rows; got {config.rows}")
+
+    from deepfm_tfx.pipeline import metadata  # imports ml-metadata: only once the cheap checks pass
+    if config.metadata:
+        metadata.connection_config(config.metadata, config.pipeline_root)  # raises ConfigError if malformed
+    if not paths:
+        return
+    if not os.path.isfile(config.features):
+        raise ConfigError(f"--features {config.features}: no such file")
+    _folder("--data", config.data, must_exist=True)
+    _folder("--pipeline-root", config.pipeline_root)
+    _file_to_write("--summary", config.summary_path if config.summary else None)
+    _repository(config)
+    if connect:
+        metadata.check_connection(config.metadata, config.pipeline_root)
