@@ -1,4 +1,5 @@
 """preprocessing_fn run for real with tft_beam on a few rows."""
+import sys
 import tempfile
 
 import numpy as np
@@ -91,3 +92,23 @@ def test_hash_encoding_is_stable_and_bounded():
     assert all(0 <= r["C1"] < 1000 for r in rows)
     assert rows[0]["C1"] == rows[1]["C1"] != rows[4]["C1"]
     assert preprocessing.num_ids(spec, 0) == 1000
+
+
+def _numeric_rows(values):
+    return [{"label": [i % 2], "C1": [b"a"], "C2": [], "I1": [v], "genres": []} for i, v in enumerate(values)]
+
+
+def test_zscore_statistics_do_not_overflow_on_large_finite_numbers(monkeypatch):
+    # float32 would square 1e30 to inf, and every I1 would become 0.
+    values = [1e30, 2e30, 3e30, 4e30]
+    monkeypatch.setattr(sys.modules[__name__], "_rows", lambda: _numeric_rows(values))
+    rows, _ = _run(FeatureSpec.from_dict(dict(SPEC.to_dict(), numerical_transform="zscore")))
+    want = (np.array(values) - np.mean(values)) / np.std(values)
+    np.testing.assert_allclose([r["I1"] for r in rows], want, rtol=1e-5)
+
+
+def test_a_non_finite_statistic_fails_the_transform_naming_the_column(monkeypatch):
+    # Ingestion refuses nan and inf; this is the guard behind it.
+    monkeypatch.setattr(sys.modules[__name__], "_rows", lambda: _numeric_rows([1.0, float("nan"), 3.0, 4.0]))
+    with pytest.raises(Exception, match=r"z-score mean of numeric column 'I1' is not finite"):
+        _run(SPEC)

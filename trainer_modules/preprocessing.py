@@ -44,6 +44,18 @@ def _log(values: tf.Tensor) -> tf.Tensor:
     return tf.sign(values) * tf.math.log1p(tf.abs(values))
 
 
+NON_FINITE_STATISTIC = "is not finite"
+
+
+def _finite(statistic: tf.Tensor, spec: FeatureSpec, what: str) -> tf.Tensor:
+    """The per-column statistic, failing the Transform if one is nan or inf: it would map
+    every value of its column to the same number."""
+    return tf.stack([
+        tf.debugging.check_numerics(
+            statistic[i], f"Transform: the z-score {what} of numeric column '{name}' {NON_FINITE_STATISTIC}")
+        for i, name in enumerate(spec.numerical)])
+
+
 def _numerical(inputs: Dict[str, Any], spec: FeatureSpec) -> Dict[str, tf.Tensor]:
     """All numeric columns z-scored with one set of (elementwise) analyzers."""
     how = spec.numerical_transform
@@ -55,12 +67,14 @@ def _numerical(inputs: Dict[str, Any], spec: FeatureSpec) -> Dict[str, tf.Tensor
     if how in ("log", "log_zscore"):
         values = _log(values)
     if how in ("zscore", "log_zscore"):
-        # Statistics over present values only.
-        count = tft.sum(present, reduce_instance_dims=False)
-        mean = tft.sum(values * present, reduce_instance_dims=False) / tf.maximum(count, 1.0)
-        mean_sq = tft.sum(tf.square(values) * present, reduce_instance_dims=False) / tf.maximum(count, 1.0)
+        # Statistics over present values only, in float64: float32 squares overflow past 1.8e19.
+        present64, values64 = tf.cast(present, tf.float64), tf.cast(values, tf.float64)
+        count = tft.sum(present64, reduce_instance_dims=False)
+        mean = tft.sum(values64 * present64, reduce_instance_dims=False) / tf.maximum(count, 1.0)
+        mean_sq = tft.sum(tf.square(values64) * present64, reduce_instance_dims=False) / tf.maximum(count, 1.0)
         std = tf.sqrt(tf.maximum(mean_sq - tf.square(mean), 0.0))
-        values = tf.where(std > 0, (values - mean) / tf.where(std > 0, std, 1.0), 0.0)
+        mean, std = _finite(mean, spec, "mean"), _finite(std, spec, "standard deviation")
+        values = tf.cast(tf.where(std > 0, (values64 - mean) / tf.where(std > 0, std, 1.0), 0.0), tf.float32)
     # Missing is not "at the mean": the model gives it its own embedding.
     values = tf.where(present > 0, values, float("nan"))
     return {name: values[:, i] for i, name in enumerate(spec.numerical)}
