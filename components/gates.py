@@ -70,7 +70,7 @@ def DriftGate(
     schema: InputArtifact[standard_artifacts.Schema],
     previous_statistics: InputArtifact[standard_artifacts.ExampleStatistics] = None,
 ) -> None:
-    """Fails the run when categorical distributions moved past the schema's thresholds."""
+    """Fails the run when feature distributions moved past the schema's thresholds."""
     from tfx.components.statistics_gen import stats_artifact_utils
     from tfx.utils import io_utils
 
@@ -81,5 +81,5 @@ def DriftGate(
     previous = stats_artifact_utils.load_statistics(previous_statistics, "train").proto()
     problems = drift_and_skew(current, previous, schema_proto)
     if problems:
-        raise GateFailed("DriftSkew", "categorical distributions moved past the schema's thresholds "
+        raise GateFailed("DriftSkew", "feature distributions moved past the schema's thresholds "
                          "vs the previous span:\n  " + "\n  ".join(problems))

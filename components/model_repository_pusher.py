@@ -39,8 +39,8 @@ def data_fingerprint(examples: List[types.Artifact]) -> str:
 # training_info fields a version record carries, so `models list` shows what training did.
 RECORDED_TRAINING_INFO = ("warm_start_slots", "learning_rate_first_step", "learning_rate_last_step",
                           "weight_change", "weight_change_max")
-# Checkpoint keys that are optimizer state or counters, not the model's weights.
-_NOT_WEIGHTS = re.compile(r"optimizer|/Adam|global_step|save_counter|_CHECKPOINTABLE_OBJECT_GRAPH")
+# Checkpoint keys of optimizer state, counters and metric accumulators, not the model's weights.
+_NOT_WEIGHTS = re.compile(r"optimizer|/Adam|global_step|save_counter|keras_api/metrics|_CHECKPOINTABLE_OBJECT_GRAPH")
 
 
 def _weights(saved_model_dir: str) -> Dict[str, Any]:

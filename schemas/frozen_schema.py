@@ -20,9 +20,11 @@ FILE_NAME = "schema.pbtxt"
 # L-infinity distance of a categorical's value frequencies vs the previous span.
 CATEGORICAL_DRIFT = 0.1
 CATEGORICAL_SKEW = 0.15
-# Jensen-Shannon divergence of a numeric's histogram vs the previous span.
-NUMERICAL_DRIFT = 0.1
-NUMERICAL_SKEW = 0.15
+# TFDV's approximate Jensen-Shannon divergence of a numeric's histogram vs the
+# previous span. It is noisy on heavy-tailed counts: two 5k-row spans of the
+# same distribution measured 0.15-0.31, so the bar sits above that noise.
+NUMERICAL_DRIFT = 0.5
+NUMERICAL_SKEW = 0.6
 # A categorical with an inferred domain may see new values, but not mostly new ones.
 MIN_DOMAIN_MASS = 0.9
 
