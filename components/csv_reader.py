@@ -202,9 +202,10 @@ def locate_bad_row(path: str, spec: FeatureSpec, why: object) -> DataError:
                     if bad := _UNDECODABLE.search(value):
                         byte = ord(bad.group()) - 0xdc00
                         return DataError(f"{where}, column '{name}': not UTF-8 text (byte {byte:#04x})")
-                    if name == spec.label and value.strip() == "":
+                    if name == spec.label and value == "":
                         return DataError(f"{where}, column '{name}': the label is missing")
-                    if name in kinds and value.strip() != "" and (problem := _bad_value(name, kinds[name], value)):
+                    # Only an empty field is missing; one of spaces is not a number (nor is it to Arrow).
+                    if name in kinds and value != "" and (problem := _bad_value(name, kinds[name], value)):
                         return DataError(f"{where}, column '{name}': {problem}")
     except (OSError, EOFError, zlib.error) as e:
         return DataError(f"{path}: gzip data is corrupt or truncated ({e})")
@@ -415,9 +416,8 @@ def count_splits(files: Sequence[str], spec: FeatureSpec, splits: Sequence[Split
 def check_counts(counts: Counts, where: str) -> None:
     """Each split needs MIN_SPLIT_ROWS rows holding both labels, or the Evaluator has nothing to judge."""
     total = sum(sum(c.values()) for c in counts.values())
-    parts = ", ".join(f"{sum(c.values())} {name} ({c[1]} clicks)" for name, c in counts.items())
+    parts = ", ".join(f"{sum(c.values())} {name} ({c[1]} with label 1)" for name, c in counts.items())
     for name, c in counts.items():
-        rows = sum(c.values())
-        if rows < MIN_SPLIT_ROWS or not all(c.values()):
-            raise DataError(f"{where}: too few rows to split and evaluate: {total} row(s): {parts}; each split "
-                            f"needs at least {MIN_SPLIT_ROWS} rows with both labels 0 and 1")
+        if sum(c.values()) < MIN_SPLIT_ROWS or not all(c.values()):
+            raise DataError(f"{where}: too few rows to train and evaluate on: {total} row(s), split {parts}; "
+                            f"each split needs at least {MIN_SPLIT_ROWS} rows, holding both labels 0 and 1")

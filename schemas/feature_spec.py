@@ -96,7 +96,10 @@ def load(path: str) -> FeatureSpec:
         try:
             raw = yaml.safe_load(f)
         except yaml.YAMLError as e:
-            raise FeatureSpecError(f"{path}: not valid YAML: {e}") from None
+            mark = getattr(e, "problem_mark", None)
+            where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            what = " ".join(str(getattr(e, "problem", None) or e).split())  # one line
+            raise FeatureSpecError(f"{path}{where}: not valid YAML: {what}") from None
     if not isinstance(raw, dict):
         _fail(path, "must be a mapping of keys to values")
     known = {f.name for f in dataclasses.fields(FeatureSpec)} - {"schema_file"} | {"schema"}
