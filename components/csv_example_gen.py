@@ -33,6 +33,7 @@ from tfx.components.util import examples_utils
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
+from deepfm_tfx import progress
 from deepfm_tfx.components import csv_reader
 # Where they were before csv_reader existed.
 from deepfm_tfx.components.csv_reader import check_files, parse_file  # noqa: F401
@@ -93,6 +94,8 @@ def _write_file(item: Tuple[int, str], spec_dict: Dict[str, Any], splits: Sequen
                 writers[i].write(example)
             for y in csv_reader.LABELS:
                 Metrics.counter(_COUNTERS, f"{splits[i].name}:{y}").inc(int((labels == y).sum()))
+            progress.INGEST.add(rows=len(labels))  # Beam's counters arrive only when the pipeline ends
+        progress.INGEST.add(files=1)
     finally:
         for writer in writers.values():
             writer.close()

@@ -13,7 +13,7 @@ import tempfile
 import tensorflow as tf
 from tfx.components.trainer.fn_args_utils import FnArgs
 
-from deepfm_tfx.trainer_modules import serving
+from deepfm_tfx.trainer_modules import progress, serving
 
 from deepfm_tfx.trainer_modules import training_setup
 from deepfm_tfx.trainer_modules.deepfm import DeepFM
@@ -46,7 +46,10 @@ def make_model_fn(inputs: training_setup.TrainerInputs, train_steps: int):
             optimizer = tf.compat.v1.train.AdamOptimizer(rate(step) if callable(rate) else rate)
             train_op = optimizer.minimize(loss, global_step=step, var_list=model.trainable_variables)
         metrics = {"auc": tf.compat.v1.metrics.auc(labels, probability, num_thresholds=1000)}
-        return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op, eval_metric_ops=metrics)
+        hooks = [progress.EstimatorProgress(loss, metrics["auc"][1], train_steps, config.batch_size)] \
+            if training else None
+        return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op, eval_metric_ops=metrics,
+                                          training_hooks=hooks)
 
     return model_fn
 

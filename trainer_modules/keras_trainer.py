@@ -4,7 +4,7 @@ import os
 import tensorflow as tf
 from tfx.components.trainer.fn_args_utils import FnArgs
 
-from deepfm_tfx.trainer_modules import serving, training_setup
+from deepfm_tfx.trainer_modules import progress, serving, training_setup
 from deepfm_tfx.trainer_modules.deepfm import DeepFM
 
 
@@ -58,7 +58,8 @@ def run_fn(fn_args: FnArgs) -> None:
     model.fit(
         train, steps_per_epoch=fn_args.train_steps, epochs=1,
         validation_data=evaluation, validation_steps=fn_args.eval_steps, verbose=0,
-        callbacks=[tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq=100)])
+        callbacks=[tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq=100),
+                   progress.KerasProgress(fn_args.train_steps, config.batch_size)])
     step_end = int(model.optimizer.iterations.numpy())
     measured = training_setup.learning_rate_record(config, fn_args.train_steps, step_start, step_end)
     measured["warm_start_slots"] = config.warm_start_slots if warm_from else None

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from deepfm_tfx.pipeline import configs
+from deepfm_tfx.pipeline import configs, console
 
 
 def configure(p) -> None:
@@ -11,7 +11,7 @@ def configure(p) -> None:
         "data", "features", "pipeline_root", "model_repository", "model_name", "trainer", "train_steps",
         "eval_steps", "rows", "seed", "metadata", "summary", "beam_args", "min_auc", "max_auc_drop",
         "window_spans", "warm_start", "enable_cache", "push_as", "serving_url", "serving_base_path"])
-    p.add_argument("--verbose", action="store_true", help="show TF, Beam and absl logs")
+    console.add_arguments(p)
     p.set_defaults(func=cmd_run)
 
 
@@ -39,11 +39,11 @@ def print_summary(summary) -> None:
 
 def cmd_run(args) -> int:
     from deepfm_tfx.errors import EXIT_BAD_INPUT, ConfigError, DataError
-    from deepfm_tfx.pipeline import console, validation
+    from deepfm_tfx.pipeline import validation
     from deepfm_tfx.pipeline.orchestrators import local
     from deepfm_tfx.schemas.feature_spec import FeatureSpecError
 
-    console.configure_logging(args.verbose)
+    display = console.configure_logging(args.verbose, quiet=args.quiet, every=args.progress_every)
     config = configs.from_arguments(args)
     try:
         validation.validate(config)
@@ -53,7 +53,8 @@ def cmd_run(args) -> int:
     print(f"deepfm-tfx: {config.trainer} runner, data {config.data or 'synthetic (generated)'}, "
           f"pipeline root {config.pipeline_root}", flush=True)
     try:
-        summary = local.run(config)
+        with display:  # closed before any error or summary is printed
+            summary = local.run(config)
     except (ConfigError, DataError, FeatureSpecError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import sys
 
-from deepfm_tfx.pipeline import configs
+from deepfm_tfx.pipeline import configs, console
 from deepfm_tfx.synthetic import BAD_KINDS
 
 # Small weeks, so four of them run in a few minutes.
@@ -21,19 +21,19 @@ def configure(p) -> None:
                    help="the simulation's own folder; a non-empty folder of anything else is refused")
     configs.add_arguments(p, names=["rows", "seed", "trainer", "train_steps", "eval_steps", "window_spans",
                                     "warm_start", "min_auc", "max_auc_drop", "beam_args"], defaults=DEFAULTS)
-    p.add_argument("--verbose", action="store_true", help="show TF, Beam and absl logs")
+    console.add_arguments(p)
     p.set_defaults(func=_main)
 
 
 def _main(args) -> int:
-    from deepfm_tfx.pipeline import console
     from deepfm_tfx.synthetic import generator, simulation
-    console.configure_logging(args.verbose)
+    display = console.configure_logging(args.verbose, quiet=args.quiet, every=args.progress_every)
     config = configs.from_arguments(args, base=DEFAULTS)
     try:
-        table = simulation.run_weeks(args.workdir, args.weeks, config, bad_week=args.bad_week,
-                                     bad_kind=args.bad_kind,
-                                     drift=generator.DEFAULT_DRIFT if args.drift is None else args.drift)
+        with display:
+            table = simulation.run_weeks(args.workdir, args.weeks, config, bad_week=args.bad_week,
+                                         bad_kind=args.bad_kind,
+                                         drift=generator.DEFAULT_DRIFT if args.drift is None else args.drift)
     except simulation.WorkdirError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

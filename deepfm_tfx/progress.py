@@ -1,0 +1,236 @@
+"""Progress of the running component: counted where the work happens, drawn by the console.
+
+Code that does the work adds to a tally, a running total kept for this
+process: ExampleGen's writer adds the rows of each block it writes
+and each file it finishes (`INGEST`), the console counts the TFRecord rows Beam reads (`READS`,
+StatisticsGen, Transform, Evaluator), the trainers' callback and hook set
+the step, loss and AUC (`TRAINING`). Under `deepfm-tfx run` every component
+runs in the console's process (LocalDagRunner), so its ticker reads these
+tallies and draws them. On Kubeflow or Airflow nobody reads them, so a tally
+also logs a plain line, at most every DEEPFM_TFX_PROGRESS_SECONDS seconds
+(default 10), to the step's log; the console turns that logging off.
+
+No TensorFlow or Beam here: the console imports this before either.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from typing import Dict, List, Optional, Tuple
+
+LOGGER = logging.getLogger("deepfm_tfx.progress")
+LOGGER.setLevel(logging.INFO)  # on wherever a root handler takes INFO (Kubeflow, Airflow task logs)
+INTERVAL_ENV = "DEEPFM_TFX_PROGRESS_SECONDS"
+DEFAULT_INTERVAL = 10.0
+
+
+def interval() -> float:
+    """Seconds between progress lines written to a log (not a terminal)."""
+    try:
+        seconds = float(os.environ.get(INTERVAL_ENV, DEFAULT_INTERVAL))
+    except ValueError:
+        return DEFAULT_INTERVAL
+    return seconds if seconds > 0 else DEFAULT_INTERVAL
+
+
+# --- formatting ---------------------------------------------------------------------------------
+
+def count(n: float) -> str:
+    """12,345 up to a million, then 1.23M: a row count that stays readable."""
+    if n >= 1e9:
+        return f"{n / 1e9:.2f}B"
+    if n >= 1e6:
+        return f"{n / 1e6:.2f}M"
+    return f"{int(n):,}"
+
+
+def rate(per_second: float) -> str:
+    """A throughput: 950, 12.3k, 1.20M."""
+    if per_second >= 1e6:
+        return f"{per_second / 1e6:.2f}M"
+    if per_second >= 1e4:
+        return f"{per_second / 1e3:.1f}k"
+    if per_second >= 1e3:
+        return f"{per_second / 1e3:.2f}k"
+    return f"{per_second:.0f}"
+
+
+def duration(seconds: float) -> str:
+    """42s, 3:05, 1:02:03: elapsed times and ETAs."""
+    seconds = max(int(round(seconds)), 0)
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}:{seconds:02d}"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}"
+
+
+def _metric(value: Optional[float]) -> Optional[str]:
+    return None if value is None or not math.isfinite(value) else f"{value:.4f}"
+
+
+# --- tallies ------------------------------------------------------------------------------------
+
+class Tally:
+    """A running total for this process; `describe()` says it in a few words."""
+
+    label = ""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._logged_at = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Zero, with the clock starting now (the console calls this as a component starts)."""
+        with self._lock:
+            self.values: Dict[str, float] = {}
+            self.reset_at = time.monotonic()
+            # Per key, (time, value) at its first and its latest change: rates leave start-up out.
+            self.first: Dict[str, Tuple[float, float]] = {}
+            self.last: Dict[str, Tuple[float, float]] = {}
+            self.updated_at: Optional[float] = None
+            self._logged_at = None
+
+    def _changed(self, key: str, value: float, now: float) -> None:
+        if self.values.get(key) != value or key not in self.first:
+            self.first.setdefault(key, (now, value))
+            self.last[key] = (now, value)
+        self.values[key] = value
+        self.updated_at = now
+
+    def add(self, **amounts: float) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for key, amount in amounts.items():
+                self._changed(key, self.values.get(key, 0) + amount, now)
+        self._maybe_log()
+
+    def set(self, **values: float) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for key, value in values.items():
+                self._changed(key, value, now)
+        self._maybe_log()
+
+    def per_second(self, key: str, since_reset: bool = True) -> Optional[float]:
+        """`key`'s rate while it was changing; with one change only, since reset (if `since_reset`)."""
+        with self._lock:
+            if key not in self.last:
+                return None
+            (t0, v0), (t1, v1) = self.first[key], self.last[key]
+        if t1 - t0 >= 0.5 and v1 > v0:
+            return (v1 - v0) / (t1 - t0)
+        return v1 / (t1 - self.reset_at) if since_reset and t1 > self.reset_at and v1 > 0 else None
+
+    def describe(self, now: Optional[float] = None, final: bool = False) -> Optional[str]:
+        """What it counted, in a few words; `final` for the line that closes the component."""
+        raise NotImplementedError
+
+    def _maybe_log(self) -> None:
+        # For logs nobody draws (Kubeflow, Airflow); the console sets LOGGER above INFO.
+        if not LOGGER.isEnabledFor(logging.INFO):
+            return
+        now = time.monotonic()
+        if self._logged_at is not None and now - self._logged_at < interval():
+            return
+        self._logged_at = now
+        text = self.describe(now)
+        if text:
+            LOGGER.info("%s: %s", self.label, text)
+
+
+class Rows(Tally):
+    """Rows read (and files, where a component reports them)."""
+
+    def __init__(self, label: str):
+        self.label = label
+        super().__init__()
+
+    def describe(self, now: Optional[float] = None, final: bool = False) -> Optional[str]:
+        rows = self.values.get("rows")
+        if rows is None:
+            return None
+        parts = [f"{count(rows)} rows read"]
+        files = self.values.get("files")
+        if files:
+            parts.append(f"{int(files)} file{'s' if files != 1 else ''} done")
+        per_second = self.per_second("rows")
+        if per_second and per_second >= 1:
+            parts.append(f"{rate(per_second)} rows/s")
+        return " · ".join(parts)
+
+
+class Training(Tally):
+    """step N of M, examples/s, ETA, loss and AUC; set by trainer_modules.progress."""
+
+    label = "Trainer"
+
+    def start(self, steps: int, batch_size: int) -> None:
+        self.reset()
+        with self._lock:
+            self.values.update(step=0, steps=steps, batch_size=batch_size)
+            self.updated_at = time.monotonic()  # shown from now on; the step rate from the first step on
+        self.phase = "starting"
+
+    def reset(self) -> None:
+        super().reset()
+        self.phase = ""
+
+    def update(self, step: int, loss: Optional[float] = None, auc: Optional[float] = None) -> None:
+        values = {"step": step}
+        if loss is not None:
+            values["loss"] = float(loss)
+        if auc is not None:
+            values["auc"] = float(auc)
+        self.phase = "training"
+        self.set(**values)
+
+    def set_phase(self, phase: str) -> None:
+        self.phase = phase
+        self.updated_at = time.monotonic()
+
+    def describe(self, now: Optional[float] = None, final: bool = False) -> Optional[str]:
+        now = time.monotonic() if now is None else now
+        values = dict(self.values)
+        if "steps" not in values:
+            return None
+        step, steps = int(values.get("step", 0)), int(values["steps"])
+        parts = [f"step {step}/{steps}"]
+        # Measured between steps only: the first one waits for tracing.
+        steps_per_second = self.per_second("step", since_reset=False) if step else None
+        if steps_per_second:
+            parts.append(f"{rate(steps_per_second * values.get('batch_size', 0))} ex/s")
+            if step < steps:
+                since_last = now - self.last["step"][0]
+                parts.append(f"ETA {duration(max((steps - step) / steps_per_second - since_last, 0))}")
+        for name in ("loss", "auc"):
+            if (text := _metric(values.get(name))) is not None:
+                parts.append(f"{name} {text}")
+        if self.phase and self.phase != "training" and not final:
+            parts.append(self.phase)
+        return " · ".join(parts)
+
+
+INGEST = Rows("SpecCsvExampleGen")
+READS = Rows("Beam TFRecord reads")
+TRAINING = Training()
+# The console draws the most recently updated of these for the running component.
+TALLIES: List[Tally] = [TRAINING, INGEST, READS]
+
+
+def reset_all() -> None:
+    for tally in TALLIES:
+        tally.reset()
+
+
+def current(since: float) -> Optional[Tally]:
+    """The tally updated most recently after `since` (a time.monotonic()), if any."""
+    fresh = [t for t in TALLIES if t.updated_at is not None and t.updated_at >= since]
+    return max(fresh, key=lambda t: t.updated_at) if fresh else None
+
