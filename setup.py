@@ -41,6 +41,7 @@ setuptools.setup(
         "tfx-bsl==1.15.1",
         "apache-beam[gcp]==2.59.0",
         "pyyaml",
+        "rich",  # the run's live progress line on a terminal
     ],
     extras_require={
         # Not tfx[airflow]: it pulls mysqlclient, which needs C headers.
