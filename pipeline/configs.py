@@ -90,7 +90,9 @@ def _flag(field: dataclasses.Field) -> str:
     return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
 
 
-def _add(parser: argparse.ArgumentParser, field: dataclasses.Field, default: Any, dest: str) -> None:
+def _add(parser: argparse.ArgumentParser, field: dataclasses.Field, default: Any, dest: str,
+         shown: Any = None) -> None:
+    """`shown`: the default to name in the help when `default` is SUPPRESS (only_given)."""
     meta = field.metadata
     if "negate" in meta:
         parser.add_argument(meta["negate"], dest=dest, action="store_false", default=default,
@@ -99,6 +101,9 @@ def _add(parser: argparse.ArgumentParser, field: dataclasses.Field, default: Any
     kind = field.type if isinstance(field.type, type) else None
     # The CLI's formatter appends each default.
     kwargs: Dict[str, Any] = {"dest": dest, "help": meta["help"], "metavar": field.name.upper()}
+    if default is argparse.SUPPRESS and shown not in (None, [], ()):
+        shown = ",".join(map(str, shown)) if isinstance(shown, (list, tuple)) else shown
+        kwargs["help"] += f" (default: {shown})"
     if "choices" in meta:
         kwargs["choices"] = meta["choices"]
         del kwargs["metavar"]
@@ -126,12 +131,13 @@ def add_arguments(parser: argparse.ArgumentParser, names: Optional[Iterable[str]
     for field in dataclasses.fields(RunConfig):
         if field.metadata.get("nested") or (wanted is not None and field.name not in wanted):
             continue
-        _add(parser, field, argparse.SUPPRESS if only_given else getattr(defaults, field.name), field.name)
+        value = getattr(defaults, field.name)
+        _add(parser, field, argparse.SUPPRESS if only_given else value, field.name, shown=value)
     if training:
         group = parser.add_argument_group("training")
         for field in dataclasses.fields(TrainingConfig):
-            _add(group, field, argparse.SUPPRESS if only_given else getattr(defaults.training, field.name),
-                 "training." + field.name)
+            value = getattr(defaults.training, field.name)
+            _add(group, field, argparse.SUPPRESS if only_given else value, "training." + field.name, shown=value)
 
 
 def from_arguments(args: argparse.Namespace, base: Optional[RunConfig] = None) -> RunConfig:

@@ -26,7 +26,35 @@ COMMANDS = {
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows every flag's default without repeating it in the help text."""
+    """Appends each flag's default, unless it says nothing: no value, an on/off switch, a
+    required flag or argument, or help that already names its default."""
+
+    SILENT = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._StoreConstAction,
+              argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (action.default is None or action.default is argparse.SUPPRESS or action.default == []
+                or action.required or not action.option_strings or isinstance(action, self.SILENT)
+                or "default:" in text):
+            return text
+        return text + " (default: %(default)s)"
+
+
+class _SubParsers(argparse._SubParsersAction):
+    def add_parser(self, name, **kwargs):
+        # A subcommand's --help starts with the line that lists it in its parent's help.
+        kwargs.setdefault("description", kwargs.get("help"))
+        return super().add_parser(name, **kwargs)
+
+
+class Parser(argparse.ArgumentParser):
+    """Every parser, nested subcommands' included, formats with HelpFormatter."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.register("action", "parsers", _SubParsers)
 
 
 def _command_of(argv: List[str]) -> Optional[str]:
@@ -41,17 +69,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     from deepfm_tfx.pipeline import console
     console.silence_before_imports("--verbose" in argv)
 
-    parser = argparse.ArgumentParser(prog="deepfm-tfx", description="deepfm-tfx: weekly TFX retraining of a DeepFM CTR model",
-                                     formatter_class=HelpFormatter)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def build_parser(argv: List[str], configure_all: bool = False) -> argparse.ArgumentParser:
+    """The parser, with the flags of the command in `argv` (of every command, with configure_all)."""
+    parser = Parser(prog="deepfm-tfx", description="deepfm-tfx: weekly TFX retraining of a DeepFM CTR model")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     chosen = _command_of(argv)
     for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
-        if name == chosen:
+        p = sub.add_parser(name, help=help_text)
+        if name == chosen or configure_all:
             configure = getattr(importlib.import_module(f"{__name__}.{module}"), "configure")
             configure(p, name) if module == "orchestrate" else configure(p)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return parser
 
 
 if __name__ == "__main__":

@@ -171,11 +171,17 @@ def cmd_prune(args) -> int:
     verb = "would remove" if args.dry_run else "removed"
     for v in removed:
         print(f"{verb} {model} version {v}")
-    kept = model_repository.versions(repo, model)
-    if not args.dry_run:
-        print(f"{len(removed)} version(s) {verb}; kept {', '.join(map(str, kept)) or 'none'} "
-              f"(serving {model_repository.serving_version(repo, model)})")
+    kept = [v for v in model_repository.versions(repo, model) if v not in removed]
+    serving = model_repository.serving_version(repo, model)
+    kept_text = f"{', '.join(map(str, kept)) or 'none'} (serving {serving if serving is not None else 'none'})"
+    # One line of outcome even when nothing changes, so a dry run never answers with silence.
+    if not removed:
+        print(f"{model}: nothing to remove with --keep {args.keep}; {'would keep' if args.dry_run else 'kept'} "
+              f"{kept_text}")
+    else:
+        print(f"{model}: {len(removed)} version(s) {verb}; {'would keep' if args.dry_run else 'kept'} {kept_text}")
     return 0
+
 
 
 def _checked(command):
@@ -209,7 +215,7 @@ def configure(m) -> None:
     sub = m.add_subparsers(dest="models_command", required=True)
 
     ls = sub.add_parser("list", parents=[common], help="versions, their labels, metrics and data")
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--json", action="store_true", help="print the repository as JSON, records whole")
     ls.set_defaults(func=cmd_list)
 
     moving = argparse.ArgumentParser(add_help=False)
@@ -222,17 +228,17 @@ def configure(m) -> None:
 
     cn = sub.add_parser("canary", parents=[common, moving],
                         help="load a version beside stable under the canary label")
-    cn.add_argument("version", type=int)
+    cn.add_argument("version", type=int, help="the version to load as canary")
     cn.set_defaults(func=cmd_canary)
 
     pm = sub.add_parser("promote", parents=[common, moving],
                         help="make the canary (or VERSION) stable; the old stable is unloaded")
-    pm.add_argument("version", type=int, nargs="?")
+    pm.add_argument("version", type=int, nargs="?", help="the version to make stable (default: the canary)")
     pm.set_defaults(func=cmd_promote)
 
     rb = sub.add_parser("rollback", parents=[common, moving],
                         help="move stable to an existing version (held until `models release`); deletes nothing")
-    rb.add_argument("version", type=int)
+    rb.add_argument("version", type=int, help="the existing version to serve as stable")
     rb.set_defaults(func=cmd_rollback)
 
     rl = sub.add_parser("release", parents=[common],

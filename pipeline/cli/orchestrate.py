@@ -19,10 +19,15 @@ def _pipeline_options(p: argparse.ArgumentParser) -> None:
     # Only flags given are passed on; the target's own defaults fill the rest.
     configs.add_arguments(p, names=["features", "trainer", "train_steps", "eval_steps", "min_auc", "max_auc_drop",
                                     "model_name", "window_spans", "beam_args"], only_given=True)
-    p.add_argument("--pipeline-root", help="pipeline outputs (Kubeflow default: /mnt/deepfm-tfx/pipeline)")
-    p.add_argument("--data-root", help="folder of span-<N>/ data folders")
-    p.add_argument("--model-repository", help="versioned model repository (a POSIX path)")
-    p.add_argument("--image", help="container image with deepfm-tfx installed (Kubeflow only)")
+    # The orchestrators' own defaults, written out here without importing them (TFX, KFP).
+    p.add_argument("--pipeline-root", help="pipeline outputs (default: Kubeflow /mnt/deepfm-tfx/pipeline, "
+                                           "Airflow ~/deepfm-tfx/pipeline)")
+    p.add_argument("--data-root", help="folder of span-<N>/ data folders (default: Kubeflow /mnt/deepfm-tfx/data, "
+                                       "Airflow ~/deepfm-tfx/data)")
+    p.add_argument("--model-repository", help="versioned model repository, a POSIX path (default: Kubeflow "
+                                              "/mnt/deepfm-tfx/model_repository, Airflow ~/deepfm-tfx/model_repository)")
+    p.add_argument("--image", help="container image with deepfm-tfx installed, Kubeflow only "
+                                   "(default: ghcr.io/deepfm-tfx/pipeline:0.1.0)")
     p.add_argument("--pvc", help="KFP v1: PersistentVolumeClaim to mount at /mnt/deepfm-tfx on every step")
     p.add_argument("--verbose", action="store_true", help="show TF, Beam and absl logs")
 
@@ -154,7 +159,8 @@ def cmd_schedule(args) -> int:
 def configure(p, command: str) -> None:
     """Adds `compile`'s or `schedule`'s flags to its parser."""
     if command == "compile":
-        p.add_argument("--target", choices=TARGETS, required=True)
+        p.add_argument("--target", choices=TARGETS, required=True,
+                       help="Kubeflow Pipelines v1 (Argo YAML), v2 (IR JSON), or an Airflow DAG file")
         p.add_argument("--output", required=True,
                        help="kubeflow: .yaml/.tar.gz/.zip; kubeflow-v2: .json; airflow: the dags_folder")
         p.add_argument("--setup-db", action="store_true",
@@ -163,7 +169,7 @@ def configure(p, command: str) -> None:
         p.set_defaults(func=cmd_compile)
         return
     from deepfm_tfx.pipeline.orchestrators import schedule
-    p.add_argument("--target", choices=["kubeflow"], default="kubeflow")
+    p.add_argument("--target", choices=["kubeflow"], default="kubeflow", help="where to schedule (KFP v1 only)")
     p.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080")
     p.add_argument("--cron", default=schedule.WEEKLY_CRON, help="6 fields, seconds first (Mondays 03:00 UTC)")
     p.add_argument("--experiment", default=schedule.DEFAULT_EXPERIMENT, help="KFP experiment")
