@@ -213,6 +213,26 @@ def test_gzip_content_a_bom_and_crlf_are_read_as_plain_csv(tmp_path, repository,
     assert len(parsed["plain"]) == 50 and all(p == parsed["plain"] for p in parsed.values())
 
 
+@pytest.mark.e2e
+def test_a_data_error_inside_example_gen_is_one_line_without_a_traceback(tmp_path, repository, capsys, monkeypatch):
+    """Kubeflow and Airflow have no pre-run scan, so ExampleGen's own error must read the same (the
+    scan is skipped here to get there): no Beam traceback before it, nothing pushed."""
+    from deepfm_tfx.components import csv_reader
+    monkeypatch.setattr(csv_reader, "count_splits", lambda files, spec, splits: {s.name: {0: 500, 1: 500}
+                                                                                  for s in splits})
+    lines = balanced(1500).decode().splitlines()
+    lines[699] = row(I1="many")
+    before = tree(repository)
+    code, err, fill = run_case(tmp_path, repository, {FILE: ("\n".join(lines) + "\n").encode()},
+                               ["--train-steps", "5"], capsys)
+    assert code == 2
+    assert [line for line in err.splitlines() if line.strip()] == [
+        f"error: {fill['file']}, row 700, column 'I1': expected a number, got 'many'"]
+    # A run that started writes its report under <model>/runs/, failed or not; versions, records
+    # and models.config must not change.
+    assert {k: v for k, v in tree(repository).items() if not k.startswith("deepfm/runs")} == before
+
+
 def markdown_table() -> str:
     """The corpus as run: input, exit code, message (for the issue's closing note)."""
     import tempfile
