@@ -75,13 +75,25 @@ def model_metadata(manager: ModelManager, model_spec,
         servable.release()
 
 
-def predict(manager: ModelManager, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+def predict(manager: ModelManager, request: predict_pb2.PredictRequest, router=None,
+            context: Optional[grpc.ServicerContext] = None) -> predict_pb2.PredictResponse:
+    """With an experiments `router`, an un-pinned request is routed by the key in the call's
+    metadata, logged, and answered with its request id and arm in the trailing metadata."""
     version, label = version_choice(request.model_spec)
+    assignment = None
+    if router is not None and version is None and label is None:
+        metadata = dict(context.invocation_metadata()) if context is not None else {}
+        assignment = router.assign(request.model_spec.name, lambda field: metadata.get(field.lower()))
+        label = assignment.label if assignment is not None else None
     servable = manager.resolve(request.model_spec.name, version, label)
     try:
         signature = servable.signature(request.model_spec.signature_name)
         feeds = requests.feeds_from_tensor_protos(request.inputs, signature)
         outputs = signature.run(feeds, tuple(request.output_filter))
+        if assignment is not None:
+            router.record(assignment, servable.version, signature.name, feeds, outputs)
+            if context is not None:
+                context.set_trailing_metadata(tuple((k.lower(), v) for k, v in assignment.headers().items()))
         response = predict_pb2.PredictResponse()
         response.model_spec.name = request.model_spec.name
         response.model_spec.version.value = servable.version
@@ -98,12 +110,13 @@ def _abort(context: grpc.ServicerContext, error: ServingError):
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, manager: ModelManager):
+    def __init__(self, manager: ModelManager, router=None):
         self.manager = manager
+        self.router = router
 
     def Predict(self, request, context):
         try:
-            return predict(self.manager, request)
+            return predict(self.manager, request, self.router, context)
         except ServingError as e:
             _abort(context, e)
 
@@ -139,7 +152,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
 
 def build_server(manager: ModelManager, port: int, threads: int, max_message_bytes: int,
-                 host: str = "0.0.0.0") -> Tuple[grpc.Server, int]:
+                 host: str = "0.0.0.0", router=None) -> Tuple[grpc.Server, int]:
     """grpcio's server on a thread pool; a message over the limit fails with
     RESOURCE_EXHAUSTED before it reaches us."""
     server = grpc.server(
@@ -147,7 +160,7 @@ def build_server(manager: ModelManager, port: int, threads: int, max_message_byt
         options=[("grpc.max_receive_message_length", max_message_bytes),
                  ("grpc.max_send_message_length", max_message_bytes),
                  ("grpc.so_reuseport", 0)])
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(manager), server)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(manager, router), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:

@@ -3,6 +3,8 @@
     GET  /v1/models/<name>[/versions/<N>|/labels/<L>]             status
     GET  /v1/models/<name>[/versions/<N>|/labels/<L>]/metadata    signatures
     POST /v1/models/<name>[/versions/<N>|/labels/<L>]:predict     row or columnar JSON
+    POST /v1/experiments/<name>/outcomes                          clicks for an experiment's predictions
+    GET  /v1/experiments/<name>                                   its config and live counters
 
 The paths are matched with TF Serving's own regular expressions
 (http_rest_api_util.cc). Errors are `{"error": "..."}` with the HTTP status
@@ -16,7 +18,7 @@ import logging
 import re
 import threading
 from concurrent import futures
-from typing import Optional
+from typing import Any, Dict, Optional, Tuple
 
 from aiohttp import web
 from google.protobuf import json_format
@@ -29,6 +31,7 @@ log = logging.getLogger("deepfm_tfx.serving")
 
 PREDICT_PATH = re.compile(
     r"(?i)/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)")
+EXPERIMENT_PATH = re.compile(r"/v1/experiments/([^/:]+)(/outcomes)?")
 STATUS_PATH = re.compile(r"(?i)/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?")
 _HEADERS = {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Methods": "POST, GET",
             "Access-Control-Allow-Headers": "Content-Type"}
@@ -43,8 +46,9 @@ def _error(error: ServingError, status: Optional[int] = None) -> web.Response:
 
 
 class RestApi:
-    def __init__(self, manager: ModelManager, threads: int, max_body_bytes: int):
+    def __init__(self, manager: ModelManager, threads: int, max_body_bytes: int, router=None):
         self.manager = manager
+        self.router = router  # deepfm_tfx.experiments.router.ExperimentRouter, or None: no experiments
         self.max_body_bytes = max_body_bytes
         self.pool = futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rest")
 
@@ -75,6 +79,8 @@ class RestApi:
         path, method = request.path, request.method
         malformed = errors.invalid(f"Malformed request: {method} {path}")
         loop = asyncio.get_running_loop()
+        if self.router is not None and (experiment := EXPERIMENT_PATH.fullmatch(path)):
+            return await self._experiment(request, loop, *experiment.groups())
         if method == "POST":
             match = PREDICT_PATH.fullmatch(path)
             if not match:
@@ -86,8 +92,11 @@ class RestApi:
             if verb.lower() != "predict":
                 raise ServingError(errors.UNIMPLEMENTED,
                                    f"{verb} is not served: this model has predict signatures only; use :predict")
-            answer = await loop.run_in_executor(self.pool, self._predict, model, _version(version), label, body)
-            return _json(answer)
+            answer, headers = await loop.run_in_executor(self.pool, self._predict, model, _version(version), label,
+                                                         body, request.headers)
+            response = _json(answer)
+            response.headers.update(headers)
+            return response
         if method == "GET":
             match = STATUS_PATH.fullmatch(path)
             if not match:
@@ -99,9 +108,14 @@ class RestApi:
             return _json(await loop.run_in_executor(self.pool, work, model, _version(version), label))
         raise malformed
 
-    def _predict(self, model: str, version: Optional[int], label: Optional[str], body: bytes) -> bytes:
+    def _predict(self, model: str, version: Optional[int], label: Optional[str], body: bytes,
+                 headers=None) -> Tuple[bytes, Dict[str, str]]:
         doc = requests.parse_json(body)  # TF Serving parses before it looks the model up
         signature_name = requests.signature_name_of(doc)
+        assignment = None
+        if self.router is not None and version is None and label is None:  # pinned calls bypass experiments
+            assignment = self.router.assign(model, lambda field: _field(doc, headers, field))
+            label = assignment.label if assignment is not None else None
         servable = self.manager.resolve(model, version, label)
         try:
             try:
@@ -110,9 +124,25 @@ class RestApi:
                 raise errors.invalid(f'Serving signature name: "{signature_name or "serving_default"}" '
                                      f'not found in signature def') from None
             feeds, form = requests.feeds_from_json(doc, signature.inputs, signature.defaults)
-            return requests.json_response(signature.run(feeds), form)
+            outputs = signature.run(feeds)
+            if assignment is None:
+                return requests.json_response(outputs, form), {}
+            self.router.record(assignment, servable.version, signature.name, feeds, outputs)
+            return requests.json_response(outputs, form), assignment.headers()
         finally:
             servable.release()
+
+    async def _experiment(self, request: web.Request, loop, name: str, outcomes: Optional[str]) -> web.Response:
+        if request.method == "POST" and outcomes:
+            if request.content_length is not None and request.content_length > self.max_body_bytes:
+                return self._too_large(request.content_length)
+            body = await request.read()
+            status, answer = await loop.run_in_executor(self.pool, self.router.record_outcomes, name, body)
+            return _json(requests.orjson.dumps(answer), status)
+        if request.method == "GET" and not outcomes:
+            return _json(requests.orjson.dumps(await loop.run_in_executor(self.pool, self.router.status, name)))
+        raise errors.invalid(f"Malformed request: {request.method} {request.path}; experiments take "
+                             f"POST /v1/experiments/<name>/outcomes and GET /v1/experiments/<name>")
 
     def _status(self, model: str, version: Optional[int], label: Optional[str]) -> bytes:
         response = grpc_service.model_status(self.manager, model, version, label)
@@ -136,6 +166,15 @@ class RestApi:
                                                     including_default_value_fields=True),
             "metadata": {"signature_def": json_format.MessageToDict(
                 signatures, preserving_proto_field_name=True, including_default_value_fields=True)}})
+
+
+def _field(doc: Dict[str, Any], headers, name: str) -> Any:
+    """An experiment's key or request id: a top-level body field, a header, or X-<Name>."""
+    if name in doc:
+        return doc[name]
+    if headers is None:
+        return None
+    return headers.get(name) or headers.get("X-" + "-".join(p.capitalize() for p in name.split("_")))
 
 
 def _version(text: Optional[str]) -> Optional[int]:

@@ -23,13 +23,18 @@ class ModelServer:
     def __init__(self, repository: str, grpc_port: Optional[int] = 8500, rest_port: Optional[int] = 8501,
                  config_file: Optional[str] = None, poll_seconds: float = 1.0,
                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, grpc_threads: int = 16, rest_threads: int = 8,
-                 host: str = "0.0.0.0", intra_op_threads: int = 1, inter_op_threads: int = -1):
+                 host: str = "0.0.0.0", intra_op_threads: int = 1, inter_op_threads: int = -1,
+                 experiments_dir: Optional[str] = None):
         from deepfm_tfx.serving import loader, servable
 
         config = servable.session_config(intra_op_threads, inter_op_threads)
         self.manager = loader.ModelManager(
             repository, config_file, poll_seconds,
             load=lambda model, version, path: servable.Servable(model, version, path, config).load())
+        self.router = None
+        if experiments_dir is not None:  # A/B tests between stable and canary (deepfm_tfx.experiments)
+            from deepfm_tfx.experiments.router import ExperimentRouter
+            self.router = ExperimentRouter(experiments_dir, poll_seconds)
         self._ports = (grpc_port, rest_port)
         self._limits = (max_body_bytes, grpc_threads, rest_threads, host)
         self.grpc_server = None
@@ -43,12 +48,14 @@ class ModelServer:
         grpc_port, rest_port = self._ports
         max_body_bytes, grpc_threads, rest_threads, host = self._limits
         self.manager.start()
+        if self.router is not None:
+            self.router.start()
         if grpc_port is not None:
             self.grpc_server, self.grpc_port = grpc_service.build_server(
-                self.manager, grpc_port, grpc_threads, max_body_bytes, host)
+                self.manager, grpc_port, grpc_threads, max_body_bytes, host, self.router)
             self.grpc_server.start()
         if rest_port is not None:
-            self.rest_server = rest.RestServer(rest.RestApi(self.manager, rest_threads, max_body_bytes),
+            self.rest_server = rest.RestServer(rest.RestApi(self.manager, rest_threads, max_body_bytes, self.router),
                                                rest_port, host)
             self.rest_port = self.rest_server.start()
         return self
@@ -58,6 +65,8 @@ class ModelServer:
             self.grpc_server.stop(grace).wait()
         if self.rest_server is not None:
             self.rest_server.stop()
+        if self.router is not None:
+            self.router.stop()  # after the servers: every answered prediction is in the log
         self.manager.stop()
 
     def __enter__(self) -> "ModelServer":
@@ -81,6 +90,9 @@ def add_arguments(parser: argparse.ArgumentParser, default_repository: Optional[
                         help="largest request body (REST) and message (gRPC) accepted")
     parser.add_argument("--grpc-threads", type=int, default=16, help="gRPC request threads")
     parser.add_argument("--rest-threads", type=int, default=8, help="REST request threads")
+    parser.add_argument("--experiments-dir", default="experiments",
+                        help="A/B tests between stable and canary (deepfm-tfx experiment start): their configs, "
+                             "prediction logs and outcomes")
     parser.add_argument("--intra-op-threads", type=int, default=1,
                         help="TF threads inside one op")
     parser.add_argument("--inter-op-threads", type=int, default=-1,
@@ -99,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     server = ModelServer(
         args.model_repository, args.port, args.rest_api_port or None, config_file,
         args.model_config_file_poll_wait_seconds, args.rest_max_body_bytes, args.grpc_threads, args.rest_threads,
-        args.host, args.intra_op_threads, args.inter_op_threads)
+        args.host, args.intra_op_threads, args.inter_op_threads, args.experiments_dir)
     try:
         server.start()
     except OSError as e:

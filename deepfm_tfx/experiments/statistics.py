@@ -1,0 +1,149 @@
+"""Estimates with confidence intervals, for one arm of an A/B test and for the difference of two.
+
+Traffic is split by key (a user), not by row: one key's rows all land in one
+arm and may be alike, so treating them as independent would understate the
+noise. Means and ratios therefore use the cluster-robust (delta-method)
+variance over keys: for a ratio R = sum(num) / sum(den) over K keys,
+
+    Var(R) = K / (K - 1) * sum_k (num_k - R * den_k)^2 / (sum den)^2
+
+which for one row per key is the familiar s^2 / n (s^2 with K - 1). CTR is
+the ratio clicks / rows, online logloss the mean per-row logloss,
+calibration the ratio sum(score) / sum(clicks) (TFMA's: mean prediction over
+mean label, 1 is perfect). AUC's interval is DeLong's (its placements over
+rows; it ignores the keys). Latency quantiles get a distribution-free
+interval from order statistics. The two arms are independent samples, so
+the variance of a difference is the sum of the two.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Dict, Optional, Sequence
+
+import numpy as np
+
+NAN = float("nan")
+EPSILON = 1e-7  # scores are clipped to [EPSILON, 1 - EPSILON] for logloss, as TFMA does
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+    value: float
+    se: float
+    low: float
+    high: float
+    confidence: float
+    n: int
+    p_value: Optional[float] = None  # differences only: two-sided, against no difference
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                for k, v in dataclasses.asdict(self).items()}
+
+    @property
+    def known(self) -> bool:
+        return math.isfinite(self.value) and math.isfinite(self.se)
+
+
+def z_of(confidence: float) -> float:
+    from scipy.stats import norm
+    return float(norm.ppf(0.5 + confidence / 2))
+
+
+def _unknown(n: int, confidence: float, value: float = NAN) -> Estimate:
+    return Estimate(value, NAN, NAN, NAN, confidence, n)
+
+
+def _normal(value: float, se: float, confidence: float, n: int, p_value: Optional[float] = None) -> Estimate:
+    z = z_of(confidence)
+    return Estimate(float(value), float(se), float(value - z * se), float(value + z * se), confidence, n, p_value)
+
+
+def ratio(num: Sequence[float], den: Sequence[float], clusters: Optional[Sequence] = None,
+          confidence: float = 0.95) -> Estimate:
+    """sum(num) / sum(den), with the cluster-robust variance over `clusters` (one per row;
+    None: every row its own cluster)."""
+    num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
+    n = len(num)
+    if clusters is not None and n:
+        _, inverse = np.unique(np.asarray(clusters), return_inverse=True)
+        num, den = np.bincount(inverse, weights=num), np.bincount(inverse, weights=den)
+    k, total = len(num), float(den.sum())
+    if k == 0 or total == 0:
+        return _unknown(n, confidence)
+    value = float(num.sum()) / total
+    if k < 2:
+        return _unknown(n, confidence, value)
+    residual = num - value * den
+    se = math.sqrt(k / (k - 1) * float(np.dot(residual, residual))) / abs(total)
+    return _normal(value, se, confidence, n)
+
+
+def mean(values: Sequence[float], clusters: Optional[Sequence] = None, confidence: float = 0.95) -> Estimate:
+    values = np.asarray(values, np.float64)
+    return ratio(values, np.ones_like(values), clusters, confidence)
+
+
+def logloss_per_row(labels: Sequence[float], scores: Sequence[float]) -> np.ndarray:
+    y = np.asarray(labels, np.float64)
+    q = np.clip(np.asarray(scores, np.float64), EPSILON, 1 - EPSILON)
+    return -(y * np.log(q) + (1 - y) * np.log1p(-q))
+
+
+def placements(positive: np.ndarray, negative: np.ndarray):
+    """DeLong's placements from midranks: per positive, the share of negatives it outscores;
+    per negative, the share of positives that outscore it (ties count a half)."""
+    from scipy.stats import rankdata
+    m, n = len(positive), len(negative)
+    together = rankdata(np.concatenate([positive, negative]))
+    of_positives = (together[:m] - rankdata(positive)) / n
+    of_negatives = 1.0 - (together[m:] - rankdata(negative)) / m
+    return of_positives, of_negatives
+
+
+def auc(labels: Sequence[float], scores: Sequence[float], confidence: float = 0.95) -> Estimate:
+    """ROC AUC with DeLong's variance: var(V10)/m + var(V01)/n."""
+    labels = np.asarray(labels).astype(bool)
+    scores = np.asarray(scores, np.float64)
+    m, n = int(labels.sum()), int((~labels).sum())
+    if m < 2 or n < 2:
+        return _unknown(len(labels), confidence)
+    v10, v01 = placements(scores[labels], scores[~labels])
+    variance = float(np.var(v10, ddof=1)) / m + float(np.var(v01, ddof=1)) / n
+    return _normal(float(v10.mean()), math.sqrt(max(variance, 0.0)), confidence, len(labels))
+
+
+def difference(a: Estimate, b: Estimate, confidence: Optional[float] = None) -> Estimate:
+    """a - b for independent samples; the p-value is two-sided against no difference."""
+    confidence = confidence if confidence is not None else a.confidence
+    if not (a.known and b.known):
+        return _unknown(a.n + b.n, confidence, a.value - b.value)
+    diff = a.value - b.value
+    se = math.hypot(a.se, b.se)
+    p_value = (1.0 if diff == 0 else 0.0) if se == 0 else math.erfc(abs(diff) / se / math.sqrt(2))
+    return _normal(diff, se, confidence, a.n + b.n, p_value)
+
+
+def at_confidence(estimate: Estimate, confidence: float) -> Estimate:
+    """The same normal estimate with a wider or narrower interval."""
+    if not estimate.known:
+        return dataclasses.replace(estimate, confidence=confidence)
+    return _normal(estimate.value, estimate.se, confidence, estimate.n, estimate.p_value)
+
+
+def quantile(values: Sequence[float], q: float, confidence: float = 0.95) -> Estimate:
+    """The q-quantile with the order-statistic interval [x_(l), x_(u)], l and u from
+    Binomial(n, q): it holds for any distribution (no normal approximation)."""
+    from scipy.stats import binom
+    x = np.sort(np.asarray(values, np.float64))
+    n = len(x)
+    if n == 0:
+        return _unknown(0, confidence)
+    value = float(np.quantile(x, q))
+    alpha = 1 - confidence
+    low_rank = int(binom.ppf(alpha / 2, n, q))          # 1-based order statistics
+    high_rank = int(binom.ppf(1 - alpha / 2, n, q)) + 1
+    low = float(x[min(max(low_rank, 1), n) - 1])
+    high = float(x[min(max(high_rank, 1), n) - 1])
+    return Estimate(value, NAN, low, high, confidence, n)
