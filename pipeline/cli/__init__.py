@@ -19,6 +19,7 @@ COMMANDS = {
     "simulate": ("simulate", "simulate N weeks of automatic retraining, one bad week included"),
     "models": ("models", "list, canary, promote, roll back, release or prune the versions in the model repository"),
     "serve": ("serve", "serve the model repository on TF Serving's gRPC and REST APIs"),
+    "experiment": ("experiment", "A/B test stable vs canary on live traffic: start, outcomes, report, promote"),
     "schema": ("schema", "export the schema frozen by the first run, for review"),
     "compile": ("orchestrate", "compile for Kubeflow Pipelines (v1 YAML, v2 JSON) or install the Airflow DAG"),
     "schedule": ("orchestrate", "create a weekly recurring run on Kubeflow Pipelines"),
