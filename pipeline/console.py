@@ -282,13 +282,24 @@ class ComponentProgress(logging.Handler):
         super().close()
 
 
+def _seconds(text: str) -> float:
+    import argparse
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text!r}")
+    return value
+
+
 def add_arguments(parser) -> None:
     """--verbose, --quiet and --progress-every: what a run prints while it works."""
     shown = parser.add_mutually_exclusive_group()
     shown.add_argument("--verbose", action="store_true", help="also show TF, Beam and absl logs")
     shown.add_argument("--quiet", action="store_true",
                        help="no progress: print only the outcome (summary or error)")
-    parser.add_argument("--progress-every", type=float, default=progress.interval(), metavar="SECONDS",
+    parser.add_argument("--progress-every", type=_seconds, default=progress.interval(), metavar="SECONDS",
                         help="seconds between progress lines when output is not a terminal (CI, log files); "
                              f"{progress.INTERVAL_ENV} sets the default")
 

@@ -284,6 +284,13 @@ def test_compile_help_names_the_orchestrators_real_defaults():
         assert value in _help_of(compile_parser, flag), flag
 
 
+@pytest.mark.parametrize("value", ["0", "-1", "often"])
+def test_progress_every_must_be_positive_seconds(value, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.build_parser(["run"]).parse_args(["run", "--progress-every", value])
+    assert exit_.value.code == 2 and "seconds above 0" in capsys.readouterr().err
+
+
 def _fake_repository(root, versions):
     repo = root / "model_repository"
     for v in versions:
