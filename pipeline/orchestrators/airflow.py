@@ -100,8 +100,12 @@ def create_dag(settings: Optional[AirflowSettings] = None):
     from deepfm_tfx.pipeline.pipeline import create_pipeline_from_config
     from deepfm_tfx.schemas import feature_spec, frozen_schema
 
+    from deepfm_tfx.pipeline import validation
+
     settings = settings or settings_from_env()
     config = settings.run
+    # A bad setting fails the DAG's import, where Airflow shows it, not a task a week later.
+    validation.validate(config, paths=False, connect=False)
     # A schema frozen by an earlier run is imported once it exists (the DAG is re-parsed).
     spec = frozen_schema.apply(feature_spec.load(config.features), config.pipeline_root)
     # Weekly data arrives as span-<N>/ folders; ExampleGen takes the newest at run time.

@@ -13,6 +13,7 @@ from tfx import v1 as tfx
 
 from deepfm_tfx import spans
 from deepfm_tfx.pipeline import configs
+from deepfm_tfx.pipeline import validation
 from deepfm_tfx.pipeline.pipeline import create_pipeline_from_config
 from deepfm_tfx.schemas import feature_spec
 
@@ -94,6 +95,7 @@ def build_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str, mo
                          f"got {model_repository!r}")
     config = configs.RunConfig(data=data_root, pipeline_root=pipeline_root, model_repository=model_repository,
                                **{k: v for k, v in knobs.items() if v is not None})
+    validation.validate(config, paths=False, connect=False)  # the paths are the cluster's
     spec = schema_in_image(feature_spec.load(config.features))
     return create_pipeline_from_config(config, spec, spans.input_pattern(spec.file_pattern),
                                        pipeline_name=pipeline_name, custom_resolvers=custom_resolvers)
