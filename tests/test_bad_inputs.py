@@ -41,6 +41,8 @@ def balanced(n: int) -> bytes:
     return ("\n".join([HEADER] + [row(label=str(i % 2), I1=str(i)) for i in range(n)]) + "\n").encode()
 
 
+MULTIVALENT_SPEC = (b"label: label\nfile_pattern: '*.csv'\ncategorical: [C1]\nnumerical: [I1]\n"
+                    b"multivalent: [{name: C2, separator: '|', max_length: 3}]\n")
 NOT_FINITE = "(non-finite numbers are data errors; leave the field empty for a missing value)"
 SPLITS = "each split needs at least 100 rows, holding both labels 0 and 1"
 NAME_RULES = ("TF Serving model names use letters, digits, '_', '-' and '.', start with a letter, digit or '_', "
@@ -82,6 +84,15 @@ CASES = [
      "{file}, row 4, column 'label': expected a label 0 or 1, got 'nan'"),
     ("label: missing", {FILE: csv_text(row(label=""))}, [],
      "{file}, row 4, column 'label': the label is missing"),
+    ("numeric: a categorical id", {FILE: csv_text(row(I7="0a0b0c0d"))}, [],
+     "{file}, row 4, column 'I7': expected a number, got '0a0b0c0d'"),
+    ("label: a categorical id", {FILE: csv_text(row(label="0a0b0c0d"))}, [],
+     "{file}, row 4, column 'label': expected a label 0 or 1, got '0a0b0c0d'"),
+    ("label: a space", {FILE: csv_text(row(label=" "))}, [],
+     "{file}, row 4, column 'label': expected a label 0 or 1, got ' '"),
+    ("multivalent: not UTF-8", {FILE: csv_text(row(C2="g1|g\xe9")).replace("g\xe9".encode(), b"g\xe9"),
+                                "spec.yaml": MULTIVALENT_SPEC}, ["--features", "{data}/spec.yaml"],
+     "{file}, row 4, column 'C2': not UTF-8 text (byte 0xe9)"),
     ("categorical: not UTF-8", {FILE: csv_text(row(C3="caf\xe9")).replace("caf\xe9".encode(), b"caf\xe9")}, [],
      "{file}, row 4, column 'C3': not UTF-8 text (byte 0xe9)"),
     # Rows of the wrong shape.
