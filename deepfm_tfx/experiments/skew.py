@@ -124,7 +124,7 @@ def check(experiments_dir: str, name: str, training_statistics: str, schema_path
     for info in anomalies.drift_skew_info:
         feature = ".".join(info.path.step)
         for m in info.skew_measurements:
-            measured[feature] = {"measure": anomalies_pb2.SkewMeasurement.Type.Name(m.type).lower(),
+            measured[feature] = {"measure": anomalies_pb2.DriftSkewInfo.Measurement.Type.Name(m.type).lower(),
                                  "value": m.value, "threshold": m.threshold, "skewed": m.value > m.threshold}
     skewed = {}
     for feature, info in anomalies.anomaly_info.items():
