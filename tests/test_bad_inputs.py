@@ -163,6 +163,10 @@ CASES = [
     ("flag: --metadata unreachable", {FILE: balanced(3)}, ["--metadata", "mysql://deepfm:s3cret-pw@127.0.0.1:1/mlmd"],
      "--metadata mysql://deepfm:***@127.0.0.1:1/mlmd: cannot connect to ml-metadata (mysql_real_connect failed: "
      "errno: , error:); check the server is up and the user, password and database are right"),
+    ("flag: --metadata wrong password", {FILE: balanced(3)},
+     ["--metadata", "mysql://root:s3cret-pw@127.0.0.1:3306/mysql"],
+     "--metadata mysql://root:***@127.0.0.1:3306/mysql: cannot connect to ml-metadata (mysql_real_connect failed: "
+     "errno: , error:); check the server is up and the user, password and database are right"),
     # Feature specs.
     ("spec: invalid YAML", {FILE: balanced(3), "spec.yaml": b"label: [unclosed\n"}, ["--features", "{data}/spec.yaml"],
      "{data}/spec.yaml, line 2, column 1: not valid YAML: expected ',' or ']', but got '<stream end>'"),
@@ -262,6 +266,7 @@ def markdown_table() -> str:
         repo = os.path.join(root, "model_repository")
         mr.push(repo, "deepfm", write_saved_model(os.path.join(root, "trainer")), {})
         real, sys.stderr = sys.stderr, io.StringIO()
+        real_out, sys.stdout = sys.stdout, io.StringIO()
         try:
             for i, (case, files, flags, _) in enumerate(CASES):
                 tmp = pathlib.Path(root) / f"case{i}"
@@ -269,7 +274,7 @@ def markdown_table() -> str:
                 message = err.strip().replace(str(tmp), "…").replace("|", "\\|")
                 lines.append(f"| {case} | {code} | `{message}` |")
         finally:
-            sys.stderr = real
+            sys.stderr, sys.stdout = real, real_out
     return "\n".join(lines)
 
 
