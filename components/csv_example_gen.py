@@ -17,7 +17,7 @@ too small to train and evaluate on (csv_reader.check_counts).
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.metrics.metric import Metrics, MetricsFilter

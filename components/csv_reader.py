@@ -19,7 +19,6 @@ import csv
 import dataclasses
 import gzip
 import hashlib
-import io
 import math
 import os
 import re

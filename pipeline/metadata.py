@@ -1,6 +1,5 @@
 """ml-metadata connections: SQLite by default, MySQL for Kubeflow-like setups."""
 import os
-import re
 import urllib.parse
 from typing import Optional
 
