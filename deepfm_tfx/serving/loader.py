@@ -35,7 +35,7 @@ from deepfm_tfx.serving.servable import Servable
 log = logging.getLogger("deepfm_tfx.serving")
 
 START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UNLOADING", "END"
-LOADER_NICE = 10  # the loader thread's CPU priority below request threads
+LOADER_NICE = 10  # default CPU priority of the loader thread, below the request threads' 0
 
 
 @dataclasses.dataclass
@@ -57,10 +57,11 @@ class ModelRoutes:
 
 class ModelManager:
     def __init__(self, repository: str, config_file: Optional[str] = None, poll_seconds: float = 1.0,
-                 load: Callable[[str, int, str], Servable] = None):
+                 load: Callable[[str, int, str], Servable] = None, loader_nice: int = LOADER_NICE):
         self.repository = os.path.abspath(repository)
         self.config_file = config_file or os.path.join(self.repository, models_config.CONFIG_FILE)
         self.poll_seconds = poll_seconds
+        self.loader_nice = loader_nice
         self._load = load or (lambda model, version, path: Servable(model, version, path).load())
         self._routes: Dict[str, ModelRoutes] = {}  # replaced whole, never mutated: reads need no lock
         self._status: Dict[str, Dict[int, VersionStatus]] = {}
@@ -92,7 +93,7 @@ class ModelManager:
 
     def _watch(self) -> None:
         try:  # Linux gives each thread its own nice value.
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOADER_NICE)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.loader_nice)
         except (AttributeError, OSError):
             pass
         while not self._stop.wait(self.poll_seconds):

@@ -94,6 +94,9 @@ class Signature:
             values = self._callable(names)(*args)
         except tf.errors.OpError as e:
             raise errors.from_tf_error(e) from None
+        except UnicodeDecodeError:  # TF's message quoted the bad input, which is not UTF-8
+            raise errors.invalid(f"the {self.name} signature could not parse its input (bytes that are not "
+                                 f"what it expects, e.g. not a serialized tf.Example)") from None
         except (ValueError, TypeError) as e:  # the feed did not fit the placeholder
             raise errors.invalid(str(e)) from None
         return dict(zip(names, values))

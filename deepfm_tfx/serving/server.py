@@ -24,13 +24,14 @@ class ModelServer:
                  config_file: Optional[str] = None, poll_seconds: float = 1.0,
                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, grpc_threads: int = 16, rest_threads: int = 8,
                  host: str = "0.0.0.0", intra_op_threads: int = 1, inter_op_threads: int = -1,
-                 experiments_dir: Optional[str] = None):
+                 experiments_dir: Optional[str] = None, loader_nice: int = 10):
         from deepfm_tfx.serving import loader, servable
 
         config = servable.session_config(intra_op_threads, inter_op_threads)
         self.manager = loader.ModelManager(
             repository, config_file, poll_seconds,
-            load=lambda model, version, path: servable.Servable(model, version, path, config).load())
+            load=lambda model, version, path: servable.Servable(model, version, path, config).load(),
+            loader_nice=loader_nice)
         self.router = None
         if experiments_dir is not None:  # A/B tests between stable and canary (deepfm_tfx.experiments)
             from deepfm_tfx.experiments.router import ExperimentRouter
@@ -95,6 +96,9 @@ def add_arguments(parser: argparse.ArgumentParser, default_repository: Optional[
                              "prediction logs and outcomes")
     parser.add_argument("--intra-op-threads", type=int, default=1,
                         help="TF threads inside one op")
+    parser.add_argument("--loader-nice", type=int, default=10,
+                        help="CPU priority (nice) of the thread that loads and warms new versions, so a load "
+                             "slows requests less")
     parser.add_argument("--inter-op-threads", type=int, default=-1,
                         help="TF threads across ops; -1 runs a request's ops in its own thread")
 
@@ -111,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     server = ModelServer(
         args.model_repository, args.port, args.rest_api_port or None, config_file,
         args.model_config_file_poll_wait_seconds, args.rest_max_body_bytes, args.grpc_threads, args.rest_threads,
-        args.host, args.intra_op_threads, args.inter_op_threads, args.experiments_dir)
+        args.host, args.intra_op_threads, args.inter_op_threads, args.experiments_dir, args.loader_nice)
     try:
         server.start()
     except OSError as e:
