@@ -19,11 +19,13 @@ import math
 import os
 import threading
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 LOGGER = logging.getLogger("deepfm_tfx.progress")
 LOGGER.setLevel(logging.INFO)  # on wherever a root handler takes INFO (Kubeflow, Airflow task logs)
 INTERVAL_ENV = "DEEPFM_TFX_PROGRESS_SECONDS"
+# Called with a tally after each update, in the updating thread (the console's plain lines).
+LISTENERS: List[Callable[["Tally"], None]] = []
 DEFAULT_INTERVAL = 10.0
 
 
@@ -109,14 +111,19 @@ class Tally:
         with self._lock:
             for key, amount in amounts.items():
                 self._changed(key, self.values.get(key, 0) + amount, now)
-        self._maybe_log()
+        self._updated()
 
     def set(self, **values: float) -> None:
         now = time.monotonic()
         with self._lock:
             for key, value in values.items():
                 self._changed(key, value, now)
+        self._updated()
+
+    def _updated(self) -> None:
         self._maybe_log()
+        for listener in list(LISTENERS):
+            listener(self)
 
     def per_second(self, key: str, since_reset: bool = True) -> Optional[float]:
         """`key`'s rate while it was changing; with one change only, since reset (if `since_reset`)."""

@@ -199,7 +199,12 @@ class ComponentProgress(logging.Handler):
             self.output = PlainOutput(self.stream, every or progress.interval())
         self._ticker = None
         self._stopped = threading.Event()
+        self._last_line = 0.0
+        self._drawing = False
         if isinstance(self.output, PlainOutput):
+            # Lines come from updates (a step, a block) and, while nothing updates, from a ticker:
+            # a thread alone can fall silent while the work holds the interpreter.
+            progress.LISTENERS.append(self._maybe_line)
             self._ticker = threading.Thread(target=self._tick, name="deepfm-tfx-progress", daemon=True)
             self._ticker.start()
 
@@ -222,18 +227,20 @@ class ComponentProgress(logging.Handler):
         return name, now - started, self.detail(now)
 
     def _tick(self) -> None:
-        last = None
         while not self._stopped.wait(min(self.output.every, 1.0)):
-            with self._guard:
-                if self.current is None:
-                    continue
-                now = time.monotonic()
-                mark = (self.current, self.started[self.current])
-                if last is None or last[0] != mark:
-                    last = (mark, now)
-                elif now - last[1] >= self.output.every:
-                    last = (mark, now)
-                    self.output.running(self.current, now - self.started[self.current], self.detail(now))
+            self._maybe_line()
+
+    def _maybe_line(self, tally=None) -> None:
+        """A plain progress line, if `every` seconds passed since the last one."""
+        with self._guard:
+            if self.current is None or self._drawing or time.monotonic() - self._last_line < self.output.every:
+                return
+            self._drawing = True  # detail() updates READS, which would call back here
+            try:
+                now = self._last_line = time.monotonic()
+                self.output.running(self.current, now - self.started[self.current], self.detail(now))
+            finally:
+                self._drawing = False
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -254,7 +261,7 @@ class ComponentProgress(logging.Handler):
         progress.reset_all()
         self._reads_base = BEAM_READS.total()
         self.current = node
-        self.started[node] = time.monotonic()
+        self.started[node] = self._last_line = time.monotonic()
         self.output.started(node)
 
     def _finish(self, node: str, failed: bool = False) -> None:
@@ -278,6 +285,8 @@ class ComponentProgress(logging.Handler):
             if self.current is not None:
                 self._finish(self.current, failed=True)
             self.output.stop()
+        if self._maybe_line in progress.LISTENERS:
+            progress.LISTENERS.remove(self._maybe_line)
         self._stopped.set()
         super().close()
 

@@ -121,6 +121,20 @@ def test_plain_console_prints_periodic_lines_elapsed_and_outcome():
     assert re.match(r"  ✘ Trainer +\d+\.\ds  failed$", lines[-1])
 
 
+def test_plain_lines_follow_the_steps_even_when_the_ticker_is_starved():
+    out = io.StringIO()
+    with console.ComponentProgress(stream=out, live=False, every=0.05) as handler:
+        _absl(handler, "Component Trainer is running.")
+        handler._stopped.set()  # no ticker: as while the training step holds the interpreter
+        handler._ticker.join()
+        progress.TRAINING.start(steps=3, batch_size=8)
+        for step in (1, 2, 3):
+            time.sleep(0.06)
+            progress.TRAINING.update(step, loss=0.5, auc=0.6)
+    steps = re.findall(r"… Trainer .* step (\d)/3", out.getvalue())
+    assert steps == ["1", "2", "3"], out.getvalue()
+
+
 def test_quiet_console_prints_nothing():
     out = io.StringIO()
     with console.ComponentProgress(stream=out, live=False, every=0.01, quiet=True) as handler:
