@@ -58,7 +58,7 @@ def spec_from_exec_properties(exec_properties: Dict[str, Any]) -> FeatureSpec:
     d = json_format.MessageToDict(struct)["feature_spec"]
     d["multivalent"] = [dict(m, max_length=int(m["max_length"])) for m in d["multivalent"]]
     for key in ("vocabulary_top_k", "vocabulary_min_count", "oov_buckets", "hash_buckets"):
-        d[key] = int(d[key])
+        d[key] = None if d.get(key) is None else int(d[key])  # hash_buckets is None with a vocabulary
     return FeatureSpec.from_dict(d)
 
 

@@ -21,6 +21,7 @@ PIPELINE_NAME = "deepfm_tfx"
 MODEL_NAME = "deepfm"
 WORKSPACE = "workspace"
 TRAINERS = ("keras", "estimator")
+DATA_PROFILES = ("criteo", "small")  # synthetic.generator.PROFILES, without importing numpy
 # Beam's DirectRunner defaults for one machine; --beam-arg adds to these.
 DEFAULT_BEAM_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
 
@@ -42,6 +43,9 @@ class RunConfig:
     train_steps: int = _knob(1500, "training steps of each run")
     eval_steps: int = _knob(50, "validation steps during training")
     rows: int = _knob(500_000, "rows per span of the generated default data")
+    # "criteo": the Kaggle log's id spaces (>500k distinct ids at 500k rows, most
+    # seen once); "small": ~2,400 ids each seen often, for fast tests.
+    profile: str = _knob("criteo", "profile of the generated default data", choices=DATA_PROFILES)
     spans: int = _knob(1, "spans of the generated default data")
     seed: int = _knob(42, "seed of the generated default data")
     metadata: Optional[str] = _knob(None, "ml-metadata: mysql://user:pass@host:port/db (default: SQLite "
@@ -72,7 +76,8 @@ class RunConfig:
     @property
     def data_root(self) -> str:
         return self.data or os.path.join(
-            WORKSPACE, "data", f"synthetic-v{synthetic.VERSION}-{self.rows}rows-{self.spans}spans-seed{self.seed}")
+            WORKSPACE, "data",
+            f"synthetic-v{synthetic.VERSION}-{self.profile}-{self.rows}rows-{self.spans}spans-seed{self.seed}")
 
     @property
     def summary_path(self) -> str:

@@ -26,6 +26,7 @@ from tfx.proto import example_gen_pb2, trainer_pb2
 from tfx.types import standard_artifacts
 from tfx.types.channel import Channel
 
+from deepfm_tfx import id_space
 from deepfm_tfx.components import csv_reader
 from deepfm_tfx.components.csv_example_gen import SpecCsvExampleGen
 from deepfm_tfx.components.gates import AnomalyGate, DriftGate
@@ -98,7 +99,8 @@ def create_pipeline(
       pipeline_root: where component outputs go (a local path, gs:// or s3://).
       data_root: folder ExampleGen reads; holds span-<N>/ folders or the files.
       input_pattern: file pattern under data_root, e.g. `span-{SPAN}/*.csv`.
-      spec: the feature spec (columns, types, encodings, optional curated schema).
+      spec: the feature spec (columns, types, encodings, optional curated schema); without
+        hash_buckets, the count is chosen from data_root's newest span (deepfm_tfx.id_space).
       model_repository: the versioned model repository the pusher writes to.
       model_name: the model's folder in the repository and its TF Serving name.
       trainer_runner: which training loop, one of configs.TRAINERS.
@@ -119,6 +121,7 @@ def create_pipeline(
     """
     if trainer_runner not in RUN_FNS:
         raise ValueError(f"trainer runner must be one of {sorted(RUN_FNS)}, got {trainer_runner!r}")
+    spec = id_space.resolve(spec, data_root, pipeline_root)  # hash_buckets from the data unless the spec sets it
     spec_dict = spec.to_dict()
 
     example_gen = SpecCsvExampleGen(

@@ -174,7 +174,8 @@ def build(executions: List[Dict[str, Any]], trainer_runner: str,
         summary["warm_started"] = info.get("warm_started")
         summary["warm_start_note"] = info.get("warm_start_note")
         for key in ("warm_start_slots", "global_step_start", "learning_rate_first_step",
-                    "learning_rate_last_step", "weight_change", "weight_change_max"):
+                    "learning_rate_last_step", "weight_change", "weight_change_max", "num_ids",
+                    "train_examples_per_second", "table_bytes", "weight_bytes", "optimizer_bytes"):
             summary[key] = info.get(key)
     evaluator = by_node.get("Evaluator")
     if evaluator and evaluator["outputs"].get("ModelEvaluation"):
@@ -183,6 +184,9 @@ def build(executions: List[Dict[str, Any]], trainer_runner: str,
         for key in ("auc", "logloss", "calibration", "example_count"):
             summary[key] = metrics["candidate"].get(key)
         summary["baseline_auc"] = metrics["baseline"].get("auc")
+        if summary["auc"] is not None and summary["bayes_auc"] is not None:
+            # What is left to learn on the same rows: the planted truth's AUC minus the model's.
+            summary["bayes_auc_gap"] = summary["bayes_auc"] - summary["auc"]
         blessing = evaluator["outputs"].get("ModelBlessing")
         summary["blessed"] = bool(blessing and _custom(blessing[0], "blessed"))
         if not summary["blessed"] and not blocked_by:

@@ -47,7 +47,8 @@ class FeatureSpec:
     vocabulary_top_k: int = 100_000
     vocabulary_min_count: int = 1
     oov_buckets: int = 1
-    hash_buckets: int = 100_000
+    # None: chosen from the data when the pipeline is built (deepfm_tfx.id_space).
+    hash_buckets: Optional[int] = None
     numerical_transform: str = "log_zscore"
     schema_file: Optional[str] = None  # absolute path to a curated schema.pbtxt
     # A categorical column whose value alone decides a row's split (e.g. a user
@@ -157,8 +158,11 @@ def load(path: str) -> FeatureSpec:
         _fail(path, f"'numerical_transform' must be one of {list(_NUMERIC_TRANSFORMS)}, got {transform!r}")
     ints = {}
     for key, default, minimum in (("vocabulary_top_k", 100_000, 1), ("vocabulary_min_count", 1, 1),
-                                  ("oov_buckets", 1, 1), ("hash_buckets", 100_000, 2)):
+                                  ("oov_buckets", 1, 1), ("hash_buckets", None, 2)):
         value = raw.get(key, default)
+        if value is None and default is None:  # hash_buckets left to the data
+            ints[key] = None
+            continue
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
             _fail(path, f"'{key}' must be an integer >= {minimum}, got {value!r}")
         ints[key] = value

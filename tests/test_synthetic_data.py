@@ -81,3 +81,59 @@ def test_truth_reads_missing_numbers_as_empty_strings_or_nan_alike():
     assert any((data[c] == "").any() for c in generator.NUMERICAL)
     np.testing.assert_allclose(truth.probability_of(data), prob, rtol=1e-12)
     np.testing.assert_allclose(truth.probability_of(as_float), prob, rtol=1e-12)
+
+
+# --- the realistic ("criteo") profile -----------------------------------------------------------
+
+def test_realistic_ids_map_back_to_their_index():
+    from deepfm_tfx.synthetic import realistic
+    x = np.random.default_rng(0).integers(0, 2 ** 32, 10_000).astype(np.uint64)
+    assert (realistic.unmix32(realistic.mix32(x)) == x).all()
+    values, valid = realistic.parse_hex8(realistic.hex8(x))
+    assert valid.all() and (values == x).all()
+    values, valid = realistic.parse_hex8(np.array(["", "deadbeef", "DEADBEEF", "xyz", "0000000g", "123456789"]))
+    assert valid.tolist() == [False, True, True, False, False, False] and values[1] == 0xDEADBEEF
+
+
+def test_realistic_profile_has_kaggle_id_spaces_a_long_tail_and_criteo_bayes_auc(tmp_path):
+    from deepfm_tfx.synthetic import realistic
+    rows = 60_000
+    report = generator.generate(str(tmp_path), rows=rows, spans=1, seed=42, profile="criteo")[0]
+    assert report["profile"] == "criteo"
+    frame = pd.read_csv(tmp_path / "span-1" / "part-000.csv", dtype=str, keep_default_na=False)
+    assert list(frame.columns) == generator.COLUMNS
+    distinct = seen_once = 0
+    for f, name in enumerate(generator.CATEGORICAL):
+        ids = frame[name][frame[name] != ""]
+        assert ids.str.fullmatch(r"[0-9a-f]{8}").all()
+        counts = ids.value_counts()
+        assert len(counts) <= realistic.KAGGLE_CARDINALITIES[f]
+        distinct += len(counts)
+        seen_once += int((counts == 1).sum())
+    # More distinct ids than rows, most of them seen once (at 500k rows: ~870k, 71% once).
+    assert distinct > rows and seen_once > distinct / 2
+    assert frame["C9"].nunique() <= 3 and frame["C3"].nunique() > rows / 10
+    # Bayes AUC in Criteo's range (a 60k-row estimate; 0.803 at 200k rows).
+    assert 0.77 < report["bayes_auc"] < 0.83 and 0.15 < report["ctr"] < 0.35
+
+
+def test_realistic_truth_is_recomputed_from_written_columns_of_a_drifted_span(tmp_path):
+    report = generator.generate(str(tmp_path), rows=3000, spans=3, seed=9, profile="criteo")[2]
+    frame = pd.read_csv(tmp_path / "span-3" / "part-000.csv", dtype=str, keep_default_na=False)
+    columns = {c: frame[c].to_numpy() for c in generator.COLUMNS[1:]}
+    labels = frame["label"].astype(int).to_numpy()
+    again = generator.bayes_of_rows(report, [(columns, labels)])
+    assert again["bayes_auc"] == pytest.approx(report["bayes_auc"], abs=1e-12)
+    # Last week's truth is a different model: drift is real on this profile too.
+    assert again["stale_bayes_auc"] != pytest.approx(again["bayes_auc"], abs=1e-6)
+
+
+def test_rare_ids_carry_little_signal():
+    from deepfm_tfx.synthetic import realistic
+    truth = realistic.RealisticTruth.create(42)
+    field = 2  # C3, 10M ids
+    head, tail = np.arange(0, 50), np.arange(5_000_000, 5_000_050)
+    w_head, _ = truth.categorical_weights(field, head)
+    w_tail, _ = truth.categorical_weights(field, tail)
+    if truth.informative[field]:
+        assert np.abs(w_tail).mean() < 0.05 * np.abs(w_head).mean()

@@ -5,6 +5,10 @@ and the DNN share one embedding per field. Categorical ids of all fields live
 in one fused table (Transform maps field-prefixed tokens into one id space):
 one gather per batch instead of one per field. Numeric fields join the
 interactions as value * embedding.
+
+The L2 penalty of the tables is on the rows a batch looks up (a loss term), so
+their gradient stays sparse (tf.IndexedSlices) and a step's cost does not grow
+with the table; `embedding_l2_rows=False` restores the table-wide regularizer.
 """
 from __future__ import annotations
 
@@ -29,6 +33,16 @@ class FieldLayout:
         return len(self.categorical) + len(self.numerical) + len(self.multivalent)
 
 
+# The Keras Embedding layers holding the id tables: the variables whose
+# gradients are row slices, which the optimizers update row by row.
+TABLE_LAYERS = ("field_embeddings", "linear_weights")
+
+
+def is_table(variable) -> bool:
+    """True for an id table's variable (in Keras and in an Estimator's graph alike)."""
+    return any(f"{layer}/embeddings" in variable.name for layer in TABLE_LAYERS)
+
+
 class FMInteraction(tf.keras.layers.Layer):
     """Second-order FM term: sum over field pairs of <e_i, e_j>.
 
@@ -50,7 +64,8 @@ class DeepFM(tf.keras.Model):
         self.hparams = hparams
         total_ids = layout.num_ids
         dim = hparams.embedding_dim
-        regularizer = tf.keras.regularizers.l2(hparams.embedding_l2) if hparams.embedding_l2 else None
+        regularizer = tf.keras.regularizers.l2(hparams.embedding_l2) \
+            if hparams.embedding_l2 and not hparams.embedding_l2_rows else None
         self.field_embeddings = tf.keras.layers.Embedding(
             max(total_ids, 1), dim, embeddings_regularizer=regularizer,
             embeddings_initializer=tf.keras.initializers.RandomNormal(stddev=0.01),
@@ -77,12 +92,18 @@ class DeepFM(tf.keras.Model):
 
     def _fields(self, features: Dict[str, tf.Tensor]):
         """Per-field embeddings [batch, fields, dim] and first-order sum [batch, 1]."""
-        parts, linear = [], []
+        return self._lookup(features)[:2]
+
+    def _lookup(self, features: Dict[str, tf.Tensor]):
+        """_fields, and each example's sum of squares of the table rows it looked up [batch]."""
+        parts, linear, squares = [], [], []
         if self.layout.categorical:
             ids = tf.stack([tf.reshape(tf.cast(features[n], tf.int64), [-1])
                             for n in self.layout.categorical], axis=1)
-            parts.append(self.field_embeddings(ids))
-            linear.append(tf.reduce_sum(self.linear_weights(ids), axis=[1, 2])[:, None])
+            rows, weights = self.field_embeddings(ids), self.linear_weights(ids)
+            parts.append(rows)
+            linear.append(tf.reduce_sum(weights, axis=[1, 2])[:, None])
+            squares += [tf.reduce_sum(tf.square(rows), axis=[1, 2]), tf.reduce_sum(tf.square(weights), axis=[1, 2])]
         if self.layout.numerical:
             values = tf.stack([tf.reshape(tf.cast(features[n], tf.float32), [-1])
                                for n in self.layout.numerical], axis=1)
@@ -98,13 +119,18 @@ class DeepFM(tf.keras.Model):
             valid = tf.cast(ids >= 0, tf.float32)[:, :, None]
             count = tf.maximum(tf.reduce_sum(valid, axis=1), 1.0)
             ids = tf.maximum(ids, 0)
+            rows, weights = self.field_embeddings(ids) * valid, self.linear_weights(ids) * valid
             # Mean over the field's tokens: the field stays one FM "field".
-            parts.append((tf.reduce_sum(self.field_embeddings(ids) * valid, axis=1) / count)[:, None])
-            linear.append(tf.reduce_sum(self.linear_weights(ids) * valid, axis=1) / count)
-        return tf.concat(parts, axis=1), tf.add_n(linear)
+            parts.append((tf.reduce_sum(rows, axis=1) / count)[:, None])
+            linear.append(tf.reduce_sum(weights, axis=1) / count)
+            squares += [tf.reduce_sum(tf.square(rows), axis=[1, 2]), tf.reduce_sum(tf.square(weights), axis=[1, 2])]
+        return tf.concat(parts, axis=1), tf.add_n(linear), tf.add_n(squares) if squares else None
 
     def call(self, features: Dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
-        embeddings, first_order = self._fields(features)
+        embeddings, first_order, squares = self._lookup(features)
+        if self.hparams.embedding_l2 and self.hparams.embedding_l2_rows and squares is not None:
+            # Per example, like the data loss: an id is penalised as often as it is seen.
+            self.add_loss(self.hparams.embedding_l2 * tf.reduce_mean(squares))
         deep = tf.reshape(embeddings, [-1, self.layout.num_fields * self.hparams.embedding_dim])
         for layer in self.dnn:
             deep = layer(deep, training=training)

@@ -13,7 +13,7 @@ import tempfile
 import tensorflow as tf
 from tfx.components.trainer.fn_args_utils import FnArgs
 
-from deepfm_tfx.trainer_modules import progress, serving
+from deepfm_tfx.trainer_modules import measure, optimizers, progress, serving
 
 from deepfm_tfx.trainer_modules import training_setup
 from deepfm_tfx.trainer_modules.deepfm import DeepFM
@@ -42,9 +42,7 @@ def make_model_fn(inputs: training_setup.TrainerInputs, train_steps: int):
         train_op = None
         if training:
             step = tf.compat.v1.train.get_or_create_global_step()
-            rate = training_setup.learning_rate(config, train_steps)
-            optimizer = tf.compat.v1.train.AdamOptimizer(rate(step) if callable(rate) else rate)
-            train_op = optimizer.minimize(loss, global_step=step, var_list=model.trainable_variables)
+            train_op = optimizers.estimator_train_op(config, train_steps, loss, model.trainable_variables, step)
         metrics = {"auc": tf.compat.v1.metrics.auc(labels, probability, num_thresholds=1000)}
         hooks = [progress.EstimatorProgress(loss, metrics["auc"][1], train_steps, config.batch_size)] \
             if training else None
@@ -63,7 +61,7 @@ def _global_step(checkpoint) -> int:
 def _model_variables(checkpoint: str):
     reader = tf.train.load_checkpoint(checkpoint)
     return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
-            if re.match(MODEL_VARIABLES, name) and "/Adam" not in name}
+            if re.match(MODEL_VARIABLES, name) and not optimizers.is_slot_name(name)}
 
 
 def run_fn(fn_args: FnArgs) -> None:
@@ -88,9 +86,10 @@ def run_fn(fn_args: FnArgs) -> None:
         return lambda: training_setup.make_dataset(files, fn_args.data_accessor, inputs, config.batch_size)
 
     step_start = _global_step(estimator.latest_checkpoint())
+    throughput = measure.EstimatorThroughput(config.batch_size, fn_args.train_steps)
     tf.estimator.train_and_evaluate(
         estimator,
-        tf.estimator.TrainSpec(input_fn(fn_args.train_files), max_steps=fn_args.train_steps),
+        tf.estimator.TrainSpec(input_fn(fn_args.train_files), max_steps=fn_args.train_steps, hooks=[throughput]),
         tf.estimator.EvalSpec(input_fn(fn_args.eval_files), steps=fn_args.eval_steps, throttle_secs=0))
 
     # Estimator exports under a timestamped folder; TFX expects the model itself.
@@ -104,6 +103,8 @@ def run_fn(fn_args: FnArgs) -> None:
     measured = training_setup.learning_rate_record(
         config, fn_args.train_steps, step_start, _global_step(estimator.latest_checkpoint()))
     measured["warm_start_slots"] = "reset"  # the export carries no optimizer slots to carry over
+    measured.update(measure.record(throughput.examples_per_second(),
+                                   measure.checkpoint_memory(estimator.latest_checkpoint())))
     if warm_from:
         measured.update(training_setup.weight_change(
             _model_variables(os.path.join(warm_from, "variables", "variables")),

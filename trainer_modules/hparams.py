@@ -11,6 +11,10 @@ from typing import Any, Dict, Optional, Sequence
 DISTRIBUTIONS = ("auto", "default", "mirrored", "multi_worker")
 LEARNING_RATE_DECAYS = ("cosine", "none")
 WARM_START_SLOTS = ("reset", "carry")
+# How the embedding tables learn. "lazy_adam" and "adagrad" touch only the rows
+# a batch looks up (their L2 too), so a step costs the same at 2^18 or 2^24
+# buckets; "adam" is the dense recipe: table-wide L2, Adam on every row.
+EMBEDDING_OPTIMIZERS = ("lazy_adam", "adagrad", "adam")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,6 +23,9 @@ class ModelHParams:
     embedding_dim: int
     dnn_units: Sequence[int]
     embedding_l2: float
+    # True: L2 on the rows a batch looks up (a loss term, sparse gradient);
+    # False: on the whole table (a regularizer, dense gradient).
+    embedding_l2_rows: bool = True
 
 
 def _knob(default, help: str, **extra):
@@ -36,7 +43,15 @@ class TrainingConfig:
     embedding_dim: int = _knob(8, "embedding size shared by the FM and the DNN")
     dnn_units: tuple = _knob((64, 32), "DNN layer widths, comma-separated", list=True)
     # Strong enough that rare ids do not overfit in a few epochs.
-    embedding_l2: float = _knob(3e-4, "L2 on the embedding rows")
+    embedding_l2: float = _knob(3e-4, "L2 on the embedding rows (those a batch looks up, per example; "
+                                      "the whole table with embedding_optimizer adam)")
+    embedding_optimizer: str = _knob("lazy_adam", "update of the embedding tables: lazy_adam or adagrad touch only "
+                                                  "the looked-up rows; adam updates every row (the dense recipe); "
+                                                  "the other weights always use Adam",
+                                     choices=EMBEDDING_OPTIMIZERS)
+    # 0: learning_rate. Adagrad's steps shrink with the squared gradients it has
+    # summed, so it usually wants a larger rate than Adam.
+    embedding_learning_rate: float = _knob(0.0, "peak learning rate of the embedding tables (0: learning_rate)")
     steps_per_execution: int = _knob(20, "Keras runner: steps per tf.function call")
     distribution: str = _knob("auto", "auto: mirrored over local GPUs when there are several",
                               choices=DISTRIBUTIONS)
@@ -46,7 +61,8 @@ class TrainingConfig:
 
     @property
     def model(self) -> ModelHParams:
-        return ModelHParams(self.embedding_dim, tuple(self.dnn_units), self.embedding_l2)
+        return ModelHParams(self.embedding_dim, tuple(self.dnn_units), self.embedding_l2,
+                            embedding_l2_rows=self.embedding_optimizer != "adam")
 
     @classmethod
     def from_dict(cls, d: Optional[Dict[str, Any]]) -> "TrainingConfig":

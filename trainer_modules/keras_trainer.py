@@ -4,14 +4,14 @@ import os
 import tensorflow as tf
 from tfx.components.trainer.fn_args_utils import FnArgs
 
-from deepfm_tfx.trainer_modules import progress, serving, training_setup
+from deepfm_tfx.trainer_modules import measure, optimizers, progress, serving, training_setup
 from deepfm_tfx.trainer_modules.deepfm import DeepFM
 
 
 def build_model(inputs: training_setup.TrainerInputs, train_steps: int) -> tf.keras.Model:
     model = DeepFM(inputs.layout, inputs.config.model)
     model.compile(
-        optimizer=tf.keras.optimizers.Adam(training_setup.learning_rate(inputs.config, train_steps)),
+        optimizer=optimizers.keras_optimizer(inputs.config, train_steps),
         loss=tf.keras.losses.BinaryCrossentropy(from_logits=True),
         metrics=[tf.keras.metrics.AUC(from_logits=True, name="auc")],
         # Fewer Python round-trips per step; the model is small and fast.
@@ -55,17 +55,21 @@ def run_fn(fn_args: FnArgs) -> None:
             warm_start(model, warm_from, inputs, next(iter(train))[0])
     base_weights = {v.name: v.numpy() for v in model.weights} if warm_from else None
     step_start = int(model.optimizer.iterations.numpy())
+    throughput = measure.KerasThroughput(config.batch_size, fn_args.train_steps)
     model.fit(
         train, steps_per_epoch=fn_args.train_steps, epochs=1,
         validation_data=evaluation, validation_steps=fn_args.eval_steps, verbose=0,
         callbacks=[tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq=100),
-                   progress.KerasProgress(fn_args.train_steps, config.batch_size)])
+                   progress.KerasProgress(fn_args.train_steps, config.batch_size), throughput])
     step_end = int(model.optimizer.iterations.numpy())
     measured = training_setup.learning_rate_record(config, fn_args.train_steps, step_start, step_end)
+    measured.update(measure.record(throughput.examples_per_second(), measure.keras_memory(model)))
     measured["warm_start_slots"] = config.warm_start_slots if warm_from else None
     if base_weights is not None:
         measured.update(training_setup.weight_change(
             base_weights, {v.name: v.numpy() for v in model.weights}))
     training_setup.write_training_info(fn_args, inputs, warm_from, note, **measured)
-    model.save(fn_args.serving_model_dir, save_format="tf",
+    # The slots (2x the tables with Adam) only serve a later "carry" warm start;
+    # without them the SavedModel is a third the size, and any Keras loads it.
+    model.save(fn_args.serving_model_dir, save_format="tf", include_optimizer=config.warm_start_slots == "carry",
                signatures=serving.keras_signatures(model, inputs.transform_output, inputs.spec))

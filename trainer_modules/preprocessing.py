@@ -26,6 +26,9 @@ VOCABULARY = "categorical_ids"
 def num_ids(spec: FeatureSpec, vocabulary_size: int) -> int:
     """Size of the shared id space, OOV buckets included."""
     if spec.categorical_encoding == "hash":
+        if spec.hash_buckets is None:
+            raise ValueError(f"feature spec {spec.name!r}: hash_buckets is not set; the pipeline chooses it "
+                             "from the data (deepfm_tfx.id_space.resolve) before Transform runs")
         return spec.hash_buckets
     return vocabulary_size + spec.oov_buckets
 
@@ -95,7 +98,8 @@ def preprocessing_fn(inputs: Dict[str, Any], custom_config: Dict[str, Any]) -> D
     multi = {m.name: _prefixed(m.name, inputs[m.name]) for m in spec.multivalent}
 
     if spec.categorical_encoding == "hash":
-        to_ids = lambda t: tft.hash_strings(t, spec.hash_buckets)  # noqa: E731
+        buckets = num_ids(spec, 0)
+        to_ids = lambda t: tft.hash_strings(t, buckets)  # noqa: E731
     else:
         everything = [tf.reshape(t, [-1]) for t in tokens.values()] + [t.values for t in multi.values()]
         vocabulary = tft.vocabulary(

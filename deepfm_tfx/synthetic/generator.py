@@ -27,6 +27,8 @@ CATEGORICAL = [f"C{i}" for i in range(1, NUM_CATEGORICAL + 1)]
 COLUMNS = ["label"] + NUMERICAL + CATEGORICAL
 BROKEN_COLUMN = "C2"
 
+# Data profiles: "small" is defined here; "criteo" in realistic.py.
+PROFILES = ("small", "criteo")
 # Cardinalities span three orders of magnitude; small enough that 500k rows
 # can pin down every id's weights, so a good model gets near the Bayes AUC.
 _CARDINALITIES = [2, 5, 10, 25, 50, 100, 200, 400]
@@ -96,13 +98,7 @@ class GroundTruth:
             num_w=rng.normal(0, 0.2, NUM_NUMERICAL) * num_scale,
             num_v=rng.normal(0, 0.22, (NUM_NUMERICAL, _TRUE_DIM)) * num_scale[:, None],
         )
-        # Calibrate the intercept once so the base CTR is Criteo-like.
-        logit = truth._logit(np.random.default_rng([seed, 0]), 20_000)[1]
-        lo, hi = -10.0, 10.0
-        for _ in range(50):  # bisection: mean CTR is monotone in the bias
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if np.mean(1 / (1 + np.exp(-(logit + mid)))) < _TARGET_CTR else (lo, mid)
-        truth.bias = (lo + hi) / 2
+        truth.bias = calibrated_bias(truth, np.random.default_rng([seed, 0]))
         return truth
 
     def drifted(self, rng: np.random.Generator, amount: float) -> "GroundTruth":
@@ -116,42 +112,25 @@ class GroundTruth:
 
     def sample(self, rng: np.random.Generator, rows: int) -> Dict[str, np.ndarray]:
         """Draws rows; returns raw column values plus the true click probability."""
-        out, logit = self._logit(rng, rows)
-        out["_prob"] = 1.0 / (1.0 + np.exp(-(logit + self.bias)))
+        out = self.draw_columns(rng, rows)
+        out["_prob"] = self.probability_of(out)
         return out
 
-    def _logit(self, rng: np.random.Generator, rows: int):
+    def draw_columns(self, rng: np.random.Generator, rows: int) -> Dict[str, np.ndarray]:
         """Draws raw columns; their logit comes from the columns alone, as a model sees them."""
-        out: Dict[str, np.ndarray] = {}
-        for j in range(NUM_NUMERICAL):
-            logx = rng.normal(self.num_mu[j], self.num_sigma[j], rows)
-            value = np.floor(np.expm1(np.maximum(logx, 0.0)))
-            present = rng.random(rows) >= self.num_missing[j]
-            out[NUMERICAL[j]] = np.where(present, value.astype(np.int64).astype(str), "")
+        out = draw_numerical(self, rng, rows)
         for f in range(NUM_CATEGORICAL):
             idx = rng.choice(self.cardinality[f], size=rows, p=self.id_probs[f])
             present = rng.random(rows) >= self.cat_missing[f]
             out[CATEGORICAL[f]] = np.where(present, self.id_strings[f][idx], "")
-        return out, self.logit_of(out)
+        return out
 
     def logit_of(self, columns: Dict[str, np.ndarray]) -> np.ndarray:
         """The true logit (without the intercept) of raw column values: numbers as
         str ("" = missing) or float (NaN = missing), ids as str ("" = missing)."""
         rows = len(columns[NUMERICAL[0]])
-        emb = np.zeros((rows, NUM_NUMERICAL + NUM_CATEGORICAL, _TRUE_DIM))
-        first = np.zeros(rows)
-        z_all = np.zeros((rows, NUM_NUMERICAL))
-        for j, name in enumerate(NUMERICAL):
-            raw = np.asarray(columns[name])
-            if raw.dtype.kind in "USO":
-                raw = np.where(raw.astype(str) == "", "nan", raw)
-            value = raw.astype(np.float64)
-            present = ~np.isnan(value)
-            value = np.where(present, value, 0.0)
-            z = np.where(present, (np.log1p(value) - self.num_mu[j]) / self.num_sigma[j], 0.0)
-            z_all[:, j] = z
-            first += self.num_w[j] * z
-            emb[:, j] = z[:, None] * self.num_v[j]
+        num_emb, first, z_all = numerical_part(self, columns, _TRUE_DIM)
+        emb = np.concatenate([num_emb, np.zeros((rows, NUM_CATEGORICAL, _TRUE_DIM))], axis=1)
         for f, name in enumerate(CATEGORICAL):
             order = np.argsort(self.id_strings[f])
             ids = self.id_strings[f][order]
@@ -161,19 +140,81 @@ class GroundTruth:
             idx = order[at]
             first += np.where(known, self.cat_w[f][idx], 0.0)
             emb[:, NUM_NUMERICAL + f] = np.where(known[:, None], self.cat_v[f][idx], 0.0)
-        square_of_sum = emb.sum(axis=1) ** 2
-        sum_of_squares = (emb ** 2).sum(axis=1)
-        fm = 0.5 * (square_of_sum - sum_of_squares).sum(axis=1)
-        nonlinear = 0.4 * np.tanh(z_all[:, 0] * z_all[:, 1]) + 0.3 * np.abs(z_all[:, 2]) - 0.24
-        return first + fm + nonlinear
+        return assemble_logit(emb, first, z_all)
 
     def probability_of(self, columns: Dict[str, np.ndarray]) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-(self.logit_of(columns) + self.bias)))
 
 
-def truth_of_span(seed: int, span: int, drift: float) -> GroundTruth:
+# What both profiles' truths share: numbers, the FM assembly and the intercept.
+
+def draw_numerical(truth, rng: np.random.Generator, rows: int,
+                   floats: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
+    """Heavy-tailed counts as Criteo's I1-I13, as strings ("" = missing); also as
+    floats (NaN = missing) into `floats` when given, which spares parsing them back."""
+    out: Dict[str, np.ndarray] = {}
+    for j in range(NUM_NUMERICAL):
+        logx = rng.normal(truth.num_mu[j], truth.num_sigma[j], rows)
+        value = np.floor(np.expm1(np.maximum(logx, 0.0)))
+        present = rng.random(rows) >= truth.num_missing[j]
+        out[NUMERICAL[j]] = np.where(present, value.astype(np.int64).astype(str), "")
+        if floats is not None:
+            floats[NUMERICAL[j]] = np.where(present, value, np.nan)
+    return out
+
+
+def numerical_part(truth, columns: Dict[str, np.ndarray], dim: int):
+    """The numbers' FM vectors [rows, 13, dim], first-order sum [rows] and z-scores [rows, 13]."""
+    rows = len(columns[NUMERICAL[0]])
+    emb = np.zeros((rows, NUM_NUMERICAL, dim))
+    first = np.zeros(rows)
+    z_all = np.zeros((rows, NUM_NUMERICAL))
+    for j, name in enumerate(NUMERICAL):
+        raw = np.asarray(columns[name])
+        if raw.dtype.kind in "USO":
+            raw = np.where(raw.astype(str) == "", "nan", raw)
+        value = raw.astype(np.float64)
+        present = ~np.isnan(value)
+        value = np.where(present, value, 0.0)
+        z = np.where(present, (np.log1p(value) - truth.num_mu[j]) / truth.num_sigma[j], 0.0)
+        z_all[:, j] = z
+        first += truth.num_w[j] * z
+        emb[:, j] = z[:, None] * truth.num_v[j]
+    return emb, first, z_all
+
+
+def assemble_logit(emb: np.ndarray, first: np.ndarray, z_all: np.ndarray) -> np.ndarray:
+    """First order + FM over all fields' vectors + a small nonlinear part of the numbers."""
+    square_of_sum = emb.sum(axis=1) ** 2
+    sum_of_squares = (emb ** 2).sum(axis=1)
+    fm = 0.5 * (square_of_sum - sum_of_squares).sum(axis=1)
+    nonlinear = 0.4 * np.tanh(z_all[:, 0] * z_all[:, 1]) + 0.3 * np.abs(z_all[:, 2]) - 0.24
+    return first + fm + nonlinear
+
+
+def calibrated_bias(truth, rng: np.random.Generator) -> float:
+    """The intercept that gives a Criteo-like base CTR."""
+    logit = truth.logit_of(truth.draw_columns(rng, 20_000))
+    lo, hi = -10.0, 10.0
+    for _ in range(50):  # bisection: mean CTR is monotone in the bias
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if np.mean(1 / (1 + np.exp(-(logit + mid)))) < _TARGET_CTR else (lo, mid)
+    return (lo + hi) / 2
+
+
+def create_truth(profile: str, seed: int):
+    """The planted model of a profile: "small" (GroundTruth) or "criteo" (realistic.RealisticTruth)."""
+    if profile == "small":
+        return GroundTruth.create(seed)
+    if profile == "criteo":
+        from deepfm_tfx.synthetic.realistic import RealisticTruth
+        return RealisticTruth.create(seed)
+    raise ValueError(f"unknown data profile {profile!r}; choose from {', '.join(PROFILES)}")
+
+
+def truth_of_span(seed: int, span: int, drift: float, profile: str = "small"):
     """Replays the weekly drift to get span N's planted model."""
-    truth = GroundTruth.create(seed)
+    truth = create_truth(profile, seed)
     drift_rng = np.random.default_rng([seed, 7])
     for _ in range(2, span + 1):
         truth = truth.drifted(drift_rng, drift)
@@ -182,17 +223,19 @@ def truth_of_span(seed: int, span: int, drift: float) -> GroundTruth:
 
 def generate(out_dir: str, rows: int, spans: int = 1, seed: int = 42, drift: float = DEFAULT_DRIFT,
              first_span: int = 1, shuffle_labels_span: Optional[int] = None,
-             broken_column_span: Optional[int] = None) -> List[Dict]:
+             broken_column_span: Optional[int] = None, profile: str = "small") -> List[Dict]:
     """Writes `spans` weekly spans of `rows` rows each; returns their Bayes metrics.
 
-    Deterministic for a given seed: span N is always the same data.
+    Deterministic for a given seed and profile: span N is always the same data.
+    `profile`: "small" (a few thousand ids, each seen often: fast tests) or
+    "criteo" (the Kaggle log's id spaces and long tails, see realistic.py).
     `shuffle_labels_span` plants a broken week (labels permuted) for gate tests;
     `broken_column_span` one whose column C2 holds a single unseen id (an
     upstream join gone wrong).
     """
     if rows < 1 or spans < 1:
         raise ValueError("rows and spans must be positive")
-    truth = GroundTruth.create(seed)
+    truth = create_truth(profile, seed)
     drift_rng = np.random.default_rng([seed, 7])
     os.makedirs(out_dir, exist_ok=True)
     reports = []
@@ -221,7 +264,8 @@ def generate(out_dir: str, rows: int, spans: int = 1, seed: int = 42, drift: flo
             all_labels.append(labels)
             all_probs.append(prob)
         labels, prob = np.concatenate(all_labels), np.concatenate(all_probs)
-        report = {"span": span, "rows": rows, "seed": seed, "drift": drift, "ctr": float(labels.mean()),
+        report = {"span": span, "rows": rows, "seed": seed, "drift": drift, "profile": profile,
+                  "ctr": float(labels.mean()),
                   "bayes_auc": auc(labels, prob), "bayes_logloss": logloss(labels, prob),
                   "labels_shuffled": span == shuffle_labels_span,
                   "broken_column": BROKEN_COLUMN if span == broken_column_span else None}
@@ -238,9 +282,11 @@ def bayes_of_rows(report: Dict, chunks: Iterable[Tuple[Dict[str, np.ndarray], np
     labels no longer come from the truth."""
     if report.get("labels_shuffled"):
         return {}
-    truth = truth_of_span(report["seed"], report["span"], report["drift"])
+    profile = report.get("profile", "small")  # reports written before profiles existed are small
+    truth = truth_of_span(report["seed"], report["span"], report["drift"], profile)
     # Last week's truth on this week's rows: what drift costs a perfect stale model.
-    stale = truth_of_span(report["seed"], report["span"] - 1, report["drift"]) if report["span"] > 1 else None
+    stale = truth_of_span(report["seed"], report["span"] - 1, report["drift"], profile) \
+        if report["span"] > 1 else None
     probs, stale_probs, labels = [], [], []
     for columns, chunk_labels in chunks:
         probs.append(truth.probability_of(columns))

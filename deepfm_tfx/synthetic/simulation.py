@@ -81,6 +81,7 @@ def run_weeks(workdir: str, weeks: int, config: configs.RunConfig, bad_week: int
         print(f"\n== week {week}{' (deliberately bad: ' + bad + ')' if bad else ''}", flush=True)
         generator.generate(
             data_root, rows=config.rows, spans=1, first_span=week, seed=config.seed, drift=drift,
+            profile=config.profile,
             shuffle_labels_span=week if bad == "shuffled_labels" else None,
             broken_column_span=week if bad == "broken_column" else None)
         started = time.monotonic()

@@ -9,16 +9,16 @@ from deepfm_tfx.pipeline import configs, console
 def configure(p) -> None:
     configs.add_arguments(p, names=[
         "data", "features", "pipeline_root", "model_repository", "model_name", "trainer", "train_steps",
-        "eval_steps", "rows", "seed", "metadata", "summary", "beam_args", "min_auc", "max_auc_drop",
+        "eval_steps", "rows", "profile", "seed", "metadata", "summary", "beam_args", "min_auc", "max_auc_drop",
         "window_spans", "warm_start", "enable_cache", "push_as", "serving_url", "serving_base_path"])
     console.add_arguments(p)
     p.set_defaults(func=cmd_run)
 
 
-SUMMARY_KEYS = ("auc", "bayes_auc", "bayes_auc_span", "logloss", "bayes_logloss", "calibration", "example_count",
+SUMMARY_KEYS = ("auc", "bayes_auc", "bayes_auc_gap", "bayes_auc_span", "logloss", "bayes_logloss", "calibration", "example_count",
                 "baseline_auc", "blessed", "pushed", "pushed_path", "not_pushed_reason", "trainer_runner", "span",
                 "window_spans", "warm_started", "learning_rate_first_step", "learning_rate_last_step",
-                "weight_change_max", "blocked_by")
+                "weight_change_max", "num_ids", "distinct_ids", "train_examples_per_second", "blocked_by")
 
 
 def print_summary(summary) -> None:

@@ -8,7 +8,7 @@ from deepfm_tfx.pipeline import configs, console
 from deepfm_tfx.synthetic import BAD_KINDS
 
 # Small weeks, so four of them run in a few minutes.
-DEFAULTS = configs.RunConfig(rows=20_000, train_steps=300)
+DEFAULTS = configs.RunConfig(rows=20_000, train_steps=300, profile="small")
 
 
 def configure(p) -> None:
@@ -19,7 +19,7 @@ def configure(p) -> None:
                    help="weekly random-walk step of the planted truth (default: the generator's)")
     p.add_argument("--workdir", default=os.path.join(configs.WORKSPACE, "simulation"),
                    help="the simulation's own folder; a non-empty folder of anything else is refused")
-    configs.add_arguments(p, names=["rows", "seed", "trainer", "train_steps", "eval_steps", "window_spans",
+    configs.add_arguments(p, names=["rows", "profile", "seed", "trainer", "train_steps", "eval_steps", "window_spans",
                                     "warm_start", "min_auc", "max_auc_drop", "beam_args"], defaults=DEFAULTS)
     console.add_arguments(p)
     p.set_defaults(func=_main)

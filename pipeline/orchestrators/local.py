@@ -16,7 +16,7 @@ from deepfm_tfx.components.csv_reader import check_files
 from deepfm_tfx.errors import DataError
 from deepfm_tfx.components import span_window
 from deepfm_tfx.components.gates import GateFailed
-from deepfm_tfx import spans
+from deepfm_tfx import id_space, spans
 from deepfm_tfx.pipeline import configs
 from deepfm_tfx.pipeline import metadata
 from deepfm_tfx.pipeline import run_summary
@@ -57,8 +57,10 @@ def input_layout(data_root: str, spec: feature_spec.FeatureSpec) -> Tuple[str, O
 
 def ensure_default_data(config: configs.RunConfig) -> None:
     if config.data is None and not os.path.isdir(spans.folder(config.data_root, config.spans)):
-        print(f"Generating {config.rows:,} synthetic rows x {config.spans} span(s) into {config.data_root}", flush=True)
-        generator.generate(config.data_root, rows=config.rows, spans=config.spans, seed=config.seed)
+        print(f"Generating {config.rows:,} synthetic rows ({config.profile} profile) x {config.spans} span(s) "
+              f"into {config.data_root}", flush=True)
+        generator.generate(config.data_root, rows=config.rows, spans=config.spans, seed=config.seed,
+                           profile=config.profile)
 
 
 def build(config: configs.RunConfig, spec: feature_spec.FeatureSpec, input_pattern: str):
@@ -125,6 +127,7 @@ def run(config: configs.RunConfig) -> Dict[str, Any]:
     if inferred and summary["blocked_by"] not in DATA_GATES and exit_code in (0, 3):
         summary["frozen_schema"] = frozen_schema.freeze(inferred, spec, config.pipeline_root)
     summary["wall_seconds"] = round(time.monotonic() - started, 1)
+    summary["distinct_ids"] = id_space.chosen(config.pipeline_root).get("distinct_ids")
     summary["data_root"] = os.path.abspath(config.data_root)
     if exit_code == 0 and not summary["blessed"]:
         exit_code = 3  # the Evaluator gate refused the model

@@ -1,0 +1,70 @@
+"""The hashed id space's size, chosen from the data when the spec does not set it."""
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+
+from deepfm_tfx import id_space
+from deepfm_tfx.schemas import feature_spec
+from deepfm_tfx.synthetic import generator
+
+SPEC = feature_spec.load(feature_spec.DEFAULT_SPEC)
+
+
+def test_shipped_synthetic_spec_leaves_the_bucket_count_to_the_data_and_kaggle_sets_it():
+    assert SPEC.categorical_encoding == "hash" and SPEC.hash_buckets is None
+    kaggle = feature_spec.load(os.path.join(feature_spec.SPEC_DIR, "criteo_kaggle.yaml"))
+    assert kaggle.hash_buckets == 2 ** 22
+
+
+def test_buckets_are_the_next_power_of_two_at_least_twice_the_ids():
+    assert id_space.buckets_for(2400) == 8192
+    assert id_space.buckets_for(4096) == 8192
+    assert id_space.buckets_for(4097) == 16384
+    assert id_space.buckets_for(3) == id_space.MIN_BUCKETS
+    assert id_space.buckets_for(10 ** 9) == id_space.MAX_BUCKETS
+
+
+def test_distinct_counter_is_exact_when_small_and_close_when_large():
+    rng = np.random.default_rng(0)
+    small = id_space.DistinctCounter(size=1000)
+    small.add(rng.integers(0, 2 ** 63, 500, dtype=np.uint64))
+    assert small.count() == 500
+    big = id_space.DistinctCounter(size=4096)
+    values = rng.integers(0, 2 ** 63, 200_000, dtype=np.uint64) * np.uint64(2)
+    for chunk in np.array_split(np.concatenate([values, values[:50_000]]), 7):  # repeats count once
+        big.add(chunk)
+    assert big.count() == pytest.approx(200_000, rel=0.05)
+
+
+def test_count_is_of_field_prefixed_ids_and_resolve_records_and_only_grows(tmp_path):
+    generator.generate(str(tmp_path / "data"), rows=2000, spans=1, seed=3)
+    files = sorted((tmp_path / "data" / "span-1").glob("*.csv"))
+    import pandas as pd
+    frame = pd.read_csv(files[0], dtype=str, keep_default_na=False)
+    want = sum(frame[c].nunique() for c in SPEC.categorical)  # "" is an id of its own, as in Transform
+    assert id_space.count_distinct_ids([str(f) for f in files], SPEC) == want
+    root = str(tmp_path / "pipeline")
+    resolved = id_space.resolve(SPEC, str(tmp_path / "data"), root)
+    assert resolved.hash_buckets == id_space.buckets_for(want)
+    assert id_space.chosen(root)["distinct_ids"] == want
+    # A recorded larger table is kept: the next week's model can warm-start from this one.
+    record = id_space.chosen(root)
+    record["hash_buckets"] = 2 ** 20
+    with open(os.path.join(root, id_space.RECORD), "w") as f:
+        import json
+        json.dump(record, f)
+    assert id_space.resolve(SPEC, str(tmp_path / "data"), root).hash_buckets == 2 ** 20
+    # A spec that sets the count is used as is.
+    fixed = dataclasses.replace(SPEC, hash_buckets=1234)
+    assert id_space.resolve(fixed, str(tmp_path / "data"), root).hash_buckets == 1234
+
+
+def test_a_slice_column_with_too_many_values_is_left_out(tmp_path, capsys):
+    generator.generate(str(tmp_path / "data"), rows=2000, spans=1, seed=3, profile="criteo")
+    spec = dataclasses.replace(SPEC, slices=["C3", "C9"])  # C3: thousands of ids here, C9: 3
+    resolved = id_space.resolve(spec, str(tmp_path / "data"), str(tmp_path / "pipeline"))
+    assert resolved.slices == ["C9"] and "not slicing by C3" in capsys.readouterr().out
+    fixed = dataclasses.replace(spec, hash_buckets=2 ** 20)
+    assert id_space.resolve(fixed, str(tmp_path / "data"), None).slices == ["C9"]
