@@ -245,6 +245,33 @@ def test_status_and_metadata_in_tf_servings_shapes(pushed, server):
     assert {"serving_default", "features"} <= set(signature_map.signature_def)
 
 
+def test_concurrent_requests_batched_together_get_their_own_answers(pushed, server, in_process):
+    """Concurrent calls may share one Session.run; each gets its rows back, and a bad one only its error."""
+    prediction, _ = _stubs(server)
+    rows = pushed["rows"]
+    expected = in_process(rows)
+    slices = [(i * 7 % 90, i * 7 % 90 + 1 + i) for i in range(16)]
+    results, bad = {}, []
+
+    def call(i):
+        begin, end = slices[i]
+        try:
+            response = prediction.Predict(_examples_request(rows[begin:end] if i != 5 else [b"\xff junk"]), timeout=30)
+            results[i] = tf.make_ndarray(response.outputs[serving.OUTPUT_KEY])
+        except grpc.RpcError as e:
+            bad.append((i, e.code()))
+
+    for _ in range(3):
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert set(bad) == {(5, grpc.StatusCode.INVALID_ARGUMENT)}
+    for i, got in results.items():
+        np.testing.assert_allclose(got, expected[slices[i][0]:slices[i][1]], rtol=1e-5, atol=1e-7)
+
+
 # ------------------------------------------------------------------ labels and hot reload
 
 def test_canary_then_promote_through_the_cli(pushed, server):

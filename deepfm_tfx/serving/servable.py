@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2
 
-from deepfm_tfx.serving import errors, requests, warmup
+from deepfm_tfx.serving import batching, errors, requests, warmup
 from deepfm_tfx.serving.errors import ServingError
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -38,7 +38,8 @@ def session_config(intra_op_threads: int = 1, inter_op_threads: int = -1) -> tf.
 class Signature:
     """A SignatureDef, with callables per output set and its input defaults as arrays."""
 
-    def __init__(self, name: str, sig: meta_graph_pb2.SignatureDef, session: tf.compat.v1.Session):
+    def __init__(self, name: str, sig: meta_graph_pb2.SignatureDef, session: tf.compat.v1.Session,
+                 batcher: Optional[batching.Batcher] = None):
         self.name = name
         self.signature_def = sig
         self.method_name = sig.method_name
@@ -49,6 +50,10 @@ class Signature:
         self.defaults: Dict[str, np.ndarray] = {k: tf.make_ndarray(v) for k, v in sig.defaults.items()}
         self.input_order: List[str] = sorted(self.inputs)
         self._session = session
+        self._batcher = batcher
+        # Rows can be stacked only if every input and output has them as its first axis.
+        self._batchable = all(s.shape and s.shape[0] == -1 for s in list(self.inputs.values()) +
+                              list(self.outputs.values()))
         self._callables: Dict[Tuple[str, ...], object] = {}
         self._lock = threading.Lock()
 
@@ -77,7 +82,8 @@ class Signature:
         if feeds and all(a.ndim > 0 and a.shape[0] == 0 for a in feeds.values()):
             raise errors.invalid("empty batch: the request has no rows")
 
-    def run(self, feeds: Dict[str, np.ndarray], output_filter: Sequence[str] = ()) -> Dict[str, np.ndarray]:
+    def run(self, feeds: Dict[str, np.ndarray], output_filter: Sequence[str] = (),
+            batch: bool = True) -> Dict[str, np.ndarray]:
         self.check_inputs(feeds)
         if output_filter:
             for alias in output_filter:
@@ -89,6 +95,14 @@ class Signature:
             names = tuple(output_filter)
         else:
             names = tuple(sorted(self.outputs))
+        if batch and self._batcher is not None and self._batchable:
+            rows = {a.shape[0] for a in feeds.values()}
+            if len(rows) == 1:  # a request whose inputs disagree on rows runs (and fails) alone
+                key = (id(self), tuple(sorted(feeds)), names)
+                return self._batcher.run(key, lambda merged: self._execute(merged, names), feeds, rows.pop())
+        return self._execute(feeds, names)
+
+    def _execute(self, feeds: Dict[str, np.ndarray], names: Tuple[str, ...]) -> Dict[str, np.ndarray]:
         args = [feeds[k] if k in feeds else self.defaults[k] for k in self.input_order]
         try:
             values = self._callable(names)(*args)
@@ -106,9 +120,11 @@ class Servable:
     """A loaded version. Requests hold it with acquire()/release(); once retired,
     its Session closes when the last request that holds it finishes."""
 
-    def __init__(self, model: str, version: int, path: str, config: Optional[tf.compat.v1.ConfigProto] = None):
+    def __init__(self, model: str, version: int, path: str, config: Optional[tf.compat.v1.ConfigProto] = None,
+                 batcher: Optional[batching.Batcher] = None):
         self.model, self.version, self.path = model, int(version), path
         self._config = config or session_config()
+        self._batcher = batcher
         self.graph: Optional[tf.Graph] = None
         self.session: Optional[tf.compat.v1.Session] = None
         self.meta_graph: Optional[meta_graph_pb2.MetaGraphDef] = None
@@ -126,7 +142,7 @@ class Servable:
         self.session = tf.compat.v1.Session(graph=self.graph, config=self._config)
         with self.graph.as_default():
             self.meta_graph = tf.compat.v1.saved_model.loader.load(self.session, _TAGS, self.path)
-        self.signatures = {name: Signature(name, sig, self.session)
+        self.signatures = {name: Signature(name, sig, self.session, self._batcher)
                            for name, sig in self.meta_graph.signature_def.items()
                            if name not in _PRIVATE_SIGNATURES}
         self.load_seconds = time.monotonic() - started
@@ -138,8 +154,9 @@ class Servable:
         count = 0
         for request in warmup.read_requests(self.path):
             signature = self.signature(request.model_spec.signature_name)
+            # In this (loader) thread, not the batch runners: a warmup must not take their turn.
             signature.run(requests.feeds_from_tensor_protos(request.inputs, signature),
-                          tuple(request.output_filter))
+                          tuple(request.output_filter), batch=False)
             count += 1
         self.warmup_requests, self.warmup_seconds = count, time.monotonic() - started
         return count

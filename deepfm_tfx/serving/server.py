@@ -24,13 +24,15 @@ class ModelServer:
                  config_file: Optional[str] = None, poll_seconds: float = 1.0,
                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, grpc_threads: int = 16, rest_threads: int = 8,
                  host: str = "0.0.0.0", intra_op_threads: int = 1, inter_op_threads: int = -1,
-                 experiments_dir: Optional[str] = None, loader_nice: int = 10):
-        from deepfm_tfx.serving import loader, servable
+                 experiments_dir: Optional[str] = None, loader_nice: int = 10, batch_threads: int = 2,
+                 max_batch_rows: int = 1024):
+        from deepfm_tfx.serving import batching, loader, servable
 
         config = servable.session_config(intra_op_threads, inter_op_threads)
+        self.batcher = batching.Batcher(batch_threads, max_batch_rows) if batch_threads > 0 else None
         self.manager = loader.ModelManager(
             repository, config_file, poll_seconds,
-            load=lambda model, version, path: servable.Servable(model, version, path, config).load(),
+            load=lambda model, version, path: servable.Servable(model, version, path, config, self.batcher).load(),
             loader_nice=loader_nice)
         self.router = None
         if experiments_dir is not None:  # A/B tests between stable and canary (deepfm_tfx.experiments)
@@ -69,6 +71,8 @@ class ModelServer:
         if self.router is not None:
             self.router.stop()  # after the servers: every answered prediction is in the log
         self.manager.stop()
+        if self.batcher is not None:
+            self.batcher.stop()
 
     def __enter__(self) -> "ModelServer":
         return self.start()
@@ -96,6 +100,10 @@ def add_arguments(parser: argparse.ArgumentParser, default_repository: Optional[
                              "prediction logs and outcomes")
     parser.add_argument("--intra-op-threads", type=int, default=1,
                         help="TF threads inside one op")
+    parser.add_argument("--batch-threads", type=int, default=2,
+                        help="threads that run concurrent requests to a signature as one batch (one per core); "
+                             "0 runs each request alone in its own thread")
+    parser.add_argument("--max-batch-rows", type=int, default=1024, help="largest batch those threads run")
     parser.add_argument("--loader-nice", type=int, default=10,
                         help="CPU priority (nice) of the thread that loads and warms new versions, so a load "
                              "slows requests less")
@@ -115,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
     server = ModelServer(
         args.model_repository, args.port, args.rest_api_port or None, config_file,
         args.model_config_file_poll_wait_seconds, args.rest_max_body_bytes, args.grpc_threads, args.rest_threads,
-        args.host, args.intra_op_threads, args.inter_op_threads, args.experiments_dir, args.loader_nice)
+        args.host, args.intra_op_threads, args.inter_op_threads, args.experiments_dir, args.loader_nice,
+        args.batch_threads, args.max_batch_rows)
     try:
         server.start()
     except OSError as e:
