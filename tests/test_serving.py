@@ -9,6 +9,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import threading
 import time
@@ -162,6 +163,25 @@ def test_pushed_version_carries_warmup_requests_from_real_rows_and_the_server_re
         assert servable.warmup_requests == len(requests)
     finally:
         servable.release()
+
+
+def test_warmup_makes_the_first_request_fast(pushed, tmp_path):
+    """Without the warmup file a version's first call pays TF's lazy set-up; with it, loading did."""
+    from deepfm_tfx.serving.servable import Servable
+    bare = str(tmp_path / "bare")
+    shutil.copytree(pushed["source"], bare, ignore=shutil.ignore_patterns(warmup.ASSETS_EXTRA))
+    feeds = {serving.INPUT_KEY: np.array(pushed["rows"], dtype=object)}
+
+    def first_call_seconds(path, warm):
+        servable = Servable(MODEL, 1, path).load()
+        if warm:
+            assert servable.warm_up() > 0
+        started = time.perf_counter()
+        servable.signature(serving.SIGNATURE).run(feeds, batch=False)
+        return time.perf_counter() - started
+
+    cold, warm = first_call_seconds(bare, False), first_call_seconds(pushed["source"], True)
+    assert warm * 5 < cold, (warm, cold)
 
 
 def test_rest_and_grpc_give_the_in_process_probabilities(pushed, server, in_process):

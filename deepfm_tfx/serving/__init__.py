@@ -3,6 +3,7 @@
     server.py        the process: flags, the gRPC and REST servers, shutdown
     loader.py        models.config -> loaded versions and labels, hot reload
     servable.py      one loaded version: its Session, signatures and warmup
+    batching.py      concurrent requests to a signature run as one Session.run
     requests.py      JSON and TensorProto requests -> numpy feeds, and back
     grpc_service.py  PredictionService and ModelService
     rest.py          /v1/models/... on aiohttp
