@@ -23,7 +23,7 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("weekly")
     config = configs.RunConfig(
         data=str(root / "data"), pipeline_root=str(root / "pipeline"), model_repository=str(root / "repo"),
-        train_steps=80, eval_steps=4, window_spans=2, min_auc=0.6,
+        train_steps=80, eval_steps=4, window_spans=2, min_auc=0.6, warm_start=True,
         training={"batch_size": 256, "dnn_units": [32, 16]})
     weeks = {}
 

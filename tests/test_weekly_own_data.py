@@ -28,7 +28,7 @@ def world(tmp_path_factory):
     config = configs.RunConfig(
         data=str(root / "data"), features=str(spec_path), pipeline_root=str(root / "pipeline"),
         model_repository=str(root / "repo"), trainer="estimator", train_steps=60, eval_steps=4,
-        window_spans=2, min_auc=0.55, training={"batch_size": 256, "dnn_units": [32, 16]})
+        window_spans=2, min_auc=0.55, warm_start=True, training={"batch_size": 256, "dnn_units": [32, 16]})
 
     def week(n, **bad):
         generator.generate(config.data, rows=ROWS, spans=1, first_span=n, seed=5, drift=0.15, **bad)
