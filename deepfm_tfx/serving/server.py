@@ -113,6 +113,7 @@ def add_arguments(parser: argparse.ArgumentParser, default_repository: Optional[
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # the TF1 loader's deprecation notices
     if not os.path.isdir(args.model_repository):
         print(f"error: {args.model_repository}: no such model repository", file=sys.stderr)
         return 2

@@ -32,7 +32,7 @@ def read_requests(saved_model_dir: str) -> Iterator:
     path = path_in(saved_model_dir)
     if not os.path.exists(path):
         return
-    for count, record in enumerate(tf.compat.v1.io.tf_record_iterator(path), start=1):
+    for count, record in enumerate(tf.data.TFRecordDataset(path).as_numpy_iterator(), start=1):
         if count > MAX_RECORDS:
             raise ValueError(f"{path} has more than {MAX_RECORDS} warmup records, TF Serving's limit")
         log = prediction_log_pb2.PredictionLog.FromString(record)
