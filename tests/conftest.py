@@ -23,7 +23,7 @@ PIPELINE_UPSTREAM = {
     "AnomalyGate": {"ExampleValidator"},
     "DriftGate": {"StatisticsGen", "ImportSchemaGen", "previous_statistics"},
     "Transform": {"training_window", "ImportSchemaGen", "AnomalyGate", "DriftGate", "latest_transform_cache"},
-    "Trainer": {"Transform", "ImportSchemaGen", "latest_blessed_model_resolver"},
+    "Trainer": {"Transform", "ImportSchemaGen"},  # plus latest_blessed_model_resolver with --warm-start
     "Evaluator": {"SpecCsvExampleGen", "Trainer", "latest_blessed_model_resolver"},
     "ModelRepositoryPusher": {"Trainer", "Evaluator", "training_window"},
 }
