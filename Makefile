@@ -8,13 +8,30 @@ PYTHON310 := $(shell p="$$(pyenv root 2>/dev/null || echo $$HOME/.pyenv)/version
 RUN_ARGS ?=
 TEST_ARGS ?=
 
-.PHONY: run test test-unit bench lock clean-venv
+# apt-get needs root; sudo when this is not it.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+TB_ARGS ?=
+
+.PHONY: run test test-unit bench lock clean-venv chromium tensorboard
 
 run: $(STAMP)
 	$(VENV)/bin/deepfm-tfx run $(RUN_ARGS)
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(VENV)/bin/python -m pytest tests $(TEST_ARGS)
+
+# tests/test_report.py renders the run report in headless Chromium: from the
+# operating system's packages, installed only when missing.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  echo "==> installing chromium (the report test renders in it)"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 || { \
+	    $(SUDO) apt-get update -qq >/dev/null && \
+	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; }
+
+# TensorBoard on the pipeline's runs, e.g. TB_ARGS="--pipeline-root workspace/simulation/pipeline".
+tensorboard: $(STAMP)
+	$(VENV)/bin/deepfm-tfx tensorboard $(TB_ARGS)
 
 test-unit: $(STAMP)
 	$(VENV)/bin/python -m pytest tests -m "not e2e" $(TEST_ARGS)

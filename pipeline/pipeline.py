@@ -11,7 +11,7 @@ Every baseline comes from earlier weeks, so re-running a week is fully cached.
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import tensorflow_model_analysis as tfma
 from ml_metadata.proto import metadata_store_pb2
@@ -33,12 +33,14 @@ from deepfm_tfx.components.gates import AnomalyGate, DriftGate
 from deepfm_tfx.components.span_window import (EarlierBlessedModelStrategy, EarlierWeekStrategy,
                                     RollingSpanWindowStrategy)
 from deepfm_tfx.components.model_repository_pusher import ModelRepositoryPusher
+from deepfm_tfx.components.paired_auc_gate import PairedAucGate
 from deepfm_tfx.pipeline import configs
 from deepfm_tfx.schemas.feature_spec import FeatureSpec
 
 # The training loop is chosen by dotted path; these are persisted in ml-metadata.
 RUN_FNS = {trainer: f"deepfm_tfx.trainer_modules.{trainer}_trainer.run_fn" for trainer in configs.TRAINERS}
 PREPROCESSING_FN = "deepfm_tfx.trainer_modules.preprocessing.preprocessing_fn"
+PAIRED_AUC_GATE = "PairedAucGate"
 
 
 def splits(eval_fraction_buckets: int = 1) -> List[csv_reader.Split]:
@@ -46,19 +48,20 @@ def splits(eval_fraction_buckets: int = 1) -> List[csv_reader.Split]:
     return [csv_reader.Split("train", 10 - eval_fraction_buckets), csv_reader.Split("eval", eval_fraction_buckets)]
 
 
-def eval_config(label: str, min_auc: float, max_auc_drop: float) -> tfma.EvalConfig:
-    """AUC must clear an absolute floor and may not drop more than max_auc_drop
-    below the current blessed model (skipped when there is none yet)."""
+def eval_config(label: str, min_auc: float, slices: Sequence[str] = ()) -> tfma.EvalConfig:
+    """AUC must clear an absolute floor; metrics overall and per value of each
+    `slices` column. The change vs the baseline is PairedAucGate's, with its noise:
+    TFMA's change threshold cannot compute a confidence interval."""
     auc_threshold = tfma.MetricThreshold(
-        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": min_auc}),
-        change_threshold=tfma.GenericChangeThreshold(
-            direction=tfma.MetricDirection.HIGHER_IS_BETTER, absolute={"value": -max_auc_drop}))
+        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": min_auc}))
     return tfma.EvalConfig(
         model_specs=[tfma.ModelSpec(signature_name="serving_default", label_key=label)],
-        slicing_specs=[tfma.SlicingSpec()],
+        slicing_specs=[tfma.SlicingSpec()] + [tfma.SlicingSpec(feature_keys=[column]) for column in slices],
         metrics_specs=[tfma.MetricsSpec(metrics=[
             tfma.MetricConfig(class_name="ExampleCount"),
-            tfma.MetricConfig(class_name="AUC", threshold=auc_threshold),
+            # The floor judges the whole eval split; a small slice's AUC is too noisy to block on.
+            tfma.MetricConfig(class_name="AUC", per_slice_thresholds=[
+                tfma.PerSliceMetricThreshold(slicing_specs=[tfma.SlicingSpec()], threshold=auc_threshold)]),
             tfma.MetricConfig(class_name="BinaryCrossentropy"),
             tfma.MetricConfig(class_name="Calibration"),
             tfma.MetricConfig(class_name="MeanLabel"),
@@ -181,7 +184,9 @@ def create_pipeline(
         strategy_class=EarlierBlessedModelStrategy if custom_resolvers
         else LatestBlessedModelStrategy,
         model=Channel(type=standard_artifacts.Model),
-        model_blessing=Channel(type=standard_artifacts.ModelBlessing),
+        # PairedAucGate's verdict, not the Evaluator's (which checks the AUC floor only).
+        model_blessing=Channel(type=standard_artifacts.ModelBlessing, producer_component_id=PAIRED_AUC_GATE,
+                               output_key="blessing"),
     ).with_id("latest_blessed_model_resolver")
     latest_blessed.add_upstream_node(example_gen)  # it needs to know the newest span
 
@@ -200,11 +205,19 @@ def create_pipeline(
         model=trainer.outputs["model"],
         baseline_model=latest_blessed.outputs["model"],
         example_splits=["eval"],
-        eval_config=eval_config(spec.label, min_auc, max_auc_drop))
+        eval_config=eval_config(spec.label, min_auc, spec.slices))
+    paired_auc_gate = PairedAucGate(
+        examples=example_gen.outputs["examples"],
+        model=trainer.outputs["model"],
+        baseline_model=latest_blessed.outputs["model"],
+        evaluator_blessing=evaluator.outputs["blessing"],
+        training_examples=training_examples,
+        max_auc_drop=max_auc_drop,
+        feature_spec_json=json.dumps(spec_dict)).with_id(PAIRED_AUC_GATE)
 
     pusher = ModelRepositoryPusher(
         model=trainer.outputs["model"],
-        model_blessing=evaluator.outputs["blessing"],
+        model_blessing=paired_auc_gate.outputs["blessing"],
         evaluation=evaluator.outputs["evaluation"],
         examples=training_examples,
         model_repository_dir=model_repository,
@@ -219,7 +232,7 @@ def create_pipeline(
         pipeline_root=pipeline_root,
         components=[example_gen] + ([training_window] if custom_resolvers else []) + [previous_statistics, statistics_gen, schema_gen,
                     example_validator, anomaly_gate, drift_gate, transform_cache, transform,
-                    latest_blessed, trainer, evaluator, pusher],
+                    latest_blessed, trainer, evaluator, paired_auc_gate, pusher],
         enable_cache=enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args or [],

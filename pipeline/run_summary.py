@@ -131,6 +131,16 @@ def bayes_of_evaluated_rows(report: Dict[str, Any], examples_uri: Optional[str])
     return result
 
 
+def _paired_result(gate_outputs: Dict[str, list]) -> Optional[Dict[str, Any]]:
+    """PairedAucGate's verdict and figures (paired_auc.json), if it ran."""
+    evaluation = gate_outputs.get("ModelEvaluation")
+    path = os.path.join(evaluation[0].uri, "paired_auc.json") if evaluation else None
+    if not path or not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def build(executions: List[Dict[str, Any]], trainer_runner: str,
           bayes: Optional[Dict[str, Any]], error: Optional[str] = None,
           blocked_by: Optional[str] = None) -> Dict[str, Any]:
@@ -138,6 +148,8 @@ def build(executions: List[Dict[str, Any]], trainer_runner: str,
     summary: Dict[str, Any] = {
         "auc": None, "logloss": None, "calibration": None, "example_count": None,
         "baseline_auc": None,
+        # AUC(new) - AUC(baseline) on the same eval rows, with its paired 95% interval (DeLong).
+        "auc_diff": None, "auc_diff_ci95": None, "auc_diff_rows": None, "change_gate": None,
         # On the rows the Evaluator scored when those can be read, else the whole span.
         "bayes_auc": bayes.get("bayes_auc") if bayes else None,
         "bayes_logloss": bayes.get("bayes_logloss") if bayes else None,
@@ -187,11 +199,23 @@ def build(executions: List[Dict[str, Any]], trainer_runner: str,
         if summary["auc"] is not None and summary["bayes_auc"] is not None:
             # What is left to learn on the same rows: the planted truth's AUC minus the model's.
             summary["bayes_auc_gap"] = summary["bayes_auc"] - summary["auc"]
-        blessing = evaluator["outputs"].get("ModelBlessing")
+        # PairedAucGate has the last word (floor and change with its noise); the Evaluator's alone
+        # when the run stopped between the two.
+        gate = by_node.get("PairedAucGate", {}).get("outputs", {})
+        blessing = gate.get("ModelBlessing") or evaluator["outputs"].get("ModelBlessing")
         summary["blessed"] = bool(blessing and _custom(blessing[0], "blessed"))
+        paired = _paired_result(gate)
+        if paired:
+            figures = paired.get("paired") or {}
+            summary["auc_diff"] = figures.get("diff")
+            summary["auc_diff_ci95"] = [figures["ci_low"], figures["ci_high"]] if figures else None
+            summary["auc_diff_rows"] = figures.get("rows")
+            summary["change_gate"] = paired.get("change_gate_message")
         if not summary["blessed"] and not blocked_by:
             summary["blocked_by"] = "Evaluator"
             summary["evaluator_failures"] = evaluation_results.validation_failures(uri)
+            if paired and not paired.get("change_gate_passed", True):
+                summary["evaluator_failures"].append(f"auc (change vs baseline): {paired['change_gate_message']}")
     pusher = by_node.get("ModelRepositoryPusher")
     if pusher and pusher["outputs"].get("PushedModel"):
         pushed = pusher["outputs"]["PushedModel"][0]

@@ -54,6 +54,9 @@ class FeatureSpec:
     # A categorical column whose value alone decides a row's split (e.g. a user
     # id, so a user's rows never straddle train and eval); None: the whole row.
     split_key: Optional[str] = None
+    # Categorical columns the Evaluator reports metrics by, one slice per value
+    # (pick low-cardinality ones: every value is a slice).
+    slices: List[str] = dataclasses.field(default_factory=list)
 
     @property
     def delimiter(self) -> str:
@@ -171,6 +174,11 @@ def load(path: str) -> FeatureSpec:
     if split_key is not None and split_key not in categorical:
         _fail(path, f"'split_key' must name one of the categorical columns, got {split_key!r}")
 
+    slices = _names(path, raw, "slices")
+    not_categorical = [s for s in slices if s not in categorical]
+    if not_categorical:
+        _fail(path, f"'slices' must name categorical columns; {not_categorical} are not")
+
     schema_file = None
     if raw.get("schema"):
         schema_file = os.path.join(os.path.dirname(os.path.abspath(path)), raw["schema"])
@@ -183,4 +191,4 @@ def load(path: str) -> FeatureSpec:
         format=fmt, header=header, column_names=column_names,
         file_pattern=str(raw.get("file_pattern", "*")),
         categorical_encoding=encoding, numerical_transform=transform,
-        schema_file=schema_file, split_key=split_key, **ints)
+        schema_file=schema_file, split_key=split_key, slices=slices, **ints)

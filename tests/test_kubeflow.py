@@ -147,7 +147,7 @@ def test_v2_dag_edges_follow_the_topology(v2):
     edges = {}
     for name, task in tasks.items():
         edges.setdefault(_v2_node(name), set()).update(_v2_node(d) for d in task.dependent_tasks)
-    # v2 has no custom resolvers: Transform and the pusher read ExampleGen's newest span directly.
+    # v2 has no custom resolvers: Transform, PairedAucGate and the pusher read ExampleGen's newest span directly.
     v2_upstream = {node: {"SpecCsvExampleGen" if up == "training_window" else up for up in ups}
                    for node, ups in UPSTREAM.items() if node != "training_window"}
     for resolver_id in ("latest_transform_cache", "latest_blessed_model_resolver", "previous_statistics"):
@@ -205,7 +205,7 @@ def test_v2_differences_name_every_node_that_differs_and_nothing_else():
         assert d.v2_strategy == (v2_nodes[name][0] if name in v2_nodes else "")
     # Apart from the resolvers, only what read the dropped window changed: it reads ExampleGen instead.
     rewired = {n for n in v2_nodes if v1_nodes[n][1] != v2_nodes[n][1]}
-    assert rewired == {"Transform", "ModelRepositoryPusher"}
+    assert rewired == {"Transform", "PairedAucGate", "ModelRepositoryPusher"}
     for n in rewired:
         assert {k: {"SpecCsvExampleGen" if p == "training_window" else p for p in producers}
                 for k, producers in v1_nodes[n][1].items()} == v2_nodes[n][1]

@@ -43,7 +43,11 @@ def make_model_fn(inputs: training_setup.TrainerInputs, train_steps: int):
         if training:
             step = tf.compat.v1.train.get_or_create_global_step()
             train_op = optimizers.estimator_train_op(config, train_steps, loss, model.trainable_variables, step)
-        metrics = {"auc": tf.compat.v1.metrics.auc(labels, probability, num_thresholds=1000)}
+        # Its own scope name leaves the summary tag "auc" free, so TensorBoard overlays training and eval.
+        metrics = {"auc": tf.compat.v1.metrics.auc(labels, probability, num_thresholds=1000, name="auc_metric")}
+        if training:  # the running AUC of this run, logged every save_summary_steps like Keras' batch_auc
+            train_op = tf.group(train_op, metrics["auc"][1])
+            tf.compat.v1.summary.scalar("auc", metrics["auc"][0])
         hooks = [progress.EstimatorProgress(loss, metrics["auc"][1], train_steps, config.batch_size)] \
             if training else None
         return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op, eval_metric_ops=metrics,
@@ -70,7 +74,8 @@ def run_fn(fn_args: FnArgs) -> None:
     run_config = tf.estimator.RunConfig(
         model_dir=fn_args.model_run_dir,  # checkpoints and summaries, for TensorBoard
         train_distribute=training_setup.distribution_strategy(config.distribution),
-        save_checkpoints_steps=max(fn_args.train_steps // 2, 1), log_step_count_steps=100)
+        save_checkpoints_steps=max(fn_args.train_steps // 2, 1), log_step_count_steps=100,
+        save_summary_steps=config.log_every_steps)  # loss and AUC, for TensorBoard
     warm_from, note = training_setup.warm_start_source(fn_args, inputs)
     warm_start = None
     if warm_from:

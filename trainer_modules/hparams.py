@@ -53,6 +53,8 @@ class TrainingConfig:
     # summed, so it usually wants a larger rate than Adam.
     embedding_learning_rate: float = _knob(0.0, "peak learning rate of the embedding tables (0: learning_rate)")
     steps_per_execution: int = _knob(20, "Keras runner: steps per tf.function call")
+    # Keras can only log between executions: it rounds up to a multiple of steps_per_execution.
+    log_every_steps: int = _knob(100, "TensorBoard: log training loss and AUC every N steps")
     distribution: str = _knob("auto", "auto: mirrored over local GPUs when there are several",
                               choices=DISTRIBUTIONS)
     # A warm start carries the weights; "reset" starts Adam's moments fresh, so

@@ -42,11 +42,25 @@ def warm_start(model: tf.keras.Model, warm_from: str, inputs: training_setup.Tra
     model.optimizer.iterations.assign(0)
 
 
+def tensorboard_callback(log_dir: str, config) -> tf.keras.callbacks.TensorBoard:
+    """Loss and AUC every config.log_every_steps steps, not once per run.
+
+    Keras' TensorBoard writes batch-level scalars only from its batch hooks,
+    which it calls only when it writes steps/s (or profiles), and only at
+    steps divisible by update_freq; with steps_per_execution those hooks run
+    every steps_per_execution steps, so update_freq must be a multiple of it.
+    """
+    execution = max(int(config.steps_per_execution), 1)
+    every = -(-max(int(config.log_every_steps), 1) // execution) * execution
+    return tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq=every, write_steps_per_second=True)
+
+
 def run_fn(fn_args: FnArgs) -> None:
     inputs = training_setup.load_inputs(fn_args)
     config = inputs.config
     strategy = training_setup.distribution_strategy(config.distribution) or tf.distribute.get_strategy()
-    train = training_setup.make_dataset(fn_args.train_files, fn_args.data_accessor, inputs, config.batch_size)
+    train = training_setup.make_dataset(fn_args.train_files, fn_args.data_accessor, inputs, config.batch_size,
+                                        train=True)
     evaluation = training_setup.make_dataset(fn_args.eval_files, fn_args.data_accessor, inputs, config.batch_size)
     warm_from, note = training_setup.warm_start_source(fn_args, inputs)
     with strategy.scope():
@@ -59,7 +73,7 @@ def run_fn(fn_args: FnArgs) -> None:
     model.fit(
         train, steps_per_epoch=fn_args.train_steps, epochs=1,
         validation_data=evaluation, validation_steps=fn_args.eval_steps, verbose=0,
-        callbacks=[tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq=100),
+        callbacks=[tensorboard_callback(fn_args.model_run_dir, config),
                    progress.KerasProgress(fn_args.train_steps, config.batch_size), throughput])
     step_end = int(model.optimizer.iterations.numpy())
     measured = training_setup.learning_rate_record(config, fn_args.train_steps, step_start, step_end)

@@ -17,10 +17,12 @@ COMMANDS = {
     "run": ("run", "run the whole pipeline locally (LocalDagRunner)"),
     "generate-data": ("data", "write synthetic Criteo-format spans with known Bayes metrics"),
     "simulate": ("simulate", "simulate N weeks of automatic retraining, one bad week included"),
-    "models": ("models", "list, canary, promote, roll back, release or prune the versions in the model repository"),
+    "models": ("models", "list, canary, promote, roll back, release, prune or report on the versions in the "
+                         "model repository"),
     "serve": ("serve", "serve the model repository on TF Serving's gRPC and REST APIs"),
     "experiment": ("experiment", "A/B test stable vs canary on live traffic: start, outcomes, report, promote"),
     "schema": ("schema", "export the schema frozen by the first run, for review"),
+    "tensorboard": ("tensorboard", "TensorBoard on the pipeline's runs: training curves and each week's metrics"),
     "compile": ("orchestrate", "compile for Kubeflow Pipelines (v1 YAML, v2 JSON) or install the Airflow DAG"),
     "schedule": ("orchestrate", "create a weekly recurring run on Kubeflow Pipelines"),
 }

@@ -1,4 +1,4 @@
-"""`deepfm-tfx models list|canary|promote|rollback|release|prune`: the versioned model repository.
+"""`deepfm-tfx models list|canary|promote|rollback|release|prune|report`: the versioned model repository.
 
 canary, promote and rollback move TF Serving's `stable` and `canary` labels
 in two steps: with `--server URL` (a TF Serving or `deepfm-tfx serve` REST
@@ -183,6 +183,12 @@ def cmd_prune(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from deepfm_tfx.pipeline.report import repository
+    path = repository.write(args.model_repository, args.model_name, args.output)
+    print(f"{args.model_name}: repository report written to {path}")
+    return 0
+
 
 def _checked(command):
     """`command`, run only once the repository path and the model name are usable: nothing is read,
@@ -204,7 +210,7 @@ def _checked(command):
 
 
 def configure(m) -> None:
-    """Adds `list`, `canary`, `promote`, `rollback`, `release` and `prune` to the `models` parser."""
+    """Adds `list`, `canary`, `promote`, `rollback`, `release`, `prune` and `report` to the `models` parser."""
     from deepfm_tfx.pipeline.configs import RunConfig
     d = RunConfig()
     common = argparse.ArgumentParser(add_help=False)
@@ -249,6 +255,11 @@ def configure(m) -> None:
     pr.add_argument("--keep", type=int, required=True, help="newest versions to keep, besides the served one")
     pr.add_argument("--dry-run", action="store_true", help="print what would be removed; remove nothing")
     pr.set_defaults(func=cmd_prune)
+
+    rp = sub.add_parser("report", parents=[common],
+                        help="one HTML page: metrics per version over time, pushed/blocked/rolled-back weeks, serving")
+    rp.add_argument("--output", help="where to write it (default: <repository>/<model>/report.html)")
+    rp.set_defaults(func=cmd_report)
 
     for parser in sub.choices.values():
         parser.set_defaults(func=_checked(parser.get_default("func")))

@@ -32,9 +32,17 @@ def print_summary(summary) -> None:
     seconds = summary.get("component_seconds", {})
     if seconds:
         print("  component seconds (ml-metadata): " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
+    if summary.get("auc_diff") is not None:
+        low, high = summary["auc_diff_ci95"]
+        print(f"  {'auc - baseline (95% CI)':<25} {summary['auc_diff']:+.4f} [{low:+.4f}, {high:+.4f}], paired on "
+              f"the same {summary.get('auc_diff_rows') or 0:,} rows")
     for line in summary.get("evaluator_failures", []) or []:
         print(f"  evaluator: {line}")
     print(f"  written to {summary.get('summary_path')}")
+    if summary.get("report_path"):
+        print(f"  report: {summary['report_path']} (open it in a browser; deepfm-tfx tensorboard for the curves)")
+    elif summary.get("report_error"):
+        print(f"  no report: {summary['report_error']}")
 
 
 def cmd_run(args) -> int:

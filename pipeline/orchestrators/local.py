@@ -16,7 +16,7 @@ from deepfm_tfx.components.csv_reader import check_files
 from deepfm_tfx.errors import DataError
 from deepfm_tfx.components import span_window
 from deepfm_tfx.components.gates import GateFailed
-from deepfm_tfx import id_space, spans
+from deepfm_tfx import id_space, model_repository, spans
 from deepfm_tfx.pipeline import configs
 from deepfm_tfx.pipeline import metadata
 from deepfm_tfx.pipeline import run_summary
@@ -100,6 +100,29 @@ def _inferred_schema_uri(executions) -> Optional[str]:
     return None
 
 
+def _serving_version(config: configs.RunConfig) -> Optional[int]:
+    try:
+        return model_repository.serving_version(config.model_repository, config.model_name)
+    except (model_repository.RepositoryError, OSError):
+        return None
+
+
+def publish_report(config: configs.RunConfig, spec: feature_spec.FeatureSpec, executions,
+                   summary: Dict[str, Any], serving_before: Optional[int]) -> Optional[str]:
+    """Writes the run's HTML report (pipeline/report/publish.py); returns <pipeline_root>/report.html.
+    A report that cannot be written is noted in the summary and never fails the run."""
+    try:
+        from deepfm_tfx.pipeline.report import publish, run_data
+        report = run_data.collect(executions, summary, label=spec.label, min_auc=config.min_auc,
+                                  max_auc_drop=config.max_auc_drop, model_name=config.model_name)
+        report["serving_before"] = serving_before
+        return publish.publish(report, pipeline_root=config.pipeline_root,
+                               model_repository_dir=config.model_repository, model_name=config.model_name)["report"]
+    except Exception as e:  # noqa: BLE001 - the run's outcome stands without its report
+        summary["report_error"] = f"{type(e).__name__}: {e}"
+        return None
+
+
 def run(config: configs.RunConfig) -> Dict[str, Any]:
     """Runs one pipeline run; returns the summary or raises RunFailed with it."""
     validation.validate(config)
@@ -107,6 +130,7 @@ def run(config: configs.RunConfig) -> Dict[str, Any]:
     ensure_default_data(config)
     input_pattern, span = input_layout(config.data_root, spec)
     pipeline = build(config, spec, input_pattern)
+    serving_before = _serving_version(config)
     started = time.monotonic()
     error, blocked_by, exit_code = None, None, 0
     try:
@@ -137,6 +161,7 @@ def run(config: configs.RunConfig) -> Dict[str, Any]:
         span_window.quarantine(metadata_store.MetadataStore(pipeline.metadata_connection_config),
                                [i for i in week if i], f"blocked by {summary['blocked_by']}")
         summary["quarantined_span"] = summary["span"]
+    summary["report_path"] = publish_report(config, spec, executions, summary, serving_before)
     os.makedirs(os.path.dirname(os.path.abspath(config.summary_path)), exist_ok=True)
     with open(config.summary_path, "w") as f:
         json.dump(summary, f, indent=2)
