@@ -43,7 +43,7 @@ HOLD_FILE = "hold.json"
 _INCOMING = ".incoming-"
 _TMP = ".tmp-"
 _DIGITS = re.compile(r"[0-9]+")
-_RECORD = re.compile(r"([0-9]+)\.record\.json")
+_RECORD = re.compile(r"([0-9]+)\.(?:record\.json|report\.html)")  # a version's record, and its run report
 # TF Serving's model names; a name is also a folder here and a URL path segment there.
 _MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}")
 # What a dead _atomic_write leaves, and nothing else: `<file>.tmp-<pid>`.
@@ -431,8 +431,9 @@ def prune(repo: str, model: str, keep: int, dry_run: bool = False) -> List[int]:
             trash = os.path.join(base, f"{_INCOMING}deleted-{v}")
             os.rename(os.path.join(base, str(v)), trash)
             _fsync_dir(base)
-            if os.path.exists(record_path(repo, model, v)):
-                os.remove(record_path(repo, model, v))
+            for beside in (record_path(repo, model, v), os.path.join(base, f"{v}.report.html")):
+                if os.path.exists(beside):
+                    os.remove(beside)
             shutil.rmtree(trash)
         _fsync_dir(base)
     return doomed

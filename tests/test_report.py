@@ -288,3 +288,21 @@ def test_tensorboard_serves_readable_runs_with_curves_and_weekly_metrics(world):
             os.killpg(board.pid, signal.SIGKILL)
             board.wait()
     assert board.returncode is not None
+
+
+def test_prune_removes_a_versions_report_with_it(tmp_path):
+    from deepfm_tfx import model_repository
+    repo, name = str(tmp_path), "deepfm"
+    for version in (100, 200):
+        os.makedirs(os.path.join(repo, name, str(version), "variables"))
+        open(os.path.join(repo, name, str(version), "saved_model.pb"), "wb").close()
+        open(os.path.join(repo, name, str(version), "variables", "variables.index"), "wb").close()
+        with open(publish.version_report_path(repo, name, version), "w") as f:
+            f.write("<html></html>")
+    assert model_repository.prune(repo, name, keep=1) == [100]
+    assert not os.path.exists(publish.version_report_path(repo, name, 100))
+    assert os.path.exists(publish.version_report_path(repo, name, 200))
+    # A report whose version is gone (a prune that died mid-way) is cleared like a record.
+    os.rename(publish.version_report_path(repo, name, 200), publish.version_report_path(repo, name, 300))
+    assert model_repository.prune(repo, name, keep=1) == []
+    assert not os.path.exists(publish.version_report_path(repo, name, 300))
