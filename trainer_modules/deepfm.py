@@ -6,9 +6,10 @@ in one fused table (Transform maps field-prefixed tokens into one id space):
 one gather per batch instead of one per field. Numeric fields join the
 interactions as value * embedding.
 
-The L2 penalty of the tables is on the rows a batch looks up (a loss term), so
-their gradient stays sparse (tf.IndexedSlices) and a step's cost does not grow
-with the table; `embedding_l2_rows=False` restores the table-wide regularizer.
+The tables carry no regularizer here by default: a table-wide L2 makes their
+gradient dense, so a step would cost O(table). The optimizer applies the L2 to
+the rows a batch looks up instead (optimizers.py); `embedding_l2_rows=False`
+restores the table-wide regularizer (the dense recipe).
 """
 from __future__ import annotations
 
@@ -92,18 +93,12 @@ class DeepFM(tf.keras.Model):
 
     def _fields(self, features: Dict[str, tf.Tensor]):
         """Per-field embeddings [batch, fields, dim] and first-order sum [batch, 1]."""
-        return self._lookup(features)[:2]
-
-    def _lookup(self, features: Dict[str, tf.Tensor]):
-        """_fields, and each example's sum of squares of the table rows it looked up [batch]."""
-        parts, linear, squares = [], [], []
+        parts, linear = [], []
         if self.layout.categorical:
             ids = tf.stack([tf.reshape(tf.cast(features[n], tf.int64), [-1])
                             for n in self.layout.categorical], axis=1)
-            rows, weights = self.field_embeddings(ids), self.linear_weights(ids)
-            parts.append(rows)
-            linear.append(tf.reduce_sum(weights, axis=[1, 2])[:, None])
-            squares += [tf.reduce_sum(tf.square(rows), axis=[1, 2]), tf.reduce_sum(tf.square(weights), axis=[1, 2])]
+            parts.append(self.field_embeddings(ids))
+            linear.append(tf.reduce_sum(self.linear_weights(ids), axis=[1, 2])[:, None])
         if self.layout.numerical:
             values = tf.stack([tf.reshape(tf.cast(features[n], tf.float32), [-1])
                                for n in self.layout.numerical], axis=1)
@@ -115,22 +110,20 @@ class DeepFM(tf.keras.Model):
             linear.append(tf.reduce_sum(values * self.numeric_linear + missing * self.missing_linear,
                                         axis=1, keepdims=True))
         for name in self.layout.multivalent:
-            ids = tf.cast(features[name], tf.int64)
-            valid = tf.cast(ids >= 0, tf.float32)[:, :, None]
-            count = tf.maximum(tf.reduce_sum(valid, axis=1), 1.0)
-            ids = tf.maximum(ids, 0)
-            rows, weights = self.field_embeddings(ids) * valid, self.linear_weights(ids) * valid
+            # Only real tokens are looked up: a padding slot must not touch (or count as seeing) a row.
+            ids = tf.RaggedTensor.from_tensor(tf.cast(features[name], tf.int64), padding=-1)
+            count = tf.maximum(tf.cast(ids.row_lengths(), tf.float32), 1.0)[:, None]
+
+            def mean(layer):
+                rows = ids.with_flat_values(layer(ids.flat_values))
+                return tf.reduce_sum(rows, axis=1) / count
             # Mean over the field's tokens: the field stays one FM "field".
-            parts.append((tf.reduce_sum(rows, axis=1) / count)[:, None])
-            linear.append(tf.reduce_sum(weights, axis=1) / count)
-            squares += [tf.reduce_sum(tf.square(rows), axis=[1, 2]), tf.reduce_sum(tf.square(weights), axis=[1, 2])]
-        return tf.concat(parts, axis=1), tf.add_n(linear), tf.add_n(squares) if squares else None
+            parts.append(mean(self.field_embeddings)[:, None])
+            linear.append(mean(self.linear_weights))
+        return tf.concat(parts, axis=1), tf.add_n(linear)
 
     def call(self, features: Dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
-        embeddings, first_order, squares = self._lookup(features)
-        if self.hparams.embedding_l2 and self.hparams.embedding_l2_rows and squares is not None:
-            # Per example, like the data loss: an id is penalised as often as it is seen.
-            self.add_loss(self.hparams.embedding_l2 * tf.reduce_mean(squares))
+        embeddings, first_order = self._fields(features)
         deep = tf.reshape(embeddings, [-1, self.layout.num_fields * self.hparams.embedding_dim])
         for layer in self.dnn:
             deep = layer(deep, training=training)

@@ -87,14 +87,15 @@ def run_fn(fn_args: FnArgs) -> None:
             vars_to_warm_start=MODEL_VARIABLES)
     estimator = tf.estimator.Estimator(make_model_fn(inputs, fn_args.train_steps), config=run_config, warm_start_from=warm_start)
 
-    def input_fn(files):
-        return lambda: training_setup.make_dataset(files, fn_args.data_accessor, inputs, config.batch_size)
+    def input_fn(files, train=False):
+        return lambda: training_setup.make_dataset(files, fn_args.data_accessor, inputs, config.batch_size, train)
 
     step_start = _global_step(estimator.latest_checkpoint())
     throughput = measure.EstimatorThroughput(config.batch_size, fn_args.train_steps)
     tf.estimator.train_and_evaluate(
         estimator,
-        tf.estimator.TrainSpec(input_fn(fn_args.train_files), max_steps=fn_args.train_steps, hooks=[throughput]),
+        tf.estimator.TrainSpec(input_fn(fn_args.train_files, train=True), max_steps=fn_args.train_steps,
+                               hooks=[throughput]),
         tf.estimator.EvalSpec(input_fn(fn_args.eval_files), steps=fn_args.eval_steps, throttle_secs=0))
 
     # Estimator exports under a timestamped folder; TFX expects the model itself.

@@ -11,6 +11,7 @@ from typing import Any, Dict, Optional, Sequence
 DISTRIBUTIONS = ("auto", "default", "mirrored", "multi_worker")
 LEARNING_RATE_DECAYS = ("cosine", "none")
 WARM_START_SLOTS = ("reset", "carry")
+INPUT_CACHES = ("auto", "memory", "off")
 # How the embedding tables learn. "lazy_adam" and "adagrad" touch only the rows
 # a batch looks up (their L2 too), so a step costs the same at 2^18 or 2^24
 # buckets; "adam" is the dense recipe: table-wide L2, Adam on every row.
@@ -53,6 +54,10 @@ class TrainingConfig:
     # summed, so it usually wants a larger rate than Adam.
     embedding_learning_rate: float = _knob(0.0, "peak learning rate of the embedding tables (0: learning_rate)")
     steps_per_execution: int = _knob(20, "Keras runner: steps per tf.function call")
+    # Parsing the gzipped tf.Examples costs more than a step; auto caches when
+    # the parsed training split fits in a quarter of memory (at most 2 GiB).
+    input_cache: str = _knob("auto", "keep the training split's parsed batches in memory after the first pass",
+                             choices=INPUT_CACHES)
     # Keras can only log between executions: it rounds up to a multiple of steps_per_execution.
     log_every_steps: int = _knob(100, "TensorBoard: log training loss and AUC every N steps")
     distribution: str = _knob("auto", "auto: mirrored over local GPUs when there are several",

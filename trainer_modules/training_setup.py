@@ -47,13 +47,44 @@ def field_layout(spec: FeatureSpec, transform_output: tft.TFTransformOutput) -> 
         num_ids=preprocessing.num_ids(spec, vocabulary))
 
 
-def make_dataset(file_pattern, data_accessor, inputs: TrainerInputs, batch_size: int) -> tf.data.Dataset:
-    """(features, label) batches of the Transform output, repeated, prefetched."""
+# Parsed batches take about this many times the bytes of the gzipped Transform
+# output (measured on the criteo profile: 268 B parsed per example); an
+# overestimate only means caching less often.
+PARSED_OVER_COMPRESSED = 4
+CACHE_MAX_BYTES = 2 << 30
+CACHE_SHUFFLE_BATCHES = 256
+
+
+def _files_bytes(file_pattern) -> int:
+    patterns = file_pattern if isinstance(file_pattern, (list, tuple)) else [file_pattern]
+    return sum(tf.io.gfile.stat(f).length for p in patterns for f in tf.io.gfile.glob(p))
+
+
+def cache_in_memory(file_pattern, config: TrainingConfig) -> bool:
+    """Whether the training split's parsed batches are kept in memory after the first pass."""
+    if config.input_cache != "auto":
+        return config.input_cache == "memory"
+    budget = min(CACHE_MAX_BYTES, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4)
+    return _files_bytes(file_pattern) * PARSED_OVER_COMPRESSED <= budget
+
+
+def make_dataset(file_pattern, data_accessor, inputs: TrainerInputs, batch_size: int,
+                 train: bool = False) -> tf.data.Dataset:
+    """(features, label) batches of the Transform output, repeated, prefetched.
+
+    The training split is parsed once and then served from memory when it fits
+    (`input_cache`): reading and parsing gzipped tf.Examples costs more than a
+    training step. Later passes reshuffle the cached batches' order.
+    """
+    cache = train and cache_in_memory(file_pattern, inputs.config)
     dataset = data_accessor.tf_dataset_factory(
         file_pattern,
         tfxio.TensorFlowDatasetOptions(batch_size=batch_size, label_key=inputs.spec.label,
-                                       shuffle_buffer_size=10_000, sloppy_ordering=True),
+                                       shuffle_buffer_size=10_000, sloppy_ordering=True,
+                                       num_epochs=1 if cache else None, drop_final_batch=cache),
         inputs.transform_output.transformed_metadata.schema)
+    if cache:
+        dataset = dataset.cache().shuffle(CACHE_SHUFFLE_BATCHES, reshuffle_each_iteration=True).repeat()
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
