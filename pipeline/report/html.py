@@ -301,7 +301,7 @@ def repository_page(page: Dict[str, Any]) -> str:
             + (f" (held by a rollback since {_e(page['hold']['since'])})" if page.get("hold") else "")
             + f"; {len(versions)} version(s); {len(runs)} recorded run(s).</p>")
     for line in page.get("events", []):
-        head += f"<p class=\"bad\">{_e(line)}</p>"
+        head += f"<p class=\"{'bad' if 'rolled back' in line or 'rollback' in line else 'muted'}\">{_e(line)}</p>"
     sections.append(_section("serving", "Serving", head))
 
     marks = {str(serving): "#2da44e"} if serving is not None else {}

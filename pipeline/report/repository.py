@@ -31,7 +31,8 @@ def _runs(model_dir: str) -> List[Dict[str, Any]]:
     return runs
 
 
-def _state(entry: Dict[str, Any], hold: Optional[Dict[str, Any]], serving: Optional[int]) -> str:
+def _state(entry: Dict[str, Any], hold: Optional[Dict[str, Any]], serving: Optional[int],
+           ever_served: set) -> str:
     record, version = entry.get("record") or {}, entry["version"]
     if "stable" in entry["labels"]:
         return "serving" + (" (rollback hold)" if hold else "")
@@ -39,6 +40,8 @@ def _state(entry: Dict[str, Any], hold: Optional[Dict[str, Any]], serving: Optio
         return "canary"
     if record.get("served_on_push") is False:
         return "pushed during a rollback hold, never served"
+    if record.get("pushed_as") == "canary" and version not in ever_served:
+        return "canary, never promoted"
     if serving is not None and version > serving:
         return "rolled back"
     return "superseded"
@@ -50,18 +53,19 @@ def collect(repo: str, model: str, output: str) -> Dict[str, Any]:
     base = os.path.dirname(os.path.abspath(output))
     serving = model_repository.serving_version(repo, model)
     hold = model_repository.held(repo, model)
+    runs = _runs(model_dir)
+    ever_served = {v for r in runs for v in (r.get("serving_before"), r.get("serving_after")) if v is not None}
     versions = []
     for entry in model_repository.list_models(repo, model):
         record = entry.get("record") or {}
         report = publish.version_report_path(repo, model, entry["version"])
         versions.append({
-            "version": entry["version"], "labels": entry["labels"], "state": _state(entry, hold, serving),
+            "version": entry["version"], "labels": entry["labels"], "state": _state(entry, hold, serving, ever_served),
             "created_at": record.get("created_at"), "trainer_runner": record.get("trainer_runner"),
             "spans": record.get("spans"), "metrics": record.get("metrics"),
             "baseline_metrics": record.get("baseline_metrics"),
             "report": os.path.relpath(report, base) if os.path.exists(report) else None,
         })
-    runs = _runs(model_dir)
     events = []
     for before, after in zip(runs, runs[1:]):
         moved_from, moved_to = before.get("serving_after"), after.get("serving_before")
