@@ -46,7 +46,7 @@ def _estimator_worker(conn, paths: Dict[str, str], total_steps: int, model_dir: 
         import tensorflow as tf
 
         from deepfm_tfx.trainer_modules import estimator_trainer, serving, training_setup
-        inputs = trainer_inputs(paths["graph"])
+        inputs = trainer_inputs(paths["graph"], paths["num_ids"])
         # As estimator_trainer.run_fn configures it.
         run_config = tf.estimator.RunConfig(model_dir=model_dir, save_checkpoints_steps=max(total_steps // 2, 1),
                                             log_step_count_steps=100)

@@ -28,6 +28,8 @@ class TreeSampler:
         self.peak_bytes = 0
         self.log = log
         self.peak_by_component: Dict[str, int] = {}
+        # The tree's RSS when each component started: its peak minus this is what it added.
+        self.start_by_component: Dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -46,6 +48,7 @@ class TreeSampler:
         current = self._current_component()
         if current:
             self.peak_by_component[current] = max(self.peak_by_component.get(current, 0), total)
+            self.start_by_component.setdefault(current, total)
         return total
 
     def _current_component(self) -> Optional[str]:
@@ -83,14 +86,15 @@ def cli() -> List[str]:
     return [sys.executable, "-c", "import sys; from deepfm_tfx.pipeline.cli import main; sys.exit(main())"]
 
 
-def ensure_data(rows: int, seed: int = 42) -> str:
-    """The run command's default data folder, generated outside the timed run."""
+def ensure_data(rows: int, seed: int = 42, profile: Optional[str] = None) -> str:
+    """The run command's default data folder (default profile: RunConfig's), generated outside the timed run."""
     from deepfm_tfx.pipeline.configs import RunConfig
-    root = RunConfig(rows=rows, seed=seed).data_root
+    config = RunConfig(rows=rows, seed=seed, **({"profile": profile} if profile else {}))
+    root = config.data_root
     if not os.path.exists(os.path.join(root, "span-1", "bayes.json")):
-        print(f"  generating {rows:,} synthetic rows into {root}", flush=True)
-        subprocess.run(cli() + ["generate-data", "--rows", str(rows), "--seed", str(seed), "--out", root],
-                       check=True, stdout=subprocess.DEVNULL)
+        print(f"  generating {rows:,} synthetic rows ({config.profile} profile) into {root}", flush=True)
+        subprocess.run(cli() + ["generate-data", "--rows", str(rows), "--seed", str(seed), "--profile",
+                                config.profile, "--out", root], check=True, stdout=subprocess.DEVNULL)
     return root
 
 
@@ -103,20 +107,27 @@ def run_pipeline(root: str, rows: int, trainer: str = "keras", extra: Sequence[s
     cmd = cli() + ["run", "--pipeline-root", os.path.join(root, "pipeline"),
                    "--model-repository", os.path.join(root, "repo"), "--rows", str(rows),
                    "--trainer", trainer, "--summary", summary_path] + list(extra)
-    started = time.monotonic()
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        with TreeSampler(proc.pid, log=log_path) as sampler:
-            code = proc.wait()
-    wall = time.monotonic() - started
+    result = run_command(cmd, log_path)
     summary: Dict[str, Any] = {}
     if os.path.exists(summary_path):
         with open(summary_path) as f:
             summary = json.load(f)
+    return dict(result, summary=summary)
+
+
+def run_command(cmd: Sequence[str], log_path: str, cwd: Optional[str] = None) -> Dict[str, Any]:
+    """A command as a subprocess, its output to `log_path`: exit code, wall time, peak tree RSS."""
+    started = time.monotonic()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
+        with TreeSampler(proc.pid, log=log_path) as sampler:
+            code = proc.wait()
+    wall = time.monotonic() - started
     return {"command": " ".join(cmd), "exit_code": code, "process_seconds": round(wall, 1),
             "peak_rss_mb": round(sampler.peak_bytes / 2**20),
             "peak_rss_mb_by_component": {k: round(v / 2**20) for k, v in sampler.peak_by_component.items()},
-            "summary": summary, "log": log_path}
+            "start_rss_mb_by_component": {k: round(v / 2**20) for k, v in sampler.start_by_component.items()},
+            "log": log_path}
 
 
 def default_run(workdir: str, trainer: str, rows: int, extra: Sequence[str], rerun: bool) -> Dict[str, Any]:
@@ -171,4 +182,14 @@ def transform_output(pipeline_root: str) -> Dict[str, str]:
         return max(dirs, key=lambda d: int(os.path.basename(d)) if os.path.basename(d).isdigit() else -1)
     examples = newest("transformed_examples")
     return {"train": os.path.join(examples, "Split-train", "*"), "eval": os.path.join(examples, "Split-eval", "*"),
-            "graph": newest("transform_graph")}
+            "graph": newest("transform_graph"), "num_ids": trained_num_ids(pipeline_root)}
+
+
+def trained_num_ids(pipeline_root: str) -> Optional[int]:
+    """The id-space size the newest Trainer run used (the spec may leave it to the data)."""
+    infos = sorted(glob.glob(os.path.join(pipeline_root, "Trainer", "model", "*", "training_info.json")),
+                   key=lambda p: int(p.split(os.sep)[-2]) if p.split(os.sep)[-2].isdigit() else -1)
+    if not infos:
+        return None
+    with open(infos[-1]) as f:
+        return json.load(f).get("num_ids")

@@ -1,6 +1,6 @@
 """The Transform output of a default run, read the ways the trainer section's
-contenders consume it: TFRecords (as the trainers do), cached in tf.data, or
-in-memory numpy (as DeepCTR is fed). Only public TF/TFX APIs."""
+contenders consume it: TFRecords (as the trainers do) or in-memory numpy (as
+DeepCTR is fed). Only public TF/TFX APIs."""
 from __future__ import annotations
 
 from typing import Dict, Optional
@@ -20,13 +20,18 @@ def data_accessor():
     return DataAccessor(tf_dataset_factory=factory, record_batch_factory=None, data_view_decode_fn=None)
 
 
-def trainer_inputs(graph_dir: str, **config):
-    """What training_setup.load_inputs gives a run_fn, with TrainingConfig knobs overridden."""
+def trainer_inputs(graph_dir: str, num_ids: Optional[int] = None, **config):
+    """What training_setup.load_inputs gives a run_fn, with TrainingConfig knobs overridden;
+    `num_ids`: the hash buckets the run used when the spec leaves them to the data."""
+    import dataclasses
+
     import tensorflow_transform as tft
 
     from deepfm_tfx.schemas import feature_spec
     from deepfm_tfx.trainer_modules import hparams, training_setup
     spec = feature_spec.load(feature_spec.DEFAULT_SPEC)
+    if spec.categorical_encoding == "hash" and spec.hash_buckets is None:
+        spec = dataclasses.replace(spec, hash_buckets=num_ids)
     tft_out = tft.TFTransformOutput(graph_dir)
     return training_setup.TrainerInputs(spec, hparams.TrainingConfig(**config), tft_out,
                                         training_setup.field_layout(spec, tft_out), "keras")
@@ -66,18 +71,6 @@ def array_dataset(features, labels, batch_size: int):
     return tf.data.Dataset.zip((batches, data)).map(
         lambda idx, d: tf.nest.map_structure(lambda t: tf.gather(t, idx), d),
         num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-
-
-def cached_dataset(files, inputs, batch_size):
-    """make_dataset's read once, then served from memory (shuffle within the first pass only)."""
-    import tensorflow as tf
-    from tfx_bsl.public import tfxio
-    ds = data_accessor().tf_dataset_factory(
-        files, tfxio.TensorFlowDatasetOptions(batch_size=batch_size, label_key=inputs.spec.label,
-                                              shuffle_buffer_size=10_000, sloppy_ordering=True, num_epochs=1,
-                                              drop_final_batch=True),
-        inputs.transform_output.transformed_metadata.schema)
-    return ds.cache().repeat().prefetch(tf.data.AUTOTUNE)
 
 
 class IdModulo:

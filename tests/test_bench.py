@@ -237,3 +237,56 @@ def test_array_dataset_yields_full_shuffled_batches_with_labels_aligned():
         assert sorted(seen) == list(range(8))  # each usable example once per pass
         passes.append(seen)
     assert len({tuple(p) for p in passes}) > 1  # a fresh order each pass
+
+
+# --- issue 13's sections: scale, learning curve, the in-run plain-TFX reference -----------------
+
+def test_scale_targets_compare_2_22_with_2_18_and_the_dense_recipe_at_the_smallest_count():
+    from bench import scale
+
+    def run(buckets, optimizer, rate, auc, steps=None):
+        return {"buckets": buckets, "optimizer": optimizer, "train_examples_per_second": rate, "auc": auc,
+                "train_steps": steps, "exit_code": 0}
+    runs_ = [run(2 ** 18, "lazy_adam", 100.0, 0.788), run(2 ** 20, "lazy_adam", 95.0, 0.789),
+             run(2 ** 22, "lazy_adam", 85.0, 0.789), run(2 ** 18, "adam", 60.0, 0.7895),
+             run(2 ** 22, "adam", 6.0, 0.70, steps=scale.DENSE_THROUGHPUT_STEPS)]
+    t = scale.targets(runs_)
+    assert t["speed_buckets"] == [2 ** 18, 2 ** 22] and t["speed_large_over_small"] == pytest.approx(0.85)
+    assert t["speed_verdict"] == "met"
+    # The dense run at 2^22 trained fewer steps: the AUC comparison is at 2^18 only.
+    assert t["auc_buckets"] == 2 ** 18 and t["auc_minus_dense"] == pytest.approx(-0.0015)
+    assert t["auc_verdict"] == "met"
+    assert scale._power_list("18,20,1024") == [2 ** 18, 2 ** 20, 1024]
+
+
+def test_learning_curve_trains_the_same_passes_at_every_size():
+    from bench import learning_curve
+    assert learning_curve.steps_for(500_000) == pytest.approx(runs.DEFAULT_TRAIN_STEPS, abs=10)
+    assert learning_curve.steps_for(2_000_000) == pytest.approx(4 * learning_curve.steps_for(500_000), rel=0.01)
+
+
+def test_pipeline_section_divides_by_the_reference_run_of_the_same_rows():
+    from bench import pipeline
+    first = {"summary": {"component_seconds": {"SpecCsvExampleGen": 10.0, "StatisticsGen": 20.0,
+                                               "ImportSchemaGen": 0.5, "Transform": 30.0, "Trainer": 40.0,
+                                               "Evaluator": 20.0, "ModelRepositoryPusher": 1.0}},
+             "process_seconds": 150.0, "exit_code": 0, "peak_rss_mb": 1000, "log": "a"}
+    again = {"summary": {}, "process_seconds": 10.0, "exit_code": 0, "peak_rss_mb": 900, "log": "b"}
+    reference = {"component_seconds": {"CsvExampleGen": 40.0, "StatisticsGen": 20.0, "SchemaGen": 1.0,
+                                       "Transform": 120.0, "Trainer": 80.0, "Evaluator": 40.0, "Pusher": 1.0},
+                 "process_seconds": 330.0, "exit_code": 0, "peak_rss_mb": 3000, "log": "c"}
+    f = pipeline.figures(100_000, first, again, reference)
+    by = f["per_component_vs_reference"]
+    assert by["CsvExampleGen"]["ours_over_reference"] == pytest.approx(0.25)
+    assert by["Transform"]["ours_over_reference"] == pytest.approx(0.25)
+    assert f["process_ours_over_reference"] == pytest.approx(150 / 330) and f["reference_verdict"] == "met"
+    assert f["components_ours_over_reference"] == pytest.approx(121.5 / 302)
+    assert pipeline.figures(100_000, first, again, None)["reference_verdict"] == "n/a"
+
+
+def test_plain_tfx_reference_is_the_template_topology():
+    from bench import plain_tfx
+    p = plain_tfx.create_pipeline("/tmp/plain-root", "/tmp/plain-data", "/tmp/plain-serving", 10, 2,
+                                  {"batch_size": 64}, [])
+    assert [c.id for c in p.components] == ["CsvExampleGen", "StatisticsGen", "SchemaGen", "Transform", "Trainer",
+                                           "Evaluator", "Pusher"]

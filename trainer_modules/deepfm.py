@@ -111,6 +111,7 @@ class DeepFM(tf.keras.Model):
                                         axis=1, keepdims=True))
         for name in self.layout.multivalent:
             # Only real tokens are looked up: a padding slot must not touch (or count as seeing) a row.
+            # (Ragged shapes do not compile with XLA; neither trainer uses jit_compile.)
             ids = tf.RaggedTensor.from_tensor(tf.cast(features[name], tf.int64), padding=-1)
             count = tf.maximum(tf.cast(ids.row_lengths(), tf.float32), 1.0)[:, None]
 

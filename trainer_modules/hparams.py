@@ -50,9 +50,10 @@ class TrainingConfig:
                                                   "the looked-up rows; adam updates every row (the dense recipe); "
                                                   "the other weights always use Adam",
                                      choices=EMBEDDING_OPTIMIZERS)
-    # 0: learning_rate. Adagrad's steps shrink with the squared gradients it has
-    # summed, so it usually wants a larger rate than Adam.
-    embedding_learning_rate: float = _knob(0.0, "peak learning rate of the embedding tables (0: learning_rate)")
+    # Adagrad's steps shrink with the squared gradients it has summed, so it
+    # wants a larger rate than Adam (optimizers.ADAGRAD_RATE).
+    embedding_learning_rate: float = _knob(0.0, "peak learning rate of the embedding tables (0: learning_rate "
+                                                "with lazy_adam and adam, 1.0 with adagrad)")
     steps_per_execution: int = _knob(20, "Keras runner: steps per tf.function call")
     # Parsing the gzipped tf.Examples costs more than a step; auto caches when
     # the parsed training split fits in a quarter of memory (at most 2 GiB).
