@@ -155,33 +155,45 @@ def _copy_blessing_properties(source: types.Artifact, target: types.Artifact) ->
             target.set_int_custom_property(key, source.get_int_custom_property(key))
 
 
+GATE_BLESSING = "gate_blessing"
+GATE_EVALUATION = "gate_evaluation"
+
+
 class PairedAucGateSpec(types.ComponentSpec):
     PARAMETERS = {
         "max_auc_drop": ExecutionParameter(type=float),
         "feature_spec_json": ExecutionParameter(type=str),  # label and categorical columns
     }
     INPUTS = {
-        "examples": ChannelParameter(type=standard_artifacts.Examples),  # the newest span (eval split)
+        # The newest span (its eval split is scored); when absent, the newest span of training_examples.
+        "examples": ChannelParameter(type=standard_artifacts.Examples, optional=True),
         "model": ChannelParameter(type=standard_artifacts.Model),
         "baseline_model": ChannelParameter(type=standard_artifacts.Model, optional=True),
         "evaluator_blessing": ChannelParameter(type=standard_artifacts.ModelBlessing),
         "training_examples": ChannelParameter(type=standard_artifacts.Examples, optional=True),  # the window
     }
     OUTPUTS = {
-        "blessing": ChannelParameter(type=standard_artifacts.ModelBlessing),
-        "evaluation": ChannelParameter(type=standard_artifacts.ModelEvaluation),
+        # Not "blessing"/"evaluation": Airflow's launcher names an artifact by output key and run, and
+        # the Evaluator's outputs of the same types already take those names.
+        GATE_BLESSING: ChannelParameter(type=standard_artifacts.ModelBlessing),
+        GATE_EVALUATION: ChannelParameter(type=standard_artifacts.ModelEvaluation),
     }
 
 
 class Executor(base_executor.BaseExecutor):
     def Do(self, input_dict, output_dict, exec_properties) -> None:
-        [examples] = input_dict["examples"]
         [model] = input_dict["model"]
         [evaluator_blessing] = input_dict["evaluator_blessing"]
         baseline = (input_dict.get("baseline_model") or [None])[0]
         window = input_dict.get("training_examples") or []
-        [blessing] = output_dict["blessing"]
-        [evaluation] = output_dict["evaluation"]
+        if input_dict.get("examples"):
+            [examples] = input_dict["examples"]
+        elif window:
+            examples = newest_span(window)
+        else:
+            raise ValueError("PairedAucGate needs examples or training_examples")
+        [blessing] = output_dict[GATE_BLESSING]
+        [evaluation] = output_dict[GATE_EVALUATION]
         spec = json.loads(exec_properties["feature_spec_json"])
         max_auc_drop = float(exec_properties["max_auc_drop"])
 
@@ -240,14 +252,19 @@ class Executor(base_executor.BaseExecutor):
             pass
 
 
+def newest_span(artifacts: List[Any]) -> Any:
+    """The window's newest span: the one this run ingested (the window is resolved after ExampleGen)."""
+    return max(artifacts, key=lambda a: (span_of(a), int(getattr(a, "version", 0) or 0), a.id))
+
+
 class PairedAucGate(base_component.BaseComponent):
     SPEC_CLASS = PairedAucGateSpec
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
 
-    def __init__(self, examples, model, evaluator_blessing, max_auc_drop: float, feature_spec_json: str,
-                 baseline_model=None, training_examples=None):
+    def __init__(self, model, evaluator_blessing, max_auc_drop: float, feature_spec_json: str,
+                 examples=None, baseline_model=None, training_examples=None):
         super().__init__(spec=PairedAucGateSpec(
             examples=examples, model=model, baseline_model=baseline_model, evaluator_blessing=evaluator_blessing,
             training_examples=training_examples, max_auc_drop=max_auc_drop, feature_spec_json=feature_spec_json,
-            blessing=types.Channel(type=standard_artifacts.ModelBlessing),
-            evaluation=types.Channel(type=standard_artifacts.ModelEvaluation)))
+            **{GATE_BLESSING: types.Channel(type=standard_artifacts.ModelBlessing),
+               GATE_EVALUATION: types.Channel(type=standard_artifacts.ModelEvaluation)}))

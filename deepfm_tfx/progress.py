@@ -125,13 +125,14 @@ class Tally:
         for listener in list(LISTENERS):
             listener(self)
 
-    def per_second(self, key: str, since_reset: bool = True) -> Optional[float]:
-        """`key`'s rate while it was changing; with one change only, since reset (if `since_reset`)."""
+    def per_second(self, key: str, since_reset: bool = True, min_seconds: float = 0.5) -> Optional[float]:
+        """`key`'s rate while it was changing, once it changed over `min_seconds`; with one change
+        only, since reset (if `since_reset`)."""
         with self._lock:
             if key not in self.last:
                 return None
             (t0, v0), (t1, v1) = self.first[key], self.last[key]
-        if t1 - t0 >= 0.5 and v1 > v0:
+        if t1 - t0 >= min_seconds and v1 > v0:
             return (v1 - v0) / (t1 - t0)
         return v1 / (t1 - self.reset_at) if since_reset and t1 > self.reset_at and v1 > 0 else None
 
@@ -210,7 +211,8 @@ class Training(Tally):
         step, steps = int(values.get("step", 0)), int(values["steps"])
         parts = [f"step {step}/{steps}"]
         # Measured between steps only: the first one waits for tracing.
-        steps_per_second = self.per_second("step", since_reset=False) if step else None
+        # Steps are counted one by one, so a short span already gives a fair rate (a small run trains in a second).
+        steps_per_second = self.per_second("step", since_reset=False, min_seconds=0.05) if step else None
         if steps_per_second:
             parts.append(f"{rate(steps_per_second * values.get('batch_size', 0))} ex/s")
             if step < steps:

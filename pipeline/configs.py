@@ -102,8 +102,11 @@ def _add(parser: argparse.ArgumentParser, field: dataclasses.Field, default: Any
     """`shown`: the default to name in the help when `default` is SUPPRESS (only_given)."""
     meta = field.metadata
     if meta.get("both_ways"):
-        parser.add_argument(_flag(field), dest=dest, action=argparse.BooleanOptionalAction, default=default,
-                            help=meta["help"])
+        action = parser.add_argument(_flag(field), dest=dest, action=argparse.BooleanOptionalAction,
+                                     default=default, help=meta["help"])
+        # Python 3.10's BooleanOptionalAction appends "(default: False)"; name the switch's state instead.
+        if default is not argparse.SUPPRESS:
+            action.help = f"{meta['help']} (default: {'on' if default else 'off'})"
         return
     if "negate" in meta:
         parser.add_argument(meta["negate"], dest=dest, action="store_false", default=default,

@@ -201,6 +201,8 @@ class ComponentProgress(logging.Handler):
         self._stopped = threading.Event()
         self._last_line = 0.0
         self._drawing = False
+        self._closed = False
+        self._detach = lambda: None  # set by configure_logging: puts back the loggers it changed
         if isinstance(self.output, PlainOutput):
             # Lines come from updates (a step, a block) and, while nothing updates, from a ticker:
             # a thread alone can fall silent while the work holds the interpreter.
@@ -233,12 +235,15 @@ class ComponentProgress(logging.Handler):
     def _maybe_line(self, tally=None) -> None:
         """A plain progress line, if `every` seconds passed since the last one."""
         with self._guard:
-            if self.current is None or self._drawing or time.monotonic() - self._last_line < self.output.every:
+            if (self._closed or self.current is None or self._drawing
+                    or time.monotonic() - self._last_line < self.output.every):
                 return
             self._drawing = True  # detail() updates READS, which would call back here
             try:
                 now = self._last_line = time.monotonic()
                 self.output.running(self.current, now - self.started[self.current], self.detail(now))
+            except (ValueError, OSError):
+                self._closed = True
             finally:
                 self._drawing = False
 
@@ -248,12 +253,18 @@ class ComponentProgress(logging.Handler):
         except Exception:  # a malformed third-party log record is not our problem
             return
         with self._guard:
-            if m := _RUNNING.search(message):
-                self._start(m.group(1))
-            elif _CACHED.search(message) and self.current:
-                self.cached.add(self.current)
-            elif m := _FINISHED.search(message):
-                self._finish(m.group(1))
+            if self._closed:
+                return
+            try:
+                if m := _RUNNING.search(message):
+                    self._start(m.group(1))
+                elif _CACHED.search(message) and self.current:
+                    self.cached.add(self.current)
+                elif m := _FINISHED.search(message):
+                    self._finish(m.group(1))
+            except (ValueError, OSError):
+                # The stream went away (a closed pipe, a captured stdout): progress must never fail a run.
+                self._closed = True
 
     def _start(self, node: str) -> None:
         if self.current is not None:  # the previous one raised: TFX logs no "finished" for it
@@ -282,9 +293,16 @@ class ComponentProgress(logging.Handler):
     def close(self) -> None:
         """Ends the display; a component still running has failed (or was interrupted)."""
         with self._guard:
-            if self.current is not None:
-                self._finish(self.current, failed=True)
-            self.output.stop()
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                if self.current is not None:
+                    self._finish(self.current, failed=True)
+                self.output.stop()
+            except (ValueError, OSError):
+                pass
+        self._detach()
         if self._maybe_line in progress.LISTENERS:
             progress.LISTENERS.remove(self._maybe_line)
         self._stopped.set()
@@ -357,6 +375,13 @@ def configure_logging(verbose: bool, quiet: bool = False, every: Optional[float]
     if not quiet:
         count_beam_reads()
     absl_logger = logging.getLogger("absl")
+    saved = absl_logger.handlers[:], absl_logger.propagate, absl_logger.level
+
+    def detach() -> None:
+        # In-process callers (tests, notebooks) get their logging back once the display ends.
+        if progress_handler in absl_logger.handlers:
+            absl_logger.handlers, absl_logger.propagate, absl_logger.level = saved
+    progress_handler._detach = detach
     if verbose:
         absl_logging.set_verbosity(absl_logging.INFO)
         absl_logger.addHandler(progress_handler)

@@ -33,7 +33,7 @@ from deepfm_tfx.components.gates import AnomalyGate, DriftGate
 from deepfm_tfx.components.span_window import (EarlierBlessedModelStrategy, EarlierWeekStrategy,
                                     RollingSpanWindowStrategy)
 from deepfm_tfx.components.model_repository_pusher import ModelRepositoryPusher
-from deepfm_tfx.components.paired_auc_gate import PairedAucGate
+from deepfm_tfx.components.paired_auc_gate import GATE_BLESSING, PairedAucGate
 from deepfm_tfx.pipeline import configs
 from deepfm_tfx.schemas.feature_spec import FeatureSpec
 
@@ -85,7 +85,7 @@ def create_pipeline(
     min_auc: float,
     max_auc_drop: float,
     window_spans: int = 4,
-    warm_start: bool = True,
+    warm_start: bool = False,
     custom_resolvers: bool = True,
     eval_fraction_buckets: int = 1,
     enable_cache: bool = True,
@@ -186,7 +186,7 @@ def create_pipeline(
         model=Channel(type=standard_artifacts.Model),
         # PairedAucGate's verdict, not the Evaluator's (which checks the AUC floor only).
         model_blessing=Channel(type=standard_artifacts.ModelBlessing, producer_component_id=PAIRED_AUC_GATE,
-                               output_key="blessing"),
+                               output_key=GATE_BLESSING),
     ).with_id("latest_blessed_model_resolver")
     latest_blessed.add_upstream_node(example_gen)  # it needs to know the newest span
 
@@ -206,8 +206,9 @@ def create_pipeline(
         baseline_model=latest_blessed.outputs["model"],
         example_splits=["eval"],
         eval_config=eval_config(spec.label, min_auc, spec.slices))
+    # The gate scores the newest span of the window: the same artifact under a second input key
+    # would be two identical ml-metadata events, which Airflow's launcher refuses.
     paired_auc_gate = PairedAucGate(
-        examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
         baseline_model=latest_blessed.outputs["model"],
         evaluator_blessing=evaluator.outputs["blessing"],
@@ -217,7 +218,7 @@ def create_pipeline(
 
     pusher = ModelRepositoryPusher(
         model=trainer.outputs["model"],
-        model_blessing=paired_auc_gate.outputs["blessing"],
+        model_blessing=paired_auc_gate.outputs[GATE_BLESSING],
         evaluation=evaluator.outputs["evaluation"],
         examples=training_examples,
         model_repository_dir=model_repository,

@@ -25,7 +25,7 @@ PIPELINE_UPSTREAM = {
     "Transform": {"training_window", "ImportSchemaGen", "AnomalyGate", "DriftGate", "latest_transform_cache"},
     "Trainer": {"Transform", "ImportSchemaGen"},  # plus latest_blessed_model_resolver with --warm-start
     "Evaluator": {"SpecCsvExampleGen", "Trainer", "latest_blessed_model_resolver"},
-    "PairedAucGate": {"SpecCsvExampleGen", "Trainer", "latest_blessed_model_resolver", "Evaluator", "training_window"},
+    "PairedAucGate": {"Trainer", "latest_blessed_model_resolver", "Evaluator", "training_window"},
     "ModelRepositoryPusher": {"Trainer", "Evaluator", "PairedAucGate", "training_window"},
 }
 RESOLVERS = {"latest_blessed_model_resolver", "latest_transform_cache", "previous_statistics", "training_window"}

@@ -1,6 +1,4 @@
 """The training split is parsed once and served from memory when it fits."""
-import pytest
-
 from deepfm_tfx.trainer_modules import training_setup
 from deepfm_tfx.trainer_modules.hparams import TrainingConfig
 

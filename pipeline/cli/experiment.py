@@ -84,18 +84,18 @@ def configure(p) -> None:
     ls.set_defaults(func=cmd_list)
 
     sp = sub.add_parser("stop", parents=[common], help="stop splitting (the logs stay; report still works)")
-    sp.add_argument("name")
+    sp.add_argument("name", help="the experiment's name")
     sp.set_defaults(func=cmd_stop)
 
     oc = sub.add_parser("outcomes", parents=[common],
                         help="add a file of outcomes: JSON lines or CSV with request_id, clicked[, row, time]")
-    oc.add_argument("name")
-    oc.add_argument("file")
+    oc.add_argument("name", help="the experiment's name")
+    oc.add_argument("file", help="the outcomes file (JSON lines or CSV)")
     oc.set_defaults(func=cmd_outcomes)
 
     rp = sub.add_parser("report", parents=[common],
                         help="per arm: requests, outcomes, CTR, logloss, AUC, calibration with intervals; the decision")
-    rp.add_argument("name")
+    rp.add_argument("name", help="the experiment's name")
     rp.add_argument("--json", action="store_true", help="print the report as JSON")
     rp.add_argument("--promote", action="store_true",
                     help="apply the decision through the label moves: promote the canary, or point the canary "
@@ -111,7 +111,7 @@ def configure(p) -> None:
 
     sk = sub.add_parser("skew", parents=[common],
                         help="training/serving skew: TFDV statistics of the served features vs the training data")
-    sk.add_argument("name")
+    sk.add_argument("name", help="the experiment's name")
     sk.add_argument("--training-statistics", required=True,
                     help="TFDV statistics of the training data: a FeatureStats.pb, or a StatisticsGen output folder "
                          "(its Split-train is used)")
