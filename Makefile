@@ -17,8 +17,12 @@ TB_ARGS ?=
 run: $(STAMP)
 	$(VENV)/bin/deepfm-tfx run $(RUN_ARGS)
 
+# Two workers, each taking whole files: the end-to-end tests spend much of their time
+# in one-threaded orchestration, so two of them share the two cores well.
+TEST_WORKERS ?= 2
+
 test: $(STAMP) chromium
-	$(VENV)/bin/python -m pytest tests $(TEST_ARGS)
+	$(VENV)/bin/python -m pytest tests -n $(TEST_WORKERS) --dist loadfile $(TEST_ARGS)
 
 # tests/test_report.py renders the run report in headless Chromium: from the
 # operating system's packages, installed only when missing.

@@ -222,7 +222,8 @@ def test_keras_callback_reports_rising_steps_loss_and_auc(monkeypatch):
     model.fit(dataset, steps_per_epoch=6, epochs=1, verbose=0, callbacks=[KerasProgress(6, 8)])
     assert steps == [2, 4, 6]  # once per execution of steps_per_execution steps
     line = progress.TRAINING.describe()
-    assert line.startswith("step 6/6 · ") and "loss 0." in line and "auc " in line
+    # Six steps of an untrained layer: the values are whatever they are, but they are shown.
+    assert re.match(r"step 6/6 · .*loss \d+\.\d{4} · auc \d\.\d{4}", line), line
 
 
 def test_estimator_hook_reports_rising_steps_loss_and_auc(tmp_path):

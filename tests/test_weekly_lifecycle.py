@@ -119,10 +119,11 @@ def test_a_model_identical_to_the_served_one_is_not_pushed(world):
     config, week = world
     before = versions(config)
     serving = model_repository.serving_version(config.model_repository, config.model_name)
-    # Learning rate 0: the warm-started weights cannot move, as in the bug this guards against.
-    frozen = dataclasses.replace(config, training=dataclasses.replace(config.training, learning_rate=0.0))
+    # A learning rate that is 0 in float32 (the flags refuse 0 itself): the warm-started weights
+    # cannot move, as in the bug this guards against.
+    frozen = dataclasses.replace(config, training=dataclasses.replace(config.training, learning_rate=1e-50))
     code, summary = week(6, run_config=frozen)
-    assert summary["blessed"] and not summary["pushed"] and code == 0
+    assert summary["blessed"] and not summary["pushed"] and code == 0, json.dumps(summary, indent=1, default=str)
     assert summary["weight_change_max"] == 0.0
     assert f"identical to the serving version {serving}" in summary["not_pushed_reason"]
     assert versions(config) == before

@@ -2,5 +2,7 @@
 
 # Bump when the generated data changes, so cached default data is regenerated.
 VERSION = 4
-# What a deliberately bad week of the simulation looks like.
-BAD_KINDS = ("broken_column", "shuffled_labels")
+# What a deliberately bad week of the simulation looks like. The first two are stopped
+# by the offline gates; a worse candidate passes them (lowered) and only the online A/B test can stop it.
+WORSE_CANDIDATE = "worse_candidate"
+BAD_KINDS = ("broken_column", "shuffled_labels", WORSE_CANDIDATE)

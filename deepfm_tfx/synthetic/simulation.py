@@ -13,15 +13,18 @@ import json
 import os
 import shutil
 import time
-from typing import Any, Dict, List
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
+
+if TYPE_CHECKING:
+    from deepfm_tfx.synthetic.online import OnlineConfig
 
 from deepfm_tfx.pipeline import configs
 from deepfm_tfx.pipeline.orchestrators import local
-from deepfm_tfx.synthetic import BAD_KINDS, generator
+from deepfm_tfx.synthetic import BAD_KINDS, WORSE_CANDIDATE, generator
 
 # Marks a folder as a simulation's, so a re-run may clear it and nothing else.
 MARKER = ".deepfm-tfx-simulation"
-OWNED = ("data", "pipeline", "model_repository")
+OWNED = ("data", "pipeline", "model_repository", "experiments")
 
 
 class WorkdirError(ValueError):
@@ -66,33 +69,77 @@ def week_row(week: int, bad: str, summary: Dict[str, Any], seconds: float) -> Di
 
 
 def run_weeks(workdir: str, weeks: int, config: configs.RunConfig, bad_week: int = 0,
-              bad_kind: str = "broken_column", drift: float = generator.DEFAULT_DRIFT) -> List[Dict[str, Any]]:
-    """Runs `weeks` weekly pipeline runs; `config` gives every knob but the paths."""
+              bad_kind: str = "broken_column", drift: float = generator.DEFAULT_DRIFT,
+              online: Optional["OnlineConfig"] = None) -> List[Dict[str, Any]]:
+    """Runs `weeks` weekly pipeline runs; `config` gives every knob but the paths.
+
+    With `online`, each week's model is pushed as canary and A/B tested against
+    stable on simulated traffic (synthetic/online.py), and the decision is applied.
+    """
     if bad_kind not in BAD_KINDS:
         raise ValueError(f"bad kind must be one of {BAD_KINDS}")
+    if bad_kind == WORSE_CANDIDATE and online is None:
+        raise ValueError(f"a {WORSE_CANDIDATE} week needs the online phase: only an A/B test can stop it")
     prepare_workdir(workdir)
     data_root = os.path.join(workdir, "data")
     config = dataclasses.replace(
         config, data=data_root, pipeline_root=os.path.join(workdir, "pipeline"),
         model_repository=os.path.join(workdir, "model_repository"), summary=None)
+    if online is not None:
+        config = dataclasses.replace(config, push_as="canary")
+    server = None
     table = []
-    for week in range(1, weeks + 1):
-        bad = bad_kind if week == bad_week else None
-        print(f"\n== week {week}{' (deliberately bad: ' + bad + ')' if bad else ''}", flush=True)
-        generator.generate(
-            data_root, rows=config.rows, spans=1, first_span=week, seed=config.seed, drift=drift,
-            profile=config.profile,
-            shuffle_labels_span=week if bad == "shuffled_labels" else None,
-            broken_column_span=week if bad == "broken_column" else None)
-        started = time.monotonic()
-        try:
-            summary = local.run(config)
-        except local.RunFailed as failed:
-            summary = failed.summary
-        table.append(week_row(week, bad, summary, time.monotonic() - started))
+    try:
+        for week in range(1, weeks + 1):
+            bad = bad_kind if week == bad_week else None
+            table.append(_week(week, bad, config, data_root, drift, online, server))
+            if online is not None and server is None and table[-1]["pushed"]:
+                # The first push made a stable version: from now on a server serves the repository.
+                server = _online().ServerProcess(config.model_repository, os.path.join(workdir, "experiments"),
+                                                 workdir).start()
+                config = dataclasses.replace(config, serving_url=server.url)
+                table[-1]["serving_version"] = table[-1]["pushed_version"]
+    finally:
+        if server is not None:
+            server.stop()
     with open(os.path.join(config.pipeline_root, "simulation.json"), "w") as f:
         json.dump(table, f, indent=2)
     return table
+
+
+def _online():
+    from deepfm_tfx.synthetic import online
+    return online
+
+
+def _week(week: int, bad: Optional[str], config: configs.RunConfig, data_root: str, drift: float,
+          online: Optional["OnlineConfig"], server) -> Dict[str, Any]:
+    print(f"\n== week {week}{' (deliberately bad: ' + bad + ')' if bad else ''}", flush=True)
+    data_kind = "shuffled_labels" if bad == WORSE_CANDIDATE else bad
+    if bad == WORSE_CANDIDATE:
+        # Trained on the shuffled week alone, from scratch, with the offline gates lowered:
+        # a worse model reaches the canary, and only the online test can stop it.
+        config = dataclasses.replace(config, window_spans=1, warm_start=False, min_auc=0.0, max_auc_drop=1.0)
+    generator.generate(
+        data_root, rows=config.rows, spans=1, first_span=week, seed=config.seed, drift=drift,
+        profile=config.profile,
+        shuffle_labels_span=week if data_kind == "shuffled_labels" else None,
+        broken_column_span=week if data_kind == "broken_column" else None)
+    started = time.monotonic()
+    try:
+        summary = local.run(config)
+    except local.RunFailed as failed:
+        summary = failed.summary
+    row = week_row(week, bad, summary, time.monotonic() - started)
+    if online is None or server is None:
+        return dict(row, experiment=None, decision=None, decision_correct=None, true_logloss=None,
+                    serving_version=None)
+    result = _online().run_week(week, config, summary, server, online, drift,
+                                _online().statistics_uri(config, summary))
+    if result["decision"] == "roll back":
+        _online().revoke(config, summary, result["experiment"]["canary_version"],
+                         f"rolled back online by experiment {result['experiment']['name']}")
+    return dict(row, **result)
 
 
 def retrained_weeks_beat_baseline(table: List[Dict[str, Any]]) -> bool:

@@ -5,7 +5,7 @@ import os
 import sys
 
 from deepfm_tfx.pipeline import configs, console
-from deepfm_tfx.synthetic import BAD_KINDS
+from deepfm_tfx.synthetic import BAD_KINDS, WORSE_CANDIDATE
 
 # Small weeks, so four of them run in a few minutes.
 DEFAULTS = configs.RunConfig(rows=20_000, train_steps=300, profile="small")
@@ -14,13 +14,22 @@ DEFAULTS = configs.RunConfig(rows=20_000, train_steps=300, profile="small")
 def configure(p) -> None:
     p.add_argument("--weeks", type=int, default=4, help="weekly runs")
     p.add_argument("--bad-week", type=int, default=3, help="the deliberately bad week; 0 for none")
-    p.add_argument("--bad-kind", choices=BAD_KINDS, default="broken_column", help="how that week is bad")
+    p.add_argument("--bad-kind", choices=BAD_KINDS,
+                   help=f"how that week is bad (default: {WORSE_CANDIDATE} with the online phase, a model trained on "
+                        f"a shuffled-label week with its offline gate lowered; broken_column without it)")
     p.add_argument("--drift", type=float, default=None,
                    help="weekly random-walk step of the planted truth (default: the generator's)")
     p.add_argument("--workdir", default=os.path.join(configs.WORKSPACE, "simulation"),
                    help="the simulation's own folder; a non-empty folder of anything else is refused")
     configs.add_arguments(p, names=["rows", "profile", "seed", "trainer", "train_steps", "eval_steps", "window_spans",
                                     "warm_start", "min_auc", "max_auc_drop", "beam_args"], defaults=DEFAULTS)
+    online = p.add_argument_group("online phase (an A/B test of each week's model against stable)")
+    online.add_argument("--no-online", dest="online", action="store_false",
+                        help="no online phase: each week's model goes straight to stable")
+    online.add_argument("--online-requests", type=int, default=500, help="requests per round of simulated traffic")
+    online.add_argument("--online-rows", type=int, default=100, help="rows (ads scored) per request")
+    online.add_argument("--online-rounds", type=int, default=3,
+                        help="rounds of traffic before an undecided experiment stops (the rule looks after each)")
     console.add_arguments(p)
     p.set_defaults(func=_main)
 
@@ -29,11 +38,21 @@ def _main(args) -> int:
     from deepfm_tfx.synthetic import generator, simulation
     display = console.configure_logging(args.verbose, quiet=args.quiet, every=args.progress_every)
     config = configs.from_arguments(args, base=DEFAULTS)
+    bad_kind = args.bad_kind or (WORSE_CANDIDATE if args.online else "broken_column")
+    if bad_kind == WORSE_CANDIDATE and not args.online:
+        print(f"error: --bad-kind {WORSE_CANDIDATE} needs the online phase (drop --no-online)", file=sys.stderr)
+        return 2
+    online = None
+    if args.online:
+        from deepfm_tfx.synthetic.online import OnlineConfig
+        online = OnlineConfig(requests_per_round=args.online_requests, rows_per_request=args.online_rows,
+                              rounds=args.online_rounds)
     try:
         with display:
             table = simulation.run_weeks(args.workdir, args.weeks, config, bad_week=args.bad_week,
-                                         bad_kind=args.bad_kind,
-                                         drift=generator.DEFAULT_DRIFT if args.drift is None else args.drift)
+                                         bad_kind=bad_kind,
+                                         drift=generator.DEFAULT_DRIFT if args.drift is None else args.drift,
+                                         online=online)
     except simulation.WorkdirError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -41,11 +60,24 @@ def _main(args) -> int:
     print("\nbayes: the planted truth's AUC; stale: last week's truth on this week's rows; auc and baseline: "
           "the new model and last week's serving model, on the same eval rows; lr@1: learning rate at this "
           "run's first step; moved: largest relative L2 change of a weight vs the warm-start model")
+    if online is not None:
+        from deepfm_tfx.synthetic.online import format_table
+        print("\nonline phase: each week's model (canary) against stable on simulated traffic, split by user")
+        print(format_table(table))
+        print("\nonline ll: logloss on each arm's own traffic with its 95% interval; true ll: each version's "
+              "expected logloss under the planted truth on all the experiment's rows; right: the decision agrees "
+              "with the truth")
     print(f"written to {os.path.join(args.workdir, 'pipeline', 'simulation.json')}")
     bad = [r for r in table if r["bad"]]
     # The demonstration fails if the bad week got through, or retraining did not pay.
-    if any(r["pushed"] for r in bad):
+    if any(r["pushed"] for r in bad if r["bad"] != WORSE_CANDIDATE):
         print("error: the deliberately bad week was pushed", file=sys.stderr)
+        return 1
+    if any(r["bad"] == WORSE_CANDIDATE and r.get("decision") != "roll back" for r in bad):
+        print("error: the worse candidate was not rolled back online", file=sys.stderr)
+        return 1
+    if any(r.get("decision_correct") is False for r in table):
+        print("error: an online decision disagrees with the planted truth", file=sys.stderr)
         return 1
     if not simulation.retrained_weeks_beat_baseline(table):
         print("error: a retrained week did not beat last week's model on its own rows", file=sys.stderr)
