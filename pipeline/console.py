@@ -293,15 +293,15 @@ class ComponentProgress(logging.Handler):
     def close(self) -> None:
         """Ends the display; a component still running has failed (or was interrupted)."""
         with self._guard:
-            if self._closed:
-                return
-            self._closed = True
-            try:
-                if self.current is not None:
-                    self._finish(self.current, failed=True)
-                self.output.stop()
-            except (ValueError, OSError):
-                pass
+            # Closed already, or its stream went away: there is nothing left to print.
+            if not self._closed:
+                self._closed = True
+                try:
+                    if self.current is not None:
+                        self._finish(self.current, failed=True)
+                    self.output.stop()
+                except (ValueError, OSError):
+                    pass
         self._detach()
         if self._maybe_line in progress.LISTENERS:
             progress.LISTENERS.remove(self._maybe_line)

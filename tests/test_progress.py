@@ -376,3 +376,21 @@ def test_a_known_data_error_is_one_line_without_a_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stdout + proc.stderr
     assert re.search(r"row 5, column 'I5': expected a number, got 'many'", proc.stderr)
+
+
+def test_a_closed_display_gives_absl_back_and_a_closed_stream_never_fails_a_run():
+    # The bug this guards against: a display left on absl after an in-process CLI call wrote to
+    # pytest's closed stdout, and every later pipeline run in the process died on its first line.
+    absl = logging.getLogger("absl")
+    before = absl.handlers[:], absl.propagate
+    display = console.configure_logging(False, every=0.25)
+    assert absl.handlers == [display] and absl.propagate is False
+    display.close()
+    assert (absl.handlers, absl.propagate) == before
+
+    stream = io.StringIO()
+    handler = console.ComponentProgress(stream=stream, live=False, every=1)
+    stream.close()
+    record = logging.LogRecord("absl", logging.INFO, __file__, 1, "Component Trainer is running.", None, None)
+    handler.emit(record)  # no ValueError
+    handler.close()
