@@ -165,12 +165,12 @@ class PairedAucGateSpec(types.ComponentSpec):
         "feature_spec_json": ExecutionParameter(type=str),  # label and categorical columns
     }
     INPUTS = {
-        # The newest span (its eval split is scored); when absent, the newest span of training_examples.
-        "examples": ChannelParameter(type=standard_artifacts.Examples, optional=True),
         "model": ChannelParameter(type=standard_artifacts.Model),
         "baseline_model": ChannelParameter(type=standard_artifacts.Model, optional=True),
         "evaluator_blessing": ChannelParameter(type=standard_artifacts.ModelBlessing),
-        "training_examples": ChannelParameter(type=standard_artifacts.Examples, optional=True),  # the window
+        # The training window; its newest span (this run's) is the one whose eval split is scored. Not a
+        # second input for that span: the same artifact under two keys is a duplicate ml-metadata event.
+        "training_examples": ChannelParameter(type=standard_artifacts.Examples),
     }
     OUTPUTS = {
         # Not "blessing"/"evaluation": Airflow's launcher names an artifact by output key and run, and
@@ -185,24 +185,18 @@ class Executor(base_executor.BaseExecutor):
         [model] = input_dict["model"]
         [evaluator_blessing] = input_dict["evaluator_blessing"]
         baseline = (input_dict.get("baseline_model") or [None])[0]
-        window = input_dict.get("training_examples") or []
-        if input_dict.get("examples"):
-            [examples] = input_dict["examples"]
-        elif window:
-            examples = newest_span(window)
-        else:
-            raise ValueError("PairedAucGate needs examples or training_examples")
+        window = input_dict["training_examples"]
+        examples = newest_span(window)
         [blessing] = output_dict[GATE_BLESSING]
         [evaluation] = output_dict[GATE_EVALUATION]
         spec = json.loads(exec_properties["feature_spec_json"])
         max_auc_drop = float(exec_properties["max_auc_drop"])
 
-        window_ids: Optional[Dict[str, Set[str]]] = None
-        if window:  # the ids Transform and the Trainer saw: the window's train splits
-            window_ids = {c: set() for c in spec["categorical"]}
-            for artifact in window:
-                for name, ids in distinct_ids(artifact.uri, "train", list(spec["categorical"])).items():
-                    window_ids[name] |= ids
+        # The ids Transform and the Trainer saw: the window's train splits.
+        window_ids: Dict[str, Set[str]] = {c: set() for c in spec["categorical"]}
+        for artifact in window:
+            for name, ids in distinct_ids(artifact.uri, "train", list(spec["categorical"])).items():
+                window_ids[name] |= ids
         scored = score_eval_split(
             examples.uri, spec["label"], os.path.join(model.uri, "Format-Serving"),
             os.path.join(baseline.uri, "Format-Serving") if baseline else None, window_ids)
@@ -261,10 +255,10 @@ class PairedAucGate(base_component.BaseComponent):
     SPEC_CLASS = PairedAucGateSpec
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
 
-    def __init__(self, model, evaluator_blessing, max_auc_drop: float, feature_spec_json: str,
-                 examples=None, baseline_model=None, training_examples=None):
+    def __init__(self, model, evaluator_blessing, training_examples, max_auc_drop: float, feature_spec_json: str,
+                 baseline_model=None):
         super().__init__(spec=PairedAucGateSpec(
-            examples=examples, model=model, baseline_model=baseline_model, evaluator_blessing=evaluator_blessing,
+            model=model, baseline_model=baseline_model, evaluator_blessing=evaluator_blessing,
             training_examples=training_examples, max_auc_drop=max_auc_drop, feature_spec_json=feature_spec_json,
             **{GATE_BLESSING: types.Channel(type=standard_artifacts.ModelBlessing),
                GATE_EVALUATION: types.Channel(type=standard_artifacts.ModelEvaluation)}))

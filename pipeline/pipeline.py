@@ -206,8 +206,6 @@ def create_pipeline(
         baseline_model=latest_blessed.outputs["model"],
         example_splits=["eval"],
         eval_config=eval_config(spec.label, min_auc, spec.slices))
-    # The gate scores the newest span of the window: the same artifact under a second input key
-    # would be two identical ml-metadata events, which Airflow's launcher refuses.
     paired_auc_gate = PairedAucGate(
         model=trainer.outputs["model"],
         baseline_model=latest_blessed.outputs["model"],

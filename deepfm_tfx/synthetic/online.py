@@ -129,6 +129,20 @@ class _Client:
         raise AssertionError("unreachable")
 
 
+def _predict(c: "_Client", path: str, body: bytes, failures: List[str],
+             what: str) -> Optional[Tuple[np.ndarray, Dict[str, str]]]:
+    """One predict call: its scores and headers, or None with the failure noted."""
+    try:
+        status, answer, headers = c.post(path, body)
+    except (OSError, http.client.HTTPException, ValueError) as e:
+        failures.append(f"{what}: {type(e).__name__}: {e}")
+        return None
+    if status != 200:
+        failures.append(f"{what}: HTTP {status} {answer}")
+        return None
+    return np.ravel(answer["outputs"]).astype(np.float64), headers
+
+
 def _features_body(columns: Dict[str, np.ndarray], fields: Dict[str, Any]) -> bytes:
     """TF Serving's columnar JSON for the features signature: numbers (NaN missing) and ids."""
     inputs = {}
@@ -168,16 +182,11 @@ def send_round(url_port: int, model: str, truth, rng: np.random.Generator, cfg: 
         for i in range(start, n, cfg.clients):
             request_id, user, data, _ = plan[i]
             sent = time.time()
-            try:
-                status, body, headers = c.post(f"/v1/models/{model}:predict",
-                                               _features_body(data, {"user_id": user, "request_id": request_id}))
-            except (OSError, http.client.HTTPException, ValueError) as e:
-                failures.append(f"{request_id}: {type(e).__name__}: {e}")
-                continue
-            if status != 200:
-                failures.append(f"{request_id}: HTTP {status} {body}")
-                continue
-            answers[i] = (headers.get("X-Experiment-Arm"), np.ravel(body["outputs"]).astype(np.float64), sent)
+            answer = _predict(c, f"/v1/models/{model}:predict",
+                              _features_body(data, {"user_id": user, "request_id": request_id}), failures, request_id)
+            if answer is not None:
+                scores, headers = answer
+                answers[i] = (headers.get("X-Experiment-Arm"), scores, sent)
 
     _run_clients(client, cfg.clients)
     if failures:
@@ -263,15 +272,10 @@ def _pinned_scores(port: int, model: str, versions: List[int], traffic: Traffic,
         for i in range(start, len(traffic.columns), clients):
             body = _features_body(traffic.columns[i], {})
             for version in versions:
-                try:
-                    status, answer, _ = c.post(f"/v1/models/{model}/versions/{version}:predict", body)
-                except (OSError, http.client.HTTPException, ValueError) as e:
-                    failures.append(f"{type(e).__name__}: {e}")
-                    continue
-                if status != 200:
-                    failures.append(f"version {version}: HTTP {status} {answer}")
-                    continue
-                out[version][i] = np.ravel(answer["outputs"]).astype(np.float64)
+                answer = _predict(c, f"/v1/models/{model}/versions/{version}:predict", body, failures,
+                                  f"version {version}")
+                if answer is not None:
+                    out[version][i] = answer[0]
 
     _run_clients(client, clients)
     if failures:
