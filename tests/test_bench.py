@@ -250,7 +250,7 @@ def test_scale_targets_compare_2_22_with_2_18_and_the_dense_recipe_at_the_smalle
     runs_ = [run(2 ** 18, "lazy_adam", 100.0, 0.788), run(2 ** 20, "lazy_adam", 95.0, 0.789),
              run(2 ** 22, "lazy_adam", 85.0, 0.789), run(2 ** 18, "adam", 60.0, 0.7895),
              run(2 ** 22, "adam", 6.0, 0.70, steps=scale.DENSE_THROUGHPUT_STEPS)]
-    t = scale.targets(runs_)
+    t = scale.targets(runs_, "lazy_adam")
     assert t["speed_buckets"] == [2 ** 18, 2 ** 22] and t["speed_large_over_small"] == pytest.approx(0.85)
     assert t["speed_verdict"] == "met"
     # The dense run at 2^22 trained fewer steps: the AUC comparison is at 2^18 only.
@@ -263,6 +263,19 @@ def test_learning_curve_trains_the_same_passes_at_every_size():
     from bench import learning_curve
     assert learning_curve.steps_for(500_000) == pytest.approx(runs.DEFAULT_TRAIN_STEPS, abs=10)
     assert learning_curve.steps_for(2_000_000) == pytest.approx(4 * learning_curve.steps_for(500_000), rel=0.01)
+
+
+def test_learning_curve_takes_its_default_size_point_from_the_default_run(tmp_path, monkeypatch):
+    from bench import learning_curve
+    defaults = runs.DefaultRuns(str(tmp_path), quick=False, rerun=False)
+    defaults["keras"] = {"exit_code": 0, "process_seconds": 400.0, "peak_rss_mb": 2000, "log": "run.log",
+                         "summary": {"auc": 0.78, "bayes_auc": 0.80, "bayes_auc_gap": 0.02}}
+    monkeypatch.setattr(learning_curve, "run_pipeline", lambda *a, **k: pytest.fail("ran a second default run"))
+    args = types.SimpleNamespace(curve_rows=[runs.DEFAULT_ROWS], quick=False, workdir=str(tmp_path),
+                                 out=str(tmp_path / "results.json"))
+    out = learning_curve.run(args, {"default_runs": defaults})
+    assert [(r["rows"], r["auc"], r["gap"]) for r in out["runs"]] == [(runs.DEFAULT_ROWS, 0.78, 0.02)]
+    assert out["gap_verdict"] == "met"
 
 
 def test_pipeline_section_divides_by_the_reference_run_of_the_same_rows():
