@@ -259,6 +259,15 @@ def test_scale_targets_compare_2_22_with_2_18_and_the_dense_recipe_at_the_smalle
     assert scale._power_list("18,20,1024") == [2 ** 18, 2 ** 20, 1024]
 
 
+def test_scale_plan_measures_the_targets_figures_first():
+    from bench import scale
+    d, o = scale.DEFAULT_RULE, scale.OTHER_SPARSE_RULE
+    plan = scale.plan_runs([2 ** 18, 2 ** 20, 2 ** 22, 2 ** 24], [2 ** 18, 2 ** 22], None, other_rule=True)
+    assert plan == [(2 ** 18, d, None), (2 ** 18, "adam", None), (2 ** 24, d, None), (2 ** 22, d, None),
+                    (2 ** 20, d, None), (2 ** 18, o, None), (2 ** 22, "adam", scale.DENSE_THROUGHPUT_STEPS)]
+    assert all(rule != o for _, rule, _ in scale.plan_runs([2 ** 12], [2 ** 12], 100, other_rule=False))
+
+
 def test_learning_curve_trains_the_same_passes_at_every_size():
     from bench import learning_curve
     assert learning_curve.steps_for(500_000) == pytest.approx(runs.DEFAULT_TRAIN_STEPS, abs=10)
