@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional
 
 from bench.common import fmt, parse_list, ratio, table, verdict, write_partial
 from bench.runs import ensure_data, run_pipeline
-from deepfm_tfx.trainer_modules.hparams import TrainingConfig
+from deepfm_tfx.trainer_modules.hparams import EMBEDDING_OPTIMIZERS, TrainingConfig
 
 NEEDS = ()
 ROWS, QUICK_ROWS = 500_000, 5000
@@ -139,12 +139,11 @@ def run(args, shared: Dict[str, Any]) -> Dict[str, Any]:
               f"AUC {fmt(result['auc'])}", flush=True)
         out["runs"].append(result)
         write_partial(args, {"scale": out})
-    out["targets"] = targets(out["runs"], DEFAULT_RULE)
+    out["targets"] = targets(out["runs"])
     return out
 
 
-def targets(runs: List[Dict[str, Any]], default: str = None) -> Dict[str, Any]:
-    default = default or DEFAULT_RULE
+def targets(runs: List[Dict[str, Any]], default: str = DEFAULT_RULE) -> Dict[str, Any]:
     sparse = {r["buckets"]: r for r in runs if r["optimizer"] == default and r["exit_code"] == 0}
     dense = {r["buckets"]: r for r in runs if r["optimizer"] == "adam" and r["exit_code"] == 0}
     small, large = (2 ** 18, 2 ** 22) if {2 ** 18, 2 ** 22} <= set(sparse) else \
@@ -173,7 +172,7 @@ def show(res: Dict[str, Any]) -> None:
     if at and len({o for o, b in by if b == at}) > 1:
         print(f"  at {at:,} buckets, AUC by embedding update: " + ", ".join(
             f"{o} {fmt(by[(o, at)]['auc'])} ({fmt(by[(o, at)]['train_examples_per_second'])} ex/s)"
-            for o in ("lazy_adam", "adagrad", "adam") if (o, at) in by))
+            for o in EMBEDDING_OPTIMIZERS if (o, at) in by))
     print(table(["embedding update, buckets", "Trainer ex/s", "Trainer s", "AUC", "tables MB", "slots MB",
                  "SavedModel MB", "Trainer peak MB", "added", "Evaluator peak MB", "added"], rows,
                 title=f"\nScale: the Trainer against hash buckets, criteo profile, {res['rows']:,} rows "

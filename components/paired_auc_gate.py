@@ -16,7 +16,7 @@ It also marks the eval rows holding an id the training window never saw
 (cold ids), and writes everything per row for the run report:
   predictions.npz    label, new, baseline (when there is one), cold
   paired_auc.json    the interval, the gate's verdict and why, cold-id counts
-Its `blessing` is what the pusher and the blessed-model resolver read.
+Its `gate_blessing` is what the pusher and the blessed-model resolver read.
 """
 from __future__ import annotations
 
