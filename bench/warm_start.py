@@ -32,10 +32,11 @@ def variants() -> List[Dict[str, Any]]:
 def run(workdir: str, weeks: int, rows: int, seed: int) -> List[Dict[str, Any]]:
     from deepfm_tfx.pipeline import configs, console
     from deepfm_tfx.pipeline.orchestrators import local
-    from deepfm_tfx.synthetic import generator, simulation
+    from deepfm_tfx.pipeline.simulation.weeks import prepare_workdir
+    from deepfm_tfx.synthetic import generator
 
     console.configure_logging(False)
-    simulation.prepare_workdir(workdir)
+    prepare_workdir(workdir)
     base = configs.RunConfig(
         data=os.path.join(workdir, "data"), pipeline_root=os.path.join(workdir, "pipeline"),
         model_repository=os.path.join(workdir, "model_repository"), rows=rows, seed=seed,

@@ -399,18 +399,18 @@ def test_the_router_routes_by_key_excludes_keyless_traffic_and_counts_outcomes(t
 
 
 def test_the_simulations_true_logloss_is_the_expected_logloss_under_the_planted_truth():
-    from deepfm_tfx.synthetic import online
+    from deepfm_tfx.pipeline.simulation import online_experiment
     p = np.array([0.1, 0.5, 0.9])
     q = np.array([0.2, 0.5, 0.6])
     by_hand = np.mean([-(0.1 * np.log(0.2) + 0.9 * np.log(0.8)), np.log(2), -(0.9 * np.log(0.6) + 0.1 * np.log(0.4))])
-    assert online.true_logloss(p, q) == pytest.approx(by_hand, rel=1e-12)
+    assert online_experiment.true_logloss(p, q) == pytest.approx(by_hand, rel=1e-12)
     # The truth itself is the best possible model: Gibbs' inequality.
-    assert online.true_logloss(p, p) < online.true_logloss(p, q)
+    assert online_experiment.true_logloss(p, p) < online_experiment.true_logloss(p, q)
 
 
 def test_a_worse_candidate_week_needs_the_online_phase(tmp_path):
     from deepfm_tfx.pipeline import configs
-    from deepfm_tfx.synthetic import WORSE_CANDIDATE, simulation
+    from deepfm_tfx.pipeline.simulation import WORSE_CANDIDATE, weeks
     with pytest.raises(ValueError, match="needs the online phase"):
-        simulation.run_weeks(str(tmp_path / "sim"), 1, configs.RunConfig(), bad_week=1, bad_kind=WORSE_CANDIDATE)
+        weeks.run_weeks(str(tmp_path / "sim"), 1, configs.RunConfig(), bad_week=1, bad_kind=WORSE_CANDIDATE)
     assert not (tmp_path / "sim").exists()  # refused before anything was written

@@ -5,7 +5,7 @@ import os
 import sys
 
 from deepfm_tfx.pipeline import configs, console
-from deepfm_tfx.synthetic import BAD_KINDS, WORSE_CANDIDATE
+from deepfm_tfx.pipeline.simulation import BAD_KINDS, WORSE_CANDIDATE, OnlineConfig
 
 # Small weeks, so four of them run in a few minutes.
 DEFAULTS = configs.RunConfig(rows=20_000, train_steps=300, profile="small")
@@ -35,7 +35,8 @@ def configure(p) -> None:
 
 
 def _main(args) -> int:
-    from deepfm_tfx.synthetic import generator, simulation
+    from deepfm_tfx.pipeline.simulation import weeks
+    from deepfm_tfx.synthetic import generator
     display = console.configure_logging(args.verbose, quiet=args.quiet, every=args.progress_every)
     config = configs.from_arguments(args, base=DEFAULTS)
     bad_kind = args.bad_kind or (WORSE_CANDIDATE if args.online else "broken_column")
@@ -44,24 +45,23 @@ def _main(args) -> int:
         return 2
     online = None
     if args.online:
-        from deepfm_tfx.synthetic.online import OnlineConfig
         online = OnlineConfig(requests_per_round=args.online_requests, rows_per_request=args.online_rows,
                               rounds=args.online_rounds)
     try:
         with display:
-            table = simulation.run_weeks(args.workdir, args.weeks, config, bad_week=args.bad_week,
-                                         bad_kind=bad_kind,
-                                         drift=generator.DEFAULT_DRIFT if args.drift is None else args.drift,
-                                         online=online)
-    except simulation.WorkdirError as e:
+            table = weeks.run_weeks(args.workdir, args.weeks, config, bad_week=args.bad_week,
+                                    bad_kind=bad_kind,
+                                    drift=generator.DEFAULT_DRIFT if args.drift is None else args.drift,
+                                    online=online)
+    except weeks.WorkdirError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print("\n" + simulation.format_table(table))
+    print("\n" + weeks.format_table(table))
     print("\nbayes: the planted truth's AUC; stale: last week's truth on this week's rows; auc and baseline: "
           "the new model and last week's serving model, on the same eval rows; lr@1: learning rate at this "
           "run's first step; moved: largest relative L2 change of a weight vs the warm-start model")
     if online is not None:
-        from deepfm_tfx.synthetic.online import format_table
+        from deepfm_tfx.pipeline.simulation.online_table import format_table
         print("\nonline phase: each week's model (canary) against stable on simulated traffic, split by user")
         print(format_table(table))
         print("\nonline ll: logloss on each arm's own traffic with its 95% interval; true ll: each version's "
@@ -79,7 +79,7 @@ def _main(args) -> int:
     if any(r.get("decision_correct") is False for r in table):
         print("error: an online decision disagrees with the planted truth", file=sys.stderr)
         return 1
-    if not simulation.retrained_weeks_beat_baseline(table):
+    if not weeks.retrained_weeks_beat_baseline(table):
         print("error: a retrained week did not beat last week's model on its own rows", file=sys.stderr)
         return 1
     return 0

@@ -13,14 +13,13 @@ import json
 import os
 import shutil
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
-
-if TYPE_CHECKING:
-    from deepfm_tfx.synthetic.online import OnlineConfig
+from typing import Any, Dict, List, Optional
 
 from deepfm_tfx.pipeline import configs
 from deepfm_tfx.pipeline.orchestrators import local
-from deepfm_tfx.synthetic import BAD_KINDS, WORSE_CANDIDATE, generator
+from deepfm_tfx.pipeline.simulation import BAD_KINDS, WORSE_CANDIDATE, OnlineConfig, online_experiment, week_metadata
+from deepfm_tfx.pipeline.simulation.server_process import ServerProcess
+from deepfm_tfx.synthetic import generator
 
 # Marks a folder as a simulation's, so a re-run may clear it and nothing else.
 MARKER = ".deepfm-tfx-simulation"
@@ -70,11 +69,11 @@ def week_row(week: int, bad: str, summary: Dict[str, Any], seconds: float) -> Di
 
 def run_weeks(workdir: str, weeks: int, config: configs.RunConfig, bad_week: int = 0,
               bad_kind: str = "broken_column", drift: float = generator.DEFAULT_DRIFT,
-              online: Optional["OnlineConfig"] = None) -> List[Dict[str, Any]]:
+              online: Optional[OnlineConfig] = None) -> List[Dict[str, Any]]:
     """Runs `weeks` weekly pipeline runs; `config` gives every knob but the paths.
 
     With `online`, each week's model is pushed as canary and A/B tested against
-    stable on simulated traffic (synthetic/online.py), and the decision is applied.
+    stable on simulated traffic (online_experiment.py), and the decision is applied.
     """
     if bad_kind not in BAD_KINDS:
         raise ValueError(f"bad kind must be one of {BAD_KINDS}")
@@ -95,8 +94,8 @@ def run_weeks(workdir: str, weeks: int, config: configs.RunConfig, bad_week: int
             table.append(_week(week, bad, config, data_root, drift, online, server))
             if online is not None and server is None and table[-1]["pushed"]:
                 # The first push made a stable version: from now on a server serves the repository.
-                server = _online().ServerProcess(config.model_repository, os.path.join(workdir, "experiments"),
-                                                 workdir).start()
+                server = ServerProcess(config.model_repository, os.path.join(workdir, "experiments"),
+                                       workdir).start()
                 config = dataclasses.replace(config, serving_url=server.url)
                 table[-1]["serving_version"] = table[-1]["pushed_version"]
     finally:
@@ -107,13 +106,8 @@ def run_weeks(workdir: str, weeks: int, config: configs.RunConfig, bad_week: int
     return table
 
 
-def _online():
-    from deepfm_tfx.synthetic import online
-    return online
-
-
 def _week(week: int, bad: Optional[str], config: configs.RunConfig, data_root: str, drift: float,
-          online: Optional["OnlineConfig"], server) -> Dict[str, Any]:
+          online: Optional[OnlineConfig], server) -> Dict[str, Any]:
     print(f"\n== week {week}{' (deliberately bad: ' + bad + ')' if bad else ''}", flush=True)
     data_kind = "shuffled_labels" if bad == WORSE_CANDIDATE else bad
     if bad == WORSE_CANDIDATE:
@@ -134,11 +128,11 @@ def _week(week: int, bad: Optional[str], config: configs.RunConfig, data_root: s
     if online is None or server is None:
         return dict(row, experiment=None, decision=None, decision_correct=None, true_logloss=None,
                     serving_version=None)
-    result = _online().run_week(week, config, summary, server, online, drift,
-                                _online().statistics_uri(config, summary))
+    result = online_experiment.run_week(week, config, summary, server, online, drift,
+                                        week_metadata.statistics_uri(config, summary))
     if result["decision"] == "roll back":
-        _online().revoke(config, summary, result["experiment"]["canary_version"],
-                         f"rolled back online by experiment {result['experiment']['name']}")
+        week_metadata.revoke(config, summary, result["experiment"]["canary_version"],
+                             f"rolled back online by experiment {result['experiment']['name']}")
     return dict(row, **result)
 
 

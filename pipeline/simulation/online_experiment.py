@@ -1,0 +1,153 @@
+"""The simulation's online phase for one week: its new model is A/B tested against stable on
+simulated live traffic, over loopback, and the experiment's decision is applied.
+
+A `deepfm-tfx serve` process serves the simulation's model repository. Each
+week the pipeline pushes its model as canary; this module then starts an
+experiment, sends requests of rows drawn from that week's planted truth,
+each carrying a user key, draws every row's click from its true click
+probability, posts the clicks back, and reads the report until the rule
+decides (or the planned rounds run out). Because the truth is known, it also
+scores every row with both versions (pinned calls, which bypass the split)
+and computes each arm's true expected logloss,
+E[-p log q - (1 - p) log(1 - q)] with p the true click probability: the
+decision was right when a promoted canary is truly better and a rolled-back
+one is not. Some traffic is bad on purpose, and the report must count it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.request
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from deepfm_tfx import model_repository
+from deepfm_tfx.experiments import config as experiments_config
+from deepfm_tfx.experiments import decision, report, statistics
+from deepfm_tfx.pipeline.simulation import OnlineConfig
+from deepfm_tfx.pipeline.simulation.server_process import ServerProcess
+from deepfm_tfx.pipeline.simulation.traffic import (Traffic, bad_traffic, clicks, pinned_scores, post_outcomes,
+                                                     send_round)
+from deepfm_tfx.synthetic import generator
+
+
+def _truth_of_week(run_config, week: int, drift: float):
+    profile = getattr(run_config, "profile", None)
+    if profile and profile != "small":
+        return generator.truth_of_span(run_config.seed, week, drift, profile)
+    return generator.truth_of_span(run_config.seed, week, drift)
+
+
+def true_logloss(p: np.ndarray, q: np.ndarray) -> float:
+    q = np.clip(q, statistics.EPSILON, 1 - statistics.EPSILON)
+    return float(np.mean(-(p * np.log(q) + (1 - p) * np.log1p(-q))))
+
+
+def _estimate(e: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: e.get(k) for k in ("value", "low", "high")}
+
+
+def run_week(week: int, run_config, summary: Dict[str, Any], server: ServerProcess, cfg: OnlineConfig,
+             drift: float, statistics_uri: Optional[str]) -> Dict[str, Any]:
+    """The online phase of one week: the experiment, its decision applied, and the truth about it."""
+    from deepfm_tfx.serving import model_status
+
+    repo, model = run_config.model_repository, run_config.model_name
+    experiments_dir = server.experiments_dir
+    labels = model_repository.labels(repo, model)
+    stable, canary = labels.get("stable"), labels.get("canary")
+    if stable is None or canary in (None, stable):
+        return {"experiment": None, "decision": None, "decision_correct": None, "true_logloss": None,
+                "serving_version": stable, "online_note": "no canary on trial: nothing to test"}
+    name = f"week-{week}"
+    rule = experiments_config.Rule(min_outcomes_per_arm=cfg.min_outcomes_per_arm, min_clicks_per_arm=100,
+                                   looks=cfg.rounds)
+    experiment = experiments_config.Experiment(
+        name=name, model=model, model_repository=os.path.abspath(repo), stable_version=stable, canary_version=canary,
+        canary_share=cfg.canary_share, feature_log_share=cfg.feature_log_share, rule=rule)
+    experiments_config.save(experiments_dir, experiment)
+    deadline = time.monotonic() + 60
+    while True:  # the server reads experiments every half second
+        try:
+            with urllib.request.urlopen(f"{server.url}/v1/experiments/{name}", timeout=5) as response:
+                if json.load(response).get("routing"):
+                    break
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the server did not start routing experiment {name}")
+        time.sleep(0.2)
+
+    truth = _truth_of_week(run_config, week, drift)
+    rng = np.random.default_rng([cfg.seed, week])
+    traffic = Traffic()
+    built, rounds = None, 0
+    started = time.monotonic()
+    for rounds in range(1, cfg.rounds + 1):
+        first = len(traffic.request_ids)
+        send_round(server.rest_port, model, truth, rng, cfg, traffic, prefix=f"{name}-r{rounds}")
+        if rounds == 1:
+            bad_traffic(server.rest_port, model, name, traffic, experiment.outcome_window_seconds)
+        post_outcomes(server.rest_port, name, clicks(traffic, first, rng))
+        time.sleep(experiment.log_flush_seconds + 0.5)  # the prediction log is on disk a second after serving
+        built = report.build(experiments_dir, name)
+        print(f"   {name} round {rounds}: {len(traffic.request_ids):,} requests; {built['decision']['action']}: "
+              f"{built['decision']['why']}", flush=True)
+        if built["decision"]["action"] != decision.KEEP_RUNNING:
+            break
+    online_seconds = time.monotonic() - started
+
+    # The truth, before the losing version is unloaded: both versions on every row.
+    p = np.concatenate(traffic.p)
+    served_arm = np.concatenate(traffic.arm)
+    pinned = pinned_scores(server.rest_port, model, [stable, canary], traffic, cfg.clients)
+    q = {"stable": pinned[stable], "canary": pinned[canary]}
+    served = np.concatenate(traffic.score)
+    for arm in ("stable", "canary"):  # the split sent each row to the version that scores it so
+        mine = served_arm == arm
+        np.testing.assert_allclose(served[mine], q[arm][mine], rtol=1e-4, atol=1e-6)
+    truth_ll = {arm: true_logloss(p, q[arm]) for arm in ("stable", "canary")}
+    truth_ll["bayes"] = true_logloss(p, p)
+    truly_better = truth_ll["canary"] < truth_ll["stable"]
+
+    action = built["decision"]["action"]
+    applied = None
+    if action == decision.KEEP_RUNNING:
+        experiment = experiments_config.load(experiments_dir, name)
+        experiment.status = experiments_config.STOPPED  # next week's canary replaces this one
+        experiments_config.save(experiments_dir, experiment)
+    else:
+        applied = report.apply(experiments_dir, built, model_status.waiter(server.url, timeout=300))
+    correct = None if action == decision.KEEP_RUNNING else (truly_better if action == decision.PROMOTE
+                                                             else not truly_better)
+    skew = None
+    if statistics_uri:
+        from deepfm_tfx.experiments import skew as skew_check
+        result = skew_check.check(experiments_dir, name, statistics_uri, features_spec=run_config.features)
+        skew = {"served_rows": result["served_rows"], "features_compared": result["features_compared"],
+                "skewed_features": result["skewed_features"]}
+    arms = built["arms"]
+    return {
+        "experiment": {
+            "name": name, "rounds": rounds, "seconds": round(online_seconds, 1),
+            "stable_version": stable, "canary_version": canary,
+            "requests": {arm: arms[arm]["requests"] for arm in arms},
+            "outcomes": {arm: arms[arm]["outcomes"] for arm in arms},
+            "online_logloss": {arm: _estimate(arms[arm]["logloss"]) for arm in arms},
+            "online_auc": {arm: _estimate(arms[arm]["auc"]) for arm in arms},
+            "calibration": {arm: _estimate(arms[arm]["calibration"]) for arm in arms},
+            "logloss_difference": _estimate(built["difference"]["logloss"]),
+            "counted": {"requests_without_key": built["traffic"]["excluded_requests"].get("no_key", 0),
+                        **{k: built["outcomes"][k] for k in ("duplicate", "unknown_request", "late")},
+                        "rejected_outcomes": sum(built["outcomes"]["rejected"].values())},
+            "why": built["decision"]["why"],
+        },
+        "decision": action,
+        "decision_correct": correct,
+        "true_logloss": truth_ll,
+        "serving_version": model_repository.serving_version(repo, model),
+        "applied": applied,
+        "skew": skew,
+    }
