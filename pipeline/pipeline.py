@@ -26,7 +26,7 @@ from tfx.proto import example_gen_pb2, trainer_pb2
 from tfx.types import standard_artifacts
 from tfx.types.channel import Channel
 
-from deepfm_tfx import id_space
+from deepfm_tfx.pipeline import id_space
 from deepfm_tfx.components import csv_reader
 from deepfm_tfx.components.csv_example_gen import SpecCsvExampleGen
 from deepfm_tfx.components.gates import AnomalyGate, DriftGate

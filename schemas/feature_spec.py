@@ -47,7 +47,7 @@ class FeatureSpec:
     vocabulary_top_k: int = 100_000
     vocabulary_min_count: int = 1
     oov_buckets: int = 1
-    # None: chosen from the data when the pipeline is built (deepfm_tfx.id_space).
+    # None: chosen from the data when the pipeline is built (deepfm_tfx.pipeline.id_space).
     hash_buckets: Optional[int] = None
     numerical_transform: str = "log_zscore"
     schema_file: Optional[str] = None  # absolute path to a curated schema.pbtxt

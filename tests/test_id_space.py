@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from deepfm_tfx import id_space
+from deepfm_tfx.pipeline import id_space
 from deepfm_tfx.schemas import feature_spec
 from deepfm_tfx.synthetic import generator
 

@@ -16,7 +16,8 @@ from deepfm_tfx.components.csv_reader import check_files
 from deepfm_tfx.errors import DataError
 from deepfm_tfx.components import span_window
 from deepfm_tfx.components.gates import GateFailed
-from deepfm_tfx import id_space, model_repository, spans
+from deepfm_tfx import model_repository, spans
+from deepfm_tfx.pipeline import id_space
 from deepfm_tfx.pipeline import configs
 from deepfm_tfx.pipeline import metadata
 from deepfm_tfx.pipeline import run_summary
