@@ -1,11 +1,9 @@
-"""Errors the command line turns into exit codes.
+"""Errors the command line turns into exit codes (contracts.EXIT_*).
 
-Exit codes: 0 pushed (or nothing to do), 1 anything unexpected, 2 bad input
-(DataError, FeatureSpecError, a bad flag), 3 a gate refused the data or the model.
+A DataError, FeatureSpecError or bad flag exits with EXIT_BAD_INPUT; a gate
+that refused the data or the model, EXIT_GATE.
 """
-
-EXIT_BAD_INPUT = 2
-EXIT_GATE = 3
+from deepfm_tfx.contracts import EXIT_BAD_INPUT, EXIT_GATE  # noqa: F401 (the CLI imports them from here)
 
 
 class DataError(ValueError):

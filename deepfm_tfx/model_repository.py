@@ -34,7 +34,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from deepfm_tfx import models_config
 from deepfm_tfx import saved_model_check
-from deepfm_tfx.models_config import CANARY, STABLE
+from deepfm_tfx.contracts import (ASSETS_EXTRA, CANARY, LABELS, SAVED_MODEL_FILE, STABLE, VARIABLES_CHECKPOINT,
+                                  VARIABLES_DIR, VARIABLES_INDEX)
 
 CONFIG_FILE = models_config.CONFIG_FILE
 LOCK_FILE = ".lock"
@@ -49,7 +50,7 @@ _MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}")
 # What a dead _atomic_write leaves, and nothing else: `<file>.tmp-<pid>`.
 _TMP_FILE = re.compile(r".+\.tmp-[0-9]+")
 # A version's own copy of its record: inside the folder, so it appears atomically with it.
-VERSION_RECORD = os.path.join("assets.extra", "deepfm_tfx.record.json")
+VERSION_RECORD = os.path.join(ASSETS_EXTRA, "deepfm_tfx.record.json")
 
 
 class RepositoryError(RuntimeError):
@@ -72,7 +73,8 @@ def model_dir(repo: str, model: str) -> str:
     return path
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_dir(path: str) -> None:
+    """Makes a folder's entries (a new or renamed file in it) survive a crash."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -87,7 +89,7 @@ def _atomic_write(path: str, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(path) or ".")
+    fsync_dir(os.path.dirname(path) or ".")
 
 
 def _fsync_tree(root: str) -> None:
@@ -99,7 +101,7 @@ def _fsync_tree(root: str) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(folder)
+        fsync_dir(folder)
 
 
 @contextlib.contextmanager
@@ -134,10 +136,10 @@ def _clear_leftovers(repo: str, model: str) -> None:
 
 
 def _complete(folder: str) -> bool:
-    if not os.path.isfile(os.path.join(folder, "saved_model.pb")):
+    if not os.path.isfile(os.path.join(folder, SAVED_MODEL_FILE)):
         return False
-    variables = os.path.join(folder, "variables")
-    return not os.path.isdir(variables) or os.path.isfile(os.path.join(variables, "variables.index"))
+    variables = os.path.join(folder, VARIABLES_DIR)
+    return not os.path.isdir(variables) or os.path.isfile(os.path.join(variables, VARIABLES_INDEX))
 
 
 def version_dir(repo: str, model: str, version: int) -> str:
@@ -246,10 +248,10 @@ def _move_labels(repo: str, model: str, moves: Dict[str, int], wait: Optional[Wa
     return target
 
 
-PUSH_AS = ("stable", "canary")
+PUSH_AS = LABELS
 
 
-def push(repo: str, model: str, saved_model_dir: str, record: Dict[str, Any], push_as: str = "stable",
+def push(repo: str, model: str, saved_model_dir: str, record: Dict[str, Any], push_as: str = STABLE,
          wait: Optional[Wait] = None, extra_files: Optional[Dict[str, bytes]] = None,
          base_path: Optional[str] = None) -> int:
     """Copies a SavedModel in as a new version and labels it.
@@ -268,7 +270,7 @@ def push(repo: str, model: str, saved_model_dir: str, record: Dict[str, Any], pu
         raise RepositoryError(f"{saved_model_dir} cannot be served: {why}; refusing to push it")
     base = model_dir(repo, model)
     os.makedirs(base, exist_ok=True)
-    _fsync_dir(repo)
+    fsync_dir(repo)
     with _locked(repo):
         _clear_leftovers(repo, model)
         retried = _pushed_from(repo, model, record.get("source_model"))
@@ -295,11 +297,11 @@ def push(repo: str, model: str, saved_model_dir: str, record: Dict[str, Any], pu
                     f.write(data)
             _fsync_tree(incoming)
             os.rename(incoming, final)
-            _fsync_dir(base)
+            fsync_dir(base)
         hold = held(repo, model)
-        as_canary = push_as == "canary" and serving_version(repo, model) is not None
+        as_canary = push_as == CANARY and serving_version(repo, model) is not None
         record["served_on_push"] = hold is None
-        record["pushed_as"] = "held" if hold else ("canary" if as_canary else "stable")
+        record["pushed_as"] = "held" if hold else (CANARY if as_canary else STABLE)
         if hold is None:
             moves = {CANARY: version} if as_canary else {STABLE: version, CANARY: version}
             _move_labels(repo, model, moves, wait, base_path)
@@ -351,7 +353,7 @@ def _check_version(repo: str, model: str, version: int) -> None:
         folder = os.path.join(base, str(version))
         if os.path.isdir(folder):
             raise RepositoryError(f"version {version} of {model!r} is incomplete ({folder} lacks "
-                                  f"saved_model.pb or variables/variables.index); not serving it")
+                                  f"{SAVED_MODEL_FILE} or {VARIABLES_CHECKPOINT}.index); not serving it")
         raise RepositoryError(f"{model!r} has no version {version} in {repo}; versions are "
                               f"{', '.join(map(str, known)) or 'none'}")
     if why := saved_model_check.problem(os.path.join(base, str(version))):
@@ -407,7 +409,7 @@ def release(repo: str, model: str) -> Optional[Dict[str, Any]]:
         hold = held(repo, model)
         if hold is not None:
             os.remove(hold_path(repo, model))
-            _fsync_dir(os.path.join(repo, model))
+            fsync_dir(os.path.join(repo, model))
     return hold
 
 
@@ -430,10 +432,10 @@ def prune(repo: str, model: str, keep: int, dry_run: bool = False) -> List[int]:
             # Out of TF Serving's sight in one rename; a crash after it leaves only leftovers.
             trash = os.path.join(base, f"{_INCOMING}deleted-{v}")
             os.rename(os.path.join(base, str(v)), trash)
-            _fsync_dir(base)
+            fsync_dir(base)
             for beside in (record_path(repo, model, v), os.path.join(base, f"{v}.report.html")):
                 if os.path.exists(beside):
                     os.remove(beside)
             shutil.rmtree(trash)
-        _fsync_dir(base)
+        fsync_dir(base)
     return doomed

@@ -15,8 +15,8 @@ from typing import Optional
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 
-SERVING_SIGNATURE = "serving_default"
-SERVE_TAG = "serve"
+from deepfm_tfx.contracts import (SAVED_MODEL_FILE, SERVE_TAG, SERVING_SIGNATURE, VARIABLES_DIR,
+                                  VARIABLES_INDEX)
 
 _F = descriptor_pb2.FieldDescriptorProto
 # Field numbers of tensorflow/core/protobuf/{saved_model,meta_graph}.proto; a map
@@ -57,23 +57,23 @@ _SavedModel = _saved_model_class()
 
 def problem(folder: str) -> Optional[str]:
     """Why `folder` cannot be served, or None when it can."""
-    path = os.path.join(folder, "saved_model.pb")
+    path = os.path.join(folder, SAVED_MODEL_FILE)
     if not os.path.isfile(path):
-        return "it has no saved_model.pb"
-    variables = os.path.join(folder, "variables")
-    if os.path.isdir(variables) and not os.path.isfile(os.path.join(variables, "variables.index")):
-        return "variables/ has no variables.index"
+        return f"it has no {SAVED_MODEL_FILE}"
+    variables = os.path.join(folder, VARIABLES_DIR)
+    if os.path.isdir(variables) and not os.path.isfile(os.path.join(variables, VARIABLES_INDEX)):
+        return f"{VARIABLES_DIR}/ has no {VARIABLES_INDEX}"
     with open(path, "rb") as f:
         data = f.read()
     if not data:
-        return "saved_model.pb is empty"
+        return f"{SAVED_MODEL_FILE} is empty"
     try:
         saved_model = _SavedModel.FromString(data)
     except (DecodeError, ValueError, RuntimeError):
-        return "saved_model.pb does not parse as a SavedModel protobuf"
+        return f"{SAVED_MODEL_FILE} does not parse as a SavedModel protobuf"
     served = [g for g in saved_model.meta_graphs if SERVE_TAG in g.meta_info_def.tags]
     if not served:
-        return f"saved_model.pb has no MetaGraph tagged '{SERVE_TAG}'"
+        return f"{SAVED_MODEL_FILE} has no MetaGraph tagged '{SERVE_TAG}'"
     for graph in served:
         for entry in graph.signature_def:
             if entry.key == SERVING_SIGNATURE:
@@ -81,4 +81,4 @@ def problem(folder: str) -> Optional[str]:
                     return f"its '{SERVING_SIGNATURE}' signature has no inputs or no outputs"
                 return None
     names = sorted({e.key for g in served for e in g.signature_def})
-    return f"saved_model.pb has no '{SERVING_SIGNATURE}' signature (it has {names or 'none'})"
+    return f"{SAVED_MODEL_FILE} has no '{SERVING_SIGNATURE}' signature (it has {names or 'none'})"

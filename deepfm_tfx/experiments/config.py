@@ -19,6 +19,8 @@ import re
 import time
 from typing import Any, Dict, List, Optional
 
+from deepfm_tfx.contracts import OUTPUT_KEY, STABLE
+
 CONFIG_FILE = "experiment.json"
 PREDICTIONS = "predictions"
 OUTCOMES = "outcomes"
@@ -27,12 +29,17 @@ STATUSES = (RUNNING, STOPPED, DECIDED)
 # A name is a folder here and a URL path segment of the outcomes endpoint.
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 METRICS = ("logloss", "auc")
-ON_MISSING_KEY = ("stable", "reject")
+ON_MISSING_KEY = (STABLE, "reject")
 UNREPORTED = ("negative", "pending")
 
 
 class ExperimentError(ValueError):
     """A bad experiment name or config; the message says which field and why."""
+
+
+def _knob(default, help: str, **extra):
+    """A field `deepfm-tfx experiment start` has a flag for (pipeline.configs derives it)."""
+    return dataclasses.field(default=default, metadata={"help": help, **extra})
 
 
 def check_name(name: str) -> str:
@@ -45,16 +52,23 @@ def check_name(name: str) -> str:
 @dataclasses.dataclass
 class Rule:
     """When the report says promote, roll back, or keep running."""
-    metric: str = "logloss"                 # primary metric: online logloss (lower is better) or AUC
-    min_outcomes_per_arm: int = 1000        # joined outcomes each arm needs before any verdict
-    min_clicks_per_arm: int = 30
-    alpha: float = 0.05                     # two-sided significance of the primary difference
-    looks: int = 1                          # planned analyses; each tests at alpha/looks (Bonferroni)
-    min_effect: float = 0.0                 # the canary must be better by more than this to be promoted
-    max_calibration_error: float = 0.1      # guardrail: canary's mean score / CTR must be able to lie in 1 +- this
-    max_latency_ratio: float = 1.5          # guardrail: canary p99 latency vs stable's ...
-    latency_slack_ms: float = 5.0           # ... plus this, both beyond their intervals
-    max_outcomes_per_arm: Optional[int] = None  # planned end: still undecided there -> roll back
+    # Online logloss (lower is better) or AUC.
+    metric: str = _knob("logloss", "the primary metric", choices=METRICS)
+    min_outcomes_per_arm: int = _knob(1000, "joined outcomes each arm needs before any verdict",
+                                      flag="--min-outcomes")
+    min_clicks_per_arm: int = _knob(30, "clicks each arm needs", flag="--min-clicks")
+    alpha: float = _knob(0.05, "two-sided significance level")
+    # Bonferroni over the planned analyses.
+    looks: int = _knob(1, "planned analyses; each tests at alpha/looks so repeated looks stay honest")
+    min_effect: float = _knob(0.0, "the canary must beat stable by more than this on the metric")
+    max_calibration_error: float = _knob(
+        0.1, "guardrail: the canary's mean score / CTR must be able to lie within 1 +- this")
+    # Both beyond their intervals.
+    max_latency_ratio: float = _knob(1.5, "guardrail: canary p99 latency at most this x stable's p99 ...")
+    latency_slack_ms: float = _knob(5.0, "... plus this")
+    max_outcomes_per_arm: Optional[int] = _knob(
+        None, "planned sample per arm: still undecided there means roll back (default: none)",
+        flag="--max-outcomes")
 
     def check(self) -> None:
         _require(self.metric in METRICS, "rule.metric", f"one of {METRICS}", self.metric)
@@ -80,18 +94,27 @@ class Experiment:
     model_repository: str                   # where the label moves of `report --promote` happen
     stable_version: int
     canary_version: int
-    canary_share: float = 0.5
-    key_field: str = "user_id"              # REST: a top-level field of the body or a header; gRPC: metadata
-    request_id_field: str = "request_id"    # the same; the server makes one up when a request has none
-    salt: str = ""                          # empty: the name
-    on_missing_key: str = "stable"          # "stable": served by stable, logged as excluded; "reject": HTTP 400
-    score_output: str = "click_probability"
-    feature_log_share: float = 1.0          # share of requests whose features are logged (the skew check's sample)
-    outcome_window_seconds: float = 3600.0  # a click later than this after its prediction is late
-    unreported: str = "negative"            # a prediction with no outcome after the window: a non-click, or pending
-    log_max_file_bytes: int = 64 << 20      # a log file is rotated (and gzipped) past this
-    log_max_files: int = 2000               # per log; the oldest closed files go beyond it
-    log_flush_seconds: float = 1.0          # a crash loses at most this much of the prediction log
+    canary_share: float = _knob(0.5, "share of keys the canary gets")
+    key_field: str = _knob("user_id", "what the split hashes: a top-level field of the REST body or a header "
+                                      "(gRPC: metadata)")
+    request_id_field: str = _knob("request_id", "the request's id, which outcomes name (the server makes one up "
+                                                "when a request has none)")
+    salt: str = _knob("", "hash salt (default: the name, so each experiment splits afresh)")
+    # "stable": served by stable, logged as excluded; "reject": HTTP 400.
+    on_missing_key: str = _knob(STABLE, "a request without the key: served by stable and counted, or refused "
+                                        "with 400", choices=ON_MISSING_KEY)
+    score_output: str = _knob(OUTPUT_KEY, "the output logged as the score")
+    feature_log_share: float = _knob(1.0, "share of requests whose features are logged (the skew check's sample)")
+    outcome_window_seconds: float = _knob(3600.0, "attribution window: an outcome later than this after its "
+                                                  "prediction is late")
+    # "pending" leaves it out of the report.
+    unreported: str = _knob("negative", "a prediction without an outcome once its window closed: a non-click, "
+                                        "or left out", choices=UNREPORTED)
+    # Rotated files are gzipped; per log, the oldest closed files beyond log_max_files go.
+    log_max_file_bytes: int = _knob(64 << 20, "rotate log files past this")
+    log_max_files: int = _knob(2000, "keep at most this many log files")
+    # A crash loses at most this much of the prediction log.
+    log_flush_seconds: float = _knob(1.0, "the prediction log is on disk at most this long after a prediction")
     rule: Rule = dataclasses.field(default_factory=Rule)
     status: str = RUNNING
     created_at: float = dataclasses.field(default_factory=time.time)

@@ -24,12 +24,10 @@ from typing import Any, Dict, List
 
 import numpy as np
 
+from deepfm_tfx.contracts import CANARY, KEEP_RUNNING, PROMOTE, ROLL_BACK, STABLE
 from deepfm_tfx.experiments import statistics
 from deepfm_tfx.experiments.config import Rule
 from deepfm_tfx.experiments.statistics import Estimate
-
-PROMOTE, KEEP_RUNNING, ROLL_BACK = "promote", "keep running", "roll back"
-ACTIONS = (PROMOTE, KEEP_RUNNING, ROLL_BACK)
 
 
 @dataclasses.dataclass
@@ -56,7 +54,7 @@ def decide(stable: ArmMetrics, canary: ArmMetrics, rule: Rule) -> Dict[str, Any]
 
     short = [f"{arm} has {m.outcomes} of {rule.min_outcomes_per_arm} outcomes and {m.clicks} of "
              f"{rule.min_clicks_per_arm} clicks"
-             for arm, m in (("stable", stable), ("canary", canary))
+             for arm, m in ((STABLE, stable), (CANARY, canary))
              if m.outcomes < rule.min_outcomes_per_arm or m.clicks < rule.min_clicks_per_arm]
     checks.append({"check": "minimum sample", "passed": not short, "detail": "; ".join(short) or
                    f"both arms have at least {rule.min_outcomes_per_arm} outcomes and {rule.min_clicks_per_arm} clicks"})

@@ -24,10 +24,11 @@ import datetime
 import json
 import math
 import time
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from deepfm_tfx.contracts import CANARY, STABLE
 from deepfm_tfx.experiments.config import Experiment
 from deepfm_tfx.experiments.split import ARMS
 
@@ -86,6 +87,22 @@ def rejected_record(item: Any, why: str, received: float, source: str) -> Dict[s
     except ValueError:
         raw = repr(item)
     return {"rejected": why, "item": raw[:500], "received": received, "source": source}
+
+
+def check_all(items: Iterable[Any], received: float, source: str,
+              where: Callable[[int], str]) -> Tuple[List[Dict[str, Any]], List[str]]:
+    """(a record per item, accepted or rejected, to store; "<where(i)>: <why>" per rejected item i).
+
+    A rejected outcome is stored too, so the report counts it."""
+    records, problems = [], []
+    for i, item in enumerate(items):
+        good, why = check(item, received, source)
+        if good is None:
+            problems.append(f"{where(i)}: {why}")
+            records.append(rejected_record(item, why, received, source))
+        else:
+            records.append(good)
+    return records, problems
 
 
 def items_of_body(body: bytes) -> List[Any]:
@@ -171,7 +188,7 @@ def join(experiment: Experiment, predictions: Iterable[Dict[str, Any]], outcomes
          as_of: Optional[float] = None) -> JoinResult:
     as_of = time.time() if as_of is None else as_of
     window = experiment.outcome_window_seconds
-    expected = {"stable": experiment.stable_version, "canary": experiment.canary_version}
+    expected = {STABLE: experiment.stable_version, CANARY: experiment.canary_version}
     index: Dict[Tuple[str, int], Dict[str, Any]] = {}
     counts: Dict[str, Any] = {"predictions": 0, "excluded": collections.Counter(),
                               "excluded_requests": collections.Counter(), "off_version": 0,

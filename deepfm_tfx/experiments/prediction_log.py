@@ -27,6 +27,8 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import orjson
 
+from deepfm_tfx.model_repository import fsync_dir
+
 log = logging.getLogger("deepfm_tfx.experiments")
 
 RETENTION_FILE = "retention.jsonl"
@@ -37,14 +39,6 @@ def writer_id() -> str:
     """Unique per writer, so two processes never append to the same file."""
     host = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname())[:40] or "host"
     return f"{host}-{os.getpid()}-{int(time.time() * 1000)}"
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def encode(record: Dict[str, Any]) -> bytes:
@@ -125,7 +119,7 @@ class JsonLinesLog:
         self._seq += 1
         self._file = open(self._path(self._seq, _OPEN), "ab")
         self._file_bytes = 0
-        _fsync_dir(self.folder)  # the new name survives a crash too
+        fsync_dir(self.folder)  # the new name survives a crash too
 
     def _rotate(self) -> None:
         self._file.close()
@@ -186,7 +180,7 @@ def compress(plain: str) -> str:
         raw.flush()
         os.fsync(raw.fileno())
     os.replace(tmp, target)
-    _fsync_dir(os.path.dirname(plain) or ".")
+    fsync_dir(os.path.dirname(plain) or ".")
     os.remove(plain)
     return target
 

@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, Optional
 import numpy as np
 
 from deepfm_tfx import model_repository
+from deepfm_tfx.contracts import CANARY, KEEP_RUNNING, PROMOTE, STABLE
 from deepfm_tfx.experiments import config, decision, outcomes, prediction_log, statistics
 from deepfm_tfx.experiments.config import Experiment
 from deepfm_tfx.experiments.decision import ArmMetrics
@@ -65,10 +66,10 @@ def build(experiments_dir: str, name: str, as_of: Optional[float] = None) -> Dic
             "mean_score": float(rows.scores.mean()) if len(rows.scores) else None,
             "latency_ms": {"p50": statistics.quantile(latency, 0.5).to_dict() if len(latency) else None,
                            "p99": statistics.quantile(latency, 0.99).to_dict() if len(latency) else None}}
-    difference = {metric: statistics.difference(getattr(metrics["canary"], metric),
-                                                getattr(metrics["stable"], metric)).to_dict()
+    difference = {metric: statistics.difference(getattr(metrics[CANARY], metric),
+                                                getattr(metrics[STABLE], metric)).to_dict()
                   for metric in ("ctr", "logloss", "auc", "calibration")}
-    verdict = decision.decide(metrics["stable"], metrics["canary"], experiment.rule)
+    verdict = decision.decide(metrics[STABLE], metrics[CANARY], experiment.rule)
     return {
         "experiment": name, "model": experiment.model, "status": experiment.status,
         "model_repository": experiment.model_repository,
@@ -103,19 +104,17 @@ def format_text(report: Dict[str, Any]) -> str:
     lines = [f"experiment {report['experiment']} on {report['model']} ({report['status']}): "
              f"canary share {report['canary_share']:g}, split by '{report['key_field']}'",
              ""]
-    rows = [("", "stable", "canary", "canary - stable")]
-    rows.append(("version", str(arms["stable"]["version"]), str(arms["canary"]["version"]), ""))
-    rows.append(("requests", f"{arms['stable']['requests']:,}", f"{arms['canary']['requests']:,}", ""))
-    rows.append(("predictions", f"{arms['stable']['predictions']:,}", f"{arms['canary']['predictions']:,}", ""))
-    rows.append(("outcomes joined", f"{arms['stable']['outcomes']:,}", f"{arms['canary']['outcomes']:,}", ""))
-    rows.append(("clicks", f"{arms['stable']['clicks']:,}", f"{arms['canary']['clicks']:,}", ""))
+    stable, canary = arms[STABLE], arms[CANARY]
+    rows = [("", STABLE, CANARY, f"{CANARY} - {STABLE}")]
+    rows.append(("version", str(stable["version"]), str(canary["version"]), ""))
+    for key, label in (("requests", "requests"), ("predictions", "predictions"), ("outcomes", "outcomes joined"),
+                       ("clicks", "clicks")):
+        rows.append((label, f"{stable[key]:,}", f"{canary[key]:,}", ""))
     for metric, label in (("ctr", "CTR"), ("logloss", "online logloss"), ("auc", "AUC"),
                           ("calibration", "calibration")):
-        rows.append((label, _ci(arms["stable"][metric]), _ci(arms["canary"][metric]),
-                     _ci(report["difference"][metric], signed=True)))
+        rows.append((label, _ci(stable[metric]), _ci(canary[metric]), _ci(report["difference"][metric], signed=True)))
     for q in ("p50", "p99"):
-        rows.append((f"latency {q} ms", _ci(arms["stable"]["latency_ms"][q], 1), _ci(arms["canary"]["latency_ms"][q], 1),
-                     ""))
+        rows.append((f"latency {q} ms", _ci(stable["latency_ms"][q], 1), _ci(canary["latency_ms"][q], 1), ""))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     oc, traffic = report["outcomes"], report["traffic"]
@@ -155,18 +154,18 @@ def apply(experiments_dir: str, report: Dict[str, Any], wait: Optional[Wait] = N
     stops splitting); nothing for keep running. Refuses when the labels no longer name the
     experiment's versions."""
     action = report["decision"]["action"]
-    if action == decision.KEEP_RUNNING:
+    if action == KEEP_RUNNING:
         return None
     experiment = config.load(experiments_dir, report["experiment"])
     if experiment.status == config.DECIDED:
         raise ApplyError(f"experiment {experiment.name} was decided already: {experiment.decision}")
     repo = model_repository_dir or experiment.model_repository
     labels = model_repository.labels(repo, experiment.model)
-    expected = {"stable": experiment.stable_version, "canary": experiment.canary_version}
+    expected = {STABLE: experiment.stable_version, CANARY: experiment.canary_version}
     if labels != expected:
         raise ApplyError(f"{experiment.model}'s labels are {labels} in {repo}, not the experiment's {expected}: "
                          f"someone moved them; nothing done")
-    if action == decision.PROMOTE:
+    if action == PROMOTE:
         moved = model_repository.promote(repo, experiment.model, experiment.canary_version, wait)
     else:
         moved = model_repository.canary(repo, experiment.model, experiment.stable_version, wait)

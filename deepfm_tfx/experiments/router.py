@@ -31,9 +31,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from deepfm_tfx.contracts import EXAMPLES_INPUT_KEY, STABLE
 from deepfm_tfx.experiments import config, outcomes, prediction_log, split
 from deepfm_tfx.experiments.config import Experiment, ExperimentError
-from deepfm_tfx.models_config import STABLE
 from deepfm_tfx.serving import errors
 from deepfm_tfx.serving.errors import ServingError
 
@@ -108,7 +108,7 @@ def feature_rows(feeds: Dict[str, np.ndarray], rows: int) -> List[Dict[str, Any]
     signature, or the parsed tf.Examples of an examples signature."""
     if len(feeds) == 1:
         [(key, array)] = feeds.items()
-        if key == "examples" and array.dtype == object:
+        if key == EXAMPLES_INPUT_KEY and array.dtype == object:
             try:
                 return _example_rows(array)
             except Exception:  # noqa: BLE001 - not Examples after all: log the column as it is
@@ -305,15 +305,7 @@ class ExperimentRouter:
             items = outcomes.items_of_body(body)
         except outcomes.OutcomeError as e:
             raise errors.invalid(str(e)) from None
-        received = time.time()
-        stored, problems = [], []
-        for i, item in enumerate(items):
-            good, why = outcomes.check(item, received, source)
-            if good is None:
-                problems.append(f"outcome {i}: {why}")
-                stored.append(outcomes.rejected_record(item, why, received, source))
-            else:
-                stored.append(good)
+        stored, problems = outcomes.check_all(items, time.time(), source, lambda i: f"outcome {i}")
         with self._logs_lock:
             one = self._outcome_logs.get(name)
             if one is None:

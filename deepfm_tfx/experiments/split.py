@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import hashlib
 
-from deepfm_tfx.models_config import CANARY, STABLE
+from deepfm_tfx.contracts import CANARY, LABELS, STABLE
 
-ARMS = (STABLE, CANARY)
+ARMS = LABELS  # an experiment splits traffic between the two labels
 
 
 def bucket(key: str, salt: str) -> float:
