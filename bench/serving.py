@@ -57,7 +57,7 @@ def raw_rows(data_root: str, n: int) -> List[bytes]:
     """Serialized raw tf.Examples of the default data, label removed as in a request."""
     import tensorflow as tf
 
-    from deepfm_tfx.components.csv_example_gen import parse_file
+    from deepfm_tfx.components.example_encoder import parse_file
     from deepfm_tfx.schemas import feature_spec
     spec = feature_spec.load(feature_spec.DEFAULT_SPEC)
     out = []

@@ -25,7 +25,7 @@ def raw_requests(data_root: str, n: int) -> List[bytes]:
     """Serialized raw tf.Examples of the CSV, label removed as in a request."""
     import tensorflow as tf
 
-    from deepfm_tfx.components.csv_reader import parse_file
+    from deepfm_tfx.components.example_encoder import parse_file
     from deepfm_tfx.schemas import feature_spec
     spec = feature_spec.load(feature_spec.DEFAULT_SPEC)
     out = []

@@ -3,16 +3,17 @@
 TFX's CsvExampleGen infers column types per file (a categorical column whose
 ids happen to be all digits turns into INT), reports a bad row as a Beam stack
 trace, and parses about 4k rows/s. This executor keeps TFX's ExampleGen driver
-(spans, `{SPAN}` patterns, caching) and replaces the rest with csv_reader:
+(spans, `{SPAN}` patterns, caching) and replaces the rest with csv_rows,
+example_encoder and hash_splits:
 Arrow reads each file with the spec's column types, any bad input names its
 file, row and column, and each row's split is a hash of its own tf.Example
-bytes (or of the spec's split_key), which csv_reader builds deterministically.
+bytes (or of the spec's split_key), which example_encoder builds deterministically.
 
 Each input file is written to one TFRecord per split, in the file's order
 shuffled within each Arrow block: no global Reshuffle (under Beam's
 DirectRunner it holds the whole split in memory, 5 GB at 1M rows), and the
 same files give byte-identical splits. It refuses a span whose splits are
-too small to train and evaluate on (csv_reader.check_counts).
+too small to train and evaluate on (hash_splits.check_counts).
 """
 from __future__ import annotations
 
@@ -34,9 +35,7 @@ from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
 from deepfm_tfx import progress
-from deepfm_tfx.components import csv_reader
-# Where they were before csv_reader existed.
-from deepfm_tfx.components.csv_reader import check_files, parse_file  # noqa: F401
+from deepfm_tfx.components import csv_rows, example_encoder, hash_splits
 from deepfm_tfx.schemas.feature_spec import FeatureSpec
 
 _COUNTERS = "SpecCsvExampleGen"
@@ -70,14 +69,14 @@ def _CsvToExamples(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],
     spec = spec_from_exec_properties(exec_properties)
     pattern = os.path.join(exec_properties["input_base"], split_pattern)
     files = sorted(fileio.glob(pattern))
-    check_files(files, spec, pattern)
+    csv_rows.check_files(files, spec, pattern)
     return (pipeline
             | "ListFiles" >> beam.Create(files)
             | "SpreadFiles" >> beam.Reshuffle()
-            | "ParseRows" >> beam.FlatMap(parse_file, spec, shuffle=True))
+            | "ParseRows" >> beam.FlatMap(example_encoder.parse_file, spec, shuffle=True))
 
 
-def _write_file(item: Tuple[int, str], spec_dict: Dict[str, Any], splits: Sequence[csv_reader.Split],
+def _write_file(item: Tuple[int, str], spec_dict: Dict[str, Any], splits: Sequence[hash_splits.Split],
                 split_dirs: Sequence[str]) -> None:
     """Writes one input file's rows into one TFRecord per split, counting each split's labels."""
     import tensorflow as tf
@@ -86,13 +85,13 @@ def _write_file(item: Tuple[int, str], spec_dict: Dict[str, Any], splits: Sequen
     options = tf.io.TFRecordOptions(compression_type="GZIP")
     writers: Dict[int, Any] = {}
     try:
-        for i, examples, labels in csv_reader.split_file(path, spec, splits):
+        for i, examples, labels in hash_splits.split_file(path, spec, splits):
             if i not in writers:
                 writers[i] = tf.io.TFRecordWriter(
                     os.path.join(split_dirs[i], f"data_tfrecord-{index:05d}.gz"), options)
             for example in examples:
                 writers[i].write(example)
-            for y in csv_reader.LABELS:
+            for y in csv_rows.LABELS:
                 Metrics.counter(_COUNTERS, f"{splits[i].name}:{y}").inc(int((labels == y).sum()))
             progress.INGEST.add(rows=len(labels))  # Beam's counters arrive only when the pipeline ends
         progress.INGEST.add(files=1)
@@ -115,11 +114,11 @@ class Executor(BaseExampleGenExecutor):
         artifact_utils.get_single_instance(examples).split_names = artifact_utils.encode_split_names(
             example_gen_utils.generate_output_split_names(input_config, output_config))
         [split_pattern] = [s.pattern for s in input_config.splits]
-        splits = [csv_reader.Split(s.name, s.hash_buckets) for s in output_config.split_config.splits]
+        splits = [hash_splits.Split(s.name, s.hash_buckets) for s in output_config.split_config.splits]
         spec = spec_from_exec_properties(exec_properties)
         pattern = os.path.join(exec_properties["input_base"], split_pattern)
         files = sorted(fileio.glob(pattern))
-        check_files(files, spec, pattern)
+        csv_rows.check_files(files, spec, pattern)
         split_dirs = [artifact_utils.get_split_uri(examples, s.name) for s in splits]
         for folder in split_dirs:
             fileio.makedirs(folder)
@@ -131,11 +130,11 @@ class Executor(BaseExampleGenExecutor):
              | "WriteSplits" >> beam.Map(_write_file, spec.to_dict(), splits, split_dirs))
         result = pipeline.run()
         result.wait_until_finish()
-        counts: csv_reader.Counts = {s.name: {y: 0 for y in csv_reader.LABELS} for s in splits}
+        counts: hash_splits.Counts = {s.name: {y: 0 for y in csv_rows.LABELS} for s in splits}
         for counter in result.metrics().query(MetricsFilter().with_namespace(_COUNTERS))["counters"]:
             name, y = counter.key.metric.name.rsplit(":", 1)
             counts[name][int(y)] += counter.committed if counter.committed is not None else counter.attempted
-        csv_reader.check_counts(counts, pattern)
+        hash_splits.check_counts(counts, pattern)
 
         payload_format = exec_properties.get(standard_component_specs.OUTPUT_DATA_FORMAT_KEY)
         file_format = exec_properties.get(standard_component_specs.OUTPUT_FILE_FORMAT_KEY)

@@ -70,14 +70,14 @@ def survey(files: Sequence[str], spec: FeatureSpec) -> Tuple[int, Dict[str, int]
     import pandas as pd
     import pyarrow.compute as pc
 
-    from deepfm_tfx.components import csv_reader
+    from deepfm_tfx.components import csv_rows
 
     counter = DistinctCounter()
     fields = list(spec.categorical) + [m.name for m in spec.multivalent]
     separators = {m.name: m.separator for m in spec.multivalent}
     slice_values: Dict[str, set] = {name: set() for name in spec.slices}
     for path in files:
-        for batch in csv_reader.read_batches(path, spec):
+        for batch in csv_rows.read_batches(path, spec):
             for i, name in enumerate(fields):
                 column = batch.column(name)
                 if name in separators:

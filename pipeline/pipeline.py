@@ -27,7 +27,7 @@ from tfx.types import standard_artifacts
 from tfx.types.channel import Channel
 
 from deepfm_tfx.pipeline import id_space
-from deepfm_tfx.components import csv_reader
+from deepfm_tfx.components import hash_splits
 from deepfm_tfx.components.csv_example_gen import SpecCsvExampleGen
 from deepfm_tfx.components.gates import AnomalyGate, DriftGate
 from deepfm_tfx.components.span_window import (EarlierBlessedModelStrategy, EarlierWeekStrategy,
@@ -43,9 +43,9 @@ PREPROCESSING_FN = "deepfm_tfx.trainer_modules.preprocessing.preprocessing_fn"
 PAIRED_AUC_GATE = "PairedAucGate"
 
 
-def splits(eval_fraction_buckets: int = 1) -> List[csv_reader.Split]:
+def splits(eval_fraction_buckets: int = 1) -> List[hash_splits.Split]:
     """ExampleGen's splits: tenths of each span, by a hash of each row."""
-    return [csv_reader.Split("train", 10 - eval_fraction_buckets), csv_reader.Split("eval", eval_fraction_buckets)]
+    return [hash_splits.Split("train", 10 - eval_fraction_buckets), hash_splits.Split("eval", eval_fraction_buckets)]
 
 
 def eval_config(label: str, min_auc: float, slices: Sequence[str] = ()) -> tfma.EvalConfig:

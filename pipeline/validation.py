@@ -13,12 +13,12 @@ import urllib.parse
 from typing import Optional
 
 from deepfm_tfx import model_repository
-from deepfm_tfx.components import csv_reader
+from deepfm_tfx.components import hash_splits
 from deepfm_tfx.errors import ConfigError
 from deepfm_tfx.pipeline import configs
 
-# Twice what an eval split of 1 in 10 needs, so a generated span passes csv_reader.check_counts.
-GENERATED_MIN_ROWS = 20 * csv_reader.MIN_SPLIT_ROWS
+# Twice what an eval split of 1 in 10 needs, so a generated span passes hash_splits.check_counts.
+GENERATED_MIN_ROWS = 20 * hash_splits.MIN_SPLIT_ROWS
 
 
 def _flag(name: str) -> str:
@@ -120,7 +120,7 @@ def validate(config: configs.RunConfig, *, paths: bool = True, connect: bool = T
 
     if config.data is None and config.rows < GENERATED_MIN_ROWS:
         raise ConfigError(f"--rows must be at least {GENERATED_MIN_ROWS} for the generated data, so that its "
-                          f"1-in-10 eval split holds {csv_reader.MIN_SPLIT_ROWS} rows; got {config.rows}")
+                          f"1-in-10 eval split holds {hash_splits.MIN_SPLIT_ROWS} rows; got {config.rows}")
 
     from deepfm_tfx.pipeline import metadata  # imports ml-metadata: only once the cheap checks pass
     if config.metadata:

@@ -3,7 +3,7 @@
 Each case must exit 2 with exactly one line on stderr, naming the file, row
 and column where they apply, before any work: the pipeline root is never
 created and an existing model repository stays byte-identical. Data is read
-by the pre-run scan (csv_reader), so no case starts the pipeline.
+by the pre-run scan (csv_rows), so no case starts the pipeline.
 
 Add a case for every new bug: CASES is the corpus. `python tests/test_bad_inputs.py`
 prints it as a table of inputs, exit codes and messages.
@@ -211,7 +211,7 @@ def test_bad_input_exits_2_with_one_line_and_leaves_everything_as_it_was(
 
 def test_gzip_content_a_bom_and_crlf_are_read_as_plain_csv(tmp_path, repository, capsys):
     """Not bad inputs: the same rows gzipped under a .csv name, with a UTF-8 BOM, with CRLF line ends."""
-    from deepfm_tfx.components import csv_reader
+    from deepfm_tfx.components import csv_rows, example_encoder
     from deepfm_tfx.schemas import feature_spec
     spec = feature_spec.load(feature_spec.DEFAULT_SPEC)
     plain = balanced(50)
@@ -223,8 +223,8 @@ def test_gzip_content_a_bom_and_crlf_are_read_as_plain_csv(tmp_path, repository,
         path = tmp_path / name / "part-000.csv"
         path.parent.mkdir()
         path.write_bytes(content)
-        csv_reader.check_files([str(path)], spec, str(path))
-        parsed[name] = list(csv_reader.parse_file(str(path), spec))
+        csv_rows.check_files([str(path)], spec, str(path))
+        parsed[name] = list(example_encoder.parse_file(str(path), spec))
     assert len(parsed["plain"]) == 50 and all(p == parsed["plain"] for p in parsed.values())
 
 
@@ -232,9 +232,9 @@ def test_gzip_content_a_bom_and_crlf_are_read_as_plain_csv(tmp_path, repository,
 def test_a_data_error_inside_example_gen_is_one_line_without_a_traceback(tmp_path, repository, capsys, monkeypatch):
     """Kubeflow and Airflow have no pre-run scan, so ExampleGen's own error must read the same (the
     scan is skipped here to get there): no Beam traceback before it, nothing pushed."""
-    from deepfm_tfx.components import csv_reader
-    monkeypatch.setattr(csv_reader, "count_splits", lambda files, spec, splits: {s.name: {0: 500, 1: 500}
-                                                                                  for s in splits})
+    from deepfm_tfx.components import hash_splits
+    monkeypatch.setattr(hash_splits, "count_splits", lambda files, spec, splits: {s.name: {0: 500, 1: 500}
+                                                                                   for s in splits})
     lines = balanced(1500).decode().splitlines()
     lines[699] = row(I1="many")
     before = tree(repository)

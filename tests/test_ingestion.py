@@ -5,7 +5,8 @@ import os
 import pytest
 import tensorflow as tf
 
-from deepfm_tfx.components.csv_example_gen import check_files, parse_file
+from deepfm_tfx.components.csv_rows import check_files
+from deepfm_tfx.components.example_encoder import parse_file
 from deepfm_tfx.errors import DataError
 from conftest import SHARED_SAMPLE
 from deepfm_tfx.pipeline.orchestrators import local

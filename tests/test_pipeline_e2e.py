@@ -9,7 +9,7 @@ from ml_metadata import metadata_store
 
 from conftest import PIPELINE_UPSTREAM, RESOLVERS
 from deepfm_tfx import model_repository
-from deepfm_tfx.components.csv_example_gen import parse_file
+from deepfm_tfx.components.example_encoder import parse_file
 from deepfm_tfx.pipeline import configs
 from deepfm_tfx.pipeline.orchestrators import local
 from deepfm_tfx.pipeline import metadata

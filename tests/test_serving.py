@@ -24,7 +24,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      predict_pb2, prediction_service_pb2_grpc)
 
 from deepfm_tfx import model_repository, models_config
-from deepfm_tfx.components.csv_example_gen import parse_file
+from deepfm_tfx.components.example_encoder import parse_file
 from deepfm_tfx.pipeline import cli, configs
 from deepfm_tfx.pipeline.orchestrators import local
 from deepfm_tfx.schemas import feature_spec

@@ -11,8 +11,8 @@ from typing import Any, Dict, Optional, Tuple
 from ml_metadata import metadata_store
 from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
-from deepfm_tfx.components import csv_reader
-from deepfm_tfx.components.csv_reader import check_files
+from deepfm_tfx.components import hash_splits
+from deepfm_tfx.components.csv_rows import check_files
 from deepfm_tfx.errors import DataError
 from deepfm_tfx.components import span_window
 from deepfm_tfx.components.gates import GateFailed
@@ -52,7 +52,7 @@ def input_layout(data_root: str, spec: feature_spec.FeatureSpec) -> Tuple[str, O
         layout = spec.file_pattern, None
     files = sorted(glob.glob(where))
     check_files(files, spec, where)
-    csv_reader.check_counts(csv_reader.count_splits(files, spec, splits()), where)
+    hash_splits.check_counts(hash_splits.count_splits(files, spec, splits()), where)
     return layout
 
 

@@ -1,0 +1,81 @@
+"""Each row's split, and how many rows each split gets; no TFX or TensorFlow here.
+
+A row's split is a pure function of its content (or of the spec's `split_key`
+column): sha256 of its tf.Example bytes, which example_encoder builds
+deterministically. The same files give byte-identical splits in any process,
+on any orchestrator.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Dict, Iterator, List, Sequence, Tuple
+
+import numpy as np
+import pyarrow as pa
+
+from deepfm_tfx.components import csv_rows, example_encoder
+from deepfm_tfx.errors import DataError
+from deepfm_tfx.schemas.feature_spec import FeatureSpec
+
+# Fewer rows make the Evaluator's AUC noise (its standard error passes 0.05,
+# five times the default --max-auc-drop) and the trainer's split pointless.
+MIN_SPLIT_ROWS = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    name: str
+    hash_buckets: int
+
+
+def split_indices(examples: pa.Array, batch: pa.RecordBatch, spec: FeatureSpec,
+                  splits: Sequence[Split]) -> np.ndarray:
+    """Each row's split: sha256 of its tf.Example bytes (or of its split_key value) into the buckets."""
+    if spec.split_key:
+        keys = batch.column(spec.split_key).cast(pa.binary()).fill_null(b"").to_pylist()
+    else:
+        keys = examples.to_pylist()
+    total = sum(s.hash_buckets for s in splits)
+    ends = np.cumsum([s.hash_buckets for s in splits])
+    buckets = np.fromiter((int.from_bytes(hashlib.sha256(k).digest()[:8], "big") % total for k in keys),
+                          np.int64, len(keys))
+    return np.searchsorted(ends, buckets, side="right")
+
+
+def split_file(path: str, spec: FeatureSpec, splits: Sequence[Split],
+               shuffle: bool = True) -> Iterator[Tuple[int, List[bytes], np.ndarray]]:
+    """Per Arrow block: (split index, its serialized Examples, their labels) for each split."""
+    for block, batch in enumerate(csv_rows.read_batches(path, spec)):
+        if shuffle:
+            batch = csv_rows.shuffled(batch, path, block)
+        examples = example_encoder.encode(batch, spec)
+        which = split_indices(examples, batch, spec, splits)
+        labels = batch.column(spec.label).to_numpy(zero_copy_only=False)
+        for i in range(len(splits)):
+            rows = np.flatnonzero(which == i)
+            if len(rows):
+                yield i, examples.take(pa.array(rows)).to_pylist(), labels[rows]
+
+
+Counts = Dict[str, Dict[int, int]]  # split name -> label -> rows
+
+
+def count_splits(files: Sequence[str], spec: FeatureSpec, splits: Sequence[Split]) -> Counts:
+    """Reads every row (so every bad value is found) and counts each split's labels."""
+    counts: Counts = {s.name: {y: 0 for y in csv_rows.LABELS} for s in splits}
+    for path in files:
+        for i, _, labels in split_file(path, spec, splits, shuffle=False):
+            for y in csv_rows.LABELS:
+                counts[splits[i].name][y] += int(np.count_nonzero(labels == y))
+    return counts
+
+
+def check_counts(counts: Counts, where: str) -> None:
+    """Each split needs MIN_SPLIT_ROWS rows holding both labels, or the Evaluator has nothing to judge."""
+    total = sum(sum(c.values()) for c in counts.values())
+    parts = ", ".join(f"{sum(c.values())} {name} ({c[1]} with label 1)" for name, c in counts.items())
+    for name, c in counts.items():
+        if sum(c.values()) < MIN_SPLIT_ROWS or not all(c.values()):
+            raise DataError(f"{where}: too few rows to train and evaluate on: {total} row(s), split {parts}; "
+                            f"each split needs at least {MIN_SPLIT_ROWS} rows, holding both labels 0 and 1")
