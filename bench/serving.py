@@ -55,20 +55,10 @@ def _free_port() -> int:
 
 def raw_rows(data_root: str, n: int) -> List[bytes]:
     """Serialized raw tf.Examples of the default data, label removed as in a request."""
-    import tensorflow as tf
-
-    from deepfm_tfx.components.example_encoder import parse_file
+    from deepfm_tfx.components.example_encoder import request_examples
     from deepfm_tfx.schemas import feature_spec
     spec = feature_spec.load(feature_spec.DEFAULT_SPEC)
-    out = []
-    for path in sorted(glob.glob(os.path.join(data_root, "span-*", spec.file_pattern))):
-        for row in parse_file(path, spec):
-            example = tf.train.Example.FromString(row)
-            del example.features.feature[spec.label]
-            out.append(example.SerializeToString())
-            if len(out) == n:
-                return out
-    return out
+    return request_examples(sorted(glob.glob(os.path.join(data_root, "span-*", spec.file_pattern))), spec, n)
 
 
 def _repository(workdir: str, saved_model: str, rows: List[bytes]) -> str:

@@ -23,20 +23,10 @@ BATCH1024_EXAMPLES_PER_S = 200_000.0
 
 def raw_requests(data_root: str, n: int) -> List[bytes]:
     """Serialized raw tf.Examples of the CSV, label removed as in a request."""
-    import tensorflow as tf
-
-    from deepfm_tfx.components.example_encoder import parse_file
+    from deepfm_tfx.components.example_encoder import request_examples
     from deepfm_tfx.schemas import feature_spec
     spec = feature_spec.load(feature_spec.DEFAULT_SPEC)
-    out = []
-    for path in sorted(glob.glob(os.path.join(data_root, "span-1", "*.csv"))):
-        for s in parse_file(path, spec):
-            ex = tf.train.Example.FromString(s)
-            del ex.features.feature[spec.label]
-            out.append(ex.SerializeToString())
-            if len(out) == n:
-                return out
-    return out
+    return request_examples(sorted(glob.glob(os.path.join(data_root, "span-1", "*.csv"))), spec, n)
 
 
 def _timed_calls(fn, batches, repeats: int) -> List[float]:

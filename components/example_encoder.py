@@ -7,7 +7,7 @@ features in the spec's column order: a row's bytes are a function of the row.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, List, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -107,11 +107,12 @@ def _varint_bytes(n: int) -> bytes:
             return bytes(out)
 
 
-def encode(batch: pa.RecordBatch, spec: FeatureSpec) -> pa.Array:
-    """Serialized tf.Examples, one per row, byte-for-byte a function of the row."""
+def encode(batch: pa.RecordBatch, spec: FeatureSpec, label: bool = True) -> pa.Array:
+    """Serialized tf.Examples, one per row, byte-for-byte a function of the row; without `label`,
+    as a client sends them."""
     multivalent = {m.name: m for m in spec.multivalent}
     entries = []
-    for name in spec.all_columns:
+    for name in spec.all_columns if label else [c for c in spec.all_columns if c != spec.label]:
         column = batch.column(name)
         if name == spec.label:
             feature = _label_feature(column)
@@ -132,3 +133,14 @@ def parse_file(path: str, spec: FeatureSpec, shuffle: bool = False) -> Iterator[
         if shuffle:
             batch = csv_rows.shuffled(batch, path, block)
         yield from encode(batch, spec).to_pylist()
+
+
+def request_examples(files: Sequence[str], spec: FeatureSpec, limit: int) -> List[bytes]:
+    """The first `limit` rows of labelled files as requests: serialized tf.Examples without the label."""
+    requests: List[bytes] = []
+    for path in files:
+        for batch in csv_rows.read_batches(path, spec):
+            requests += encode(batch, spec, label=False).to_pylist()[:limit - len(requests)]
+            if len(requests) == limit:
+                return requests
+    return requests

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from deepfm_tfx.components.csv_rows import check_files
-from deepfm_tfx.components.example_encoder import parse_file
+from deepfm_tfx.components.example_encoder import parse_file, request_examples
 from deepfm_tfx.errors import DataError
 from conftest import SHARED_SAMPLE
 from deepfm_tfx.pipeline.orchestrators import local
@@ -50,6 +50,15 @@ def test_tsv_without_header_via_kaggle_spec(tmp_path):
     path.write_text("\n".join("\t".join(r) for r in rows) + "\n")
     parsed = examples(str(path), spec)
     assert [e.features.feature["label"].int64_list.value[0] for e in parsed] == [int(r[0]) for r in rows]
+
+
+def test_request_examples_are_the_rows_without_their_label(tmp_path):
+    generator.generate(str(tmp_path), rows=1500, spans=1, seed=1)
+    files = [SHARED_SAMPLE, str(tmp_path / "span-1" / "part-000.csv")]
+    want = examples(files[0]) + examples(files[1])[:100]  # the limit falls inside the second file
+    for ex in want:
+        del ex.features.feature[SPEC.label]
+    assert [tf.train.Example.FromString(r) for r in request_examples(files, SPEC, 300)] == want
 
 
 def _span(tmp_path, text):

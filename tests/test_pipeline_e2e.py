@@ -9,7 +9,7 @@ from ml_metadata import metadata_store
 
 from conftest import PIPELINE_UPSTREAM, RESOLVERS
 from deepfm_tfx import model_repository
-from deepfm_tfx.components.example_encoder import parse_file
+from deepfm_tfx.components.example_encoder import request_examples
 from deepfm_tfx.pipeline import configs
 from deepfm_tfx.pipeline.orchestrators import local
 from deepfm_tfx.pipeline import metadata
@@ -40,15 +40,7 @@ def run_config(tmp, data_root, trainer, **overrides):
 
 def raw_examples(data_root, n=64):
     spec = feature_spec.load(feature_spec.DEFAULT_SPEC)
-    path = os.path.join(data_root, "span-1", "part-000.csv")
-    serialized = []
-    for s in parse_file(path, spec):
-        ex = tf.train.Example.FromString(s)
-        del ex.features.feature["label"]  # a request carries no label
-        serialized.append(ex.SerializeToString())
-        if len(serialized) == n:
-            return serialized
-    return serialized
+    return request_examples([os.path.join(data_root, "span-1", "part-000.csv")], spec, n)
 
 
 def score(saved_model_dir, serialized):

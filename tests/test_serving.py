@@ -24,7 +24,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      predict_pb2, prediction_service_pb2_grpc)
 
 from deepfm_tfx import model_repository, models_config
-from deepfm_tfx.components.example_encoder import parse_file
+from deepfm_tfx.components.example_encoder import request_examples
 from deepfm_tfx.pipeline import cli, configs
 from deepfm_tfx.pipeline.orchestrators import local
 from deepfm_tfx.schemas import feature_spec
@@ -51,13 +51,7 @@ def pushed(tmp_path_factory):
         train_steps=40, eval_steps=2, min_auc=0.5, training={"batch_size": 256, "dnn_units": [16]})
     summary = local.run(config)
     spec = feature_spec.load(feature_spec.DEFAULT_SPEC)
-    rows = []
-    for row in parse_file(os.path.join(data, "span-1", "part-000.csv"), spec):
-        example = tf.train.Example.FromString(row)
-        del example.features.feature[spec.label]  # a request carries no label
-        rows.append(example.SerializeToString())
-        if len(rows) == 100:
-            break
+    rows = request_examples([os.path.join(data, "span-1", "part-000.csv")], spec, 100)
     return {"repo": config.model_repository, "version": summary["pushed_version"],
             "source": os.path.join(os.path.dirname(summary["pushed_path"]), str(summary["pushed_version"])),
             "rows": rows}
