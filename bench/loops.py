@@ -45,7 +45,8 @@ def _estimator_worker(conn, paths: Dict[str, str], total_steps: int, model_dir: 
         import numpy as np
         import tensorflow as tf
 
-        from deepfm_tfx.trainer_modules import estimator_trainer, serving, training_setup
+        from deepfm_tfx import contracts
+        from deepfm_tfx.trainer_modules import estimator_trainer, training_setup
         inputs = trainer_inputs(paths["graph"], paths["num_ids"])
         # As estimator_trainer.run_fn configures it.
         run_config = tf.estimator.RunConfig(model_dir=model_dir, save_checkpoints_steps=max(total_steps // 2, 1),
@@ -70,7 +71,7 @@ def _estimator_worker(conn, paths: Dict[str, str], total_steps: int, model_dir: 
         conn.recv()
         features, _ = load_numpy(paths["eval"], inputs)
         input_fn = lambda: tf.data.Dataset.from_tensor_slices(features).batch(8192)  # noqa: E731
-        probs = [p[serving.OUTPUT_KEY] for p in estimator.predict(input_fn, yield_single_examples=False)]
+        probs = [p[contracts.OUTPUT_KEY] for p in estimator.predict(input_fn, yield_single_examples=False)]
         conn.send(("probs", np.concatenate(probs).reshape(-1)))
     except BaseException:  # noqa: BLE001 - reported to the parent
         import traceback

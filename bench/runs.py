@@ -11,6 +11,8 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
+from deepfm_tfx.contracts import TRAINING_INFO_FILE
+
 # The default run every other section reads: 500k rows, or 5k with --quick.
 DEFAULT_ROWS, QUICK_ROWS = 500_000, 5000
 DEFAULT_TRAIN_STEPS, QUICK_TRAIN_STEPS = 1500, 200
@@ -187,7 +189,7 @@ def transform_output(pipeline_root: str) -> Dict[str, str]:
 
 def trained_num_ids(pipeline_root: str) -> Optional[int]:
     """The id-space size the newest Trainer run used (the spec may leave it to the data)."""
-    infos = sorted(glob.glob(os.path.join(pipeline_root, "Trainer", "model", "*", "training_info.json")),
+    infos = sorted(glob.glob(os.path.join(pipeline_root, "Trainer", "model", "*", TRAINING_INFO_FILE)),
                    key=lambda p: int(p.split(os.sep)[-2]) if p.split(os.sep)[-2].isdigit() else -1)
     if not infos:
         return None

@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional
 
 from bench.common import fmt, parse_list, ratio, table, verdict, write_partial
 from bench.runs import ensure_data, run_pipeline
+from deepfm_tfx.contracts import SERVING_MODEL_DIR
 from deepfm_tfx.trainer_modules.hparams import EMBEDDING_OPTIMIZERS, TrainingConfig
 
 NEEDS = ()
@@ -77,7 +78,7 @@ def _size_mb(folder: Optional[str]) -> Optional[float]:
 
 
 def _trained_model(pipeline_root: str) -> Optional[str]:
-    dirs = glob.glob(os.path.join(pipeline_root, "Trainer", "model", "*", "Format-Serving"))
+    dirs = glob.glob(os.path.join(pipeline_root, "Trainer", "model", "*", SERVING_MODEL_DIR))
     return max(dirs, key=os.path.getmtime) if dirs else None
 
 

@@ -1,10 +1,10 @@
 """ModelRepositoryPusher: TFX's Pusher contract, writing to the versioned repository.
 
 Like TFX's Pusher it pushes only blessed models, but it copies atomically and
-writes a record per version: metrics, trainer runner, the spans trained on,
+writes a record per version: metrics, the trainer, the spans trained on,
 a data fingerprint, the pipeline run and whether training was warm-started.
 
-Each version gets TF Serving's warmup file (assets.extra/tf_serving_warmup_requests)
+Each version gets TF Serving's warmup file (contracts.WARMUP_FILE)
 built from real rows of the newest span's eval split, so neither TF Serving nor
 `deepfm-tfx serve` answers its first requests slowly. `push_as` labels it
 stable (all traffic) or canary (beside stable); with `serving_url` the label
@@ -13,7 +13,6 @@ moves only once that server has loaded the version (TF Serving's rule).
 import hashlib
 import json
 import os
-import re
 from typing import Any, Dict, List
 
 from tfx import types
@@ -21,10 +20,7 @@ from tfx.dsl.components.base import base_component, base_executor, executor_spec
 from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
-from deepfm_tfx import evaluation_results
-
-from deepfm_tfx import model_repository
-from deepfm_tfx import training_info
+from deepfm_tfx import contracts, evaluation_results, model_repository, training_info
 from deepfm_tfx.spans import span_of
 
 WARMUP_ROWS = 256  # real rows replayed at load; TF Serving allows at most 1000 records
@@ -39,14 +35,12 @@ def data_fingerprint(examples: List[types.Artifact]) -> str:
 # training_info fields a version record carries, so `models list` shows what training did.
 RECORDED_TRAINING_INFO = ("warm_start_slots", "learning_rate_first_step", "learning_rate_last_step",
                           "weight_change", "weight_change_max")
-# Checkpoint keys of optimizer state, counters and metric accumulators, not the model's weights.
-_NOT_WEIGHTS = re.compile(r"optimizer|/Adam|global_step|save_counter|keras_api/metrics|_CHECKPOINTABLE_OBJECT_GRAPH")
 
 
 def _weights(saved_model_dir: str) -> Dict[str, Any]:
     import tensorflow as tf
-    reader = tf.train.load_checkpoint(os.path.join(saved_model_dir, "variables", "variables"))
-    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map() if not _NOT_WEIGHTS.search(k)}
+    reader = tf.train.load_checkpoint(os.path.join(saved_model_dir, contracts.VARIABLES_CHECKPOINT))
+    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map() if contracts.is_weight_key(k)}
 
 
 def identical_weights(saved_model_a: str, saved_model_b: str) -> bool:
@@ -76,11 +70,10 @@ def warmup_file(saved_model_dir: str, model_name: str, rows: List[bytes], spec_j
     import tensorflow as tf
 
     from deepfm_tfx.serving import warmup
-    from deepfm_tfx.trainer_modules import serving
 
     if not rows:
         return {}
-    inputs = warmup.signature_inputs(saved_model_dir).get(serving.FEATURES_SIGNATURE, {})
+    inputs = warmup.signature_inputs(saved_model_dir).get(contracts.FEATURES_SIGNATURE, {})
     if inputs:  # a request carries no label: keep only what the model takes
         stripped = []
         for row in rows:
@@ -91,11 +84,11 @@ def warmup_file(saved_model_dir: str, model_name: str, rows: List[bytes], spec_j
         rows = stripped
     spec = json.loads(spec_json) if spec_json else {}
     separators = {m["name"]: m["separator"] for m in spec.get("multivalent", [])}
-    requests = warmup.build_requests(saved_model_dir, model_name, rows, serving.SIGNATURE, serving.INPUT_KEY,
-                                     serving.FEATURES_SIGNATURE, separators)
+    requests = warmup.build_requests(saved_model_dir, model_name, rows, contracts.SERVING_SIGNATURE,
+                                     contracts.EXAMPLES_INPUT_KEY, contracts.FEATURES_SIGNATURE, separators)
     with tempfile.TemporaryDirectory() as tmp:
         with open(warmup.write(tmp, requests), "rb") as f:
-            return {warmup.RELATIVE_PATH: f.read()}
+            return {contracts.WARMUP_FILE: f.read()}
 
 
 def _not_pushed(pushed_model: types.Artifact, reason: str) -> None:
@@ -135,7 +128,7 @@ class Executor(base_executor.BaseExecutor):
         version = model_repository.version_of_source(repo, name, model.uri)
         serving = model_repository.serving_version(repo, name)
         if version is None and serving is not None and identical_weights(
-                os.path.join(model.uri, "Format-Serving"), model_repository.version_dir(repo, name, serving)):
+                os.path.join(model.uri, contracts.SERVING_MODEL_DIR), model_repository.version_dir(repo, name, serving)):
             # Publishing it would claim a retrained model that is last week's again.
             _not_pushed(pushed_model, f"its weights are identical to the serving version {serving}")
             return
@@ -151,7 +144,7 @@ class Executor(base_executor.BaseExecutor):
                 warm_started=info.get("warm_started", False), base_model=info.get("base_model"),
                 train_steps=info.get("train_steps"), source_model=model.uri,
                 **{k: info.get(k) for k in RECORDED_TRAINING_INFO})
-            saved_model = os.path.join(model.uri, "Format-Serving")
+            saved_model = os.path.join(model.uri, contracts.SERVING_MODEL_DIR)
             extra = warmup_file(saved_model, name, eval_rows(examples, WARMUP_ROWS),
                                 exec_properties.get("feature_spec_json") or "")
             wait = None
@@ -159,7 +152,7 @@ class Executor(base_executor.BaseExecutor):
                 from deepfm_tfx.serving import model_status
                 wait = model_status.waiter(exec_properties["serving_url"])
             version = model_repository.push(
-                repo, name, saved_model, record, push_as=exec_properties.get("push_as") or "stable", wait=wait,
+                repo, name, saved_model, record, push_as=exec_properties.get("push_as") or contracts.STABLE, wait=wait,
                 extra_files=extra, base_path=exec_properties.get("serving_base_path") or None)
         pushed_model.set_int_custom_property("pushed", 1)
         pushed_model.set_int_custom_property("pushed_version", version)
@@ -171,7 +164,7 @@ class ModelRepositoryPusher(base_component.BaseComponent):
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
 
     def __init__(self, model, model_blessing, evaluation, examples, model_repository_dir: str,
-                 model_name: str, record_json: str = "{}", push_as: str = "stable", serving_url: str = "",
+                 model_name: str, record_json: str = "{}", push_as: str = contracts.STABLE, serving_url: str = "",
                  serving_base_path: str = "", feature_spec_json: str = ""):
         super().__init__(spec=ModelRepositoryPusherSpec(
             model=model, model_blessing=model_blessing, evaluation=evaluation, examples=examples,

@@ -4,7 +4,7 @@ Both training loops write it beside the Trainer's `Format-Serving` folder;
 the pusher copies its fields into the version record and the summary shows
 them. Fields:
 
-  trainer_runner     "keras" or "estimator"
+  trainer_runner     the trainer, "keras" or "estimator" (contracts.TRAINER_KEY)
   warm_started       whether weights came from `base_model`
   base_model         the model warm-started from, or null
   warm_start_note    why (or why not) warm-started
@@ -22,7 +22,7 @@ import json
 import os
 from typing import Any, Dict
 
-FILE_NAME = "training_info.json"
+from deepfm_tfx.contracts import TRAINING_INFO_FILE
 
 
 def _gfile():
@@ -33,7 +33,7 @@ def _gfile():
 
 def path_in(model_uri: str) -> str:
     """Its path in a Model artifact's folder (the parent of Format-Serving)."""
-    return os.path.join(model_uri, FILE_NAME)
+    return os.path.join(model_uri, TRAINING_INFO_FILE)
 
 
 def model_root(serving_dir: str) -> str:

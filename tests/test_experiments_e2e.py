@@ -18,6 +18,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from deepfm_tfx import model_repository as mr
 from deepfm_tfx.experiments import config, prediction_log, split
+from deepfm_tfx.experiments.router import ExperimentRouter
 from deepfm_tfx.pipeline import cli
 from deepfm_tfx.serving import model_status
 from deepfm_tfx.serving.server import ModelServer
@@ -65,7 +66,8 @@ def world(tmp_path_factory):
     repo, experiments = str(tmp / "repo"), str(tmp / "experiments")
     versions = {"weak": mr.push(repo, MODEL, saved["weak"][0], {})}
     versions["truth"] = mr.push(repo, MODEL, saved["truth"][0], {}, push_as="canary")
-    server = ModelServer(repo, grpc_port=0, rest_port=0, poll_seconds=0.1, experiments_dir=experiments).start()
+    server = ModelServer(repo, grpc_port=0, rest_port=0, poll_seconds=0.1,
+                         router=ExperimentRouter(experiments, poll_seconds=0.1)).start()
     url = f"http://127.0.0.1:{server.rest_port}"
     model_status.waiter(url, timeout=60, poll=0.1)(MODEL, versions["truth"])
     yield {"tmp": tmp, "repo": repo, "experiments": experiments, "server": server, "url": url, "saved": saved,

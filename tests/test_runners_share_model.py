@@ -1,4 +1,4 @@
-"""The Estimator's model_fn and the Keras runner compute the same logits from
+"""The Estimator's model_fn and the Keras trainer compute the same logits from
 the same weights: the model is defined once."""
 import numpy as np
 import tensorflow as tf
@@ -20,7 +20,7 @@ def test_estimator_model_fn_logits_equal_keras_logits():
     weights = {v.name: v.numpy() for v in keras_model.weights}
 
     spec = FeatureSpec(name="t", label="y", categorical=["c1", "c2"], numerical=["n1"], multivalent=[])
-    inputs = TrainerInputs(spec, config, transform_output=None, layout=LAYOUT, runner_name="estimator")
+    inputs = TrainerInputs(spec, config, transform_output=None, layout=LAYOUT, trainer="estimator")
     model_fn = estimator_trainer.make_model_fn(inputs, train_steps=100)
     with tf.Graph().as_default():
         features = {k: tf.constant(v) for k, v in raw.items()}

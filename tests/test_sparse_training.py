@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from deepfm_tfx import contracts
 from deepfm_tfx.schemas.feature_spec import FeatureSpec
 from deepfm_tfx.trainer_modules import estimator_trainer, keras_trainer, optimizers
 from deepfm_tfx.trainer_modules.deepfm import DeepFM, FieldLayout, is_table
@@ -35,7 +36,7 @@ def inputs_for(optimizer: str) -> TrainerInputs:
     # A constant rate: the cosine schedule's first step would also be fine, but this is plainer.
     config = TrainingConfig(embedding_dim=4, dnn_units=(8,), embedding_optimizer=optimizer,
                             learning_rate_decay="none", steps_per_execution=1, learning_rate=0.01)
-    return TrainerInputs(SPEC, config, transform_output=None, layout=LAYOUT, runner_name="test")
+    return TrainerInputs(SPEC, config, transform_output=None, layout=LAYOUT, trainer="test")
 
 
 def check_rows(before, after, touched: np.ndarray, moves_others: bool):
@@ -108,8 +109,8 @@ def test_estimator_step_changes_only_the_rows_its_batch_looked_up(optimizer):
         label = tf.compat.v1.placeholder(tf.float32, [None])
         spec = model_fn(placeholders, label, tf.estimator.ModeKeys.TRAIN)
         tables = [v for v in tf.compat.v1.global_variables()
-                  if (is_table(v) or optimizers.is_slot_name(v.op.name)) and v.shape[0] == NUM_IDS]
-        assert any(optimizers.is_slot_name(v.op.name) for v in tables), [v.name for v in tables]
+                  if (is_table(v) or contracts.is_slot_name(v.op.name)) and v.shape[0] == NUM_IDS]
+        assert any(contracts.is_slot_name(v.op.name) for v in tables), [v.name for v in tables]
         with tf.compat.v1.Session() as sess:
             sess.run([tf.compat.v1.global_variables_initializer(), tf.compat.v1.local_variables_initializer()])
 
@@ -117,7 +118,7 @@ def test_estimator_step_changes_only_the_rows_its_batch_looked_up(optimizer):
                 sess.run(spec.train_op, {**{placeholders[k]: v for k, v in features.items()}, label: y})
 
             def snapshot():
-                return {("slot " if optimizers.is_slot_name(v.op.name) else "") + v.name: sess.run(v) for v in tables}
+                return {("slot " if contracts.is_slot_name(v.op.name) else "") + v.name: sess.run(v) for v in tables}
             step(first, labels)
             before = snapshot()
             step(second, labels2)

@@ -1,4 +1,4 @@
-"""Weekly retraining as on a user's own data: the Estimator runner and a spec with no curated schema."""
+"""Weekly retraining as on a user's own data: the Estimator trainer and a spec with no curated schema."""
 import os
 
 import pytest

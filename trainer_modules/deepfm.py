@@ -1,4 +1,4 @@
-"""The DeepFM model (Guo et al. 2017), defined once for both runners.
+"""The DeepFM model (Guo et al. 2017), defined once for both trainers.
 
 logit = bias + first-order weights + FM second-order term + DNN, where the FM
 and the DNN share one embedding per field. Categorical ids of all fields live
@@ -18,6 +18,7 @@ from typing import Dict, Tuple
 
 import tensorflow as tf
 
+from deepfm_tfx import contracts
 from deepfm_tfx.trainer_modules.hparams import ModelHParams
 
 
@@ -34,14 +35,9 @@ class FieldLayout:
         return len(self.categorical) + len(self.numerical) + len(self.multivalent)
 
 
-# The Keras Embedding layers holding the id tables: the variables whose
-# gradients are row slices, which the optimizers update row by row.
-TABLE_LAYERS = ("field_embeddings", "linear_weights")
-
-
 def is_table(variable) -> bool:
-    """True for an id table's variable (in Keras and in an Estimator's graph alike)."""
-    return any(f"{layer}/embeddings" in variable.name for layer in TABLE_LAYERS)
+    """True for an id table's variable, whose gradients are row slices the optimizers update row by row."""
+    return contracts.is_table_name(variable.name)
 
 
 class FMInteraction(tf.keras.layers.Layer):
@@ -60,7 +56,7 @@ class DeepFM(tf.keras.Model):
     """Maps a dict of transformed features to click logits [batch, 1]."""
 
     def __init__(self, layout: FieldLayout, hparams: ModelHParams, **kwargs):
-        super().__init__(name=kwargs.pop("name", "deepfm"), **kwargs)
+        super().__init__(name=kwargs.pop("name", contracts.MODEL_SCOPE), **kwargs)
         self.layout = layout
         self.hparams = hparams
         total_ids = layout.num_ids

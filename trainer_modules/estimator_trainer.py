@@ -1,29 +1,29 @@
-"""Estimator runner: a TFX `run_fn` that drives tf.estimator.train_and_evaluate.
+"""Estimator trainer: a TFX `run_fn` that drives tf.estimator.train_and_evaluate.
 
 Why a run_fn and not TFX 1.15's Estimator executor (`trainer_fn`): the
-GenericExecutor gives both runners the same FnArgs, data accessor and output
-layout, so the pipeline swaps runners with one dotted path and the Estimator
+GenericExecutor gives both trainers the same FnArgs, data accessor and output
+layout, so the pipeline swaps trainers with one dotted path and the Estimator
 path keeps working after TFX removed its executor (1.16).
 """
 import os
-import re
 import shutil
 import tempfile
 
 import tensorflow as tf
 from tfx.components.trainer.fn_args_utils import FnArgs
 
+from deepfm_tfx import contracts
 from deepfm_tfx.trainer_modules import measure, optimizers, progress, serving
 
 from deepfm_tfx.trainer_modules import training_setup
 from deepfm_tfx.trainer_modules.deepfm import DeepFM
 
 LOGITS = "logits"
-MODEL_VARIABLES = r"^deepfm/"
+MODEL_VARIABLES = f"^{contracts.MODEL_SCOPE}/"  # WarmStartSettings takes a regex
 
 
 def make_model_fn(inputs: training_setup.TrainerInputs, train_steps: int):
-    """A model_fn around the same DeepFM the Keras runner trains."""
+    """A model_fn around the same DeepFM the Keras trainer trains."""
     config = inputs.config
 
     def model_fn(features, labels, mode, params=None):
@@ -32,9 +32,9 @@ def make_model_fn(inputs: training_setup.TrainerInputs, train_steps: int):
         logits = model(features, training=training)
         probability = tf.sigmoid(logits)
         if mode == tf.estimator.ModeKeys.PREDICT:
-            predictions = {serving.OUTPUT_KEY: probability, LOGITS: logits}
+            predictions = {contracts.OUTPUT_KEY: probability, LOGITS: logits}
             return tf.estimator.EstimatorSpec(mode, predictions=predictions, export_outputs={
-                serving.SIGNATURE: tf.estimator.export.PredictOutput({serving.OUTPUT_KEY: probability})})
+                contracts.SERVING_SIGNATURE: tf.estimator.export.PredictOutput({contracts.OUTPUT_KEY: probability})})
         labels = tf.cast(tf.reshape(labels, [-1, 1]), tf.float32)
         loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits))
         if model.losses:
@@ -65,7 +65,7 @@ def _global_step(checkpoint) -> int:
 def _model_variables(checkpoint: str):
     reader = tf.train.load_checkpoint(checkpoint)
     return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
-            if re.match(MODEL_VARIABLES, name) and not optimizers.is_slot_name(name)}
+            if contracts.is_model_weight_name(name)}
 
 
 def run_fn(fn_args: FnArgs) -> None:
@@ -83,7 +83,7 @@ def run_fn(fn_args: FnArgs) -> None:
         # of the model only: Adam's slots and the global step start fresh (the
         # regex matches trainable variables only), so this run's schedule starts at 0.
         warm_start = tf.estimator.WarmStartSettings(
-            ckpt_to_initialize_from=os.path.join(warm_from, "variables", "variables"),
+            ckpt_to_initialize_from=os.path.join(warm_from, contracts.VARIABLES_CHECKPOINT),
             vars_to_warm_start=MODEL_VARIABLES)
     estimator = tf.estimator.Estimator(make_model_fn(inputs, fn_args.train_steps), config=run_config, warm_start_from=warm_start)
 
@@ -113,6 +113,6 @@ def run_fn(fn_args: FnArgs) -> None:
                                    measure.checkpoint_memory(estimator.latest_checkpoint())))
     if warm_from:
         measured.update(training_setup.weight_change(
-            _model_variables(os.path.join(warm_from, "variables", "variables")),
+            _model_variables(os.path.join(warm_from, contracts.VARIABLES_CHECKPOINT)),
             _model_variables(estimator.latest_checkpoint())))
     training_setup.write_training_info(fn_args, inputs, warm_from, note, **measured)

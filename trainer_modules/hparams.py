@@ -1,4 +1,4 @@
-"""The training knobs both runners read, with their defaults: the one source.
+"""The training knobs both trainers read, with their defaults: the one source.
 
 No TensorFlow here, so the command line and the orchestrators can read the
 defaults without importing it.
@@ -54,7 +54,7 @@ class TrainingConfig:
     # wants a larger rate than Adam (optimizers.ADAGRAD_RATE).
     embedding_learning_rate: float = _knob(0.0, "peak learning rate of the embedding tables (0: learning_rate "
                                                 "with lazy_adam and adam, 1.0 with adagrad)")
-    steps_per_execution: int = _knob(20, "Keras runner: steps per tf.function call")
+    steps_per_execution: int = _knob(20, "Keras trainer: steps per tf.function call")
     # Parsing the gzipped tf.Examples costs more than a step; auto caches when
     # the parsed training split fits in a quarter of memory (at most 2 GiB).
     input_cache: str = _knob("auto", "keep the training split's parsed batches in memory after the first pass",

@@ -4,6 +4,7 @@ import os
 import tensorflow as tf
 from tfx.components.trainer.fn_args_utils import FnArgs
 
+from deepfm_tfx.contracts import VARIABLES_CHECKPOINT
 from deepfm_tfx.trainer_modules import measure, optimizers, progress, serving, training_setup
 from deepfm_tfx.trainer_modules.deepfm import DeepFM
 
@@ -27,7 +28,7 @@ def warm_start(model: tf.keras.Model, warm_from: str, inputs: training_setup.Tra
     ended, at learning rate 0. "reset" takes the weights only; "carry" also
     keeps Adam's moments but still restarts the step counter.
     """
-    checkpoint = os.path.join(warm_from, "variables", "variables")
+    checkpoint = os.path.join(warm_from, VARIABLES_CHECKPOINT)
     model(first_batch)  # create the variables, then overwrite them
     if inputs.config.warm_start_slots == "carry":
         model.optimizer.build(model.trainable_variables)

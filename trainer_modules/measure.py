@@ -9,7 +9,8 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import tensorflow as tf
 
-from deepfm_tfx.trainer_modules import deepfm, optimizers
+from deepfm_tfx import contracts
+from deepfm_tfx.trainer_modules import optimizers
 
 # The first steps trace and compile the train function; they are not throughput.
 WARMUP_SHARE = 0.1
@@ -63,11 +64,11 @@ def checkpoint_memory(checkpoint: str) -> Dict[str, int]:
     out = {"table_bytes": 0, "weight_bytes": 0, "optimizer_bytes": 0}
     for name, shape in reader.get_variable_to_shape_map().items():
         size = int(np.prod(shape, dtype=np.int64)) * dtypes[name].size
-        if optimizers.is_slot_name(name):
+        if contracts.is_slot_name(name):
             out["optimizer_bytes"] += size
-        elif name.startswith("deepfm/"):
+        elif contracts.is_model_weight_name(name):
             out["weight_bytes"] += size
-            if any(f"{layer}/embeddings" in name for layer in deepfm.TABLE_LAYERS):
+            if contracts.is_table_name(name):
                 out["table_bytes"] += size
     return out
 

@@ -24,15 +24,13 @@ from typing import Callable, List, Optional, Tuple
 
 import tensorflow as tf
 
+from deepfm_tfx import contracts
 from deepfm_tfx.trainer_modules import deepfm, training_setup
 from deepfm_tfx.trainer_modules.hparams import TrainingConfig
 
 BETA_1, BETA_2 = 0.9, 0.999
 KERAS_EPSILON, TF1_EPSILON = 1e-7, 1e-8  # each framework's Adam default, as the loops had them
 ADAGRAD_INITIAL = 0.1  # both frameworks' default initial accumulator
-# What the TF1 optimizers (and the tables' sighting counts) append to a variable's name.
-SIGHTINGS_SUFFIX = "/sightings"
-TF1_SLOT_SUFFIXES = ("/Adam", "/Adam_1", "/Adagrad", SIGHTINGS_SUFFIX)
 
 
 def _rows(gradient: tf.IndexedSlices) -> Tuple[tf.Tensor, tf.Tensor]:
@@ -195,9 +193,9 @@ class _SightingsV1:
         self.global_step, self.l2 = global_step, l2
         self.counts = {}
         for table in tables:
-            # Named as a TF1 slot (TF1_SLOT_SUFFIXES): not a model weight, never warm-started.
+            # Named as a TF1 slot (contracts.TF1_SLOT_SUFFIXES): not a model weight, never warm-started.
             self.counts[table.ref()] = tf.compat.v1.get_variable(
-                table.op.name + SIGHTINGS_SUFFIX, shape=table.shape[:1], dtype=table.dtype,
+                table.op.name + contracts.SIGHTINGS_SUFFIX, shape=table.shape[:1], dtype=table.dtype,
                 initializer=tf.compat.v1.zeros_initializer(), trainable=False)
 
     def add_l2(self, handle, grad, indices):
@@ -267,11 +265,6 @@ def estimator_train_op(config: TrainingConfig, train_steps: int, loss: tf.Tensor
                        .apply_gradients(other_pairs, name="dense"))
     with tf.control_dependencies(updates):
         return global_step.assign_add(1).op
-
-
-def is_slot_name(name: str) -> bool:
-    """True for a TF1 optimizer slot's checkpoint name (not a model weight)."""
-    return name.endswith(TF1_SLOT_SUFFIXES)
 
 
 def model_memory(model: tf.keras.Model, optimizer: Optional[tf.keras.optimizers.Optimizer] = None) -> dict:

@@ -17,6 +17,7 @@ from typing import Any, Dict
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from deepfm_tfx.contracts import FEATURE_SPEC_KEY
 from deepfm_tfx.schemas.feature_spec import FeatureSpec
 
 PAD_ID = -1
@@ -91,7 +92,7 @@ def _prefixed(field: str, tokens):
 
 
 def preprocessing_fn(inputs: Dict[str, Any], custom_config: Dict[str, Any]) -> Dict[str, Any]:
-    spec = FeatureSpec.from_dict(custom_config["feature_spec"])
+    spec = FeatureSpec.from_dict(custom_config[FEATURE_SPEC_KEY])
     outputs = {spec.label: tf.cast(_dense_column(inputs[spec.label], 0), tf.int64)}
     # A missing id is a category of its own (""), as in Criteo.
     tokens = {name: _prefixed(name, _dense_column(inputs[name], b"")) for name in spec.categorical}

@@ -1,7 +1,7 @@
-"""The serving contract both runners export: two signatures, one model.
+"""The serving contract both trainers export: two signatures, one model (names in contracts).
 
-`serving_default` (SIGNATURE) takes serialized tf.Examples of raw features
-under the input key `examples` (INPUT_KEY); the Evaluator and gRPC clients
+`serving_default` (SERVING_SIGNATURE) takes serialized tf.Examples of raw features
+under the input key `examples` (EXAMPLES_INPUT_KEY); the Evaluator and gRPC clients
 that already build tf.Examples use it.
 
 `features` (FEATURES_SIGNATURE) takes the raw features by name, one tensor of
@@ -24,14 +24,12 @@ from typing import Dict
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from deepfm_tfx.contracts import (EXAMPLES_INPUT_KEY, FEATURES_SIGNATURE, OUTPUT_KEY, SAVED_MODEL_FILE,
+                                  SERVING_SIGNATURE)
 from deepfm_tfx.schemas.feature_spec import FeatureSpec
 
-INPUT_KEY = "examples"
-OUTPUT_KEY = "click_probability"
-SIGNATURE = "serving_default"
-FEATURES_SIGNATURE = "features"
 # Estimator names a receiver alternative's signature "<alternative>:<export output>".
-_ESTIMATOR_FEATURES_SIGNATURE = f"{FEATURES_SIGNATURE}:{SIGNATURE}"
+_ESTIMATOR_FEATURES_SIGNATURE = f"{FEATURES_SIGNATURE}:{SERVING_SIGNATURE}"
 
 
 def raw_feature_spec(transform_output: tft.TFTransformOutput, label: str) -> Dict:
@@ -108,7 +106,7 @@ def keras_signatures(model: tf.keras.Model, transform_output: tft.TFTransformOut
     def predict(raw):
         return {OUTPUT_KEY: tf.sigmoid(model(model.tft_layer(raw), training=False))}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_KEY)])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT_KEY)])
     def serve(examples):
         return predict(tf.io.parse_example(examples, feature_spec))
 
@@ -126,7 +124,7 @@ def keras_signatures(model: tf.keras.Model, transform_output: tft.TFTransformOut
         inspect.Parameter(specs[n].name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
                           default=tf.constant([], specs[n].dtype)) for n in names])
     features = tf.function(with_defaults, input_signature=[specs[n] for n in names])
-    return {SIGNATURE: serve.get_concrete_function(), FEATURES_SIGNATURE: features}
+    return {SERVING_SIGNATURE: serve.get_concrete_function(), FEATURES_SIGNATURE: features}
 
 
 def estimator_receiver_fn(transform_output: tft.TFTransformOutput, spec: FeatureSpec):
@@ -140,7 +138,7 @@ def estimator_receiver_fn(transform_output: tft.TFTransformOutput, spec: Feature
     specs = features_input_specs(feature_spec)
 
     def receiver_fn():
-        examples = tf.compat.v1.placeholder_with_default(tf.constant([], tf.string), [None], name=INPUT_KEY)
+        examples = tf.compat.v1.placeholder_with_default(tf.constant([], tf.string), [None], name=EXAMPLES_INPUT_KEY)
         columns = {name: tf.compat.v1.placeholder_with_default(tf.constant([], s.dtype), [None], name=s.name)
                    for name, s in specs.items()}
         parsed = tf.io.parse_example(examples, feature_spec)
@@ -150,7 +148,7 @@ def estimator_receiver_fn(transform_output: tft.TFTransformOutput, spec: Feature
                for name in feature_spec}
         transformed = transform_output.transform_raw_features(raw)
         return tf.estimator.export.ServingInputReceiver(
-            transformed, {INPUT_KEY: examples},
+            transformed, {EXAMPLES_INPUT_KEY: examples},
             receiver_tensors_alternatives={FEATURES_SIGNATURE: {specs[n].name: c for n, c in columns.items()}})
 
     return receiver_fn
@@ -162,7 +160,7 @@ def finish_estimator_export(export_dir: str) -> None:
     from tensorflow.core.protobuf import saved_model_pb2
     from tensorflow.python.saved_model.pywrap_saved_model import fingerprinting
 
-    path = os.path.join(export_dir, "saved_model.pb")
+    path = os.path.join(export_dir, SAVED_MODEL_FILE)
     saved_model = saved_model_pb2.SavedModel()
     with tf.io.gfile.GFile(path, "rb") as f:
         saved_model.ParseFromString(f.read())

@@ -1,5 +1,5 @@
-"""What both runners share: hyperparameters, the field layout, input data and
-the distribution strategy. The runners differ only in the loop and export."""
+"""What both trainers share: hyperparameters, the field layout, input data and
+the distribution strategy. The trainers differ only in the loop and export."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,6 +13,7 @@ import tensorflow_transform as tft
 from tfx.components.trainer.fn_args_utils import FnArgs
 from tfx_bsl.public import tfxio
 
+from deepfm_tfx.contracts import FEATURE_SPEC_KEY, TRAINER_KEY, TRAINING_KEY
 from deepfm_tfx.schemas.feature_spec import FeatureSpec
 from deepfm_tfx.trainer_modules import preprocessing
 from deepfm_tfx import training_info
@@ -26,15 +27,15 @@ class TrainerInputs:
     config: TrainingConfig
     transform_output: tft.TFTransformOutput
     layout: FieldLayout
-    runner_name: str
+    trainer: str  # which training loop: "keras" or "estimator"
 
 
 def load_inputs(fn_args: FnArgs) -> TrainerInputs:
     custom = fn_args.custom_config or {}
-    spec = FeatureSpec.from_dict(custom["feature_spec"])
+    spec = FeatureSpec.from_dict(custom[FEATURE_SPEC_KEY])
     transform_output = tft.TFTransformOutput(fn_args.transform_output)
-    return TrainerInputs(spec, TrainingConfig.from_dict(custom.get("training")), transform_output,
-                         field_layout(spec, transform_output), custom.get("trainer_runner", ""))
+    return TrainerInputs(spec, TrainingConfig.from_dict(custom.get(TRAINING_KEY)), transform_output,
+                         field_layout(spec, transform_output), custom.get(TRAINER_KEY, ""))
 
 
 def field_layout(spec: FeatureSpec, transform_output: tft.TFTransformOutput) -> FieldLayout:
@@ -152,8 +153,8 @@ def warm_start_source(fn_args, inputs: TrainerInputs) -> Tuple[Optional[str], st
     if not base:
         return None, "cold start: no blessed model yet"
     previous = training_info.read(training_info.model_root(base))
-    if previous.get("trainer_runner") != inputs.runner_name:
-        return None, f"cold start: the blessed model was trained by the {previous.get('trainer_runner')!r} runner"
+    if previous.get(TRAINER_KEY) != inputs.trainer:
+        return None, f"cold start: the blessed model was trained by the {previous.get(TRAINER_KEY)!r} trainer"
     if previous.get("num_ids") != inputs.layout.num_ids or previous.get("layout") != _layout_key(inputs):
         return None, "cold start: the field layout or id space changed"
     if inputs.spec.categorical_encoding == "vocabulary":
@@ -172,7 +173,7 @@ def _layout_key(inputs: TrainerInputs) -> str:
 
 def write_training_info(fn_args, inputs: TrainerInputs, warm_from: Optional[str], note: str,
                         **measured: Any) -> None:
-    info = {"trainer_runner": inputs.runner_name, "warm_started": warm_from is not None,
+    info = {TRAINER_KEY: inputs.trainer, "warm_started": warm_from is not None,
             "base_model": warm_from, "warm_start_note": note, "train_steps": fn_args.train_steps,
             "num_ids": inputs.layout.num_ids, "layout": _layout_key(inputs), **measured}
     training_info.write(training_info.model_root(fn_args.serving_model_dir), info)

@@ -28,6 +28,7 @@ import time
 from typing import Callable, Dict, List, Optional, Tuple
 
 from deepfm_tfx import model_repository, models_config
+from deepfm_tfx.contracts import SAVED_MODEL_FILE
 from deepfm_tfx.serving import errors
 from deepfm_tfx.serving.errors import ServingError
 from deepfm_tfx.serving.servable import Servable
@@ -281,6 +282,6 @@ class ModelManager:
 
 def _mtime(path: str) -> int:
     try:
-        return os.stat(os.path.join(path, "saved_model.pb")).st_mtime_ns
+        return os.stat(os.path.join(path, SAVED_MODEL_FILE)).st_mtime_ns
     except OSError:
         return 0

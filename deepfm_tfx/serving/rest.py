@@ -23,6 +23,7 @@ from typing import Any, Dict, Optional, Tuple
 from aiohttp import web
 from google.protobuf import json_format
 
+from deepfm_tfx.contracts import SERVING_SIGNATURE
 from deepfm_tfx.serving import errors, grpc_service, requests
 from deepfm_tfx.serving.errors import ServingError
 from deepfm_tfx.serving.loader import ModelManager
@@ -121,7 +122,7 @@ class RestApi:
             try:
                 signature = servable.signature(signature_name)
             except ServingError:
-                raise errors.invalid(f'Serving signature name: "{signature_name or "serving_default"}" '
+                raise errors.invalid(f'Serving signature name: "{signature_name or SERVING_SIGNATURE}" '
                                      f'not found in signature def') from None
             feeds, form = requests.feeds_from_json(doc, signature.inputs, signature.defaults)
             outputs = signature.run(feeds)

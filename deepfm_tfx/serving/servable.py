@@ -2,7 +2,7 @@
 
 TF Serving runs a SavedModel's signatures with `Session::Run`; so do we, through
 `Session.make_callable`, the cheapest way Python has to run a graph. Both
-runners' SavedModels (Keras and Estimator) load this way, and Session.run
+trainers' SavedModels (Keras and Estimator) load this way, and Session.run
 releases the GIL, so request threads run the model in parallel.
 
 `inter_op_parallelism_threads=-1` runs each request's ops in the calling
@@ -20,11 +20,10 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2
 
+from deepfm_tfx.contracts import SERVE_TAG, SERVING_SIGNATURE
 from deepfm_tfx.serving import batching, errors, requests, warmup
 from deepfm_tfx.serving.errors import ServingError
 
-DEFAULT_SIGNATURE = "serving_default"
-_TAGS = ["serve"]
 # Signatures TF writes for itself, not for clients.
 _PRIVATE_SIGNATURES = ("__saved_model_init_op",)
 
@@ -141,7 +140,7 @@ class Servable:
         self.graph = tf.Graph()
         self.session = tf.compat.v1.Session(graph=self.graph, config=self._config)
         with self.graph.as_default():
-            self.meta_graph = tf.compat.v1.saved_model.loader.load(self.session, _TAGS, self.path)
+            self.meta_graph = tf.compat.v1.saved_model.loader.load(self.session, [SERVE_TAG], self.path)
         self.signatures = {name: Signature(name, sig, self.session, self._batcher)
                            for name, sig in self.meta_graph.signature_def.items()
                            if name not in _PRIVATE_SIGNATURES}
@@ -149,7 +148,7 @@ class Servable:
         return self
 
     def warm_up(self) -> int:
-        """Replays assets.extra/tf_serving_warmup_requests, as TF Serving does at load."""
+        """Replays the version's warmup file (contracts.WARMUP_FILE), as TF Serving does at load."""
         started = time.monotonic()
         count = 0
         for request in warmup.read_requests(self.path):
@@ -162,10 +161,10 @@ class Servable:
         return count
 
     def signature(self, name: str) -> Signature:
-        sig = self.signatures.get(name or DEFAULT_SIGNATURE)
+        sig = self.signatures.get(name or SERVING_SIGNATURE)
         if sig is None:
             raise ServingError(errors.FAILED_PRECONDITION,
-                               f'Serving signature key "{name or DEFAULT_SIGNATURE}" not found.')
+                               f'Serving signature key "{name or SERVING_SIGNATURE}" not found.')
         return sig
 
     def acquire(self) -> bool:

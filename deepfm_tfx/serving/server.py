@@ -3,6 +3,8 @@
 Like TF Serving's model server, it loads (and warms) the versions models.config
 names before it opens its ports, answers gRPC on --port and REST on
 --rest-api-port (0 turns REST off), and reloads models.config while it runs.
+A/B tests are the caller's: it passes a router (deepfm_tfx.experiments'
+ExperimentRouter) or none, so serving does not depend on experiments.
 """
 from __future__ import annotations
 
@@ -14,18 +16,23 @@ import sys
 import threading
 from typing import Optional
 
+from deepfm_tfx.contracts import EXIT_BAD_INPUT, EXIT_ERROR
+
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 
 
 class ModelServer:
-    """Ports: None turns a protocol off, 0 picks a free port (tests, benchmarks)."""
+    """Ports: None turns a protocol off, 0 picks a free port (tests, benchmarks).
+
+    `router` splits un-pinned requests between a model's stable and canary and
+    logs them (start, stop, assign, record, record_outcomes, status); None serves
+    without experiments."""
 
     def __init__(self, repository: str, grpc_port: Optional[int] = 8500, rest_port: Optional[int] = 8501,
                  config_file: Optional[str] = None, poll_seconds: float = 1.0,
                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, grpc_threads: int = 16, rest_threads: int = 8,
                  host: str = "0.0.0.0", intra_op_threads: int = 1, inter_op_threads: int = -1,
-                 experiments_dir: Optional[str] = None, loader_nice: int = 10, batch_threads: int = 2,
-                 max_batch_rows: int = 1024):
+                 router=None, loader_nice: int = 10, batch_threads: int = 2, max_batch_rows: int = 1024):
         from deepfm_tfx.serving import batching, loader, servable
 
         config = servable.session_config(intra_op_threads, inter_op_threads)
@@ -34,10 +41,7 @@ class ModelServer:
             repository, config_file, poll_seconds,
             load=lambda model, version, path: servable.Servable(model, version, path, config, self.batcher).load(),
             loader_nice=loader_nice)
-        self.router = None
-        if experiments_dir is not None:  # A/B tests between stable and canary (deepfm_tfx.experiments)
-            from deepfm_tfx.experiments.router import ExperimentRouter
-            self.router = ExperimentRouter(experiments_dir, poll_seconds)
+        self.router = router
         self._ports = (grpc_port, rest_port)
         self._limits = (max_body_bytes, grpc_threads, rest_threads, host)
         self.grpc_server = None
@@ -95,9 +99,6 @@ def add_arguments(parser: argparse.ArgumentParser, default_repository: Optional[
                         help="largest request body (REST) and message (gRPC) accepted")
     parser.add_argument("--grpc-threads", type=int, default=16, help="gRPC request threads")
     parser.add_argument("--rest-threads", type=int, default=8, help="REST request threads")
-    parser.add_argument("--experiments-dir", default="experiments",
-                        help="A/B tests between stable and canary (deepfm-tfx experiment start): their configs, "
-                             "prediction logs and outcomes")
     parser.add_argument("--intra-op-threads", type=int, default=1,
                         help="TF threads inside one op")
     parser.add_argument("--batch-threads", type=int, default=2,
@@ -111,27 +112,28 @@ def add_arguments(parser: argparse.ArgumentParser, default_repository: Optional[
                         help="TF threads across ops; -1 runs a request's ops in its own thread")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, router=None) -> int:
+    """Serves until SIGINT or SIGTERM; `router` as in ModelServer."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # the TF1 loader's deprecation notices
     if not os.path.isdir(args.model_repository):
         print(f"error: {args.model_repository}: no such model repository", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     config_file = args.model_config_file or os.path.join(args.model_repository, "models.config")
     if not os.path.exists(config_file):
         print(f"error: {config_file} does not exist; push a model first (deepfm-tfx run)", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     server = ModelServer(
         args.model_repository, args.port, args.rest_api_port or None, config_file,
         args.model_config_file_poll_wait_seconds, args.rest_max_body_bytes, args.grpc_threads, args.rest_threads,
-        args.host, args.intra_op_threads, args.inter_op_threads, args.experiments_dir, args.loader_nice,
+        args.host, args.intra_op_threads, args.inter_op_threads, router, args.loader_nice,
         args.batch_threads, args.max_batch_rows)
     try:
         server.start()
     except OSError as e:
         print(f"error: {e}", file=sys.stderr)
         server.stop(grace=0)
-        return 1
+        return EXIT_ERROR
     manager = server.manager
     for model in manager.models():
         labels = ", ".join(f"{k}={v}" for k, v in sorted(manager.labels(model).items())) or "no labels"
@@ -153,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv=None) -> int:
+    """The server alone, without experiments (the benchmark's); `deepfm-tfx serve` adds them."""
     parser = argparse.ArgumentParser(prog="deepfm-tfx serve", description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_arguments(parser)

@@ -12,16 +12,15 @@ import math
 import os
 from typing import Dict, Iterator, List, Optional, Sequence
 
-ASSETS_EXTRA = "assets.extra"
-FILE_NAME = "tf_serving_warmup_requests"
-RELATIVE_PATH = os.path.join(ASSETS_EXTRA, FILE_NAME)
+from deepfm_tfx.contracts import SAVED_MODEL_FILE, SERVE_TAG, WARMUP_FILE
+
 MAX_RECORDS = 1000  # TF Serving's WarmupConsts::kMaxNumRecords
 # One-row requests (a single ad) and candidate lists (a page of ranking).
 BATCH_SIZES = (1, 1, 1, 1, 8, 32, 100, 100)
 
 
 def path_in(saved_model_dir: str) -> str:
-    return os.path.join(saved_model_dir, RELATIVE_PATH)
+    return os.path.join(saved_model_dir, WARMUP_FILE)
 
 
 def read_requests(saved_model_dir: str) -> Iterator:
@@ -44,9 +43,9 @@ def signature_inputs(saved_model_dir: str) -> Dict[str, Dict[str, int]]:
     """{signature: {input key: dtype}} from saved_model.pb, without loading the model."""
     from tensorflow.core.protobuf import saved_model_pb2
 
-    with open(os.path.join(saved_model_dir, "saved_model.pb"), "rb") as f:
+    with open(os.path.join(saved_model_dir, SAVED_MODEL_FILE), "rb") as f:
         saved_model = saved_model_pb2.SavedModel.FromString(f.read())
-    [meta_graph] = [m for m in saved_model.meta_graphs if "serve" in m.meta_info_def.tags]
+    [meta_graph] = [m for m in saved_model.meta_graphs if SERVE_TAG in m.meta_info_def.tags]
     return {name: {k: v.dtype for k, v in sig.inputs.items()}
             for name, sig in meta_graph.signature_def.items() if not name.startswith("__")}
 
