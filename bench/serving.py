@@ -123,10 +123,12 @@ class Server:
 def _grpc_request(rows: List[bytes]):
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2
+
+    from deepfm_tfx import contracts
     request = predict_pb2.PredictRequest()
     request.model_spec.name = MODEL
-    request.model_spec.version_label = "stable"
-    request.inputs["examples"].CopyFrom(tf.make_tensor_proto(rows, tf.string))
+    request.model_spec.version_label = contracts.STABLE
+    request.inputs[contracts.EXAMPLES_INPUT_KEY].CopyFrom(tf.make_tensor_proto(rows, tf.string))
     return request
 
 

@@ -94,7 +94,7 @@ def _serving_parts(transform_graph: str, model_fn):
 def run(args, shared: Dict[str, Any]) -> Dict[str, Any]:
     import tensorflow as tf
 
-    from deepfm_tfx.trainer_modules import serving
+    from deepfm_tfx import contracts
     quick = args.quick
     out: Dict[str, Any] = {"models": {}}
     data_root = shared["default_runs"]["keras"]["summary"]["data_root"]
@@ -103,8 +103,8 @@ def run(args, shared: Dict[str, Any]) -> Dict[str, Any]:
         default = shared["default_runs"][trainer]
         path = default["summary"]["pushed_path"]
         loaded = tf.saved_model.load(path)
-        sig = loaded.signatures[serving.SIGNATURE]
-        call = lambda x, sig=sig: sig(**{serving.INPUT_KEY: x})[serving.OUTPUT_KEY]  # noqa: E731
+        sig = loaded.signatures[contracts.SERVING_SIGNATURE]
+        call = lambda x, sig=sig: sig(**{contracts.EXAMPLES_INPUT_KEY: x})[contracts.OUTPUT_KEY]  # noqa: E731
         singles = [tf.constant([r]) for r in requests[:256]]
         _timed_calls(call, singles, 50)  # warm-up
         lat = _timed_calls(call, singles, 300 if quick else 3000)

@@ -30,7 +30,7 @@ from tfx.dsl.components.base import base_component, base_executor, executor_spec
 from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
-from deepfm_tfx import paired_auc
+from deepfm_tfx import contracts, paired_auc
 from deepfm_tfx.spans import span_of
 
 PREDICTIONS = "predictions.npz"
@@ -101,10 +101,10 @@ def _scorer(saved_model_dir: str):
     """serving_default as a function of serialized tf.Examples -> probabilities."""
     import tensorflow as tf
     loaded = tf.saved_model.load(saved_model_dir)
-    fn = loaded.signatures["serving_default"]
+    fn = loaded.signatures[contracts.SERVING_SIGNATURE]
     [input_key] = fn.structured_input_signature[1].keys()
     outputs = list(fn.structured_outputs)
-    output_key = outputs[0] if len(outputs) == 1 else "click_probability"
+    output_key = outputs[0] if len(outputs) == 1 else contracts.OUTPUT_KEY
 
     def score(records: List[bytes]) -> np.ndarray:
         return fn(**{input_key: tf.constant(records)})[output_key].numpy().reshape(-1)
@@ -198,8 +198,8 @@ class Executor(base_executor.BaseExecutor):
             for name, ids in distinct_ids(artifact.uri, "train", list(spec["categorical"])).items():
                 window_ids[name] |= ids
         scored = score_eval_split(
-            examples.uri, spec["label"], os.path.join(model.uri, "Format-Serving"),
-            os.path.join(baseline.uri, "Format-Serving") if baseline else None, window_ids)
+            examples.uri, spec["label"], os.path.join(model.uri, contracts.SERVING_MODEL_DIR),
+            os.path.join(baseline.uri, contracts.SERVING_MODEL_DIR) if baseline else None, window_ids)
         unseen_count = scored.pop("unseen_count")
         rows_read = len(scored["label"])
         labelled = ~np.isnan(scored["label"])  # a row without a label cannot be scored

@@ -195,7 +195,7 @@ def test_cli_list_prints_a_table_and_json(three_versions, capsys):
     assert _run_cli(["models", "list", "--model-repository", repo]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"{repo}/{MODEL}: 3 version(s), serving {v2} (held by a rollback since ")
-    assert out[1].split() == ["VERSION", "LABELS", "CREATED", "RUNNER", "AUC", "LOGLOSS", "SPANS", "WARM",
+    assert out[1].split() == ["VERSION", "LABELS", "CREATED", "TRAINER", "AUC", "LOGLOSS", "SPANS", "WARM",
                               "RUN", "ID", "DATA"]
     rows = {int(line.split()[0]): line for line in out[2:]}
     assert sorted(rows) == [v1, v2, v3]

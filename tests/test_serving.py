@@ -23,7 +23,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
                                      predict_pb2, prediction_service_pb2_grpc)
 
-from deepfm_tfx import model_repository, models_config
+from deepfm_tfx import contracts, model_repository, models_config
 from deepfm_tfx.components.example_encoder import request_examples
 from deepfm_tfx.pipeline import cli, configs
 from deepfm_tfx.pipeline.orchestrators import local
@@ -31,7 +31,6 @@ from deepfm_tfx.schemas import feature_spec
 from deepfm_tfx.serving import model_status, warmup
 from deepfm_tfx.serving.server import ModelServer
 from deepfm_tfx.synthetic import generator
-from deepfm_tfx.trainer_modules import serving
 
 pytestmark = pytest.mark.e2e
 
@@ -70,8 +69,8 @@ def in_process(pushed):
     loaded = tf.saved_model.load(pushed["source"])
 
     def probabilities(rows):
-        out = loaded.signatures[serving.SIGNATURE](**{serving.INPUT_KEY: tf.constant(rows)})
-        return out[serving.OUTPUT_KEY].numpy()
+        out = loaded.signatures[contracts.SERVING_SIGNATURE](**{contracts.EXAMPLES_INPUT_KEY: tf.constant(rows)})
+        return out[contracts.OUTPUT_KEY].numpy()
     return probabilities
 
 
@@ -100,7 +99,7 @@ def _examples_request(rows, label=None, version=None):
         request.model_spec.version_label = label
     if version:
         request.model_spec.version.value = version
-    request.inputs[serving.INPUT_KEY].CopyFrom(tf.make_tensor_proto(rows, tf.string))
+    request.inputs[contracts.EXAMPLES_INPUT_KEY].CopyFrom(tf.make_tensor_proto(rows, tf.string))
     return request
 
 
@@ -146,11 +145,11 @@ def test_pushed_version_carries_warmup_requests_from_real_rows_and_the_server_re
     path = model_repository.version_dir(pushed["repo"], MODEL, pushed["version"])
     requests = list(warmup.read_requests(path))
     assert 0 < len(requests) <= warmup.MAX_RECORDS
-    assert {r.model_spec.signature_name for r in requests} == {serving.SIGNATURE, serving.FEATURES_SIGNATURE}
-    sizes = {r.inputs[serving.INPUT_KEY].tensor_shape.dim[0].size for r in requests
-             if r.model_spec.signature_name == serving.SIGNATURE}
+    assert {r.model_spec.signature_name for r in requests} == {contracts.SERVING_SIGNATURE, contracts.FEATURES_SIGNATURE}
+    sizes = {r.inputs[contracts.EXAMPLES_INPUT_KEY].tensor_shape.dim[0].size for r in requests
+             if r.model_spec.signature_name == contracts.SERVING_SIGNATURE}
     assert {1, 100} <= sizes  # one ad, and a page of candidates
-    first = tf.train.Example.FromString(requests[0].inputs[serving.INPUT_KEY].string_val[0])
+    first = tf.train.Example.FromString(requests[0].inputs[contracts.EXAMPLES_INPUT_KEY].string_val[0])
     assert "label" not in first.features.feature and "C1" in first.features.feature
     servable = server.manager.resolve(MODEL)
     try:
@@ -163,15 +162,15 @@ def test_warmup_makes_the_first_request_fast(pushed, tmp_path):
     """Without the warmup file a version's first call pays TF's lazy set-up; with it, loading did."""
     from deepfm_tfx.serving.servable import Servable
     bare = str(tmp_path / "bare")
-    shutil.copytree(pushed["source"], bare, ignore=shutil.ignore_patterns(warmup.ASSETS_EXTRA))
-    feeds = {serving.INPUT_KEY: np.array(pushed["rows"], dtype=object)}
+    shutil.copytree(pushed["source"], bare, ignore=shutil.ignore_patterns(contracts.ASSETS_EXTRA))
+    feeds = {contracts.EXAMPLES_INPUT_KEY: np.array(pushed["rows"], dtype=object)}
 
     def first_call_seconds(path, warm):
         servable = Servable(MODEL, 1, path).load()
         if warm:
             assert servable.warm_up() > 0
         started = time.perf_counter()
-        servable.signature(serving.SIGNATURE).run(feeds, batch=False)
+        servable.signature(contracts.SERVING_SIGNATURE).run(feeds, batch=False)
         return time.perf_counter() - started
 
     cold, warm = first_call_seconds(bare, False), first_call_seconds(pushed["source"], True)
@@ -194,7 +193,7 @@ def test_rest_and_grpc_give_the_in_process_probabilities(pushed, server, in_proc
     np.testing.assert_allclose(np.array(body["outputs"]), expected[:5], rtol=1e-5, atol=1e-7)
 
     # Raw features by name, with NaN and "" where a row has no value.
-    inputs = warmup.signature_inputs(pushed["source"])[serving.FEATURES_SIGNATURE]
+    inputs = warmup.signature_inputs(pushed["source"])[contracts.FEATURES_SIGNATURE]
     text = json.dumps({"signature_name": "features", "instances": _json_features(rows, inputs)})
     assert "NaN" in text
     status, body = _rest(server, f"/v1/models/{MODEL}:predict", text.encode())
@@ -204,8 +203,8 @@ def test_rest_and_grpc_give_the_in_process_probabilities(pushed, server, in_proc
     prediction, models = _stubs(server)
     response = prediction.Predict(_examples_request(rows), timeout=30)
     assert response.model_spec.version.value == pushed["version"]
-    assert response.model_spec.signature_name == serving.SIGNATURE
-    np.testing.assert_allclose(tf.make_ndarray(response.outputs[serving.OUTPUT_KEY]), expected, rtol=1e-5, atol=1e-7)
+    assert response.model_spec.signature_name == contracts.SERVING_SIGNATURE
+    np.testing.assert_allclose(tf.make_ndarray(response.outputs[contracts.OUTPUT_KEY]), expected, rtol=1e-5, atol=1e-7)
 
     request = get_model_status_pb2.GetModelStatusRequest()
     request.model_spec.name = MODEL
@@ -227,11 +226,11 @@ def test_the_features_signature_takes_integers_and_missing_features(pushed, serv
     prediction, _ = _stubs(server)
     request = predict_pb2.PredictRequest()
     request.model_spec.name = MODEL
-    request.model_spec.signature_name = serving.FEATURES_SIGNATURE
+    request.model_spec.signature_name = contracts.FEATURES_SIGNATURE
     request.inputs["I1"].CopyFrom(tf.make_tensor_proto([3], tf.int64))  # cast to float32 by the server
     request.inputs["C1"].CopyFrom(tf.make_tensor_proto(["05db9164"]))
     response = prediction.Predict(request, timeout=10)
-    np.testing.assert_allclose(tf.make_ndarray(response.outputs[serving.OUTPUT_KEY]), expected, rtol=1e-5)
+    np.testing.assert_allclose(tf.make_ndarray(response.outputs[contracts.OUTPUT_KEY]), expected, rtol=1e-5)
 
 
 def test_status_and_metadata_in_tf_servings_shapes(pushed, server):
@@ -271,7 +270,7 @@ def test_concurrent_requests_batched_together_get_their_own_answers(pushed, serv
         begin, end = slices[i]
         try:
             response = prediction.Predict(_examples_request(rows[begin:end] if i != 5 else [b"\xff junk"]), timeout=30)
-            results[i] = tf.make_ndarray(response.outputs[serving.OUTPUT_KEY])
+            results[i] = tf.make_ndarray(response.outputs[contracts.OUTPUT_KEY])
         except grpc.RpcError as e:
             bad.append((i, e.code()))
 
@@ -456,7 +455,7 @@ def test_bad_grpc_requests_get_tf_servings_codes(pushed, server):
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "Sent extra: {colour}" in details
     wrong = predict_pb2.PredictRequest()
     wrong.model_spec.name = MODEL
-    wrong.model_spec.signature_name = serving.FEATURES_SIGNATURE
+    wrong.model_spec.signature_name = contracts.FEATURES_SIGNATURE
     wrong.inputs["I1"].CopyFrom(tf.make_tensor_proto(["three"]))
     assert code_of(prediction.Predict, wrong)[0] == grpc.StatusCode.INVALID_ARGUMENT
     assert code_of(prediction.Predict, _examples_request([]))[0] == grpc.StatusCode.INVALID_ARGUMENT

@@ -18,17 +18,18 @@ import sys
 from typing import Any, Dict, List
 
 from deepfm_tfx import model_repository
+from deepfm_tfx.contracts import EXIT_BAD_INPUT, TRAINER_KEY
 
-COLUMNS = ("version", "labels", "created_at", "trainer_runner", "auc", "logloss", "spans",
+COLUMNS = ("version", "labels", "created_at", TRAINER_KEY, "auc", "logloss", "spans",
            "warm_started", "pipeline_run_id", "data_fingerprint")
-HEADERS = ("VERSION", "LABELS", "CREATED", "RUNNER", "AUC", "LOGLOSS", "SPANS", "WARM", "RUN ID", "DATA")
+HEADERS = ("VERSION", "LABELS", "CREATED", "TRAINER", "AUC", "LOGLOSS", "SPANS", "WARM", "RUN ID", "DATA")
 
 
 def _row(entry: Dict[str, Any]) -> Dict[str, Any]:
     record = entry["record"] or {}
     metrics = record.get("metrics") or {}
     return {"version": entry["version"], "serving": entry["serving"], "labels": entry["labels"],
-            "created_at": record.get("created_at"), "trainer_runner": record.get("trainer_runner"),
+            "created_at": record.get("created_at"), TRAINER_KEY: record.get(TRAINER_KEY),
             "auc": metrics.get("auc"), "logloss": metrics.get("logloss"), "spans": record.get("spans"),
             "warm_started": record.get("warm_started"), "pipeline_run_id": record.get("pipeline_run_id"),
             "data_fingerprint": record.get("data_fingerprint"), "record": entry["record"]}
@@ -99,11 +100,11 @@ def _moving(action):
         action()
     except model_repository.RepositoryError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     except model_status.NotAvailable as e:
         print(f"error: {e}\nThe new version is loading beside the labelled ones and no label moved; run the "
               f"same command again to finish.", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     return 0
 
 
@@ -151,7 +152,7 @@ def cmd_release(args) -> int:
         hold = model_repository.release(repo, model)
     except (model_repository.RepositoryError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     serving = model_repository.serving_version(repo, model)
     if hold is None:
         print(f"{model}: no rollback hold; nothing changed (serving {serving})")
@@ -167,7 +168,7 @@ def cmd_prune(args) -> int:
         removed = model_repository.prune(repo, model, args.keep, dry_run=args.dry_run)
     except model_repository.RepositoryError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     verb = "would remove" if args.dry_run else "removed"
     for v in removed:
         print(f"{verb} {model} version {v}")
@@ -199,13 +200,13 @@ def _checked(command):
                    "is a file, not a model repository folder" if not os.path.isdir(repo) else None)
         if problem:
             print(f"error: --model-repository {repo}: {problem}", file=sys.stderr)
-            return 2
+            return EXIT_BAD_INPUT
         try:
             model_repository.check_model_name(args.model_name)
             return command(args)
         except model_repository.RepositoryError as e:
             print(f"error: {e}", file=sys.stderr)
-            return 2
+            return EXIT_BAD_INPUT
     return checked
 
 

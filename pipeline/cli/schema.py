@@ -10,6 +10,7 @@ import os
 import shutil
 import sys
 
+from deepfm_tfx.contracts import EXIT_BAD_INPUT
 from deepfm_tfx.pipeline import configs
 
 
@@ -28,10 +29,10 @@ def cmd_export(args) -> int:
     if not os.path.exists(source):
         print(f"error: {source} does not exist: no schema is frozen under {args.pipeline_root} yet "
               f"(the first run without a curated `schema:` freezes one)", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     if os.path.isdir(args.out):
         print(f"error: --out {args.out} is a directory; give a file name", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     shutil.copyfile(source, args.out)
     print(f"wrote {args.out} (frozen from {source}); after review, set `schema: {os.path.basename(args.out)}` "
           f"in the feature spec, beside it")

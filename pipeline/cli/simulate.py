@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import sys
 
+from deepfm_tfx.contracts import EXIT_BAD_INPUT, EXIT_ERROR, ROLL_BACK
 from deepfm_tfx.pipeline import configs, console
 from deepfm_tfx.pipeline.simulation import BAD_KINDS, WORSE_CANDIDATE, OnlineConfig
 
@@ -42,7 +43,7 @@ def _main(args) -> int:
     bad_kind = args.bad_kind or (WORSE_CANDIDATE if args.online else "broken_column")
     if bad_kind == WORSE_CANDIDATE and not args.online:
         print(f"error: --bad-kind {WORSE_CANDIDATE} needs the online phase (drop --no-online)", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     online = None
     if args.online:
         online = OnlineConfig(requests_per_round=args.online_requests, rows_per_request=args.online_rows,
@@ -55,7 +56,7 @@ def _main(args) -> int:
                                     online=online)
     except weeks.WorkdirError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     print("\n" + weeks.format_table(table))
     print("\nbayes: the planted truth's AUC; stale: last week's truth on this week's rows; auc and baseline: "
           "the new model and last week's serving model, on the same eval rows; lr@1: learning rate at this "
@@ -72,14 +73,14 @@ def _main(args) -> int:
     # The demonstration fails if the bad week got through, or retraining did not pay.
     if any(r["pushed"] for r in bad if r["bad"] != WORSE_CANDIDATE):
         print("error: the deliberately bad week was pushed", file=sys.stderr)
-        return 1
-    if any(r["bad"] == WORSE_CANDIDATE and r.get("decision") != "roll back" for r in bad):
+        return EXIT_ERROR
+    if any(r["bad"] == WORSE_CANDIDATE and r.get("decision") != ROLL_BACK for r in bad):
         print("error: the worse candidate was not rolled back online", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     if any(r.get("decision_correct") is False for r in table):
         print("error: an online decision disagrees with the planted truth", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     if not weeks.retrained_weeks_beat_baseline(table):
         print("error: a retrained week did not beat last week's model on its own rows", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
+from deepfm_tfx.contracts import EXIT_BAD_INPUT
 from deepfm_tfx.pipeline import configs
 
 
@@ -28,7 +29,7 @@ def cmd_tensorboard(args) -> int:
     if not os.path.isdir(os.path.join(root, publish.REPORTS)):
         print(f"error: {root} holds no run reports yet; run the pipeline first "
               f"(deepfm-tfx run --pipeline-root {root})", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     folder = publish.refresh_tensorboard(root)
     runs = sorted(name for name in os.listdir(folder) if name != publish.WEEKLY)
     print(f"TensorBoard on {folder}: {len(runs)} training run(s){': ' + ', '.join(runs) if runs else ''}, "

@@ -11,6 +11,7 @@ import datetime
 import html
 from typing import Any, Dict, List
 
+from deepfm_tfx.contracts import EXAMPLE_VALIDATOR_GATE, TRAINER_KEY
 from deepfm_tfx.pipeline.report import charts
 
 STYLE = """
@@ -80,7 +81,7 @@ def _decision(report: Dict[str, Any]) -> str:
     kind = "pushed" if decision["pushed"] else "blocked" if decision["blocked_by"] else "neutral"
     why = "".join(f"<li>{_e(line)}</li>" for line in decision["why"]) or "<li>no gate had anything to say</li>"
     s = report["summary"]
-    facts = [["trainer", _e(s.get("trainer_runner"))], ["span (week)", _n(s.get("span"))],
+    facts = [["trainer", _e(s.get(TRAINER_KEY))], ["span (week)", _n(s.get("span"))],
              ["training window (spans)", _e(", ".join(map(str, s.get("window_spans") or [])) or "–")],
              ["warm start", _e(s.get("warm_start_note") or "–")],
              ["pipeline run", f"<code>{_e(s.get('pipeline_run_id'))}</code>"]]
@@ -187,7 +188,7 @@ def _training(report: Dict[str, Any]) -> str:
 
 
 def _gates(report: Dict[str, Any]) -> str:
-    body = "<h3>ExampleValidator (schema anomalies)</h3>"
+    body = f"<h3>{EXAMPLE_VALIDATOR_GATE} (schema anomalies)</h3>"
     found = report.get("anomalies")
     if found is None:
         body += '<p class="muted">Did not run.</p>'
@@ -277,7 +278,7 @@ def run_page(report: Dict[str, Any]) -> str:
         "slices": _slices(report) if report.get("metrics") else missing, "cold-ids": _cold(report),
         "training": _training(report), "gates": _gates(report), "data": _data(report),
     }
-    title = f"{report.get('model_name', 'model')}: span {s.get('span')}, {s.get('trainer_runner')} trainer"
+    title = f"{report.get('model_name', 'model')}: span {s.get('span')}, {s.get(TRAINER_KEY)} trainer"
     subtitle = (f"deepfm-tfx run report, generated {_e(report.get('generated_at') or _now())} · "
                 f"{_e(report['decision']['outcome'])}")
     sections = [_section(i, t, bodies[i]) for i, t in RUN_SECTIONS]
@@ -320,7 +321,7 @@ def repository_page(page: Dict[str, Any]) -> str:
             m = v.get("metrics") or {}
             report = f'<a href="{_e(v["report"])}">report</a>' if v.get("report") else "–"
             rows.append([_e(v["version"]), _e(", ".join(v.get("labels") or [])) or "–", _e(v.get("state")),
-                         _e(v.get("created_at")), _e(v.get("trainer_runner")),
+                         _e(v.get("created_at")), _e(v.get(TRAINER_KEY)),
                          _e(",".join(map(str, v.get("spans") or []))), _n(m.get("auc")), _n(m.get("logloss")),
                          _n(m.get("calibration")), report])
         sections.append(_section("versions", "Versions", _table(
@@ -333,7 +334,7 @@ def repository_page(page: Dict[str, Any]) -> str:
                   if r.get("auc_diff") is not None else "–")
             outcome_class = "good" if r["outcome"].startswith("pushed") else "bad" if r.get("blocked_by") else ""
             report = f'<a href="{_e(r["report"])}">report</a>' if r.get("report") else "–"
-            rows.append([_e(r.get("finished_at")), _n(r.get("span")), _e(r.get("trainer_runner")), _n(r.get("auc")),
+            rows.append([_e(r.get("finished_at")), _n(r.get("span")), _e(r.get(TRAINER_KEY)), _n(r.get("auc")),
                          _n(r.get("baseline_auc")), ci,
                          f'<span class="{outcome_class}">{_e(r["outcome"])}</span>', _e(r.get("reason") or ""),
                          report])

@@ -23,6 +23,7 @@ import shutil
 from typing import Any, Dict, List, Optional
 
 from deepfm_tfx import model_repository
+from deepfm_tfx.contracts import TRAINER_KEY
 from deepfm_tfx.pipeline.report import html
 
 REPORTS = "reports"
@@ -43,7 +44,7 @@ def _atomic_write(path: str, text: str) -> None:
 def run_name(summary: Dict[str, Any], finished: datetime.datetime) -> str:
     span = summary.get("span")
     return (f"{finished.strftime('%Y%m%d-%H%M%S')}-span{span if span is not None else 'none'}-"
-            f"{summary.get('trainer_runner')}")
+            f"{summary.get(TRAINER_KEY)}")
 
 
 def tensorboard_run(summary: Dict[str, Any], model_run_dir: Optional[str]) -> Optional[str]:
@@ -54,7 +55,7 @@ def tensorboard_run(summary: Dict[str, Any], model_run_dir: Optional[str]) -> Op
     head = f"span{int(span):03d}" if span is not None else "span-none"
     tail = (f"v{summary['pushed_version']}" if summary.get("pushed") and summary.get("pushed_version")
             else f"not-pushed-{os.path.basename(model_run_dir.rstrip('/'))}")
-    return f"{head}-{summary.get('trainer_runner')}-{tail}"
+    return f"{head}-{summary.get(TRAINER_KEY)}-{tail}"
 
 
 def run_entry(report: Dict[str, Any], name: str) -> Dict[str, Any]:
@@ -64,7 +65,7 @@ def run_entry(report: Dict[str, Any], name: str) -> Dict[str, Any]:
     reason = ([line for line in report["decision"]["why"] if not line.startswith("AUC floor")] or [""])[0]
     return {
         "run": name, "finished_at": report.get("generated_at"), "span": s.get("span"),
-        "trainer_runner": s.get("trainer_runner"), "auc": s.get("auc"), "baseline_auc": s.get("baseline_auc"),
+        TRAINER_KEY: s.get(TRAINER_KEY), "auc": s.get("auc"), "baseline_auc": s.get("baseline_auc"),
         "bayes_auc": s.get("bayes_auc"), "logloss": s.get("logloss"), "calibration": s.get("calibration"),
         "auc_diff": paired.get("diff"), "auc_diff_ci_low": paired.get("ci_low"),
         "auc_diff_ci_high": paired.get("ci_high"),

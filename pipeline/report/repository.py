@@ -17,6 +17,7 @@ import os
 from typing import Any, Dict, List, Optional
 
 from deepfm_tfx import model_repository
+from deepfm_tfx.contracts import CANARY, STABLE, TRAINER_KEY
 from deepfm_tfx.pipeline.report import html, publish
 
 
@@ -34,13 +35,13 @@ def _runs(model_dir: str) -> List[Dict[str, Any]]:
 def _state(entry: Dict[str, Any], hold: Optional[Dict[str, Any]], serving: Optional[int],
            ever_served: set) -> str:
     record, version = entry.get("record") or {}, entry["version"]
-    if "stable" in entry["labels"]:
+    if STABLE in entry["labels"]:
         return "serving" + (" (rollback hold)" if hold else "")
-    if "canary" in entry["labels"]:
-        return "canary"
+    if CANARY in entry["labels"]:
+        return CANARY
     if record.get("served_on_push") is False:
         return "pushed during a rollback hold, never served"
-    if record.get("pushed_as") == "canary" and version not in ever_served:
+    if record.get("pushed_as") == CANARY and version not in ever_served:
         return "canary, never promoted"
     if serving is not None and version > serving:
         return "rolled back"
@@ -61,7 +62,7 @@ def collect(repo: str, model: str, output: str) -> Dict[str, Any]:
         report = publish.version_report_path(repo, model, entry["version"])
         versions.append({
             "version": entry["version"], "labels": entry["labels"], "state": _state(entry, hold, serving, ever_served),
-            "created_at": record.get("created_at"), "trainer_runner": record.get("trainer_runner"),
+            "created_at": record.get("created_at"), TRAINER_KEY: record.get(TRAINER_KEY),
             "spans": record.get("spans"), "metrics": record.get("metrics"),
             "baseline_metrics": record.get("baseline_metrics"),
             "report": os.path.relpath(report, base) if os.path.exists(report) else None,

@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from deepfm_tfx import evaluation_results, paired_auc
+from deepfm_tfx.contracts import EVALUATOR_GATE, EXAMPLE_VALIDATOR_GATE, PAIRED_AUC_GATE
 
 ROC_POINTS = 300
 CALIBRATION_BINS = 12
@@ -326,8 +327,8 @@ def collect(executions: List[Dict[str, Any]], summary: Dict[str, Any], *, label:
     """The report's data for one run (see the module doc)."""
     by_node = _by_node(executions)
     trainer_run = _output(by_node, "Trainer", "ModelRun")
-    evaluation = _output(by_node, "Evaluator", "ModelEvaluation")
-    gate_output = _output(by_node, "PairedAucGate", "ModelEvaluation")
+    evaluation = _output(by_node, EVALUATOR_GATE, "ModelEvaluation")
+    gate_output = _output(by_node, PAIRED_AUC_GATE, "ModelEvaluation")
     statistics = _output(by_node, "StatisticsGen", "ExampleStatistics")
     current, previous, schema = _drift_inputs(by_node)
     report: Dict[str, Any] = {
@@ -339,7 +340,7 @@ def collect(executions: List[Dict[str, Any]], summary: Dict[str, Any], *, label:
         "slices": tfma_slices(evaluation.uri if evaluation else None),
         "training_curves": training_curves(trainer_run.uri if trainer_run else None),
         "model_run_dir": trainer_run.uri if trainer_run else None,
-        "anomalies": anomalies((_output(by_node, "ExampleValidator", "ExampleAnomalies") or
+        "anomalies": anomalies((_output(by_node, EXAMPLE_VALIDATOR_GATE, "ExampleAnomalies") or
                                 type("none", (), {"uri": None})).uri),
         "drift": drift(current, previous, schema),
         "data": data_summary(statistics.uri if statistics else None, label),
@@ -354,7 +355,7 @@ def decision(report: Dict[str, Any], summary: Dict[str, Any]) -> Dict[str, Any]:
     why: List[str] = []
     gate = report.get("gate") or {}
     blocked_by = summary.get("blocked_by")
-    if summary.get("error") and blocked_by != "Evaluator":
+    if summary.get("error") and blocked_by != EVALUATOR_GATE:
         why.append(summary["error"])
     metrics = (report.get("metrics") or {}).get("candidate") or {}
     if metrics.get("auc") is not None:
