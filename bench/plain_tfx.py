@@ -198,7 +198,7 @@ def main(argv=None) -> int:
         LocalDagRunner().run(pipeline)
     except Exception as e:  # noqa: BLE001 - reported in the JSON line
         error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-    executions = run_summary.executions_of_latest_run(pipeline.metadata_connection_config, PIPELINE_NAME)
+    executions = run_summary.executions_of_run(pipeline.metadata_connection_config, PIPELINE_NAME)
     out = {"error": error, "wall_seconds": round(time.monotonic() - started, 1),
            "component_seconds": {e["node"]: round(e["seconds"], 2) for e in executions},
            "component_states": {e["node"]: e["state"] for e in executions}}

@@ -1,10 +1,18 @@
-"""Gates that stop a run with a readable reason instead of a stack trace."""
+"""Gates that stop a run with a readable reason instead of a stack trace.
+
+Each gate's check is a plain function, so the week's final step
+(pipeline/week_end.py) can name the reason on orchestrators that keep only a
+failed task's state, not its exception (Airflow, Kubeflow).
+"""
 import os
+from typing import Optional
 
 from tfx.dsl.component.experimental.annotations import InputArtifact
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact_utils, standard_artifacts
 from tensorflow_metadata.proto.v0 import anomalies_pb2
+
+from deepfm_tfx.contracts import DRIFT_SKEW_GATE, EXAMPLE_VALIDATOR_GATE
 
 _SCHEMA_DIFF = "SchemaDiff.pb"
 
@@ -34,12 +42,20 @@ def describe_anomalies(anomalies_artifact) -> list:
     return lines
 
 
+def check_anomalies(anomalies) -> Optional[GateFailed]:
+    """The refusal for ExampleValidator's anomalies, or None when there are none."""
+    problems = describe_anomalies(anomalies)
+    if problems:
+        return GateFailed(EXAMPLE_VALIDATOR_GATE, "schema anomalies in the new data:\n  " + "\n  ".join(problems))
+    return None
+
+
 @component
 def AnomalyGate(anomalies: InputArtifact[standard_artifacts.ExampleAnomalies]) -> None:
     """Fails the run before Transform when ExampleValidator found anomalies."""
-    problems = describe_anomalies(anomalies)
-    if problems:
-        raise GateFailed("ExampleValidator", "schema anomalies in the new data:\n  " + "\n  ".join(problems))
+    refusal = check_anomalies(anomalies)
+    if refusal:
+        raise refusal
 
 
 def _comparator_anomalies(anomalies, kind: str) -> list:
@@ -64,6 +80,23 @@ def drift_and_skew(current_stats, previous_stats, schema) -> list:
     return _comparator_anomalies(drift, "drift") + _comparator_anomalies(skew, "skew")
 
 
+def check_drift(statistics, schema, previous_statistics) -> Optional[GateFailed]:
+    """The refusal for distributions that moved past the schema's thresholds, or None."""
+    from tfx.components.statistics_gen import stats_artifact_utils
+    from tfx.utils import io_utils
+
+    if previous_statistics is None or previous_statistics.uri == statistics.uri:
+        return None  # first span, or a re-run of the same one
+    schema_proto = io_utils.SchemaReader().read(io_utils.get_only_uri_in_dir(schema.uri))
+    current = stats_artifact_utils.load_statistics(statistics, "train").proto()
+    previous = stats_artifact_utils.load_statistics(previous_statistics, "train").proto()
+    problems = drift_and_skew(current, previous, schema_proto)
+    if problems:
+        return GateFailed(DRIFT_SKEW_GATE, "feature distributions moved past the schema's thresholds "
+                          "vs the previous span:\n  " + "\n  ".join(problems))
+    return None
+
+
 @component
 def DriftGate(
     statistics: InputArtifact[standard_artifacts.ExampleStatistics],
@@ -71,15 +104,6 @@ def DriftGate(
     previous_statistics: InputArtifact[standard_artifacts.ExampleStatistics] = None,
 ) -> None:
     """Fails the run when feature distributions moved past the schema's thresholds."""
-    from tfx.components.statistics_gen import stats_artifact_utils
-    from tfx.utils import io_utils
-
-    if previous_statistics is None or previous_statistics.uri == statistics.uri:
-        return  # first span, or a re-run of the same one
-    schema_proto = io_utils.SchemaReader().read(io_utils.get_only_uri_in_dir(schema.uri))
-    current = stats_artifact_utils.load_statistics(statistics, "train").proto()
-    previous = stats_artifact_utils.load_statistics(previous_statistics, "train").proto()
-    problems = drift_and_skew(current, previous, schema_proto)
-    if problems:
-        raise GateFailed("DriftSkew", "feature distributions moved past the schema's thresholds "
-                         "vs the previous span:\n  " + "\n  ".join(problems))
+    refusal = check_drift(statistics, schema, previous_statistics)
+    if refusal:
+        raise refusal

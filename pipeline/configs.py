@@ -14,6 +14,7 @@ import os
 from typing import Any, Dict, Iterable, List, Optional
 
 from deepfm_tfx import synthetic
+from deepfm_tfx.contracts import LABELS, STABLE
 from deepfm_tfx.schemas.feature_spec import DEFAULT_SPEC
 from deepfm_tfx.trainer_modules.hparams import TrainingConfig
 
@@ -51,6 +52,9 @@ class RunConfig:
     metadata: Optional[str] = _knob(None, "ml-metadata: mysql://user:pass@host:port/db (default: SQLite "
                                           "under the pipeline root)")
     summary: Optional[str] = _knob(None, "where to write the summary JSON (default: <pipeline-root>/summary.json)")
+    notify_url: Optional[str] = _knob(None, "webhook that receives one JSON POST per week with its outcome "
+                                            "(pushed, blocked by which gate, failed); a failed POST never "
+                                            "fails the week")
     beam_args: List[str] = _knob([], "extra Beam pipeline argument, as --beam-arg=--flag=value (repeatable)",
                                  flag="--beam-arg")
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig, metadata={"nested": True})
@@ -63,8 +67,8 @@ class RunConfig:
     max_auc_drop: float = _knob(0.01, "largest AUC drop vs the serving model that still blesses")
     enable_cache: bool = _knob(True, "reuse TFX's cached executions", negate="--no-cache",
                                negate_help="re-execute every component")
-    push_as: str = _knob("stable", "label a pushed model stable (all traffic) or canary (beside stable)",
-                         choices=("stable", "canary"))
+    push_as: str = _knob(STABLE, "label a pushed model stable (all traffic) or canary (beside stable)",
+                         choices=LABELS)
     serving_url: Optional[str] = _knob(None, "REST address of the TF Serving (or deepfm-tfx serve) reading the "
                                              "repository: a label moves once it has loaded the version")
     serving_base_path: Optional[str] = _knob(None, "base_path of the model in models.config: where the serving "
@@ -97,9 +101,11 @@ def _flag(field: dataclasses.Field) -> str:
     return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
 
 
-def _add(parser: argparse.ArgumentParser, field: dataclasses.Field, default: Any, dest: str,
-         shown: Any = None) -> None:
-    """`shown`: the default to name in the help when `default` is SUPPRESS (only_given)."""
+def add_field(parser: argparse.ArgumentParser, field: dataclasses.Field, default: Any, dest: str,
+              shown: Any = None) -> None:
+    """A dataclass field's flag, from its metadata (help, choices, flag, ...).
+
+    `shown`: the default to name in the help when `default` is SUPPRESS (only_given)."""
     meta = field.metadata
     if meta.get("both_ways"):
         action = parser.add_argument(_flag(field), dest=dest, action=argparse.BooleanOptionalAction,
@@ -114,7 +120,8 @@ def _add(parser: argparse.ArgumentParser, field: dataclasses.Field, default: Any
         return
     kind = field.type if isinstance(field.type, type) else None
     # The CLI's formatter appends each default.
-    kwargs: Dict[str, Any] = {"dest": dest, "help": meta["help"], "metavar": field.name.upper()}
+    kwargs: Dict[str, Any] = {"dest": dest, "help": meta["help"],
+                              "metavar": _flag(field)[2:].replace("-", "_").upper()}
     if default is argparse.SUPPRESS and shown not in (None, [], ()):
         shown = ",".join(map(str, shown)) if isinstance(shown, (list, tuple)) else shown
         kwargs["help"] += f" (default: {shown})"
@@ -127,7 +134,8 @@ def _add(parser: argparse.ArgumentParser, field: dataclasses.Field, default: Any
         kwargs.update(default=default if default is argparse.SUPPRESS else ",".join(map(str, default)),
                       type=lambda s: tuple(int(u) for u in s.split(",")))
     else:
-        typ = {"int": int, "float": float, "str": str, "Optional[str]": str}.get(str(field.type), kind or str)
+        typ = {"int": int, "float": float, "str": str, "Optional[str]": str,
+               "Optional[int]": int}.get(str(field.type), kind or str)
         kwargs.update(type=typ, default=default)
     parser.add_argument(_flag(field), **kwargs)
 
@@ -146,12 +154,13 @@ def add_arguments(parser: argparse.ArgumentParser, names: Optional[Iterable[str]
         if field.metadata.get("nested") or (wanted is not None and field.name not in wanted):
             continue
         value = getattr(defaults, field.name)
-        _add(parser, field, argparse.SUPPRESS if only_given else value, field.name, shown=value)
+        add_field(parser, field, argparse.SUPPRESS if only_given else value, field.name, shown=value)
     if training:
         group = parser.add_argument_group("training")
         for field in dataclasses.fields(TrainingConfig):
             value = getattr(defaults.training, field.name)
-            _add(group, field, argparse.SUPPRESS if only_given else value, "training." + field.name, shown=value)
+            add_field(group, field, argparse.SUPPRESS if only_given else value, "training." + field.name,
+                      shown=value)
 
 
 def from_arguments(args: argparse.Namespace, base: Optional[RunConfig] = None) -> RunConfig:

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import tensorflow_model_analysis as tfma
 from ml_metadata.proto import metadata_store_pb2
 # Not `tfx.v1`: it imports every Google Cloud extension (8 s per process start).
-from tfx.components import Evaluator, ExampleValidator, SchemaGen, StatisticsGen, Trainer, Transform
+from tfx.components import Evaluator, ExampleValidator, StatisticsGen, Trainer
 from tfx.components.schema_gen.import_schema_gen.component import ImportSchemaGen
 from tfx.dsl.components.common.resolver import Resolver
 from tfx.dsl.input_resolution.strategies.latest_artifact_strategy import LatestArtifactStrategy
@@ -29,12 +29,15 @@ from tfx.types.channel import Channel
 from deepfm_tfx.pipeline import id_space
 from deepfm_tfx.components import hash_splits
 from deepfm_tfx.components.csv_example_gen import SpecCsvExampleGen
+from deepfm_tfx.components.frozen_schema_gen import FrozenSchemaGen
 from deepfm_tfx.components.gates import AnomalyGate, DriftGate
 from deepfm_tfx.components.span_window import (EarlierBlessedModelStrategy, EarlierWeekStrategy,
                                     RollingSpanWindowStrategy)
 from deepfm_tfx.components.model_repository_pusher import ModelRepositoryPusher
 from deepfm_tfx.components.paired_auc_gate import GATE_BLESSING, PairedAucGate
+from deepfm_tfx.components.window_transform import WindowTransform
 from deepfm_tfx.pipeline import configs
+from deepfm_tfx.schemas import frozen_schema
 from deepfm_tfx.schemas.feature_spec import FeatureSpec
 
 # The training loop is chosen by dotted path; these are persisted in ml-metadata.
@@ -156,8 +159,9 @@ def create_pipeline(
     if spec.schema_file:
         schema_gen = ImportSchemaGen(schema_file=spec.schema_file)
     else:
-        schema_gen = SchemaGen(
-            statistics=statistics_gen.outputs["statistics"], infer_feature_shape=False)
+        # Inferred from the first good week, then that week's schema, frozen by the final step.
+        schema_gen = FrozenSchemaGen(statistics=statistics_gen.outputs["statistics"],
+                                     frozen_schema_path=frozen_schema.path(pipeline_root)).with_id("SchemaGen")
     example_validator = ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
     anomaly_gate = AnomalyGate(anomalies=example_validator.outputs["anomalies"])
@@ -169,13 +173,13 @@ def create_pipeline(
         cache=Channel(type=standard_artifacts.TransformCache),
     ).with_id("latest_transform_cache")
     transform_cache.add_upstream_node(example_gen)  # it needs to know the newest span
-    transform = Transform(
+    transform = WindowTransform(
         examples=training_examples, schema=schema_gen.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN, custom_config={"feature_spec": spec_dict},
         # Spans analysed in an earlier run are not analysed again.
         analyzer_cache=transform_cache.outputs["cache"],
         # Statistics of the transformed data cost a full TFDV pass we never read.
-        disable_statistics=True)
+        disable_statistics=True).with_id("Transform")
     transform.add_upstream_node(anomaly_gate)
     transform.add_upstream_node(drift_gate)
 

@@ -5,7 +5,7 @@ import json
 import os
 from typing import Any, Dict, List, Optional
 
-from ml_metadata import metadata_store
+from ml_metadata import errors, metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from deepfm_tfx import evaluation_results
@@ -14,42 +14,75 @@ from deepfm_tfx import training_info
 from deepfm_tfx.spans import span_of
 
 
-def _latest_run_context(store, pipeline_name: str):
-    runs = store.get_contexts_by_type("pipeline_run")
+# An execution in these states produced its outputs (a cached one reused them).
+FINISHED_STATES = ("COMPLETE", "CACHED")
+# LocalDagRunner and Kubeflow (TFX's IR launcher) name a run's context type
+# "pipeline_run"; Airflow's legacy launcher names it "run", as "<pipeline>.<run id>".
+RUN_CONTEXT_TYPES = ("pipeline_run", "run")
+
+
+def _run_context(store, pipeline_name: str, run_id: Optional[str] = None):
+    """The pipeline's run named `run_id`, or its newest run."""
+    runs = [c for kind in RUN_CONTEXT_TYPES for c in store.get_contexts_by_type(kind)]
     pipeline_ctx = store.get_context_by_type_and_name("pipeline", pipeline_name)
     if pipeline_ctx is None or not runs:
         return None
+    if run_id is not None:
+        runs = [r for r in runs if r.name in (run_id, f"{pipeline_name}.{run_id}")]
     in_pipeline = {e.id for e in store.get_executions_by_context(pipeline_ctx.id)}
     runs = [r for r in runs if {e.id for e in store.get_executions_by_context(r.id)} & in_pipeline]
     return max(runs, key=lambda c: (c.create_time_since_epoch, c.id)) if runs else None
 
 
-def executions_of_latest_run(connection_config: metadata_store_pb2.ConnectionConfig,
-                             pipeline_name: str) -> List[Dict[str, Any]]:
-    """One dict per execution of the newest run: node, state, seconds, outputs."""
+def _node_name(store, execution, node_type_id: Optional[int]) -> str:
+    if "component_id" in execution.properties:  # the legacy launcher's
+        return execution.properties["component_id"].string_value
+    return next((c.name.split(".", 1)[-1] for c in store.get_contexts_by_execution(execution.id)
+                 if c.type_id == node_type_id), str(execution.id))
+
+
+def executions_of_run(connection_config, pipeline_name: str, run_id: Optional[str] = None) -> List[Dict[str, Any]]:
+    """One dict per execution of the run (the newest when run_id is None): node, state, seconds, artifacts.
+
+    `inputs` and `outputs` group artifacts by type name; `input_keys` by the component's input key.
+    """
     store = metadata_store.MetadataStore(connection_config)
-    run = _latest_run_context(store, pipeline_name)
+    run = _run_context(store, pipeline_name, run_id)
     if run is None:
         return []
-    node_type = store.get_context_type("node").id
+    try:
+        node_type_id = store.get_context_type("node").id
+    except errors.NotFoundError:  # only the legacy launcher has written to this store
+        node_type_id = None
     result = []
     for execution in sorted(store.get_executions_by_context(run.id), key=lambda e: e.id):
-        node = next((c.name.split(".", 1)[-1] for c in store.get_contexts_by_execution(execution.id)
-                     if c.type_id == node_type), str(execution.id))
         events = store.get_events_by_execution_ids([execution.id])
-        inputs = _artifacts_by_type(store, [e.artifact_id for e in events if e.type == metadata_store_pb2.Event.INPUT])
-        outputs = _artifacts_by_type(store, [e.artifact_id for e in events
-                                             if e.type == metadata_store_pb2.Event.OUTPUT])
+        inputs = [e for e in events if e.type == metadata_store_pb2.Event.INPUT]
+        outputs = [e for e in events if e.type == metadata_store_pb2.Event.OUTPUT]
+        by_id = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])} if events else {}
+        input_keys: Dict[str, list] = {}
+        for event in inputs:
+            if event.path.steps and event.artifact_id in by_id:
+                input_keys.setdefault(event.path.steps[0].key, []).append(by_id[event.artifact_id])
         result.append({
-            "node": node,
+            "node": _node_name(store, execution, node_type_id),
             "execution_id": execution.id,
             "state": metadata_store_pb2.Execution.State.Name(execution.last_known_state),
             "seconds": max(execution.last_update_time_since_epoch - execution.create_time_since_epoch, 0) / 1000.0,
-            "inputs": inputs,
-            "outputs": outputs,
-            "run_id": run.name,
+            "inputs": _artifacts_by_type(store, [e.artifact_id for e in inputs]),
+            "input_keys": input_keys,
+            "outputs": _artifacts_by_type(store, [e.artifact_id for e in outputs]),
+            "run_id": run.name.split(".", 1)[-1] if run.name.startswith(pipeline_name + ".") else run.name,
         })
     return result
+
+
+def span_of_run(executions: List[Dict[str, Any]]) -> Optional[int]:
+    """The span this run ingested, if its ExampleGen ran."""
+    for e in executions:
+        if e["node"] == "SpecCsvExampleGen" and e["outputs"].get("Examples"):
+            return span_of(e["outputs"]["Examples"][0])
+    return None
 
 
 def _artifacts_by_type(store, artifact_ids: List[int]) -> Dict[str, list]:

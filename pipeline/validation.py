@@ -10,10 +10,10 @@ from __future__ import annotations
 import math
 import os
 import urllib.parse
-from typing import Optional
+from typing import Optional, Tuple
 
 from deepfm_tfx import model_repository
-from deepfm_tfx.components import hash_splits
+from deepfm_tfx.components import csv_rows, hash_splits
 from deepfm_tfx.errors import ConfigError
 from deepfm_tfx.pipeline import configs
 
@@ -85,12 +85,12 @@ def _repository(config: configs.RunConfig) -> None:
         raise ConfigError(f"--model-repository {repo}: {e}") from None
 
 
-def _serving_url(url: Optional[str]) -> None:
+def _http_url(flag: str, url: Optional[str], example: str) -> None:
     if not url:
         return
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ConfigError(f"--serving-url must look like http://host:8501, got {url!r}")
+        raise ConfigError(f"{flag} must look like {example}, got {url!r}")
 
 
 def validate(config: configs.RunConfig, *, paths: bool = True, connect: bool = True) -> None:
@@ -116,7 +116,8 @@ def validate(config: configs.RunConfig, *, paths: bool = True, connect: bool = T
     bad_beam = [a for a in config.beam_args if not a.startswith("--")]
     if bad_beam:
         raise ConfigError(f"--beam-arg takes Beam options like --beam-arg=--direct_num_workers=2, got {bad_beam[0]!r}")
-    _serving_url(getattr(config, "serving_url", None))
+    _http_url("--serving-url", config.serving_url, "http://host:8501")
+    _http_url("--notify-url", config.notify_url, "https://hooks.example.com/deepfm")
 
     if config.data is None and config.rows < GENERATED_MIN_ROWS:
         raise ConfigError(f"--rows must be at least {GENERATED_MIN_ROWS} for the generated data, so that its "
@@ -135,3 +136,31 @@ def validate(config: configs.RunConfig, *, paths: bool = True, connect: bool = T
     _repository(config)
     if connect:
         metadata.check_connection(config.metadata, config.pipeline_root)
+
+
+def check_data(data_root: str, spec) -> Tuple[str, Optional[int]]:
+    """The ExampleGen pattern for a data folder, and its newest span (None if unspanned).
+
+    Reads every row ExampleGen will ingest, so a bad value, or a span too
+    small to split and evaluate, stops the run before any component starts.
+    """
+    import glob
+
+    from deepfm_tfx import spans
+    from deepfm_tfx.errors import DataError
+    from deepfm_tfx.pipeline.pipeline import splits
+
+    if not os.path.isdir(data_root):
+        what = "is not a directory" if os.path.exists(data_root) else "data directory does not exist"
+        raise DataError(f"{data_root}: {what}")
+    latest = spans.newest(data_root)
+    if latest is not None:
+        where = os.path.join(spans.folder(data_root, latest), spec.file_pattern)
+        layout = spans.input_pattern(spec.file_pattern), latest
+    else:
+        where = os.path.join(data_root, spec.file_pattern)
+        layout = spec.file_pattern, None
+    files = sorted(glob.glob(where))
+    csv_rows.check_files(files, spec, where)
+    hash_splits.check_counts(hash_splits.count_splits(files, spec, splits()), where)
+    return layout

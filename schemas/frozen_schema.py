@@ -2,14 +2,14 @@
 
 Without a curated `schema:` in the feature spec, SchemaGen would infer a new
 schema from every new span, so a broken week would define its own schema and
-no gate could fire. Instead the first good run's inferred schema is frozen
-under the pipeline root, with drift and skew thresholds on every feature,
-and later runs import it. Review it with `deepfm-tfx schema export`, then
+no gate could fire. Instead the week's final step (pipeline/week_end.py)
+freezes the first good run's inferred schema under the pipeline root, with
+drift and skew thresholds on every feature, and FrozenSchemaGen hands it to
+every later run, on every orchestrator. Review it with `deepfm-tfx schema export`, then
 put it in the spec (`schema: FILE`) to make it curated.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Optional
 
@@ -31,13 +31,6 @@ MIN_DOMAIN_MASS = 0.9
 
 def path(pipeline_root: str) -> str:
     return os.path.join(pipeline_root, FOLDER, FILE_NAME)
-
-
-def apply(spec: FeatureSpec, pipeline_root: str) -> FeatureSpec:
-    """The spec to run with: a curated schema wins, else a frozen one if there is one."""
-    if spec.schema_file or not os.path.exists(path(pipeline_root)):
-        return spec
-    return dataclasses.replace(spec, schema_file=os.path.abspath(path(pipeline_root)))
 
 
 def freeze(inferred_schema_uri: str, spec: FeatureSpec, pipeline_root: str) -> Optional[str]:

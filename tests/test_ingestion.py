@@ -9,7 +9,7 @@ from deepfm_tfx.components.csv_rows import check_files
 from deepfm_tfx.components.example_encoder import parse_file, request_examples
 from deepfm_tfx.errors import DataError
 from conftest import SHARED_SAMPLE
-from deepfm_tfx.pipeline.orchestrators import local
+from deepfm_tfx.pipeline import validation
 from deepfm_tfx.synthetic import generator
 from deepfm_tfx.schemas import feature_spec
 
@@ -110,14 +110,14 @@ def test_header_lacking_a_spec_column_is_named(tmp_path):
 def test_empty_span_and_missing_dir(tmp_path):
     _span(tmp_path, HEADER + "\n")
     with pytest.raises(DataError, match="span is empty"):
-        local.input_layout(str(tmp_path), SPEC)
+        validation.check_data(str(tmp_path), SPEC)
     with pytest.raises(DataError, match="does not exist"):
-        local.input_layout(str(tmp_path / "nope"), SPEC)
+        validation.check_data(str(tmp_path / "nope"), SPEC)
 
 
 def test_input_layout_picks_the_newest_span(tmp_path):
     generator.generate(str(tmp_path), rows=1500, spans=3, seed=1)
-    assert local.input_layout(str(tmp_path), SPEC) == ("span-{SPAN}/*.csv", 3)
+    assert validation.check_data(str(tmp_path), SPEC) == ("span-{SPAN}/*.csv", 3)
 
 
 # --- ExampleGen: splits are a pure function of the rows ------------------------------------------

@@ -66,7 +66,7 @@ def test_local_pipeline_records_its_run_in_mysql(tmp_path, mysql_url):
     assert connection.WhichOneof("config") == "mysql" and connection.mysql.port == 3306
     assert not os.path.exists(os.path.join(config.pipeline_root, "metadata.sqlite"))
 
-    executions = run_summary.executions_of_latest_run(connection, configs.PIPELINE_NAME)
+    executions = run_summary.executions_of_run(connection, configs.PIPELINE_NAME)
     assert {e["node"] for e in executions} == NODES
     assert {e["node"]: e["state"] for e in executions} == {node: "COMPLETE" for node in NODES}
 

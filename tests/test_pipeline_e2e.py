@@ -54,7 +54,7 @@ def keras_run(tmp_path_factory, data_root):
     tmp = tmp_path_factory.mktemp("keras")
     config = run_config(tmp, data_root, "keras")
     first = local.run(config)
-    first_executions = run_summary.executions_of_latest_run(
+    first_executions = run_summary.executions_of_run(
         metadata.connection_config(None, config.pipeline_root), configs.PIPELINE_NAME)
     second = local.run(config)
     return config, first, first_executions, second
@@ -92,7 +92,7 @@ def test_ml_metadata_records_every_component(keras_run):
 
 def test_second_run_reuses_cached_results(keras_run):
     config, first, _, second = keras_run
-    executions = run_summary.executions_of_latest_run(
+    executions = run_summary.executions_of_run(
         metadata.connection_config(None, config.pipeline_root), configs.PIPELINE_NAME)
     states = {e["node"]: e["state"] for e in executions if e["node"] not in RESOLVERS}
     # Warm start and baseline come from earlier weeks, so nothing's inputs changed.

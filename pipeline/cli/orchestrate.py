@@ -18,7 +18,7 @@ TARGETS = ("kubeflow", "kubeflow-v2", "airflow")
 def _pipeline_options(p: argparse.ArgumentParser) -> None:
     # Only flags given are passed on; the target's own defaults fill the rest.
     configs.add_arguments(p, names=["features", "trainer", "train_steps", "eval_steps", "min_auc", "max_auc_drop",
-                                    "model_name", "window_spans", "beam_args"], only_given=True)
+                                    "model_name", "window_spans", "beam_args", "notify_url", "metadata"], only_given=True)
     # The orchestrators' own defaults, written out here without importing them (TFX, KFP).
     p.add_argument("--pipeline-root", help="pipeline outputs (default: Kubeflow /mnt/deepfm-tfx/pipeline, "
                                            "Airflow ~/deepfm-tfx/pipeline)")
@@ -54,7 +54,7 @@ def _training(args) -> Dict[str, Any]:
 
 def _kubeflow_options(args) -> Dict[str, Any]:
     options = _given(args, "pipeline_root", "data_root", "model_repository", "image", "features", "model_name",
-                     "trainer", "train_steps", "eval_steps", "min_auc", "max_auc_drop", "window_spans")
+                     "trainer", "train_steps", "eval_steps", "min_auc", "max_auc_drop", "window_spans", "notify_url")
     options["beam_args"] = list(getattr(args, "beam_args", []))
     if _training(args):
         options["training"] = _training(args)
@@ -66,20 +66,20 @@ def _compile_kubeflow(args, output: str) -> str:
     options = _kubeflow_options(args)
     if args.target == "kubeflow":
         return kubeflow.compile_v1(output, pvc_name=args.pvc, **options)
-    if args.pvc:
-        raise ValueError("--pvc applies to --target kubeflow (KFP v1) only")
+    if args.pvc or args.dry_run:
+        raise ValueError("--pvc and --dry-run apply to --target kubeflow (KFP v1) only")
     return kubeflow.compile_v2(output, **options)
 
 
 def _install_airflow(args) -> str:
     from deepfm_tfx.pipeline.orchestrators import airflow
     from deepfm_tfx.schemas import feature_spec
-    if args.image or args.pvc:
-        raise ValueError("--image and --pvc apply to Kubeflow targets only")
+    if args.image or args.pvc or args.dry_run:
+        raise ValueError("--image, --pvc and --dry-run apply to Kubeflow targets only")
     if getattr(args, "features", None):
         feature_spec.load(args.features)  # fail here rather than in Airflow's DAG parser
     defaults = _given(args, "trainer", "train_steps", "eval_steps", "min_auc", "max_auc_drop", "model_name",
-                      "window_spans")
+                      "window_spans", "notify_url", "metadata")
     if _training(args):
         defaults["training"] = _training(args)
     # Airflow parses the DAG from its own working directory.
@@ -104,6 +104,20 @@ def _validate(args) -> None:
     validation.validate(configs.from_arguments(args), paths=False, connect=False)
 
 
+def _dry_run(args, package: str) -> int:
+    """Runs the compiled workflow's steps here, with ml-metadata in DIR (or --metadata)."""
+    from deepfm_tfx.pipeline import metadata
+    from deepfm_tfx.pipeline.orchestrators import kubeflow_dry_run
+
+    workdir = os.path.abspath(args.dry_run)
+    os.makedirs(workdir, exist_ok=True)
+    print(f"running its steps here; their logs go to {workdir}", flush=True)
+    result = kubeflow_dry_run.dry_run(package, workdir,
+                                      connection_config=metadata.connection_config(args.metadata, workdir))
+    print(f"workflow {result['status']}; the week's final step exited {result['exit_code']}")
+    return result["exit_code"] if result["exit_code"] is not None else 1
+
+
 def cmd_compile(args) -> int:
     from deepfm_tfx.schemas.feature_spec import FeatureSpecError
     _quiet(args.verbose)
@@ -114,6 +128,8 @@ def cmd_compile(args) -> int:
         else:
             path = _compile_kubeflow(args, args.output)
             print(f"wrote {args.target} pipeline {path}")
+            if args.dry_run:
+                return _dry_run(args, path)
             if args.target == "kubeflow-v2":
                 from deepfm_tfx.pipeline.orchestrators import kubeflow
                 print(kubeflow.describe_v2_differences(), file=sys.stderr)
@@ -165,6 +181,9 @@ def configure(p, command: str) -> None:
                        help="kubeflow: .yaml/.tar.gz/.zip; kubeflow-v2: .json; airflow: the dags_folder")
         p.add_argument("--setup-db", action="store_true",
                        help="airflow: create the Postgres role and database for Airflow's metadata")
+        p.add_argument("--dry-run", metavar="DIR",
+                       help="kubeflow: then run the compiled steps here, in order, as their containers would, "
+                            "with ml-metadata in DIR (or --metadata) instead of the cluster's")
         _pipeline_options(p)
         p.set_defaults(func=cmd_compile)
         return

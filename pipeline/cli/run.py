@@ -10,7 +10,7 @@ def configure(p) -> None:
     configs.add_arguments(p, names=[
         "data", "features", "pipeline_root", "model_repository", "model_name", "trainer", "train_steps",
         "eval_steps", "rows", "profile", "seed", "metadata", "summary", "beam_args", "min_auc", "max_auc_drop",
-        "window_spans", "warm_start", "enable_cache", "push_as", "serving_url", "serving_base_path"])
+        "window_spans", "warm_start", "enable_cache", "push_as", "serving_url", "serving_base_path", "notify_url"])
     console.add_arguments(p)
     p.set_defaults(func=cmd_run)
 

@@ -91,23 +91,43 @@ def settings_from_env(env: Optional[Mapping[str, str]] = None,
         start_date=datetime.datetime(start.year, start.month, start.day, tzinfo=datetime.timezone.utc))
 
 
+FINAL_TASK = "week_end"
+
+
+def finish_week_task(run_config: Dict[str, Any], **context) -> Dict[str, Any]:
+    """The DAG's last task: pipeline/week_end.py, red (raising) when the week pushed nothing."""
+    from deepfm_tfx.pipeline import metadata, week_end
+    from deepfm_tfx.schemas import feature_spec
+
+    config = configs.RunConfig(**run_config)
+    dag_run = context["dag_run"]
+    failed = sorted(ti.task_id for ti in dag_run.get_task_instances()
+                    if ti.task_id != FINAL_TASK and ti.state in ("failed", "upstream_failed"))
+    summary, exit_code = week_end.finish_week(
+        config, feature_spec.load(config.features),
+        metadata.connection_config(config.metadata, config.pipeline_root),
+        run_id=dag_run.run_id, failed_tasks=failed)
+    if exit_code:
+        raise week_end.WeekNotPushed(summary, exit_code)
+    return week_end.notification(summary, exit_code)
+
+
 def create_dag(settings: Optional[AirflowSettings] = None):
-    """The Airflow DAG of pipeline.py's topology: one task per component."""
+    """The Airflow DAG of pipeline.py's topology: one task per component, then the week's final step."""
+    from airflow.operators.python import PythonOperator
+    from airflow.utils.trigger_rule import TriggerRule
     from tfx.orchestration.airflow.airflow_dag_runner import AirflowDagRunner, AirflowPipelineConfig
 
     from deepfm_tfx import spans
-    from deepfm_tfx.pipeline import metadata
+    from deepfm_tfx.pipeline import metadata, validation
     from deepfm_tfx.pipeline.pipeline import create_pipeline_from_config
-    from deepfm_tfx.schemas import feature_spec, frozen_schema
-
-    from deepfm_tfx.pipeline import validation
+    from deepfm_tfx.schemas import feature_spec
 
     settings = settings or settings_from_env()
     config = settings.run
     # A bad setting fails the DAG's import, where Airflow shows it, not a task a week later.
     validation.validate(config, paths=False, connect=False)
-    # A schema frozen by an earlier run is imported once it exists (the DAG is re-parsed).
-    spec = frozen_schema.apply(feature_spec.load(config.features), config.pipeline_root)
+    spec = feature_spec.load(config.features)
     # Weekly data arrives as span-<N>/ folders; ExampleGen takes the newest at run time.
     pipeline = create_pipeline_from_config(
         config, spec, spans.input_pattern(spec.file_pattern),
@@ -123,7 +143,14 @@ def create_dag(settings: Optional[AirflowSettings] = None):
     if not config.metadata:
         # SQLite ml-metadata takes one writer at a time.
         dag_config["max_active_tasks"] = 1
-    return AirflowDagRunner(AirflowPipelineConfig(airflow_dag_config=dag_config)).run(pipeline)
+    dag = AirflowDagRunner(AirflowPipelineConfig(airflow_dag_config=dag_config)).run(pipeline)
+    components = list(dag.tasks)
+    final = PythonOperator(task_id=FINAL_TASK, python_callable=finish_week_task, dag=dag,
+                           op_kwargs={"run_config": dataclasses.asdict(config)},
+                           # Also after a gate stopped the week: that is when its quarantine matters.
+                           trigger_rule=TriggerRule.ALL_DONE)
+    final.set_upstream(components)
+    return dag
 
 
 def install_dag(dags_folder: str, defaults: Optional[Dict[str, Any]] = None) -> str:

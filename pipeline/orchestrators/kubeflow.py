@@ -6,8 +6,10 @@ in the image and components name it by dotted path, so nothing is uploaded.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
-from typing import Any, NamedTuple, Optional, Sequence
+import tempfile
+from typing import Any, Dict, NamedTuple, Optional, Sequence
 
 from tfx import v1 as tfx
 
@@ -27,6 +29,8 @@ MOUNT_PATH = "/mnt/deepfm-tfx"
 DEFAULT_PIPELINE_ROOT = f"{MOUNT_PATH}/pipeline"
 DEFAULT_DATA_ROOT = f"{MOUNT_PATH}/data"
 DEFAULT_MODEL_REPOSITORY = f"{MOUNT_PATH}/model_repository"
+WEEK_END_MODULE = "deepfm_tfx.pipeline.week_end"
+WEEK_END_TEMPLATE = "week-end"
 # Vertex/KFP v2 pipeline names allow only [a-z0-9-].
 V2_PIPELINE_NAME = configs.PIPELINE_NAME.replace("_", "-")
 
@@ -81,12 +85,7 @@ def _check_remote(name: str, path: str) -> None:
                          f"because every step runs in its own pod; got {path!r}")
 
 
-def build_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str, model_repository: str,
-                   custom_resolvers: bool = True, **knobs: Any):
-    """pipeline.py's topology with cluster paths; ml-metadata is the orchestrator's own.
-
-    `knobs` are RunConfig fields (features, trainer, train_steps, training, ...).
-    """
+def _config_and_spec(*, pipeline_root: str, data_root: str, model_repository: str, **knobs: Any):
     _check_remote("pipeline_root", pipeline_root)
     _check_remote("data_root", data_root)
     if not model_repository.startswith("/"):
@@ -96,9 +95,45 @@ def build_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str, mo
     config = configs.RunConfig(data=data_root, pipeline_root=pipeline_root, model_repository=model_repository,
                                **{k: v for k, v in knobs.items() if v is not None})
     validation.validate(config, paths=False, connect=False)  # the paths are the cluster's
-    spec = schema_in_image(feature_spec.load(config.features))
+    return config, schema_in_image(feature_spec.load(config.features))
+
+
+def build_pipeline(*, pipeline_name: str, custom_resolvers: bool = True, **paths_and_knobs: Any):
+    """pipeline.py's topology with cluster paths; ml-metadata is the orchestrator's own.
+
+    `paths_and_knobs`: pipeline_root, data_root, model_repository and RunConfig
+    fields (features, trainer, train_steps, training, ...).
+    """
+    config, spec = _config_and_spec(**paths_and_knobs)
     return create_pipeline_from_config(config, spec, spans.input_pattern(spec.file_pattern),
                                        pipeline_name=pipeline_name, custom_resolvers=custom_resolvers)
+
+
+def add_week_end(workflow: Dict[str, Any], config: configs.RunConfig, spec: feature_spec.FeatureSpec) -> None:
+    """Makes the week's final step (pipeline/week_end.py) the workflow's exit handler.
+
+    Argo runs an exit handler after the DAG whatever became of it, so a week a
+    gate stopped is still quarantined and reported. It runs in the pipeline's
+    image, with the mounts, environment and ml-metadata of the other steps.
+    """
+    step = next(t for t in workflow["spec"]["templates"] if "container" in t)
+    args = step["container"]["args"]
+    container = {
+        "image": step["container"]["image"],
+        "command": ["python", "-m", WEEK_END_MODULE],
+        "args": ["--run-config", json.dumps(dataclasses.asdict(config)),
+                 "--feature-spec", json.dumps(spec.to_dict()),
+                 "--kubeflow-metadata-config", args[args.index("--kubeflow_metadata_config") + 1],
+                 "--workflow-status", "{{workflow.status}}"],
+        "env": step["container"].get("env", []),
+    }
+    if step["container"].get("volumeMounts"):
+        container["volumeMounts"] = step["container"]["volumeMounts"]
+    template = {"name": WEEK_END_TEMPLATE, "container": container}
+    if step.get("volumes"):
+        template["volumes"] = step["volumes"]
+    workflow["spec"]["templates"].append(template)
+    workflow["spec"]["onExit"] = WEEK_END_TEMPLATE
 
 
 def _split(output_path: str):
@@ -118,7 +153,8 @@ def compile_v1(output_path: str, *, pipeline_root: str = DEFAULT_PIPELINE_ROOT,
     """
     if not output_path.endswith((".yaml", ".yml", ".tar.gz", ".tgz", ".zip")):
         raise ValueError(f"a KFP v1 package must end in .yaml, .tar.gz or .zip, got {output_path!r}")
-    from kfp import onprem
+    import yaml
+    from kfp import compiler, onprem
     from tfx.orchestration.kubeflow import kubeflow_dag_runner
 
     operator_funcs = kubeflow_dag_runner.get_default_pipeline_operator_funcs()
@@ -128,13 +164,21 @@ def compile_v1(output_path: str, *, pipeline_root: str = DEFAULT_PIPELINE_ROOT,
         kubeflow_metadata_config=tfx.orchestration.experimental.get_default_kubeflow_metadata_config(),
         tfx_image=image,
         pipeline_operator_funcs=operator_funcs)
-    output_dir, output_filename = _split(output_path)
-    tfx.orchestration.experimental.KubeflowDagRunner(
-        config=runner_config, output_dir=output_dir, output_filename=output_filename,
-    ).run(build_pipeline(pipeline_name=pipeline_name, pipeline_root=pipeline_root, data_root=data_root,
-                         model_repository=model_repository, beam_args=beam_args, trainer=trainer,
-                         **options))
-    return os.path.join(output_dir, output_filename)
+    config, spec = _config_and_spec(pipeline_root=pipeline_root, data_root=data_root,
+                                    model_repository=model_repository, beam_args=beam_args, trainer=trainer,
+                                    **options)
+    pipeline = create_pipeline_from_config(config, spec, spans.input_pattern(spec.file_pattern),
+                                           pipeline_name=pipeline_name)
+    output_path = os.path.abspath(output_path)
+    os.makedirs(os.path.dirname(output_path), exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tfx.orchestration.experimental.KubeflowDagRunner(
+            config=runner_config, output_dir=tmp, output_filename="workflow.yaml").run(pipeline)
+        with open(os.path.join(tmp, "workflow.yaml")) as f:
+            workflow = yaml.safe_load(f)
+    add_week_end(workflow, config, spec)
+    compiler.Compiler._write_workflow(workflow, output_path)  # noqa: SLF001 - kfp's writer of every package format
+    return output_path
 
 
 def compile_v2(output_path: str, *, pipeline_root: str = DEFAULT_PIPELINE_ROOT,
