@@ -12,10 +12,13 @@ TensorFlow is imported only by `skew` (TFDV), inside its handler.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 import time
+
+from deepfm_tfx.contracts import CANARY, EXIT_BAD_INPUT, STABLE
 
 DEFAULT_EXPERIMENTS_DIR = "experiments"
 
@@ -27,11 +30,15 @@ def _common() -> argparse.ArgumentParser:
     return common
 
 
-def configure(p) -> None:
-    from deepfm_tfx.experiments.config import ON_MISSING_KEY, UNREPORTED, Experiment, Rule
-    from deepfm_tfx.pipeline.configs import MODEL_NAME, RunConfig
+def _knobs(cls):
+    """The fields of an experiment (or its rule) `start` takes as flags."""
+    return [f for f in dataclasses.fields(cls) if "help" in f.metadata]
 
-    e, r = Experiment("x", "m", "", 0, 1), Rule()
+
+def configure(p) -> None:
+    from deepfm_tfx.experiments.config import Experiment, Rule
+    from deepfm_tfx.pipeline.configs import MODEL_NAME, RunConfig, add_field
+
     common = _common()
     sub = p.add_subparsers(dest="experiment_command", required=True)
 
@@ -41,42 +48,11 @@ def configure(p) -> None:
     st.add_argument("--model-repository", default=RunConfig().model_repository,
                     help="the versioned model repository serving the model")
     st.add_argument("--model-name", default=MODEL_NAME, help="the model whose traffic is split")
-    st.add_argument("--canary-share", type=float, default=e.canary_share, help="share of keys the canary gets")
-    st.add_argument("--key-field", default=e.key_field,
-                    help="what the split hashes: a top-level field of the REST body or a header (gRPC: metadata)")
-    st.add_argument("--request-id-field", default=e.request_id_field,
-                    help="the request's id, which outcomes name (the server makes one up when a request has none)")
-    st.add_argument("--salt", default="", help="hash salt (default: the name, so each experiment splits afresh)")
-    st.add_argument("--on-missing-key", choices=ON_MISSING_KEY, default=e.on_missing_key,
-                    help="a request without the key: served by stable and counted, or refused with 400")
-    st.add_argument("--score-output", default=e.score_output, help="the output logged as the score")
-    st.add_argument("--feature-log-share", type=float, default=e.feature_log_share,
-                    help="share of requests whose features are logged (the skew check's sample)")
-    st.add_argument("--outcome-window-seconds", type=float, default=e.outcome_window_seconds,
-                    help="attribution window: an outcome later than this after its prediction is late")
-    st.add_argument("--unreported", choices=UNREPORTED, default=e.unreported,
-                    help="a prediction without an outcome once its window closed: a non-click, or left out")
-    st.add_argument("--log-max-file-bytes", type=int, default=e.log_max_file_bytes, help="rotate log files past this")
-    st.add_argument("--log-max-files", type=int, default=e.log_max_files, help="keep at most this many log files")
-    st.add_argument("--log-flush-seconds", type=float, default=e.log_flush_seconds,
-                    help="the prediction log is on disk at most this long after a prediction")
+    for field in _knobs(Experiment):
+        add_field(st, field, field.default, field.name)
     rule = st.add_argument_group("decision rule")
-    rule.add_argument("--metric", choices=("logloss", "auc"), default=r.metric, help="the primary metric")
-    rule.add_argument("--min-outcomes", type=int, default=r.min_outcomes_per_arm,
-                      help="joined outcomes each arm needs before any verdict")
-    rule.add_argument("--min-clicks", type=int, default=r.min_clicks_per_arm, help="clicks each arm needs")
-    rule.add_argument("--alpha", type=float, default=r.alpha, help="two-sided significance level")
-    rule.add_argument("--looks", type=int, default=r.looks,
-                      help="planned analyses; each tests at alpha/looks so repeated looks stay honest")
-    rule.add_argument("--min-effect", type=float, default=r.min_effect,
-                      help="the canary must beat stable by more than this on the metric")
-    rule.add_argument("--max-calibration-error", type=float, default=r.max_calibration_error,
-                      help="guardrail: the canary's mean score / CTR must be able to lie within 1 +- this")
-    rule.add_argument("--max-latency-ratio", type=float, default=r.max_latency_ratio,
-                      help="guardrail: canary p99 latency at most this x stable's p99 ...")
-    rule.add_argument("--latency-slack-ms", type=float, default=r.latency_slack_ms, help="... plus this")
-    rule.add_argument("--max-outcomes", type=int, default=None,
-                      help="planned sample per arm: still undecided there means roll back (default: none)")
+    for field in _knobs(Rule):
+        add_field(rule, field, field.default, field.name)
     st.set_defaults(func=cmd_start)
 
     ls = sub.add_parser("list", parents=[common], help="experiments, their models, versions and status")
@@ -121,7 +97,7 @@ def configure(p) -> None:
     sk.set_defaults(func=cmd_skew)
 
 
-def _error(message: str, code: int = 2) -> int:
+def _error(message: str, code: int = EXIT_BAD_INPUT) -> int:
     print(f"error: {message}", file=sys.stderr)
     return code
 
@@ -137,7 +113,7 @@ def cmd_start(args) -> int:
         labels = model_repository.labels(args.model_repository, args.model_name)
     except (config.ExperimentError, model_repository.RepositoryError) as e:
         return _error(str(e))
-    stable, canary = labels.get("stable"), labels.get("canary")
+    stable, canary = labels.get(STABLE), labels.get(CANARY)
     if stable is None or canary in (None, stable):
         return _error(f"{args.model_name} has no canary on trial in {args.model_repository} (labels: {labels or 'none'}); "
                       f"load one first: deepfm-tfx models canary VERSION")
@@ -148,17 +124,9 @@ def cmd_start(args) -> int:
     try:
         experiment = config.Experiment(
             name=args.name, model=args.model_name, model_repository=os.path.abspath(args.model_repository),
-            stable_version=stable, canary_version=canary, canary_share=args.canary_share, key_field=args.key_field,
-            request_id_field=args.request_id_field, salt=args.salt, on_missing_key=args.on_missing_key,
-            score_output=args.score_output, feature_log_share=args.feature_log_share,
-            outcome_window_seconds=args.outcome_window_seconds, unreported=args.unreported,
-            log_max_file_bytes=args.log_max_file_bytes, log_max_files=args.log_max_files,
-            log_flush_seconds=args.log_flush_seconds,
-            rule=config.Rule(metric=args.metric, min_outcomes_per_arm=args.min_outcomes,
-                             min_clicks_per_arm=args.min_clicks, alpha=args.alpha, looks=args.looks,
-                             min_effect=args.min_effect, max_calibration_error=args.max_calibration_error,
-                             max_latency_ratio=args.max_latency_ratio, latency_slack_ms=args.latency_slack_ms,
-                             max_outcomes_per_arm=args.max_outcomes))
+            stable_version=stable, canary_version=canary,
+            **{f.name: getattr(args, f.name) for f in _knobs(config.Experiment)},
+            rule=config.Rule(**{f.name: getattr(args, f.name) for f in _knobs(config.Rule)}))
         path = config.save(args.experiments_dir, experiment)
     except config.ExperimentError as e:
         return _error(str(e))
@@ -178,8 +146,8 @@ def cmd_list(args) -> int:
         except config.ExperimentError as err:
             rows.append({"name": name, "error": str(err)})
             continue
-        rows.append({"name": name, "model": e.model, "status": e.status, "stable": e.stable_version,
-                     "canary": e.canary_version, "canary_share": e.canary_share,
+        rows.append({"name": name, "model": e.model, "status": e.status, STABLE: e.stable_version,
+                     CANARY: e.canary_version, "canary_share": e.canary_share,
                      "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e.created_at)),
                      "decision": (e.decision or {}).get("action")})
     if args.json:
@@ -192,8 +160,8 @@ def cmd_list(args) -> int:
         if "error" in row:
             print(f"{row['name']}: unreadable: {row['error']}")
         else:
-            print(f"{row['name']:<20} {row['model']:<12} {row['status']:<8} stable {row['stable']} canary "
-                  f"{row['canary']} share {row['canary_share']:g}  {row['created_at']}"
+            print(f"{row['name']:<20} {row['model']:<12} {row['status']:<8} stable {row[STABLE]} canary "
+                  f"{row[CANARY]} share {row['canary_share']:g}  {row['created_at']}"
                   + (f"  decided: {row['decision']}" if row["decision"] else ""))
     return 0
 
@@ -221,15 +189,9 @@ def cmd_outcomes(args) -> int:
         experiment = config.load(args.experiments_dir, args.name)
         if not os.path.isfile(args.file):
             return _error(f"{args.file}: no such file")
-        received, source = time.time(), f"file:{os.path.basename(args.file)}"
-        records, problems = [], []
-        for i, item in enumerate(outcomes.items_of_file(args.file), start=1):
-            good, why = outcomes.check(item, received, source)
-            if good is None:
-                problems.append(f"{args.file}, record {i}: {why}")
-                records.append(outcomes.rejected_record(item, why, received, source))
-            else:
-                records.append(good)
+        records, problems = outcomes.check_all(outcomes.items_of_file(args.file), time.time(),
+                                               f"file:{os.path.basename(args.file)}",
+                                               lambda i: f"{args.file}, record {i + 1}")
     except (config.ExperimentError, outcomes.OutcomeError, UnicodeDecodeError) as e:
         return _error(str(e))
     if not records:
@@ -242,7 +204,7 @@ def cmd_outcomes(args) -> int:
     print(f"experiment {args.name}: {accepted:,} outcomes added, {len(problems):,} rejected (counted in the report)")
     for problem in problems[:10]:
         print(f"  {problem}", file=sys.stderr)
-    return 0 if accepted else 2
+    return 0 if accepted else EXIT_BAD_INPUT
 
 
 def cmd_report(args) -> int:
