@@ -1,7 +1,7 @@
 """A versioned model repository in TF Serving's layout, safe to crash in.
 
     <repo>/<model>/<version>/saved_model.pb   the SavedModel TF Serving loads
-    <repo>/<model>/<version>.record.json      what it is: metrics, runner, data...
+    <repo>/<model>/<version>.record.json      what it is: metrics, trainer, data...
     <repo>/models.config                       TF Serving's ModelServerConfig: the versions to
                                                load, and the `stable` and `canary` labels
 

@@ -123,7 +123,7 @@ def test_estimator_run_pushes_a_model_with_the_same_signature(tmp_path_factory, 
     assert {k: (v.dtype, v.shape.as_list()) for k, v in est_fn.structured_outputs.items()} == \
         {k: (v.dtype, v.shape.as_list()) for k, v in keras_fn.structured_outputs.items()}
 
-    # The `features` signature: one contract from both runners, the same answers as serving_default.
+    # The `features` signature: one contract from both trainers, the same answers as serving_default.
     from deepfm_tfx.serving import warmup
     from deepfm_tfx.serving.servable import Servable
     inputs = warmup.signature_inputs(summary["pushed_path"])["features"]

@@ -90,7 +90,7 @@ def make_dataset(file_pattern, data_accessor, inputs: TrainerInputs, batch_size:
 
 
 def learning_rate(config: TrainingConfig, train_steps: int):
-    """A float, or a schedule of the step that both runners call."""
+    """A float, or a schedule of the step that both trainers call."""
     if config.learning_rate_decay == "cosine":
         return tf.keras.optimizers.schedules.CosineDecay(config.learning_rate, max(train_steps, 1))
     if config.learning_rate_decay == "none":
