@@ -9,6 +9,7 @@ import tensorflow_transform as tft
 import tensorflow_transform.beam as tft_beam
 from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
 
+from deepfm_tfx.contracts import FEATURE_SPEC_KEY
 from deepfm_tfx.schemas.feature_spec import FeatureSpec, Multivalent
 from deepfm_tfx.trainer_modules import preprocessing
 
@@ -37,7 +38,7 @@ def _run(spec):
     metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(feature_spec))
     with tempfile.TemporaryDirectory() as tmp, tft_beam.Context(temp_dir=tmp, force_tf_compat_v1=False):
         (transformed, _), transform_fn = (_rows(), metadata) | tft_beam.AnalyzeAndTransformDataset(
-            lambda inputs: preprocessing.preprocessing_fn(inputs, {"feature_spec": spec.to_dict()}),
+            lambda inputs: preprocessing.preprocessing_fn(inputs, {FEATURE_SPEC_KEY: spec.to_dict()}),
             output_record_batches=False)
         transform_fn | tft_beam.WriteTransformFn(tmp)
         if spec.categorical_encoding != "vocabulary":
