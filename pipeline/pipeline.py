@@ -106,7 +106,7 @@ def create_pipeline(
       data_root: folder ExampleGen reads; holds span-<N>/ folders or the files.
       input_pattern: file pattern under data_root, e.g. `span-{SPAN}/*.csv`.
       spec: the feature spec (columns, types, encodings, optional curated schema); without
-        hash_buckets, the count is chosen from data_root's newest span (deepfm_tfx.id_space).
+        hash_buckets, the count is chosen from data_root's newest span (deepfm_tfx.pipeline.id_space).
       model_repository: the versioned model repository the pusher writes to.
       model_name: the model's folder in the repository and its TF Serving name.
       trainer_runner: which training loop, one of configs.TRAINERS.

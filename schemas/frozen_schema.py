@@ -33,15 +33,10 @@ def path(pipeline_root: str) -> str:
     return os.path.join(pipeline_root, FOLDER, FILE_NAME)
 
 
-def freeze(inferred_schema_uri: str, spec: FeatureSpec, pipeline_root: str) -> Optional[str]:
-    """Writes the inferred schema with thresholds as the frozen one; None if one exists."""
+def with_thresholds(schema, spec: FeatureSpec):
+    """The schema with drift and skew thresholds on every feature but the label (in place; returned)."""
     from tensorflow_metadata.proto.v0 import schema_pb2
-    from tfx.utils import io_utils
 
-    target = path(pipeline_root)
-    if os.path.exists(target):
-        return None
-    schema = io_utils.SchemaReader().read(io_utils.get_only_uri_in_dir(inferred_schema_uri))
     categorical = set(spec.categorical) | {m.name for m in spec.multivalent}
     for feature in schema.feature:
         if feature.name == spec.label:
@@ -54,8 +49,19 @@ def freeze(inferred_schema_uri: str, spec: FeatureSpec, pipeline_root: str) -> O
         elif feature.name in spec.numerical:
             feature.drift_comparator.jensen_shannon_divergence.threshold = NUMERICAL_DRIFT
             feature.skew_comparator.jensen_shannon_divergence.threshold = NUMERICAL_SKEW
+    return schema
+
+
+def freeze(inferred_schema_uri: str, spec: FeatureSpec, pipeline_root: str) -> Optional[str]:
+    """Writes the inferred schema with thresholds as the frozen one; None if one exists."""
+    from tfx.utils import io_utils
+
+    target = path(pipeline_root)
+    if os.path.exists(target):
+        return None
+    schema = io_utils.SchemaReader().read(io_utils.get_only_uri_in_dir(inferred_schema_uri))
     os.makedirs(os.path.dirname(target), exist_ok=True)
     tmp = target + ".tmp"
-    io_utils.write_pbtxt_file(tmp, schema)
+    io_utils.write_pbtxt_file(tmp, with_thresholds(schema, spec))
     os.replace(tmp, target)
     return target

@@ -7,13 +7,17 @@ import time
 
 import pytest
 
+import weekly_scenario as scenario
 from conftest import PIPELINE_UPSTREAM, RESOLVERS
 from deepfm_tfx import model_repository
+from deepfm_tfx.pipeline import metadata
 from deepfm_tfx.pipeline.orchestrators import airflow
 from deepfm_tfx.synthetic import generator
 
 DAG_ID = "deepfm_tfx"
 UPSTREAM = PIPELINE_UPSTREAM
+# The week's final step runs after every component, whatever became of them.
+UPSTREAM_WITH_FINAL = dict(UPSTREAM, **{airflow.FINAL_TASK: set(UPSTREAM)})
 POSTGRES = dict(user="deepfm_airflow_test", password="deepfm-test-pw", database="deepfm_airflow_test")
 
 
@@ -42,9 +46,10 @@ def test_dag_file_loads_with_weekly_schedule_and_the_pipeline_graph(airflow_env)
     assert dag.catchup is False
     assert dag.start_date.isoformat() == "2024-01-01T00:00:00+00:00"
     assert dag.max_active_runs == 1 and dag.max_active_tasks == 1  # SQLite ml-metadata: one writer
-    assert {t.task_id: set(t.upstream_task_ids) for t in dag.tasks} == UPSTREAM
+    assert {t.task_id: set(t.upstream_task_ids) for t in dag.tasks} == UPSTREAM_WITH_FINAL
+    assert dag.get_task(airflow.FINAL_TASK).trigger_rule == "all_done"
     home = str(airflow_env / "home")
-    props = {t.task_id: t.op_kwargs["exec_properties"] for t in dag.tasks}
+    props = {t.task_id: t.op_kwargs["exec_properties"] for t in dag.tasks if t.task_id != airflow.FINAL_TASK}
     assert props["SpecCsvExampleGen"]["input_base"] == os.path.join(home, "data")
     assert "span-{SPAN}/*.csv" in props["SpecCsvExampleGen"]["input_config"]
     assert props["ModelRepositoryPusher"]["model_repository_dir"] == os.path.join(home, "model_repository")
@@ -61,7 +66,7 @@ def test_installed_dag_bakes_in_flags_and_env_still_wins(airflow_env, monkeypatc
     dag = load_dag(path)
     assert dag.schedule_interval == "0 4 * * 1"
     assert dag.max_active_tasks != 1  # MySQL takes concurrent writers
-    props = {t.task_id: t.op_kwargs["exec_properties"] for t in dag.tasks}
+    props = {t.task_id: t.op_kwargs["exec_properties"] for t in dag.tasks if t.task_id != airflow.FINAL_TASK}
     assert props["SpecCsvExampleGen"]["input_base"] == data
     assert json.loads(props["Trainer"]["train_args"]) == {"num_steps": 7}
     assert json.loads(props["Trainer"]["eval_args"]) == {"num_steps": 5}
@@ -76,7 +81,8 @@ def test_cli_compile_airflow_installs_the_dag_with_its_flags(airflow_env, capsys
     assert cli.main(["compile", "--target", "airflow", "--output", str(dags),
                      "--model-repository", str(airflow_env / "served"), "--trainer", "estimator"]) == 0
     assert str(dags / "deepfm_tfx_dag.py") in capsys.readouterr().out
-    props = {t.task_id: t.op_kwargs["exec_properties"] for t in load_dag(dags / "deepfm_tfx_dag.py").tasks}
+    props = {t.task_id: t.op_kwargs["exec_properties"] for t in load_dag(dags / "deepfm_tfx_dag.py").tasks
+             if t.task_id != airflow.FINAL_TASK}
     assert props["ModelRepositoryPusher"]["model_repository_dir"] == str(airflow_env / "served")
     assert props["Trainer"]["run_fn"] == "deepfm_tfx.trainer_modules.estimator_trainer.run_fn"
 
@@ -119,43 +125,51 @@ def _tail(log, n=60):
 
 
 @pytest.mark.e2e
-def test_whole_dag_runs_in_airflow_on_postgres_and_pushes_a_model(tmp_path):
+def test_three_weeks_in_airflow_push_twice_then_stop_and_quarantine_the_broken_one(tmp_path):
+    """The weekly scenario (tests/weekly_scenario.py) with `airflow dags test` per week, Airflow on PostgreSQL."""
     import psycopg2
     url = airflow.setup_postgres_metadata_db(**POSTGRES)
     if not url.startswith("postgresql"):
         pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432")
     try:
         home = tmp_path / "deepfm"
-        generator.generate(str(home / "data"), rows=3000, spans=1, seed=5)
+        data, root, repo = str(home / "data"), str(home / "pipeline"), str(home / "model_repository")
         dags = tmp_path / "dags"
-        airflow.install_dag(str(dags), {
-            "train_steps": 30, "eval_steps": 3, "min_auc": 0.0,
-            "training": {"batch_size": 256, "dnn_units": [32, 16]}})
+        spec = scenario.spec_without_schema(tmp_path)
+        airflow.install_dag(str(dags), dict(scenario.KNOBS, features=spec))
         env = dict(os.environ, DEEPFM_TFX_HOME=str(home), TF_CPP_MIN_LOG_LEVEL="3", PYTHONWARNINGS="ignore",
                    **airflow.airflow_environment(str(tmp_path / "airflow_home"), str(dags), url))
         log = str(tmp_path / "airflow.log")
         code, _ = _airflow(env, "db", "migrate", log=log, timeout=600)
         assert code == 0, _tail(log)
-        code, seconds = _airflow(env, "dags", "test", DAG_ID, "2024-01-08", log=log, timeout=1500)
-        print(f"airflow dags test: {seconds:.0f}s")
-        assert code == 0, _tail(log)
+        codes = {}
+        for week, date in ((1, "2024-01-08"), (2, "2024-01-15"), (3, "2024-01-22")):
+            scenario.add_week(data, week)
+            codes[week], seconds = _airflow(env, "dags", "test", DAG_ID, date, log=log, timeout=1500)
+            print(f"week {week}: airflow dags test {seconds:.0f}s")
+            scenario.check_week(week, scenario.read_summary(root))
+        # The broken week's run is red: its drift gate failed, and the final step says so.
+        assert codes[1] == 0 and codes[2] == 0 and codes[3] != 0, _tail(log)
 
         conn = psycopg2.connect(host="127.0.0.1", port=5432, user=POSTGRES["user"],
                                 password=POSTGRES["password"], dbname=POSTGRES["database"])
         with conn, conn.cursor() as cur:
-            cur.execute("SELECT task_id, state FROM task_instance WHERE dag_id = %s", (DAG_ID,))
-            states = dict(cur.fetchall())
-            cur.execute("SELECT state FROM dag_run WHERE dag_id = %s", (DAG_ID,))
-            runs = [r[0] for r in cur.fetchall()]
+            cur.execute("SELECT r.execution_date::date::text, t.task_id, t.state FROM task_instance t "
+                        "JOIN dag_run r ON r.run_id = t.run_id AND r.dag_id = t.dag_id WHERE t.dag_id = %s", (DAG_ID,))
+            states = {}
+            for date, task, state in cur.fetchall():
+                states.setdefault(date, {})[task] = state
         conn.close()
-        assert states == {task: "success" for task in UPSTREAM}, _tail(log)
-        assert runs == ["success"]
+        assert states["2024-01-15"] == {task: "success" for task in UPSTREAM_WITH_FINAL}
+        broken = states["2024-01-22"]
+        assert broken["DriftGate"] == "failed" and broken["Transform"] == "upstream_failed"
+        assert broken[airflow.FINAL_TASK] == "failed"  # it ran after the failure, and reports the week red
 
-        repo = str(home / "model_repository")
-        versions = model_repository.versions(repo, "deepfm")
-        assert len(versions) == 1
-        assert model_repository.serving_version(repo, "deepfm") == versions[0]
-        record = model_repository.read_record(repo, "deepfm", versions[0])
-        assert record["trainer_runner"] == "keras" and "auc" in record["metrics"]
+        assert len(model_repository.versions(repo, "deepfm")) == 2
+        connection = metadata.connection_config(None, root)
+        assert scenario.quarantined_spans(connection) == [scenario.BROKEN_WEEK]
+        scenario.check_frozen_schema(root, connection, spec)
+        record = model_repository.read_record(repo, "deepfm", model_repository.versions(repo, "deepfm")[-1])
+        assert record["spans"] == [1, 2]
     finally:
         airflow.drop_postgres_metadata_db(user=POSTGRES["user"], database=POSTGRES["database"])

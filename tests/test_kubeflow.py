@@ -9,6 +9,7 @@ from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 from tfx.proto.orchestration import executable_spec_pb2, pipeline_pb2
 
+import weekly_scenario as scenario
 from conftest import PIPELINE_UPSTREAM, RESOLVERS
 from deepfm_tfx.pipeline.orchestrators import kubeflow
 from deepfm_tfx.pipeline.orchestrators import schedule
@@ -39,7 +40,7 @@ def v1(tmp_path_factory):
         workflow = yaml.safe_load(f)
     containers = {}  # node id -> (template, its tfx IR)
     for template in workflow["spec"]["templates"]:
-        if "container" in template:
+        if "container" in template and template["name"] != kubeflow.WEEK_END_TEMPLATE:
             args = template["container"]["args"]
             ir = json_format.Parse(args[args.index("--tfx_ir") + 1], pipeline_pb2.Pipeline())
             containers[args[args.index("--node_id") + 1]] = (template, ir)
@@ -67,6 +68,70 @@ def test_v1_containers_use_the_image_the_volume_and_cluster_metadata(v1):
         assert metadata["grpc_config"]["grpc_service_host"]["environment_variable"] == "METADATA_GRPC_SERVICE_HOST"
         assert {"mountPath": kubeflow.MOUNT_PATH, "name": "deepfm-tfx"} in container["volumeMounts"]
         assert template["volumes"] == [{"name": "deepfm-tfx", "persistentVolumeClaim": {"claimName": "deepfm-data"}}]
+
+
+def test_v1_exit_handler_is_the_weeks_final_step_in_the_same_image_volume_and_metadata(v1):
+    _, workflow, containers = v1
+    assert workflow["spec"]["onExit"] == kubeflow.WEEK_END_TEMPLATE
+    [handler] = [t for t in workflow["spec"]["templates"] if t["name"] == kubeflow.WEEK_END_TEMPLATE]
+    step, _ = containers["Trainer"]
+    container = handler["container"]
+    assert container["image"] == IMAGE and container["command"] == ["python", "-m", kubeflow.WEEK_END_MODULE]
+    assert container["env"] == step["container"]["env"]  # WORKFLOW_ID names the run, as for every step
+    assert container["volumeMounts"] == step["container"]["volumeMounts"] and handler["volumes"] == step["volumes"]
+    args = container["args"]
+    step_args = step["container"]["args"]
+    assert args[args.index("--kubeflow-metadata-config") + 1] == \
+        step_args[step_args.index("--kubeflow_metadata_config") + 1]
+    assert args[args.index("--workflow-status") + 1] == "{{workflow.status}}"
+    run_config = json.loads(args[args.index("--run-config") + 1])
+    assert run_config["pipeline_root"] == PIPELINE_ROOT and run_config["model_repository"] == MODEL_REPOSITORY
+    assert run_config["train_steps"] == 123 and run_config["trainer"] == "estimator"
+    spec = json.loads(args[args.index("--feature-spec") + 1])
+    assert spec["schema_file"] == SCHEMA_IN_IMAGE
+
+
+@pytest.mark.e2e
+def test_compiled_v1_workflow_runs_three_weeks_and_agrees_with_the_other_orchestrators(tmp_path, capsys):
+    """The weekly scenario (tests/weekly_scenario.py): the compiled steps run here, week after week.
+
+    Week 1 through `deepfm-tfx compile --dry-run`; weeks 2 and 3 rerun that same package, as a
+    recurring run on the cluster would. Its webhook is down: the weeks go on, and say so.
+    """
+    from deepfm_tfx import model_repository
+    from deepfm_tfx.pipeline import cli, metadata
+    from deepfm_tfx.pipeline.orchestrators import kubeflow_dry_run
+
+    spec = scenario.spec_without_schema(tmp_path)
+    data, root, repo = str(tmp_path / "data"), str(tmp_path / "pipeline"), str(tmp_path / "repo")
+    package, workdir = str(tmp_path / "deepfm_tfx.yaml"), str(tmp_path / "dry-run")
+    scenario.add_week(data, 1)
+    code = cli.main(["compile", "--target", "kubeflow", "--output", package, "--dry-run", workdir,
+                     "--pipeline-root", root, "--data-root", data, "--model-repository", repo, "--features", spec,
+                     "--notify-url", "http://127.0.0.1:9/down", "--train-steps", "30", "--eval-steps", "3",
+                     "--min-auc", "0", "--max-auc-drop", "1", "--window-spans", "3", "--batch-size", "256",
+                     "--dnn-units", "32,16"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "week-end" in printed and "workflow Succeeded" in printed
+    first = scenario.read_summary(root)
+    scenario.check_week(1, first)
+    assert first["notified"] is False and "Connection refused" in first["notify_error"]
+
+    connection = metadata.connection_config(None, workdir)
+    results = {}
+    for week in (2, 3):
+        scenario.add_week(data, week)
+        results[week] = kubeflow_dry_run.dry_run(package, workdir, connection_config=connection)
+        scenario.check_week(week, scenario.read_summary(root))
+    assert results[2]["exit_code"] == 0 and results[2]["status"] == "Succeeded"
+    assert set(results[2]["steps"].values()) == {0}
+    broken = results[3]
+    assert broken["status"] == "Failed" and broken["exit_code"] == 3
+    assert broken["steps"]["driftgate"] == 1 and broken["steps"]["transform"] == "skipped"
+    assert len(model_repository.versions(repo, "deepfm")) == 2
+    assert scenario.quarantined_spans(connection) == [scenario.BROKEN_WEEK]
+    scenario.check_frozen_schema(root, connection, spec)
 
 
 def _parameters(ir):

@@ -29,7 +29,7 @@ def num_ids(spec: FeatureSpec, vocabulary_size: int) -> int:
     if spec.categorical_encoding == "hash":
         if spec.hash_buckets is None:
             raise ValueError(f"feature spec {spec.name!r}: hash_buckets is not set; the pipeline chooses it "
-                             "from the data (deepfm_tfx.id_space.resolve) before Transform runs")
+                             "from the data (deepfm_tfx.pipeline.id_space.resolve) before Transform runs")
         return spec.hash_buckets
     return vocabulary_size + spec.oov_buckets
 
