@@ -20,7 +20,7 @@ from tfx.dsl.components.base import base_component, base_executor, executor_spec
 from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
-from deepfm_tfx import contracts, evaluation_results, model_repository, training_info
+from deepfm_tfx import contracts, evaluation_results, model_repository, saved_model_check, training_info
 from deepfm_tfx.spans import span_of
 
 WARMUP_ROWS = 256  # real rows replayed at load; TF Serving allows at most 1000 records
@@ -73,7 +73,7 @@ def warmup_file(saved_model_dir: str, model_name: str, rows: List[bytes], spec_j
 
     if not rows:
         return {}
-    inputs = warmup.signature_inputs(saved_model_dir).get(contracts.FEATURES_SIGNATURE, {})
+    inputs = saved_model_check.signature_inputs(saved_model_dir).get(contracts.FEATURES_SIGNATURE, {})
     if inputs:  # a request carries no label: keep only what the model takes
         stripped = []
         for row in rows:

@@ -5,12 +5,13 @@ TensorFlow for its SavedModel proto takes several. So saved_model.pb is
 parsed with a minimal schema of the few fields checked here: the protobuf
 wire format skips the rest. Checked: it parses, a MetaGraph is tagged
 `serve`, it has the `serving_default` signature with inputs and outputs, and
-a variables/ folder has its index.
+a variables/ folder has its index. `signature_inputs` reads the signatures'
+input keys and dtypes the same way, for the pusher's warmup file.
 """
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Dict, Optional
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
@@ -22,7 +23,9 @@ _F = descriptor_pb2.FieldDescriptorProto
 # Field numbers of tensorflow/core/protobuf/{saved_model,meta_graph}.proto; a map
 # is on the wire a repeated {key = 1, value = 2} message.
 _SCHEMA = {
-    "TensorInfoEntry": [("key", 1, _F.TYPE_STRING, None, False)],
+    "TensorInfo": [("dtype", 2, _F.TYPE_INT32, None, False)],  # a DataType enum, e.g. DT_STRING = 7
+    "TensorInfoEntry": [("key", 1, _F.TYPE_STRING, None, False),
+                        ("value", 2, _F.TYPE_MESSAGE, "TensorInfo", False)],
     "SignatureDef": [("inputs", 1, _F.TYPE_MESSAGE, "TensorInfoEntry", True),
                      ("outputs", 2, _F.TYPE_MESSAGE, "TensorInfoEntry", True),
                      ("method_name", 3, _F.TYPE_STRING, None, False)],
@@ -53,6 +56,16 @@ def _saved_model_class():
 
 
 _SavedModel = _saved_model_class()
+
+
+def signature_inputs(folder: str) -> Dict[str, Dict[str, int]]:
+    """{signature: {input key: DataType enum}} of the `serve` MetaGraph, without loading the model."""
+    with open(os.path.join(folder, SAVED_MODEL_FILE), "rb") as f:
+        saved_model = _SavedModel.FromString(f.read())
+    [meta_graph] = [m for m in saved_model.meta_graphs if SERVE_TAG in m.meta_info_def.tags]
+    # "__saved_model_init_op" and the like are TF's own, not for clients.
+    return {entry.key: {i.key: i.value.dtype for i in entry.value.inputs}
+            for entry in meta_graph.signature_def if not entry.key.startswith("__")}
 
 
 def problem(folder: str) -> Optional[str]:

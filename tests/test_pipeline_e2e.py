@@ -124,10 +124,11 @@ def test_estimator_run_pushes_a_model_with_the_same_signature(tmp_path_factory, 
         {k: (v.dtype, v.shape.as_list()) for k, v in keras_fn.structured_outputs.items()}
 
     # The `features` signature: one contract from both trainers, the same answers as serving_default.
+    from deepfm_tfx import saved_model_check
     from deepfm_tfx.serving import warmup
     from deepfm_tfx.serving.servable import Servable
-    inputs = warmup.signature_inputs(summary["pushed_path"])["features"]
-    assert inputs == warmup.signature_inputs(keras_run[1]["pushed_path"])["features"]
+    inputs = saved_model_check.signature_inputs(summary["pushed_path"])["features"]
+    assert inputs == saved_model_check.signature_inputs(keras_run[1]["pushed_path"])["features"]
     rows = [warmup.feature_row(tf.train.Example.FromString(r), inputs, {}) for r in serialized]
     feeds = {k: np.array([r[k] for r in rows], dtype=object if dtype == tf.string.as_datatype_enum else np.float32)
              for k, dtype in inputs.items()}

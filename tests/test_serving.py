@@ -23,7 +23,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
                                      predict_pb2, prediction_service_pb2_grpc)
 
-from deepfm_tfx import contracts, model_repository, models_config
+from deepfm_tfx import contracts, model_repository, models_config, saved_model_check
 from deepfm_tfx.components.example_encoder import request_examples
 from deepfm_tfx.pipeline import cli, configs
 from deepfm_tfx.pipeline.orchestrators import local
@@ -193,7 +193,7 @@ def test_rest_and_grpc_give_the_in_process_probabilities(pushed, server, in_proc
     np.testing.assert_allclose(np.array(body["outputs"]), expected[:5], rtol=1e-5, atol=1e-7)
 
     # Raw features by name, with NaN and "" where a row has no value.
-    inputs = warmup.signature_inputs(pushed["source"])[contracts.FEATURES_SIGNATURE]
+    inputs = saved_model_check.signature_inputs(pushed["source"])[contracts.FEATURES_SIGNATURE]
     text = json.dumps({"signature_name": "features", "instances": _json_features(rows, inputs)})
     assert "NaN" in text
     status, body = _rest(server, f"/v1/models/{MODEL}:predict", text.encode())

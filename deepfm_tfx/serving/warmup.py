@@ -12,7 +12,8 @@ import math
 import os
 from typing import Dict, Iterator, List, Optional, Sequence
 
-from deepfm_tfx.contracts import SAVED_MODEL_FILE, SERVE_TAG, WARMUP_FILE
+from deepfm_tfx.contracts import WARMUP_FILE
+from deepfm_tfx.saved_model_check import signature_inputs
 
 MAX_RECORDS = 1000  # TF Serving's WarmupConsts::kMaxNumRecords
 # One-row requests (a single ad) and candidate lists (a page of ranking).
@@ -37,17 +38,6 @@ def read_requests(saved_model_dir: str) -> Iterator:
         log = prediction_log_pb2.PredictionLog.FromString(record)
         if log.WhichOneof("log_type") == "predict_log":
             yield log.predict_log.request
-
-
-def signature_inputs(saved_model_dir: str) -> Dict[str, Dict[str, int]]:
-    """{signature: {input key: dtype}} from saved_model.pb, without loading the model."""
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    with open(os.path.join(saved_model_dir, SAVED_MODEL_FILE), "rb") as f:
-        saved_model = saved_model_pb2.SavedModel.FromString(f.read())
-    [meta_graph] = [m for m in saved_model.meta_graphs if SERVE_TAG in m.meta_info_def.tags]
-    return {name: {k: v.dtype for k, v in sig.inputs.items()}
-            for name, sig in meta_graph.signature_def.items() if not name.startswith("__")}
 
 
 def feature_row(example, inputs: Dict[str, int], separators: Dict[str, str]) -> Dict[str, object]:
