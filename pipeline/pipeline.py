@@ -26,6 +26,8 @@ from tfx.proto import example_gen_pb2, trainer_pb2
 from tfx.types import standard_artifacts
 from tfx.types.channel import Channel
 
+from deepfm_tfx.contracts import (FEATURE_SPEC_KEY, PAIRED_AUC_GATE, SERVING_SIGNATURE, STABLE, TRAINER_KEY,
+                                  TRAINING_KEY)
 from deepfm_tfx.pipeline import id_space
 from deepfm_tfx.components import hash_splits
 from deepfm_tfx.components.csv_example_gen import SpecCsvExampleGen
@@ -43,7 +45,6 @@ from deepfm_tfx.schemas.feature_spec import FeatureSpec
 # The training loop is chosen by dotted path; these are persisted in ml-metadata.
 RUN_FNS = {trainer: f"deepfm_tfx.trainer_modules.{trainer}_trainer.run_fn" for trainer in configs.TRAINERS}
 PREPROCESSING_FN = "deepfm_tfx.trainer_modules.preprocessing.preprocessing_fn"
-PAIRED_AUC_GATE = "PairedAucGate"
 
 
 def splits(eval_fraction_buckets: int = 1) -> List[hash_splits.Split]:
@@ -58,7 +59,7 @@ def eval_config(label: str, min_auc: float, slices: Sequence[str] = ()) -> tfma.
     auc_threshold = tfma.MetricThreshold(
         value_threshold=tfma.GenericValueThreshold(lower_bound={"value": min_auc}))
     return tfma.EvalConfig(
-        model_specs=[tfma.ModelSpec(signature_name="serving_default", label_key=label)],
+        model_specs=[tfma.ModelSpec(signature_name=SERVING_SIGNATURE, label_key=label)],
         slicing_specs=[tfma.SlicingSpec()] + [tfma.SlicingSpec(feature_keys=[column]) for column in slices],
         metrics_specs=[tfma.MetricsSpec(metrics=[
             tfma.MetricConfig(class_name="ExampleCount"),
@@ -81,7 +82,7 @@ def create_pipeline(
     spec: FeatureSpec,
     model_repository: str,
     model_name: str,
-    trainer_runner: str,
+    trainer: str,
     train_steps: int,
     eval_steps: int,
     training: Dict[str, Any],
@@ -94,7 +95,7 @@ def create_pipeline(
     enable_cache: bool = True,
     metadata_connection_config: Optional[metadata_store_pb2.ConnectionConfig] = None,
     beam_pipeline_args: Optional[List[str]] = None,
-    push_as: str = "stable",
+    push_as: str = STABLE,
     serving_url: str = "",
     serving_base_path: str = "",
 ) -> Pipeline:
@@ -109,7 +110,7 @@ def create_pipeline(
         hash_buckets, the count is chosen from data_root's newest span (deepfm_tfx.pipeline.id_space).
       model_repository: the versioned model repository the pusher writes to.
       model_name: the model's folder in the repository and its TF Serving name.
-      trainer_runner: which training loop, one of configs.TRAINERS.
+      trainer: which training loop, one of configs.TRAINERS.
       train_steps, eval_steps: steps of training and of validation during training.
       training: TrainingConfig's knobs as a dict (batch size, learning rate, ...).
       min_auc: absolute AUC floor for blessing.
@@ -125,8 +126,8 @@ def create_pipeline(
       metadata_connection_config: ml-metadata store; None for the orchestrator's own.
       beam_pipeline_args: Beam options for every Beam-based component.
     """
-    if trainer_runner not in RUN_FNS:
-        raise ValueError(f"trainer runner must be one of {sorted(RUN_FNS)}, got {trainer_runner!r}")
+    if trainer not in RUN_FNS:
+        raise ValueError(f"trainer must be one of {sorted(RUN_FNS)}, got {trainer!r}")
     spec = id_space.resolve(spec, data_root, pipeline_root)  # hash_buckets from the data unless the spec sets it
     spec_dict = spec.to_dict()
 
@@ -175,7 +176,7 @@ def create_pipeline(
     transform_cache.add_upstream_node(example_gen)  # it needs to know the newest span
     transform = WindowTransform(
         examples=training_examples, schema=schema_gen.outputs["schema"],
-        preprocessing_fn=PREPROCESSING_FN, custom_config={"feature_spec": spec_dict},
+        preprocessing_fn=PREPROCESSING_FN, custom_config={FEATURE_SPEC_KEY: spec_dict},
         # Spans analysed in an earlier run are not analysed again.
         analyzer_cache=transform_cache.outputs["cache"],
         # Statistics of the transformed data cost a full TFDV pass we never read.
@@ -194,24 +195,24 @@ def create_pipeline(
     ).with_id("latest_blessed_model_resolver")
     latest_blessed.add_upstream_node(example_gen)  # it needs to know the newest span
 
-    trainer = Trainer(
-        run_fn=RUN_FNS[trainer_runner],
+    trainer_component = Trainer(
+        run_fn=RUN_FNS[trainer],
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
         base_model=latest_blessed.outputs["model"] if warm_start else None,
         train_args=trainer_pb2.TrainArgs(num_steps=train_steps),
         eval_args=trainer_pb2.EvalArgs(num_steps=eval_steps),
-        custom_config={"feature_spec": spec_dict, "training": training, "trainer_runner": trainer_runner})
+        custom_config={FEATURE_SPEC_KEY: spec_dict, TRAINING_KEY: training, TRAINER_KEY: trainer})
 
     evaluator = Evaluator(
         examples=example_gen.outputs["examples"],
-        model=trainer.outputs["model"],
+        model=trainer_component.outputs["model"],
         baseline_model=latest_blessed.outputs["model"],
         example_splits=["eval"],
         eval_config=eval_config(spec.label, min_auc, spec.slices))
     paired_auc_gate = PairedAucGate(
-        model=trainer.outputs["model"],
+        model=trainer_component.outputs["model"],
         baseline_model=latest_blessed.outputs["model"],
         evaluator_blessing=evaluator.outputs["blessing"],
         training_examples=training_examples,
@@ -219,13 +220,13 @@ def create_pipeline(
         feature_spec_json=json.dumps(spec_dict)).with_id(PAIRED_AUC_GATE)
 
     pusher = ModelRepositoryPusher(
-        model=trainer.outputs["model"],
+        model=trainer_component.outputs["model"],
         model_blessing=paired_auc_gate.outputs[GATE_BLESSING],
         evaluation=evaluator.outputs["evaluation"],
         examples=training_examples,
         model_repository_dir=model_repository,
         model_name=model_name,
-        record_json=json.dumps({"trainer_runner": trainer_runner, "feature_spec": spec.name}),
+        record_json=json.dumps({TRAINER_KEY: trainer, FEATURE_SPEC_KEY: spec.name}),
         push_as=push_as, serving_url=serving_url or "", serving_base_path=serving_base_path or "",
         feature_spec_json=json.dumps(spec_dict),
     )
@@ -235,7 +236,7 @@ def create_pipeline(
         pipeline_root=pipeline_root,
         components=[example_gen] + ([training_window] if custom_resolvers else []) + [previous_statistics, statistics_gen, schema_gen,
                     example_validator, anomaly_gate, drift_gate, transform_cache, transform,
-                    latest_blessed, trainer, evaluator, paired_auc_gate, pusher],
+                    latest_blessed, trainer_component, evaluator, paired_auc_gate, pusher],
         enable_cache=enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args or [],
@@ -265,7 +266,7 @@ def create_pipeline_from_config(config: configs.RunConfig, spec: FeatureSpec, in
         spec=spec,
         model_repository=config.model_repository,
         model_name=config.model_name,
-        trainer_runner=config.trainer,
+        trainer=config.trainer,
         train_steps=config.train_steps,
         eval_steps=config.eval_steps,
         training=config.training_dict,

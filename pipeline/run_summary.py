@@ -9,9 +9,10 @@ from ml_metadata import errors, metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from deepfm_tfx import evaluation_results
+from deepfm_tfx.contracts import EVALUATOR_GATE, PAIRED_AUC_GATE, TRAINER_KEY
 from deepfm_tfx.synthetic import generator
 from deepfm_tfx import training_info
-from deepfm_tfx.spans import span_of
+from deepfm_tfx.spans import partition_of, span_of
 
 
 # An execution in these states produced its outputs (a cached one reused them).
@@ -59,11 +60,7 @@ def executions_of_run(connection_config, pipeline_name: str, run_id: Optional[st
         events = store.get_events_by_execution_ids([execution.id])
         inputs = [e for e in events if e.type == metadata_store_pb2.Event.INPUT]
         outputs = [e for e in events if e.type == metadata_store_pb2.Event.OUTPUT]
-        by_id = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])} if events else {}
-        input_keys: Dict[str, list] = {}
-        for event in inputs:
-            if event.path.steps and event.artifact_id in by_id:
-                input_keys.setdefault(event.path.steps[0].key, []).append(by_id[event.artifact_id])
+        input_keys = _tfx_artifacts_by_key(store, inputs)
         result.append({
             "node": _node_name(store, execution, node_type_id),
             "execution_id": execution.id,
@@ -83,6 +80,22 @@ def span_of_run(executions: List[Dict[str, Any]]) -> Optional[int]:
         if e["node"] == "SpecCsvExampleGen" and e["outputs"].get("Examples"):
             return span_of(e["outputs"]["Examples"][0])
     return None
+
+
+def _tfx_artifacts_by_key(store, events) -> Dict[str, list]:
+    """TFX Artifacts (split names and all, as a component is given them) by the event's key."""
+    from tfx.types import artifact_utils
+
+    protos = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])} if events else {}
+    types = {t.id: t for t in store.get_artifact_types_by_id(list({a.type_id for a in protos.values()}))} \
+        if protos else {}
+    by_key: Dict[str, list] = {}
+    for event in events:
+        if event.path.steps and event.artifact_id in protos:
+            proto = protos[event.artifact_id]
+            by_key.setdefault(event.path.steps[0].key, []).append(
+                artifact_utils.deserialize_artifact(types[proto.type_id], proto))
+    return by_key
 
 
 def _artifacts_by_type(store, artifact_ids: List[int]) -> Dict[str, list]:
@@ -174,7 +187,7 @@ def _paired_result(gate_outputs: Dict[str, list]) -> Optional[Dict[str, Any]]:
         return json.load(f)
 
 
-def build(executions: List[Dict[str, Any]], trainer_runner: str,
+def build(executions: List[Dict[str, Any]], trainer: str,
           bayes: Optional[Dict[str, Any]], error: Optional[str] = None,
           blocked_by: Optional[str] = None) -> Dict[str, Any]:
     by_node = {e["node"]: e for e in executions}
@@ -190,8 +203,9 @@ def build(executions: List[Dict[str, Any]], trainer_runner: str,
         "stale_bayes_auc": bayes.get("stale_bayes_auc") if bayes else None,
         "bayes_auc_span": bayes.get("bayes_auc_span") if bayes else None,
         "blessed": False, "pushed": False, "pushed_path": None, "pushed_version": None, "not_pushed_reason": None,
-        "trainer_runner": trainer_runner,
+        TRAINER_KEY: trainer,
         "span": None,
+        "partition": None,  # the Hive partition ingested (dt=2026-11-30), if the data has them
         "examples_artifact_id": None,
         "statistics_artifact_id": None,
         "window_spans": None,
@@ -206,6 +220,7 @@ def build(executions: List[Dict[str, Any]], trainer_runner: str,
     examples = by_node.get("SpecCsvExampleGen", {}).get("outputs", {}).get("Examples")
     if examples:
         summary["span"] = span_of(examples[0])
+        summary["partition"] = partition_of(examples[0])
         summary["examples_artifact_id"] = examples[0].id
     statistics = by_node.get("StatisticsGen", {}).get("outputs", {}).get("ExampleStatistics")
     if statistics:
@@ -213,6 +228,7 @@ def build(executions: List[Dict[str, Any]], trainer_runner: str,
     window = by_node.get("Transform", {}).get("inputs", {}).get("Examples")
     if window:
         summary["window_spans"] = sorted(span_of(a) for a in window)
+        summary["window_partitions"] = sorted(p for a in window if (p := partition_of(a))) or None
     trained = by_node.get("Trainer", {}).get("outputs", {}).get("Model")
     if trained:
         info = training_info.read(trained[0].uri)
@@ -234,7 +250,7 @@ def build(executions: List[Dict[str, Any]], trainer_runner: str,
             summary["bayes_auc_gap"] = summary["bayes_auc"] - summary["auc"]
         # PairedAucGate has the last word (floor and change with its noise); the Evaluator's alone
         # when the run stopped between the two.
-        gate = by_node.get("PairedAucGate", {}).get("outputs", {})
+        gate = by_node.get(PAIRED_AUC_GATE, {}).get("outputs", {})
         blessing = gate.get("ModelBlessing") or evaluator["outputs"].get("ModelBlessing")
         summary["blessed"] = bool(blessing and _custom(blessing[0], "blessed"))
         paired = _paired_result(gate)
@@ -245,7 +261,7 @@ def build(executions: List[Dict[str, Any]], trainer_runner: str,
             summary["auc_diff_rows"] = figures.get("rows")
             summary["change_gate"] = paired.get("change_gate_message")
         if not summary["blessed"] and not blocked_by:
-            summary["blocked_by"] = "Evaluator"
+            summary["blocked_by"] = EVALUATOR_GATE
             summary["evaluator_failures"] = evaluation_results.validation_failures(uri)
             if paired and not paired.get("change_gate_passed", True):
                 summary["evaluator_failures"].append(f"auc (change vs baseline): {paired['change_gate_message']}")

@@ -29,8 +29,9 @@ from deepfm_tfx.pipeline import configs, run_summary
 from deepfm_tfx.schemas import feature_spec, frozen_schema
 
 NOTIFY_TIMEOUT_SECONDS = 10
-# The gate components, and the check that names why each refused.
-GATE_NODES = ("AnomalyGate", "DriftGate")
+# The data gates' components, in the order a refusal is reported when both refused: the
+# order LocalDagRunner runs them, so every orchestrator names the same gate.
+GATE_NODES = ("DriftGate", "AnomalyGate")
 SCHEMA_GEN = "SchemaGen"
 
 
@@ -84,9 +85,10 @@ def outcome(executions: List[Dict[str, Any]], failure: Optional[BaseException] =
             return Outcome(EXIT_BAD_INPUT, None, _message_of(data or failure))
         return Outcome(EXIT_ERROR, None, f"{type(failure).__name__}: {_message_of(failure)}")
     unfinished = [e for e in executions if e["state"] not in run_summary.FINISHED_STATES]
-    for execution in unfinished:
-        if execution["node"] in GATE_NODES and (refusal := _recheck_gate(execution)):
-            return Outcome(EXIT_GATE, refusal.gate, str(refusal))
+    for gate in GATE_NODES:
+        for execution in unfinished:
+            if execution["node"] == gate and (refusal := _recheck_gate(execution)):
+                return Outcome(EXIT_GATE, refusal.gate, str(refusal))
     if unfinished:
         return Outcome(EXIT_ERROR, None, f"{unfinished[0]['node']} failed (its task log has the error)")
     if failed_tasks:

@@ -10,6 +10,7 @@ import sys
 import tempfile
 from typing import Any, Dict
 
+from deepfm_tfx.contracts import EXIT_BAD_INPUT, EXIT_ERROR
 from deepfm_tfx.pipeline import configs
 
 TARGETS = ("kubeflow", "kubeflow-v2", "airflow")
@@ -113,9 +114,9 @@ def _dry_run(args, package: str) -> int:
     os.makedirs(workdir, exist_ok=True)
     print(f"running its steps here; their logs go to {workdir}", flush=True)
     result = kubeflow_dry_run.dry_run(package, workdir,
-                                      connection_config=metadata.connection_config(args.metadata, workdir))
+                                      connection_config=metadata.connection_config(getattr(args, "metadata", None), workdir))
     print(f"workflow {result['status']}; the week's final step exited {result['exit_code']}")
-    return result["exit_code"] if result["exit_code"] is not None else 1
+    return result["exit_code"] if result["exit_code"] is not None else EXIT_ERROR
 
 
 def cmd_compile(args) -> int:
@@ -135,7 +136,7 @@ def cmd_compile(args) -> int:
                 print(kubeflow.describe_v2_differences(), file=sys.stderr)
     except (ValueError, FeatureSpecError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     return 0
 
 
@@ -163,11 +164,11 @@ def cmd_schedule(args) -> int:
                 namespace=args.namespace)
     except (ValueError, FeatureSpecError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     except (urllib3.exceptions.HTTPError, kfp_server_api.ApiException) as e:
         reason = getattr(e, "reason", None) or e
         print(f"error: Kubeflow Pipelines at {args.host}: {reason}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     print(f"created {created}")
     return 0
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 
+from deepfm_tfx.contracts import TRAINER_KEY
 from deepfm_tfx.pipeline import configs, console
 
 
@@ -16,8 +17,8 @@ def configure(p) -> None:
 
 
 SUMMARY_KEYS = ("auc", "bayes_auc", "bayes_auc_gap", "bayes_auc_span", "logloss", "bayes_logloss", "calibration", "example_count",
-                "baseline_auc", "blessed", "pushed", "pushed_path", "not_pushed_reason", "trainer_runner", "span",
-                "window_spans", "warm_started", "learning_rate_first_step", "learning_rate_last_step",
+                "baseline_auc", "blessed", "pushed", "pushed_path", "not_pushed_reason", TRAINER_KEY, "span", "partition",
+                "window_spans", "window_partitions", "warm_started", "learning_rate_first_step", "learning_rate_last_step",
                 "weight_change_max", "num_ids", "distinct_ids", "train_examples_per_second", "blocked_by")
 
 
@@ -46,7 +47,8 @@ def print_summary(summary) -> None:
 
 
 def cmd_run(args) -> int:
-    from deepfm_tfx.errors import EXIT_BAD_INPUT, ConfigError, DataError
+    from deepfm_tfx.contracts import EXIT_BAD_INPUT
+    from deepfm_tfx.errors import ConfigError, DataError
     from deepfm_tfx.pipeline import validation
     from deepfm_tfx.pipeline.orchestrators import local
     from deepfm_tfx.schemas.feature_spec import FeatureSpecError

@@ -20,7 +20,7 @@ import uuid
 from typing import Any, Dict, List, Optional
 from unittest import mock
 
-from deepfm_tfx.pipeline.orchestrators import kubeflow
+from deepfm_tfx.contracts import EXIT_ERROR
 
 UI_METADATA_FLAG = "--metadata_ui_path"
 
@@ -56,10 +56,10 @@ def _run_step(container: Dict[str, Any], parameters: Dict[str, str], status: str
         code = importlib.import_module(command[2]).main(args)
         return code if isinstance(code, int) else 0
     except SystemExit as e:
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_ERROR)
     except Exception:  # noqa: BLE001 - a failed pod: logged, and its dependents are skipped
         logging.getLogger(__name__).exception("step %s failed", command[2])
-        return 1
+        return EXIT_ERROR
 
 
 def dry_run(package: str, workdir: str, *, connection_config, run_id: Optional[str] = None) -> Dict[str, Any]:
