@@ -3,23 +3,65 @@
 Weekly data lands as `<data_root>/span-<N>/<files>`; ExampleGen resolves
 `span-{SPAN}` to the newest N when a run starts. ExampleGen (TFX 1.15) records
 the span of an Examples artifact as a custom property `span`.
+
+A Hive table partitioned by a date column lands as `<data_root>/dt=<YYYY-MM-DD>/<files>`:
+each partition is a span numbered by TFX's own date spec (`{YYYY}-{MM}-{DD}`), the
+days since 1970-01-01. The number keeps its order when old partitions are dropped,
+as a rank would not. SpecCsvExampleGen records the folder as the custom property
+`partition` (e.g. `dt=2026-11-30`).
 """
 from __future__ import annotations
 
+import datetime
 import os
 import re
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
 SPAN_FOLDER = re.compile(r"span-(\d+)")
+PARTITION = "partition"
+_EPOCH = datetime.date(1970, 1, 1)
 
 
 def folder(data_root: str, span: int) -> str:
     return os.path.join(data_root, f"span-{span}")
 
 
-def input_pattern(file_pattern: str) -> str:
-    """ExampleGen's pattern for spanned data: the newest span at run time."""
+def input_pattern(file_pattern: str, partition: Optional[str] = None) -> str:
+    """ExampleGen's pattern for spanned data (span-N/, or <partition>=<date>/): the newest span at run time."""
+    if partition:
+        return f"{partition}={{YYYY}}-{{MM}}-{{DD}}/{file_pattern}"
     return f"span-{{SPAN}}/{file_pattern}"
+
+
+class PartitionError(ValueError):
+    """A partition folder whose value is not an ISO date."""
+
+
+def partitions(data_root: str, column: str) -> List[Tuple[int, str]]:
+    """(span, folder name) of the <column>=<YYYY-MM-DD>/ folders under data_root, oldest first."""
+    found = []
+    for name in os.listdir(data_root):
+        if not name.startswith(column + "=") or not os.path.isdir(os.path.join(data_root, name)):
+            continue
+        value = name[len(column) + 1:]
+        try:
+            day = datetime.date.fromisoformat(value) if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value) else None
+        except ValueError:
+            day = None
+        if day is None:
+            raise PartitionError(f"{os.path.join(data_root, name)}: a partition's value must be an ISO date "
+                                 f"(YYYY-MM-DD), got {value!r}")
+        found.append(((day - _EPOCH).days, name))
+    return sorted(found)
+
+
+def newest_folder(data_root: str, partition: Optional[str] = None) -> Optional[str]:
+    """The newest span's folder (span-N/, or <partition>=<newest date>/ when given), None if there is none."""
+    if partition:
+        found = partitions(data_root, partition)
+        return os.path.join(data_root, found[-1][1]) if found else None
+    latest = newest(data_root)
+    return folder(data_root, latest) if latest is not None else None
 
 
 def present(data_root: str) -> List[int]:
@@ -43,3 +85,12 @@ def span_of(artifact: Any) -> int:
         if "span" in props:
             return props["span"].int_value
     return 0
+
+
+def partition_of(artifact: Any) -> Optional[str]:
+    """The Hive partition an Examples artifact was read from (`dt=2026-11-30`), None for span-N/ data."""
+    if hasattr(artifact, "has_custom_property"):
+        return artifact.get_string_custom_property(PARTITION) or None
+    if PARTITION in artifact.custom_properties:
+        return artifact.custom_properties[PARTITION].string_value or None
+    return None
