@@ -4,12 +4,13 @@ Each gate's check is a plain function, so the week's final step
 (pipeline/week_end.py) can name the reason on orchestrators that keep only a
 failed task's state, not its exception (Airflow, Kubeflow).
 """
+import glob
 import os
 from typing import Optional
 
 from tfx.dsl.component.experimental.annotations import InputArtifact
 from tfx.dsl.component.experimental.decorators import component
-from tfx.types import artifact_utils, standard_artifacts
+from tfx.types import standard_artifacts
 from tensorflow_metadata.proto.v0 import anomalies_pb2
 
 from deepfm_tfx.contracts import DRIFT_SKEW_GATE, EXAMPLE_VALIDATOR_GATE
@@ -26,11 +27,11 @@ class GateFailed(RuntimeError):
         self.reason = reason
 
 
-def describe_anomalies(anomalies_artifact) -> list:
-    """'split: feature: description' lines for every anomaly found."""
+def describe_anomalies(anomalies_uri: str) -> list:
+    """'split: feature: description' lines for every anomaly ExampleValidator wrote under anomalies_uri."""
     lines = []
-    for split in artifact_utils.decode_split_names(anomalies_artifact.split_names):
-        path = os.path.join(artifact_utils.get_split_uri([anomalies_artifact], split), _SCHEMA_DIFF)
+    for path in sorted(glob.glob(os.path.join(anomalies_uri, "Split-*", _SCHEMA_DIFF))):
+        split = os.path.basename(os.path.dirname(path))[len("Split-"):]
         anomalies = anomalies_pb2.Anomalies()
         with open(path, "rb") as f:
             anomalies.ParseFromString(f.read())
@@ -44,7 +45,7 @@ def describe_anomalies(anomalies_artifact) -> list:
 
 def check_anomalies(anomalies) -> Optional[GateFailed]:
     """The refusal for ExampleValidator's anomalies, or None when there are none."""
-    problems = describe_anomalies(anomalies)
+    problems = describe_anomalies(anomalies.uri)
     if problems:
         return GateFailed(EXAMPLE_VALIDATOR_GATE, "schema anomalies in the new data:\n  " + "\n  ".join(problems))
     return None

@@ -255,18 +255,8 @@ def anomalies(anomalies_uri: Optional[str]) -> Optional[List[str]]:
     """ExampleValidator's findings per split, or None when it did not run."""
     if not anomalies_uri or not os.path.isdir(anomalies_uri):
         return None
-    from tensorflow_metadata.proto.v0 import anomalies_pb2
-    lines = []
-    for path in sorted(glob.glob(os.path.join(anomalies_uri, "Split-*", "SchemaDiff.pb"))):
-        split = os.path.basename(os.path.dirname(path))[len("Split-"):]
-        found = anomalies_pb2.Anomalies()
-        with open(path, "rb") as f:
-            found.ParseFromString(f.read())
-        for feature, info in sorted(found.anomaly_info.items()):
-            lines.append(f"{split}: {feature}: {info.short_description} ({info.description})")
-        if found.HasField("dataset_anomaly_info"):
-            lines.append(f"{split}: dataset: {found.dataset_anomaly_info.short_description}")
-    return lines
+    from deepfm_tfx.components.gates import describe_anomalies
+    return describe_anomalies(anomalies_uri)
 
 
 def _schema(schema_uri: str):
