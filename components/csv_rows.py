@@ -45,7 +45,7 @@ _NON_FINITE = re.compile(r"[ \t]*[+-]?(nan|inf|infinity)[ \t]*", re.IGNORECASE)
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
 
 
-def _open_raw(path: str) -> BinaryIO:
+def open_raw(path: str) -> BinaryIO:
     if "://" in path:
         from tfx.dsl.io import fileio  # remote filesystems only: TFX's import costs seconds
         return fileio.open(path, "rb")
@@ -55,7 +55,7 @@ def _open_raw(path: str) -> BinaryIO:
 def sniff(path: str) -> Optional[str]:
     """'gzip' for gzip content, None for plain text; a DataError for anything else."""
     try:
-        with _open_raw(path) as f:
+        with open_raw(path) as f:
             head = f.read(4096)
     except OSError as e:
         raise DataError(f"{path}: cannot be read: {e.strerror or e}") from None
@@ -73,7 +73,7 @@ def sniff(path: str) -> Optional[str]:
 
 def open_text_bytes(path: str) -> BinaryIO:
     """The file's bytes, gunzipped if they are gzip."""
-    raw = _open_raw(path)
+    raw = open_raw(path)
     return gzip.GzipFile(fileobj=raw) if sniff(path) == "gzip" else raw
 
 

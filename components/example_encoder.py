@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from deepfm_tfx.components import csv_rows
+from deepfm_tfx.components import csv_rows, rows
 from deepfm_tfx.schemas.feature_spec import FeatureSpec
 
 
@@ -128,8 +128,8 @@ def encode(batch: pa.RecordBatch, spec: FeatureSpec, label: bool = True) -> pa.A
 
 
 def parse_file(path: str, spec: FeatureSpec, shuffle: bool = False) -> Iterator[bytes]:
-    """One serialized tf.Example per row of a CSV/TSV file, in file order unless `shuffle`."""
-    for block, batch in enumerate(csv_rows.read_batches(path, spec)):
+    """One serialized tf.Example per row of a data file, in file order unless `shuffle`."""
+    for block, batch in enumerate(rows.read_batches(path, spec)):
         if shuffle:
             batch = csv_rows.shuffled(batch, path, block)
         yield from encode(batch, spec).to_pylist()
@@ -139,7 +139,7 @@ def request_examples(files: Sequence[str], spec: FeatureSpec, limit: int) -> Lis
     """The first `limit` rows of labelled files as requests: serialized tf.Examples without the label."""
     requests: List[bytes] = []
     for path in files:
-        for batch in csv_rows.read_batches(path, spec):
+        for batch in rows.read_batches(path, spec):
             requests += encode(batch, spec, label=False).to_pylist()[:limit - len(requests)]
             if len(requests) == limit:
                 return requests

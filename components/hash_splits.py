@@ -14,7 +14,7 @@ from typing import Dict, Iterator, List, Sequence, Tuple
 import numpy as np
 import pyarrow as pa
 
-from deepfm_tfx.components import csv_rows, example_encoder
+from deepfm_tfx.components import csv_rows, example_encoder, rows
 from deepfm_tfx.errors import DataError
 from deepfm_tfx.schemas.feature_spec import FeatureSpec
 
@@ -46,16 +46,16 @@ def split_indices(examples: pa.Array, batch: pa.RecordBatch, spec: FeatureSpec,
 def split_file(path: str, spec: FeatureSpec, splits: Sequence[Split],
                shuffle: bool = True) -> Iterator[Tuple[int, List[bytes], np.ndarray]]:
     """Per Arrow block: (split index, its serialized Examples, their labels) for each split."""
-    for block, batch in enumerate(csv_rows.read_batches(path, spec)):
+    for block, batch in enumerate(rows.read_batches(path, spec)):
         if shuffle:
             batch = csv_rows.shuffled(batch, path, block)
         examples = example_encoder.encode(batch, spec)
         which = split_indices(examples, batch, spec, splits)
         labels = batch.column(spec.label).to_numpy(zero_copy_only=False)
         for i in range(len(splits)):
-            rows = np.flatnonzero(which == i)
-            if len(rows):
-                yield i, examples.take(pa.array(rows)).to_pylist(), labels[rows]
+            picked = np.flatnonzero(which == i)
+            if len(picked):
+                yield i, examples.take(pa.array(picked)).to_pylist(), labels[picked]
 
 
 Counts = Dict[str, Dict[int, int]]  # split name -> label -> rows

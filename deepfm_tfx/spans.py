@@ -17,6 +17,8 @@ import os
 import re
 from typing import Any, List, Optional, Tuple
 
+from deepfm_tfx.errors import DataError
+
 SPAN_FOLDER = re.compile(r"span-(\d+)")
 PARTITION = "partition"
 _EPOCH = datetime.date(1970, 1, 1)
@@ -33,10 +35,6 @@ def input_pattern(file_pattern: str, partition: Optional[str] = None) -> str:
     return f"span-{{SPAN}}/{file_pattern}"
 
 
-class PartitionError(ValueError):
-    """A partition folder whose value is not an ISO date."""
-
-
 def partitions(data_root: str, column: str) -> List[Tuple[int, str]]:
     """(span, folder name) of the <column>=<YYYY-MM-DD>/ folders under data_root, oldest first."""
     found = []
@@ -49,7 +47,7 @@ def partitions(data_root: str, column: str) -> List[Tuple[int, str]]:
         except ValueError:
             day = None
         if day is None:
-            raise PartitionError(f"{os.path.join(data_root, name)}: a partition's value must be an ISO date "
+            raise DataError(f"{os.path.join(data_root, name)}: a partition's value must be an ISO date "
                                  f"(YYYY-MM-DD), got {value!r}")
         found.append(((day - _EPOCH).days, name))
     return sorted(found)

@@ -22,6 +22,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from deepfm_tfx import spans
+from deepfm_tfx.errors import DataError
 from deepfm_tfx.schemas.feature_spec import FeatureSpec
 
 # 2x: about a fifth to two fifths of ids share a row, nearly all of them rare
@@ -70,14 +71,14 @@ def survey(files: Sequence[str], spec: FeatureSpec) -> Tuple[int, Dict[str, int]
     import pandas as pd
     import pyarrow.compute as pc
 
-    from deepfm_tfx.components import csv_rows
+    from deepfm_tfx.components import rows
 
     counter = DistinctCounter()
     fields = list(spec.categorical) + [m.name for m in spec.multivalent]
     separators = {m.name: m.separator for m in spec.multivalent}
     slice_values: Dict[str, set] = {name: set() for name in spec.slices}
     for path in files:
-        for batch in csv_rows.read_batches(path, spec):
+        for batch in rows.read_batches(path, spec):
             for i, name in enumerate(fields):
                 column = batch.column(name)
                 if name in separators:
@@ -93,8 +94,10 @@ def survey(files: Sequence[str], spec: FeatureSpec) -> Tuple[int, Dict[str, int]
 def _newest_files(data_root: str, spec: FeatureSpec) -> Optional[list]:
     if not os.path.isdir(data_root):
         return None
-    newest = spans.newest(data_root)
-    folder = spans.folder(data_root, newest) if newest is not None else data_root
+    try:
+        folder = spans.newest_folder(data_root, spec.partitions) or data_root
+    except DataError:  # a partition folder validation.check_data refuses, naming it
+        return None
     return sorted(glob.glob(os.path.join(folder, spec.file_pattern))) or None
 
 

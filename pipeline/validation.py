@@ -13,7 +13,7 @@ import urllib.parse
 from typing import Optional, Tuple
 
 from deepfm_tfx import model_repository
-from deepfm_tfx.components import csv_rows, hash_splits
+from deepfm_tfx.components import hash_splits, rows
 from deepfm_tfx.errors import ConfigError
 from deepfm_tfx.pipeline import configs
 
@@ -154,13 +154,21 @@ def check_data(data_root: str, spec) -> Tuple[str, Optional[int]]:
         what = "is not a directory" if os.path.exists(data_root) else "data directory does not exist"
         raise DataError(f"{data_root}: {what}")
     latest = spans.newest(data_root)
-    if latest is not None:
+    if spec.partitions:
+        found = spans.partitions(data_root, spec.partitions)
+        if not found:
+            raise DataError(f"{data_root}: holds no {spec.partitions}=<YYYY-MM-DD>/ partition folders, which "
+                            f"feature spec '{spec.name}' names with 'partitions: {spec.partitions}'")
+        latest, newest_folder = found[-1]
+        where = os.path.join(data_root, newest_folder, spec.file_pattern)
+        layout = spans.input_pattern(spec.file_pattern, spec.partitions), latest
+    elif latest is not None:
         where = os.path.join(spans.folder(data_root, latest), spec.file_pattern)
         layout = spans.input_pattern(spec.file_pattern), latest
     else:
         where = os.path.join(data_root, spec.file_pattern)
         layout = spec.file_pattern, None
     files = sorted(glob.glob(where))
-    csv_rows.check_files(files, spec, where)
+    rows.check_files(files, spec, where)
     hash_splits.check_counts(hash_splits.count_splits(files, spec, splits()), where)
     return layout

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from typing import Any, Dict, List, Optional
 
 import yaml
@@ -16,7 +17,8 @@ import yaml
 SPEC_DIR = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_SPEC = os.path.join(SPEC_DIR, "criteo_synthetic.yaml")
 
-_FORMATS = {"csv": ",", "tsv": "\t"}
+_DELIMITERS = {"csv": ",", "tsv": "\t"}
+_FORMATS = ("csv", "tsv", "parquet", "tfrecord")
 _ENCODINGS = ("vocabulary", "hash")
 _NUMERIC_TRANSFORMS = ("log_zscore", "zscore", "log", "none")
 
@@ -57,10 +59,16 @@ class FeatureSpec:
     # Categorical columns the Evaluator reports metrics by, one slice per value
     # (pick low-cardinality ones: every value is a slice).
     slices: List[str] = dataclasses.field(default_factory=list)
+    # A Hive partition column (e.g. `dt`): --data holds `dt=<ISO date>/` folders, one span each.
+    partitions: Optional[str] = None
 
     @property
     def delimiter(self) -> str:
-        return _FORMATS[self.format]
+        return _DELIMITERS[self.format]
+
+    @property
+    def is_text(self) -> bool:
+        return self.format in _DELIMITERS
 
     @property
     def feature_columns(self) -> List[str]:
@@ -116,7 +124,7 @@ def load(path: str) -> FeatureSpec:
         _fail(path, "'label' (the label column) is required")
     fmt = raw.get("format", "csv")
     if fmt not in _FORMATS:
-        _fail(path, f"'format' must be one of {sorted(_FORMATS)}, got {fmt!r}")
+        _fail(path, f"'format' must be one of {list(_FORMATS)}, got {fmt!r}")
     categorical = _names(path, raw, "categorical")
     numerical = _names(path, raw, "numerical")
 
@@ -125,7 +133,7 @@ def load(path: str) -> FeatureSpec:
         if not isinstance(m, dict) or not isinstance(m.get("name"), str):
             _fail(path, f"multivalent[{i}] needs a 'name'")
         sep = m.get("separator", "|")
-        if not isinstance(sep, str) or not sep or sep == _FORMATS[fmt]:
+        if not isinstance(sep, str) or not sep or sep == _DELIMITERS.get(fmt):
             _fail(path, f"multivalent[{i}] ({m['name']}): 'separator' must be a non-empty string other than the field delimiter")
         max_length = m.get("max_length", 8)
         if not isinstance(max_length, int) or max_length < 1:
@@ -145,7 +153,7 @@ def load(path: str) -> FeatureSpec:
     if not isinstance(header, bool):
         _fail(path, "'header' must be true or false")
     column_names = raw.get("column_names")
-    if not header:
+    if not header and fmt in _DELIMITERS:
         if not column_names:
             _fail(path, "'column_names' is required when 'header' is false")
         column_names = _names(path, raw, "column_names")
@@ -179,6 +187,10 @@ def load(path: str) -> FeatureSpec:
     if not_categorical:
         _fail(path, f"'slices' must name categorical columns; {not_categorical} are not")
 
+    partitions = raw.get("partitions")
+    if partitions is not None and (not isinstance(partitions, str) or not re.fullmatch(r"\w+", partitions)):
+        _fail(path, f"'partitions' must name the partition column (e.g. dt), got {partitions!r}")
+
     schema_file = None
     if raw.get("schema"):
         schema_file = os.path.join(os.path.dirname(os.path.abspath(path)), raw["schema"])
@@ -191,4 +203,4 @@ def load(path: str) -> FeatureSpec:
         format=fmt, header=header, column_names=column_names,
         file_pattern=str(raw.get("file_pattern", "*")),
         categorical_encoding=encoding, numerical_transform=transform,
-        schema_file=schema_file, split_key=split_key, slices=slices, **ints)
+        schema_file=schema_file, split_key=split_key, slices=slices, partitions=partitions, **ints)
