@@ -21,7 +21,7 @@ from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
 from deepfm_tfx import contracts, evaluation_results, model_repository, saved_model_check, training_info
-from deepfm_tfx.spans import span_of
+from deepfm_tfx.spans import partition_of, span_of
 
 WARMUP_ROWS = 256  # real rows replayed at load; TF Serving allows at most 1000 records
 
@@ -140,6 +140,7 @@ class Executor(base_executor.BaseExecutor):
                 json.loads(exec_properties.get("record_json") or "{}"),
                 metrics=metrics["candidate"], baseline_metrics=metrics["baseline"] or None,
                 spans=sorted(span_of(e) for e in examples), data_fingerprint=data_fingerprint(examples),
+                partitions=sorted(p for e in examples if (p := partition_of(e))) or None,
                 pipeline_run_id=self._context.pipeline_run_id if self._context else None,
                 warm_started=info.get("warm_started", False), base_model=info.get("base_model"),
                 train_steps=info.get("train_steps"), source_model=model.uri,

@@ -404,7 +404,7 @@ def run_pipeline(tmp, data, spec_path):
 
 
 @pytest.mark.e2e
-def test_a_hive_partitioned_parquet_table_runs_end_to_end_to_a_pushed_model(tmp_path, same_rows):
+def test_a_hive_partitioned_parquet_table_runs_end_to_end_to_a_pushed_model(tmp_path, same_rows, capsys):
     table = tmp_path / "click_log"
     write_parquet(arrow_table(same_rows["csv"][0]), str(table / "dt=2026-11-30"), files=3, row_group_size=300)
     write_parquet(arrow_table(same_rows["csv"][0]).slice(0, 500), str(table / "dt=2026-11-29"))
@@ -415,6 +415,11 @@ def test_a_hive_partitioned_parquet_table_runs_end_to_end_to_a_pushed_model(tmp_
     assert summary["partition"] == "dt=2026-11-30" and summary["span"] == day("2026-11-30")
     assert summary["window_partitions"] == ["dt=2026-11-30"]
     assert ingested(str(tmp_path / "pipeline")) == csv_splits(same_rows["csv"][0])
+    repo = str(tmp_path / "repo")
+    assert mr.read_record(repo, "deepfm", summary["pushed_version"])["partitions"] == ["dt=2026-11-30"]
+    capsys.readouterr()
+    assert cli.main(["models", "list", "--model-repository", repo]) == 0
+    assert "  dt=2026-11-30  " in capsys.readouterr().out  # the SPANS column
 
 
 @pytest.mark.e2e

@@ -30,7 +30,9 @@ def _row(entry: Dict[str, Any]) -> Dict[str, Any]:
     metrics = record.get("metrics") or {}
     return {"version": entry["version"], "serving": entry["serving"], "labels": entry["labels"],
             "created_at": record.get("created_at"), TRAINER_KEY: record.get(TRAINER_KEY),
-            "auc": metrics.get("auc"), "logloss": metrics.get("logloss"), "spans": record.get("spans"),
+            "auc": metrics.get("auc"), "logloss": metrics.get("logloss"),
+            # A Hive table's spans read as its partitions (dt=2026-11-30), not as day numbers.
+            "spans": record.get("partitions") or record.get("spans"),
             "warm_started": record.get("warm_started"), "pipeline_run_id": record.get("pipeline_run_id"),
             "data_fingerprint": record.get("data_fingerprint"), "record": entry["record"]}
 
