@@ -24,6 +24,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from deepfm_tfx import model_repository
+from deepfm_tfx.contracts import CANARY, LABELS, STABLE
 from deepfm_tfx.experiments import config as experiments_config
 from deepfm_tfx.experiments import decision, report, statistics
 from deepfm_tfx.pipeline.simulation import OnlineConfig
@@ -57,7 +58,7 @@ def run_week(week: int, run_config, summary: Dict[str, Any], server: ServerProce
     repo, model = run_config.model_repository, run_config.model_name
     experiments_dir = server.experiments_dir
     labels = model_repository.labels(repo, model)
-    stable, canary = labels.get("stable"), labels.get("canary")
+    stable, canary = labels.get(STABLE), labels.get(CANARY)
     if stable is None or canary in (None, stable):
         return {"experiment": None, "decision": None, "decision_correct": None, "true_logloss": None,
                 "serving_version": stable, "online_note": "no canary on trial: nothing to test"}
@@ -103,14 +104,14 @@ def run_week(week: int, run_config, summary: Dict[str, Any], server: ServerProce
     p = np.concatenate(traffic.p)
     served_arm = np.concatenate(traffic.arm)
     pinned = pinned_scores(server.rest_port, model, [stable, canary], traffic, cfg.clients)
-    q = {"stable": pinned[stable], "canary": pinned[canary]}
+    q = {STABLE: pinned[stable], CANARY: pinned[canary]}
     served = np.concatenate(traffic.score)
-    for arm in ("stable", "canary"):  # the split sent each row to the version that scores it so
+    for arm in LABELS:  # the split sent each row to the version that scores it so
         mine = served_arm == arm
         np.testing.assert_allclose(served[mine], q[arm][mine], rtol=1e-4, atol=1e-6)
-    truth_ll = {arm: true_logloss(p, q[arm]) for arm in ("stable", "canary")}
+    truth_ll = {arm: true_logloss(p, q[arm]) for arm in LABELS}
     truth_ll["bayes"] = true_logloss(p, p)
-    truly_better = truth_ll["canary"] < truth_ll["stable"]
+    truly_better = truth_ll[CANARY] < truth_ll[STABLE]
 
     action = built["decision"]["action"]
     applied = None

@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from deepfm_tfx.contracts import FEATURES_SIGNATURE
 from deepfm_tfx.pipeline.simulation import OnlineConfig
 from deepfm_tfx.synthetic import generator
 
@@ -60,7 +61,7 @@ def _features_body(columns: Dict[str, np.ndarray], fields: Dict[str, Any]) -> by
             inputs[name] = [float(v) if v != "" else math.nan for v in values]
         else:
             inputs[name] = [str(v) for v in values]
-    return json.dumps(dict(fields, signature_name="features", inputs=inputs)).encode()
+    return json.dumps(dict(fields, signature_name=FEATURES_SIGNATURE, inputs=inputs)).encode()
 
 
 @dataclasses.dataclass

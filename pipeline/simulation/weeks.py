@@ -15,6 +15,7 @@ import shutil
 import time
 from typing import Any, Dict, List, Optional
 
+from deepfm_tfx.contracts import CANARY, ROLL_BACK
 from deepfm_tfx.pipeline import configs
 from deepfm_tfx.pipeline.orchestrators import local
 from deepfm_tfx.pipeline.simulation import BAD_KINDS, WORSE_CANDIDATE, OnlineConfig, online_experiment, week_metadata
@@ -85,7 +86,7 @@ def run_weeks(workdir: str, weeks: int, config: configs.RunConfig, bad_week: int
         config, data=data_root, pipeline_root=os.path.join(workdir, "pipeline"),
         model_repository=os.path.join(workdir, "model_repository"), summary=None)
     if online is not None:
-        config = dataclasses.replace(config, push_as="canary")
+        config = dataclasses.replace(config, push_as=CANARY)
     server = None
     table = []
     try:
@@ -130,7 +131,7 @@ def _week(week: int, bad: Optional[str], config: configs.RunConfig, data_root: s
                     serving_version=None)
     result = online_experiment.run_week(week, config, summary, server, online, drift,
                                         week_metadata.statistics_uri(config, summary))
-    if result["decision"] == "roll back":
+    if result["decision"] == ROLL_BACK:
         week_metadata.revoke(config, summary, result["experiment"]["canary_version"],
                              f"rolled back online by experiment {result['experiment']['name']}")
     return dict(row, **result)
