@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from typing import Dict, Iterator, List, Sequence
+from typing import Dict, Iterable, Iterator, List, Sequence
 
 import google_crc32c
 import numpy as np
@@ -69,6 +69,15 @@ def records(path: str) -> Iterator[bytes]:
                 index += 1
         except (OSError, EOFError, zlib.error) as e:
             raise DataError(f"{path}, record {index}: gzip data is corrupt or truncated ({e})") from None
+
+
+def write(path: str, serialized: Iterable[bytes]) -> None:
+    """GZIP TFRecord, as tf.io.TFRecordWriter writes it, without TensorFlow."""
+    import gzip
+    with gzip.open(path, "wb") as f:
+        for data in serialized:
+            length = struct.pack("<Q", len(data))
+            f.write(length + struct.pack("<I", _masked_crc(length)) + data + struct.pack("<I", _masked_crc(data)))
 
 
 def check_files(files: Sequence[str], spec: FeatureSpec, where: str) -> None:

@@ -215,6 +215,16 @@ def test_help_and_section_modules_import_no_tensorflow():
     subprocess.run([sys.executable, "-c", code], cwd=root, check=True, timeout=60)
 
 
+def test_ingest_reads_the_same_rows_in_every_format_and_measures_each(tmp_path, capsys):
+    from bench import ingest
+    args = types.SimpleNamespace(ingest_rows=2000, quick=True, workdir=str(tmp_path))
+    result = ingest.run(args, {})
+    assert {name: v["rows"] for name, v in result["formats"].items()} == {name: 2000 for name in ingest.FORMATS}
+    assert all(v["peak_rss_mb"] >= v["rss_before_mb"] > 0 for v in result["formats"].values())
+    ingest.show(result)
+    assert "Parquet/CSV time" in capsys.readouterr().out
+
+
 # --- the in-memory input that replaced Keras' private data adapter ----------------------------
 
 def test_array_dataset_yields_full_shuffled_batches_with_labels_aligned():

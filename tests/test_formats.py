@@ -431,3 +431,11 @@ def test_a_folder_of_gzip_tfrecord_runs_end_to_end_to_a_pushed_model(tmp_path, s
     summary = run_pipeline(tmp_path, data, spec_file(str(tmp_path), "tfrecord", file_pattern="*.tfrecord.gz"))
     assert summary["pushed"] and summary["blessed"] and summary["partition"] is None
     assert ingested(str(tmp_path / "pipeline")) == csv_splits(same_rows["csv"][0])
+
+
+def test_tfrecord_written_without_tensorflow_reads_as_tensorflow_reads_it(tmp_path, same_rows):
+    from deepfm_tfx.components import tfrecord_rows
+    want = parsed(same_rows["csv"], SPEC)[:50]
+    tfrecord_rows.write(str(tmp_path / "part.gz"), want)
+    assert [r.numpy() for r in tf.data.TFRecordDataset(str(tmp_path / "part.gz"), compression_type="GZIP")] == want
+    assert list(tfrecord_rows.records(str(tmp_path / "part.gz"))) == want
