@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 
+from deepfm_tfx import model_repository as mr
 from deepfm_tfx import spans
 from deepfm_tfx.components import csv_rows, example_encoder, hash_splits, rows
 from deepfm_tfx.errors import DataError
@@ -19,7 +20,6 @@ from deepfm_tfx.pipeline.pipeline import splits
 from deepfm_tfx.schemas import feature_spec
 from deepfm_tfx.synthetic import generator
 from test_repository_safety import tree, write_saved_model
-from deepfm_tfx import model_repository as mr
 
 SPEC = feature_spec.load(feature_spec.DEFAULT_SPEC)
 INT_ID = "C5"  # written as int64 ids in Parquet and TFRecord, as decimal strings in the CSV
@@ -102,8 +102,8 @@ def write_tfrecord(table: pa.Table, path, compression="GZIP") -> str:
     return str(path)
 
 
-def as_spec(fmt, **changes):
-    return feature_spec.FeatureSpec.from_dict(dict(SPEC.to_dict(), format=fmt, **changes))
+def as_spec(fmt, spec=SPEC, **changes):
+    return feature_spec.FeatureSpec.from_dict(dict(spec.to_dict(), format=fmt, **changes))
 
 
 @pytest.fixture(scope="module")
@@ -149,19 +149,19 @@ def test_a_list_column_is_the_separator_joined_string_and_an_empty_list_is_missi
     pq.write_table(lists, tmp_path / "lists.parquet")
     (tmp_path / "joined.csv").write_text("y,user,age,genres\n1,u1,30,drama|war\n0,,,\n1,,41,\n0,u4,7,comedy\n")
     want = parsed([str(tmp_path / "joined.csv")], MULTI_SPEC)
-    spec = feature_spec.FeatureSpec.from_dict(dict(MULTI_SPEC.to_dict(), format="parquet"))
+    spec = as_spec("parquet", MULTI_SPEC)
     assert parsed([str(tmp_path / "lists.parquet")], spec) == want
     with tf.io.TFRecordWriter(str(tmp_path / "plain.tfrecord")) as writer:  # plain, not GZIP
         for e in want:
             writer.write(e)
-    spec = feature_spec.FeatureSpec.from_dict(dict(MULTI_SPEC.to_dict(), format="tfrecord"))
+    spec = as_spec("tfrecord", MULTI_SPEC)
     assert parsed([str(tmp_path / "plain.tfrecord")], spec) == want
 
 
 def test_a_token_holding_the_separator_names_its_row(tmp_path):
     table = pa.table({"y": [1, 0], "user": ["a", "b"], "age": [1.0, 2.0], "genres": [["x"], ["war|peace"]]})
     pq.write_table(table, tmp_path / "f.parquet")
-    spec = feature_spec.FeatureSpec.from_dict(dict(MULTI_SPEC.to_dict(), format="parquet"))
+    spec = as_spec("parquet", MULTI_SPEC)
     with pytest.raises(DataError, match=r"f.parquet, row group 0, row 1, column 'genres': the id 'war\|peace' "
                                         r"holds the separator '\|'"):
         parsed([str(tmp_path / "f.parquet")], spec)
@@ -439,3 +439,19 @@ def test_tfrecord_written_without_tensorflow_reads_as_tensorflow_reads_it(tmp_pa
     tfrecord_rows.write(str(tmp_path / "part.gz"), want)
     assert [r.numpy() for r in tf.data.TFRecordDataset(str(tmp_path / "part.gz"), compression_type="GZIP")] == want
     assert list(tfrecord_rows.records(str(tmp_path / "part.gz"))) == want
+
+
+def test_a_spec_column_in_a_hive_folder_below_or_above_is_read_as_a_column(tmp_path):
+    spec = feature_spec.FeatureSpec(name="p", label="y", categorical=["user", "country", "region"],
+                                    numerical=["age"], multivalent=[], format="parquet")
+    table = pa.table({"y": [1, 0], "user": ["u1", "u2"], "age": [3.0, None]})
+    for country in ("fr", "__HIVE_DEFAULT_PARTITION__"):
+        folder = tmp_path / "region=west%2Fcoast" / "dt=2026-11-30" / f"country={country}"
+        folder.mkdir(parents=True)
+        pq.write_table(table, folder / "part-0.parquet")
+    (tmp_path / "want.csv").write_text("y,user,age,country,region\n1,u1,3,fr,west/coast\n0,u2,,fr,west/coast\n"
+                                       "1,u1,3,,west/coast\n0,u2,,,west/coast\n")
+    files = sorted(str(p) for p in tmp_path.glob("region=*/dt=*/country=*/*.parquet"))
+    rows.check_files(files, spec, "table")
+    want = parsed([str(tmp_path / "want.csv")], as_spec("csv", spec))
+    assert sorted(parsed(files, spec)) == sorted(want)
