@@ -58,12 +58,9 @@ def add_arguments(p) -> None:
 
 
 def _write_formats(folder: str, rows: int, profile: str) -> None:
-    """The generator's span as CSV, then the same rows as Parquet (as pyarrow writes it, row groups
-    and dictionary pages) and as GZIP TFRecord of the Examples ExampleGen would write."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from deepfm_tfx.components import csv_rows, example_encoder, tfrecord_rows
+    """The generator's span as CSV, then the same rows as Parquet (row groups and dictionary
+    pages, as pyarrow writes it) and as GZIP TFRecord."""
+    from deepfm_tfx.components import span_export
     from deepfm_tfx.schemas import feature_spec
     from deepfm_tfx.synthetic import generator
 
@@ -71,11 +68,8 @@ def _write_formats(folder: str, rows: int, profile: str) -> None:
     spec = feature_spec.load(feature_spec.DEFAULT_SPEC)
     span = os.path.join(folder, "span-1")
     for path in sorted(p for p in os.listdir(span) if p.endswith(".csv")):
-        stem = os.path.join(span, path[:-len(".csv")])
-        batches = list(csv_rows.read_batches(os.path.join(span, path), spec))
-        pq.write_table(pa.Table.from_batches(batches), stem + ".parquet", row_group_size=128 * 1024)
-        tfrecord_rows.write(stem + ".tfrecord.gz",
-                            (e for batch in batches for e in example_encoder.encode(batch, spec).to_pylist()))
+        for fmt_name in span_export.EXTENSIONS:
+            span_export.export(os.path.join(span, path), spec, fmt_name, span)
 
 
 def _measure(fmt_name: str, pattern: str) -> Dict[str, Any]:

@@ -455,3 +455,21 @@ def test_a_spec_column_in_a_hive_folder_below_or_above_is_read_as_a_column(tmp_p
     rows.check_files(files, spec, "table")
     want = parsed([str(tmp_path / "want.csv")], as_spec("csv", spec))
     assert sorted(parsed(files, spec)) == sorted(want)
+
+
+def test_generate_data_writes_the_same_rows_as_a_hive_table_of_parquet_and_as_tfrecord(tmp_path, capsys):
+    import glob
+    common = ["generate-data", "--rows", "1500", "--spans", "2", "--profile", "small", "--seed", "3"]
+    assert cli.main(common + ["--out", str(tmp_path / "csv")]) == 0
+    assert cli.main(common + ["--out", str(tmp_path / "table"), "--format", "parquet", "--partitions", "dt"]) == 0
+    assert cli.main(common + ["--out", str(tmp_path / "tfrecord"), "--format", "tfrecord"]) == 0
+    assert sorted(os.listdir(tmp_path / "table")) == ["dt=2026-11-01", "dt=2026-11-02"]
+    assert json.load(open(tmp_path / "table" / "dt=2026-11-02" / "bayes.json"))["span"] == 2
+    specs = {fmt: feature_spec.load(os.path.join(feature_spec.SPEC_DIR, f"criteo_synthetic_{fmt}.yaml"))
+             for fmt in ("parquet", "tfrecord")}
+    for span, date in ((1, "2026-11-01"), (2, "2026-11-02")):
+        want = parsed(sorted(glob.glob(str(tmp_path / "csv" / f"span-{span}" / "*.csv"))), SPEC)
+        assert parsed(sorted(glob.glob(str(tmp_path / "table" / f"dt={date}" / "*.parquet"))), specs["parquet"]) == want
+        assert parsed(sorted(glob.glob(str(tmp_path / "tfrecord" / f"span-{span}" / "*.tfrecord.gz"))),
+                      specs["tfrecord"]) == want
+    assert validation.check_data(str(tmp_path / "table"), specs["parquet"])[1] == day("2026-11-02")
