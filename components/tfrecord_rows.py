@@ -9,6 +9,8 @@ record (counted from 0) and the feature.
 """
 from __future__ import annotations
 
+import contextlib
+import gzip
 import struct
 import zlib
 from typing import Dict, Iterable, Iterator, List, Sequence
@@ -43,7 +45,6 @@ def _kinds(spec: FeatureSpec, name: str) -> List[str]:
 
 def records(path: str) -> Iterator[bytes]:
     """The file's records, each checked against its crc32c."""
-    import gzip
     raw = csv_rows.open_raw(path)
     with raw:
         head = raw.read(2)
@@ -73,7 +74,6 @@ def records(path: str) -> Iterator[bytes]:
 
 def write(path: str, serialized: Iterable[bytes]) -> None:
     """GZIP TFRecord, as tf.io.TFRecordWriter writes it, without TensorFlow."""
-    import gzip
     with gzip.open(path, "wb") as f:
         for data in serialized:
             length = struct.pack("<Q", len(data))
@@ -86,7 +86,8 @@ def check_files(files: Sequence[str], spec: FeatureSpec, where: str) -> None:
         raise DataError(f"{where}: no data files match the pattern")
     has_rows = False
     for path in files:
-        has_rows = next(records(path), None) is not None or has_rows
+        with contextlib.closing(records(path)) as first:
+            has_rows = next(first, None) is not None or has_rows
     if not has_rows:
         raise DataError(f"{where}: the span is empty (its files hold no records)")
 
