@@ -87,7 +87,8 @@ def check_files(files: Sequence[str], spec: FeatureSpec, where: str) -> None:
 def read_batches(path: str, spec: FeatureSpec) -> Iterator[pa.RecordBatch]:
     """The file's rows in Arrow batches, typed; any bad value raises a DataError naming its row and column."""
     parquet = _open(path)
-    in_file = [c for c in spec.all_columns if c in parquet.schema_arrow.names]
+    names = set(parquet.schema_arrow.names)  # pyarrow builds the schema anew on each access
+    in_file = [c for c in spec.all_columns if c in names]
     in_path = {c: v for c, v in path_columns(path, spec).items() if c not in in_file}
     missing = [c for c in spec.all_columns if c not in in_file and c not in in_path]
     if missing:
