@@ -17,12 +17,12 @@ from typing import Dict, Iterator, Optional, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from deepfm_tfx import spans
 from deepfm_tfx.components import arrow_columns
 from deepfm_tfx.errors import DataError
 from deepfm_tfx.schemas.feature_spec import FeatureSpec
 
 BATCH_ROWS = 64 * 1024
-_HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"  # Hive's folder for a null partition value
 
 
 def _open(path: str) -> pq.ParquetFile:
@@ -38,7 +38,7 @@ def path_columns(path: str, spec: FeatureSpec) -> Dict[str, Optional[str]]:
     for folder in os.path.normpath(path).split(os.sep)[:-1]:
         name, eq, value = folder.partition("=")
         if eq and name in spec.all_columns:
-            found[name] = None if value == _HIVE_NULL else urllib.parse.unquote(value)
+            found[name] = None if value == spans.HIVE_NULL else urllib.parse.unquote(value)
     return found
 
 

@@ -22,6 +22,7 @@ from deepfm_tfx.errors import DataError
 SPAN_FOLDER = re.compile(r"span-(\d+)")
 PARTITION = "partition"
 _EPOCH = datetime.date(1970, 1, 1)
+HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"  # Hive's folder for rows whose partition value is null
 
 
 def folder(data_root: str, span: int) -> str:
@@ -42,6 +43,8 @@ def partitions(data_root: str, column: str) -> List[Tuple[int, str]]:
         if not name.startswith(column + "=") or not os.path.isdir(os.path.join(data_root, name)):
             continue
         value = name[len(column) + 1:]
+        if value == HIVE_NULL:  # rows without a date belong to no day's span
+            continue
         try:
             day = datetime.date.fromisoformat(value) if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value) else None
         except ValueError:

@@ -176,7 +176,7 @@ def day(text):
 def test_partitions_are_spans_numbered_by_date_and_tfx_resolves_the_newest(tmp_path):
     from tfx.components.example_gen import utils
     from tfx.proto import example_gen_pb2
-    for value in ("2026-11-29", "2026-11-30", "2026-12-01"):
+    for value in ("2026-11-29", "2026-11-30", "2026-12-01", spans.HIVE_NULL):
         (tmp_path / f"dt={value}").mkdir()
         (tmp_path / f"dt={value}" / "part-0.parquet").write_bytes(b"x")
     assert spans.partitions(str(tmp_path), "dt") == [
