@@ -298,6 +298,9 @@ BAD = [
     ("parquet: a column of nulls only is missing values, a label of nulls only is not", "parquet",
      lambda tmp: {P: parquet_bytes(changed(changed(good(), "C3", pa.nulls(300)), "label", pa.nulls(300)))},
      "{data}/" + P + ", row group 0, row 0, column 'label': the label is missing"),
+    ("parquet: binary ids that are not UTF-8", "parquet",
+     lambda tmp: {P: parquet_bytes(changed(good(), "C1", pa.array([b"ok"] * 40 + [b"\xffno"] * 260, pa.binary())))},
+     "{data}/" + P + ", row group 0, row 40, column 'C1': not UTF-8 text (byte 0xff)"),
     ("parquet: a null label", "parquet",
      lambda tmp: {P: parquet_bytes(changed(good(), "label", pa.array([None] + [1] * 299, pa.int64())))},
      "{data}/" + P + ", row group 0, row 0, column 'label': the label is missing"),
@@ -310,6 +313,9 @@ BAD = [
     ("tfrecord: a record without its label", "tfrecord",
      lambda tmp: {T: tfrecord_bytes(tf_examples_with(5, _no_label), tmp)},
      "{data}/" + T + ", record 5, feature 'label': the label is missing"),
+    ("tfrecord: a record that is not a tf.Example", "tfrecord",
+     lambda tmp: {T: tfrecord_gzip([e.SerializeToString() for e in tf_examples()[:9]] + [b"\xff\xff\xff"])},
+     "{data}/" + T + ", record 9: is not a tf.Example"),
     ("tfrecord: truncated", "tfrecord", lambda tmp: {T: truncated(tfrecord_bytes(tf_examples(), tmp))},
      None),
     ("tfrecord: an empty partition", "tfrecord", lambda tmp: {T: tfrecord_bytes([], tmp)},
@@ -325,6 +331,15 @@ BAD = [
      "{data}: holds no dt=<YYYY-MM-DD>/ partition folders, which feature spec 'spec' names with "
      "'partitions: dt'"),
 ]
+
+
+def tfrecord_gzip(records) -> bytes:
+    """GZIP TFRecord of any bytes, Examples or not."""
+    import tempfile
+    from deepfm_tfx.components import tfrecord_rows
+    with tempfile.NamedTemporaryFile(suffix=".gz") as f:
+        tfrecord_rows.write(f.name, records)
+        return open(f.name, "rb").read()
 
 
 def tf_examples_with(index, change):
