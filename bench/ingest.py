@@ -47,7 +47,8 @@ read_seconds = time.perf_counter() - started
 started = time.perf_counter()
 n = sum(len(labels) for path in files for _, _, labels in hash_splits.split_file(path, spec, splits))
 seconds = time.perf_counter() - started
-print(json.dumps({"rows": n, "seconds": seconds, "read_seconds": read_seconds, "rss_before_mb": before, "peak_rss_mb": peak_mb()}))
+print(json.dumps({"rows": n, "seconds": seconds, "read_seconds": read_seconds, "rss_before_mb": before,
+                  "peak_rss_mb": peak_mb()}))
 """
 
 

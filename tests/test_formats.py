@@ -180,7 +180,8 @@ def test_partitions_are_spans_numbered_by_date_and_tfx_resolves_the_newest(tmp_p
         (tmp_path / f"dt={value}").mkdir()
         (tmp_path / f"dt={value}" / "part-0.parquet").write_bytes(b"x")
     assert spans.partitions(str(tmp_path), "dt") == [
-        (day("2026-11-29"), "dt=2026-11-29"), (day("2026-11-30"), "dt=2026-11-30"), (day("2026-12-01"), "dt=2026-12-01")]
+        (day("2026-11-29"), "dt=2026-11-29"), (day("2026-11-30"), "dt=2026-11-30"),
+        (day("2026-12-01"), "dt=2026-12-01")]
     split = example_gen_pb2.Input.Split(name="all", pattern=spans.input_pattern("*.parquet", "dt"))
     _, span, _ = utils.calculate_splits_fingerprint_span_and_version(str(tmp_path), [split])
     assert span == day("2026-12-01") and split.pattern == "dt=2026-12-01/*.parquet"
@@ -282,7 +283,8 @@ BAD = [
      "{data}/" + P + ": lacks column(s) ['C3'] named by feature spec 'spec' (it has ['label', 'I1', 'I5', 'C1'])"),
     ("parquet: files disagree on a column's type", "parquet",
      lambda tmp: {P: parquet_bytes(good()),
-                  "span-1/part-1.parquet": parquet_bytes(changed(good(), "C3", pa.array([str(i) for i in range(300)])))},
+                  "span-1/part-1.parquet": parquet_bytes(changed(good(), "C3",
+                                                                 pa.array([str(i) for i in range(300)])))},
      "{data}/span-1/part-1.parquet, column 'C3': is string here but int64 in {data}/" + P
      + "; the files of one span must agree on each column's type"),
     ("parquet: an empty partition", "parquet", lambda tmp: {P: parquet_bytes(good(0))},
@@ -292,7 +294,8 @@ BAD = [
                                    row_group_size=100)},
      "{data}/" + P + ", row group 1, row 3, column 'label': expected a label 0 or 1, got 2"),
     ("parquet: nan", "parquet",
-     lambda tmp: {P: parquet_bytes(changed(good(), "I1", pa.array([float("nan") if i == 7 else 1.0 for i in range(300)])))},
+     lambda tmp: {P: parquet_bytes(changed(good(), "I1",
+                                           pa.array([float("nan") if i == 7 else 1.0 for i in range(300)])))},
      "{data}/" + P + ", row group 0, row 7, column 'I1': expected a finite number, got nan (non-finite numbers "
                      "are data errors; write null for a missing value)"),
     ("parquet: a column of nulls only is missing values, a label of nulls only is not", "parquet",
@@ -306,7 +309,8 @@ BAD = [
      "{data}/" + P + ", row group 0, row 0, column 'label': the label is missing"),
     ("tfrecord: not TFRecord", "tfrecord", lambda tmp: {T: b"label,I1\n1,2\n" * 10},
      "{data}/" + T + ": is not a TFRecord file (its first record header's checksum does not match)"),
-    ("tfrecord: a feature of the wrong kind", "tfrecord", lambda tmp: {T: tfrecord_bytes(tf_examples_with(7, _bytes_i5), tmp)},
+    ("tfrecord: a feature of the wrong kind", "tfrecord",
+     lambda tmp: {T: tfrecord_bytes(tf_examples_with(7, _bytes_i5), tmp)},
      "{data}/" + T + ", record 7, feature 'I5': is a bytes_list, expected float_list or int64_list"),
     ("tfrecord: two values for one id", "tfrecord", lambda tmp: {T: tfrecord_bytes(tf_examples_with(12, _two_c1), tmp)},
      "{data}/" + T + ", record 12, feature 'C1': holds 2 values, expected one"),
