@@ -56,6 +56,11 @@ def partitions(data_root: str, column: str) -> List[Tuple[int, str]]:
     return sorted(found)
 
 
+def date_of(span: int) -> str:
+    """The ISO date of a partition's span number."""
+    return (_EPOCH + datetime.timedelta(days=span)).isoformat()
+
+
 def newest_folder(data_root: str, partition: Optional[str] = None) -> Optional[str]:
     """The newest span's folder (span-N/, or <partition>=<newest date>/ when given), None if there is none."""
     if partition:

@@ -492,3 +492,4 @@ def test_generate_data_writes_the_same_rows_as_a_hive_table_of_parquet_and_as_tf
         assert parsed(sorted(glob.glob(str(tmp_path / "tfrecord" / f"span-{span}" / "*.tfrecord.gz"))),
                       specs["tfrecord"]) == want
     assert validation.check_data(str(tmp_path / "table"), specs["parquet"])[1] == day("2026-11-02")
+    assert generator.read_bayes(str(tmp_path / "table"), day("2026-11-02"))["span"] == 2  # the summary's Bayes AUC

@@ -10,6 +10,7 @@ Layout: <out>/span-<N>/part-<K>.csv, one weekly span per folder.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import os
 from typing import Dict, Iterable, List, Optional, Tuple
@@ -18,6 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
+from deepfm_tfx.spans import date_of
 from deepfm_tfx.spans import folder as span_folder
 from deepfm_tfx.synthetic import VERSION  # noqa: F401 (part of this module's contract)
 NUM_NUMERICAL = 13
@@ -304,7 +306,10 @@ def bayes_of_rows(report: Dict, chunks: Iterable[Tuple[Dict[str, np.ndarray], np
 
 def read_bayes(data_dir: str, span: int) -> Optional[Dict]:
     path = os.path.join(span_folder(data_dir, span), "bayes.json")
-    if not os.path.exists(path):
-        return None
+    if not os.path.exists(path):  # a Hive table's span: the partition folder of its date
+        found = sorted(glob.glob(os.path.join(glob.escape(data_dir), f"*={date_of(span)}", "bayes.json")))
+        if not found:
+            return None
+        path = found[0]
     with open(path) as f:
         return json.load(f)
