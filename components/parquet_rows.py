@@ -44,7 +44,9 @@ def path_columns(path: str, spec: FeatureSpec) -> Dict[str, Optional[str]]:
 
 def _constant(path: str, spec: FeatureSpec, name: str, value: Optional[str], rows: int) -> pa.Array:
     """A path column's value on every row, typed as the spec's column."""
-    if value is None or not (name == spec.label or name in spec.numerical):
+    if value is None:
+        return pa.nulls(rows)
+    if not (name == spec.label or name in spec.numerical):
         return pa.array([value] * rows, pa.string())
     try:
         number = int(value) if name == spec.label else float(value)

@@ -462,15 +462,15 @@ def test_tfrecord_written_without_tensorflow_reads_as_tensorflow_reads_it(tmp_pa
 
 def test_a_spec_column_in_a_hive_folder_below_or_above_is_read_as_a_column(tmp_path):
     spec = feature_spec.FeatureSpec(name="p", label="y", categorical=["user", "country", "region"],
-                                    numerical=["age"], multivalent=[], format="parquet")
+                                    numerical=["age", "hour"], multivalent=[], format="parquet")
     table = pa.table({"y": [1, 0], "user": ["u1", "u2"], "age": [3.0, None]})
-    for country in ("fr", "__HIVE_DEFAULT_PARTITION__"):
-        folder = tmp_path / "region=west%2Fcoast" / "dt=2026-11-30" / f"country={country}"
+    for country, hour in (("fr", "7"), (spans.HIVE_NULL, spans.HIVE_NULL)):
+        folder = tmp_path / "region=west%2Fcoast" / "dt=2026-11-30" / f"country={country}" / f"hour={hour}"
         folder.mkdir(parents=True)
         pq.write_table(table, folder / "part-0.parquet")
-    (tmp_path / "want.csv").write_text("y,user,age,country,region\n1,u1,3,fr,west/coast\n0,u2,,fr,west/coast\n"
-                                       "1,u1,3,,west/coast\n0,u2,,,west/coast\n")
-    files = sorted(str(p) for p in tmp_path.glob("region=*/dt=*/country=*/*.parquet"))
+    (tmp_path / "want.csv").write_text("y,user,age,country,region,hour\n1,u1,3,fr,west/coast,7\n"
+                                       "0,u2,,fr,west/coast,7\n1,u1,3,,west/coast,\n0,u2,,,west/coast,\n")
+    files = sorted(str(p) for p in tmp_path.glob("region=*/dt=*/country=*/hour=*/*.parquet"))
     rows.check_files(files, spec, "table")
     want = parsed([str(tmp_path / "want.csv")], as_spec("csv", spec))
     assert sorted(parsed(files, spec)) == sorted(want)
