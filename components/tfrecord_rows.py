@@ -126,18 +126,18 @@ def _first_row(mask: np.ndarray) -> int:
 def _feature(batch: pa.RecordBatch, spec: FeatureSpec, name: str, path: str, start: int) -> pa.Array:
     """A spec feature as one value per record (a list for multivalent ones), null where missing."""
     n = batch.num_rows
-    multivalent = name in {m.name for m in spec.multivalent}
-    empty = pa.list_(pa.string()) if multivalent else pa.int64() if name == spec.label else pa.string()
     if name not in batch.schema.names or pa.types.is_null(batch.column(name).type):
-        return pa.nulls(n, empty)
+        return pa.nulls(n)
     column = batch.column(name)
     lengths = pc.list_value_length(column).fill_null(0).to_numpy(zero_copy_only=False)
+    if not lengths.any():  # empty lists of any kind are missing values
+        return pa.nulls(n)
     kind = _kind_of(column)
     if kind not in _kinds(spec, name):
         row = start + _first_row(lengths > 0)
         raise DataError(f"{path}, record {row}, feature '{name}': is a {kind}, expected "
                         f"{' or '.join(_kinds(spec, name))}")
-    if multivalent:
+    if name in {m.name for m in spec.multivalent}:
         return column
     if (lengths > 1).any():
         row = _first_row(lengths > 1)

@@ -158,6 +158,19 @@ def test_a_list_column_is_the_separator_joined_string_and_an_empty_list_is_missi
     assert parsed([str(tmp_path / "plain.tfrecord")], spec) == want
 
 
+def test_a_feature_held_empty_in_every_record_is_missing_whatever_its_kind(tmp_path):
+    examples = tf_examples(200)
+    for e in examples:
+        e.features.feature["I1"].ClearField("float_list")
+        e.features.feature["I1"].bytes_list.SetInParent()  # an empty bytes_list
+    from deepfm_tfx.components import tfrecord_rows
+    tfrecord_rows.write(str(tmp_path / "f.gz"), [e.SerializeToString() for e in examples])
+    spec = feature_spec.FeatureSpec(name="s", label="label", categorical=["C1", "C3"], numerical=["I1", "I5"],
+                                    multivalent=[], format="tfrecord")
+    [batch] = rows.read_batches(str(tmp_path / "f.gz"), spec)
+    assert batch.column("I1").null_count == 200 and batch.column("I5").null_count == 0
+
+
 def test_a_token_holding_the_separator_names_its_row(tmp_path):
     table = pa.table({"y": [1, 0], "user": ["a", "b"], "age": [1.0, 2.0], "genres": [["x"], ["war|peace"]]})
     pq.write_table(table, tmp_path / "f.parquet")
