@@ -1,5 +1,6 @@
 """Apache Airflow: the DAG file loads with the pipeline's topology, and the whole DAG runs in Airflow."""
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -19,6 +20,25 @@ UPSTREAM = PIPELINE_UPSTREAM
 # The week's final step runs after every component, whatever became of them.
 UPSTREAM_WITH_FINAL = dict(UPSTREAM, **{airflow.FINAL_TASK: set(UPSTREAM)})
 POSTGRES = dict(user="deepfm_airflow_test", password="deepfm-test-pw", database="deepfm_airflow_test")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _root_logging_restored():
+    # Importing Airflow points the root logger at stdout; later tests in this worker
+    # (a server's log in a CLI's JSON output) must not see it.
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_a_partitioned_spec_compiles_to_a_date_pattern(airflow_env):
+    from deepfm_tfx.schemas import feature_spec
+    path = airflow.install_dag(str(airflow_env / "dags"), {
+        "features": os.path.join(feature_spec.SPEC_DIR, "criteo_synthetic_parquet.yaml")})
+    props = {t.task_id: t.op_kwargs["exec_properties"] for t in load_dag(path).tasks if t.task_id != airflow.FINAL_TASK}
+    assert "dt={YYYY}-{MM}-{DD}/" in props["SpecCsvExampleGen"]["input_config"]
 
 
 @pytest.fixture

@@ -357,7 +357,7 @@ def test_cli_compile_kubeflow_v2_writes_the_job(tmp_path, capsys):
 def test_cli_compile_reports_bad_flags(tmp_path, capsys):
     args = _parse(["compile", "--target", "kubeflow-v2", "--output", str(tmp_path / "job.json"), "--pvc", "x"])
     assert args.func(args) == 2
-    assert "--pvc applies to --target kubeflow" in capsys.readouterr().err
+    assert "--pvc and --dry-run apply to --target kubeflow" in capsys.readouterr().err
     args = _parse(["compile", "--target", "kubeflow", "--output", str(tmp_path / "p.yaml"),
                    "--data-root", "relative/data"])
     assert args.func(args) == 2

@@ -128,9 +128,9 @@ def create_dag(settings: Optional[AirflowSettings] = None):
     # A bad setting fails the DAG's import, where Airflow shows it, not a task a week later.
     validation.validate(config, paths=False, connect=False)
     spec = feature_spec.load(config.features)
-    # Weekly data arrives as span-<N>/ folders; ExampleGen takes the newest at run time.
+    # Weekly data arrives as span-<N>/ (or Hive dt=<date>/) folders; ExampleGen takes the newest at run time.
     pipeline = create_pipeline_from_config(
-        config, spec, spans.input_pattern(spec.file_pattern),
+        config, spec, spans.input_pattern(spec.file_pattern, spec.partitions),
         metadata_connection_config=metadata.connection_config(config.metadata, config.pipeline_root))
     dag_config: Dict[str, Any] = {
         "schedule": settings.schedule,

@@ -105,7 +105,7 @@ def build_pipeline(*, pipeline_name: str, custom_resolvers: bool = True, **paths
     fields (features, trainer, train_steps, training, ...).
     """
     config, spec = _config_and_spec(**paths_and_knobs)
-    return create_pipeline_from_config(config, spec, spans.input_pattern(spec.file_pattern),
+    return create_pipeline_from_config(config, spec, spans.input_pattern(spec.file_pattern, spec.partitions),
                                        pipeline_name=pipeline_name, custom_resolvers=custom_resolvers)
 
 
@@ -167,7 +167,7 @@ def compile_v1(output_path: str, *, pipeline_root: str = DEFAULT_PIPELINE_ROOT,
     config, spec = _config_and_spec(pipeline_root=pipeline_root, data_root=data_root,
                                     model_repository=model_repository, beam_args=beam_args, trainer=trainer,
                                     **options)
-    pipeline = create_pipeline_from_config(config, spec, spans.input_pattern(spec.file_pattern),
+    pipeline = create_pipeline_from_config(config, spec, spans.input_pattern(spec.file_pattern, spec.partitions),
                                            pipeline_name=pipeline_name)
     output_path = os.path.abspath(output_path)
     os.makedirs(os.path.dirname(output_path), exist_ok=True)
