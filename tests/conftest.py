@@ -1,5 +1,7 @@
 import os
 
+import pytest
+
 # Quiet TF before any test imports it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -29,3 +31,14 @@ PIPELINE_UPSTREAM = {
     "ModelRepositoryPusher": {"Trainer", "Evaluator", "PairedAucGate", "training_window"},
 }
 RESOLVERS = {"latest_blessed_model_resolver", "latest_transform_cache", "previous_statistics", "training_window"}
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory):
+    """An existing model repository with one served version, for checking a refused input left it as it was."""
+    from deepfm_tfx import model_repository
+    from test_repository_safety import write_saved_model
+    root = tmp_path_factory.mktemp("existing")
+    repo = str(root / "model_repository")
+    model_repository.push(repo, "deepfm", write_saved_model(root / "trainer"), {"source_model": "week-1"})
+    return repo

@@ -9,11 +9,10 @@ import time
 import pytest
 
 import weekly_scenario as scenario
-from conftest import PIPELINE_UPSTREAM, RESOLVERS
+from conftest import PIPELINE_UPSTREAM
 from deepfm_tfx import model_repository
 from deepfm_tfx.pipeline import metadata
 from deepfm_tfx.pipeline.orchestrators import airflow
-from deepfm_tfx.synthetic import generator
 
 DAG_ID = "deepfm_tfx"
 UPSTREAM = PIPELINE_UPSTREAM

@@ -176,15 +176,6 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def repository(tmp_path_factory):
-    """An existing model repository with one served version."""
-    root = tmp_path_factory.mktemp("existing")
-    repo = str(root / "model_repository")
-    mr.push(repo, "deepfm", write_saved_model(root / "trainer"), {"source_model": "week-1"})
-    return repo
-
-
 def run_case(tmp, repo, files, flags, capsys):
     data = tmp / "data"
     for relative, content in files.items():

@@ -19,7 +19,7 @@ from deepfm_tfx.pipeline import cli, validation
 from deepfm_tfx.pipeline.pipeline import splits
 from deepfm_tfx.schemas import feature_spec
 from deepfm_tfx.synthetic import generator
-from test_repository_safety import tree, write_saved_model
+from test_repository_safety import tree
 
 SPEC = feature_spec.load(feature_spec.DEFAULT_SPEC)
 INT_ID = "C5"  # written as int64 ids in Parquet and TFRecord, as decimal strings in the CSV
@@ -368,14 +368,6 @@ def tf_examples_with(index, change):
 
 def truncated(data: bytes) -> bytes:
     return data[:len(data) // 2]
-
-
-@pytest.fixture(scope="module")
-def repository(tmp_path_factory):
-    root = tmp_path_factory.mktemp("existing")
-    repo = str(root / "model_repository")
-    mr.push(repo, "deepfm", write_saved_model(root / "trainer"), {"source_model": "week-1"})
-    return repo
 
 
 @pytest.mark.parametrize("case, fmt, files, expected", BAD, ids=[c[0] for c in BAD])
