@@ -74,12 +74,18 @@ def executions_of_run(connection_config, pipeline_name: str, run_id: Optional[st
     return result
 
 
-def span_of_run(executions: List[Dict[str, Any]]) -> Optional[int]:
-    """The span this run ingested, if its ExampleGen ran."""
+def _ingested(executions: List[Dict[str, Any]]):
+    """The Examples this run's ExampleGen wrote, if it ran."""
     for e in executions:
         if e["node"] == "SpecCsvExampleGen" and e["outputs"].get("Examples"):
-            return span_of(e["outputs"]["Examples"][0])
+            return e["outputs"]["Examples"][0]
     return None
+
+
+def span_of_run(executions: List[Dict[str, Any]]) -> Optional[int]:
+    """The span this run ingested, if its ExampleGen ran."""
+    examples = _ingested(executions)
+    return span_of(examples) if examples is not None else None
 
 
 def _tfx_artifacts_by_key(store, events) -> Dict[str, list]:
@@ -153,10 +159,8 @@ BAYES_MEMO = "bayes_of_eval_split.v2.json"  # beside the examples it describes
 
 def examples_uri(executions: List[Dict[str, Any]]) -> Optional[str]:
     """The newest span's ingested examples in this run."""
-    for e in executions:
-        if e["node"] == "SpecCsvExampleGen" and e["outputs"].get("Examples"):
-            return e["outputs"]["Examples"][0].uri
-    return None
+    examples = _ingested(executions)
+    return examples.uri if examples is not None else None
 
 
 def bayes_of_evaluated_rows(report: Dict[str, Any], examples_uri: Optional[str]) -> Dict[str, Any]:
