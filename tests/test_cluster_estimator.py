@@ -81,7 +81,9 @@ def test_a_worker_killed_mid_training_is_restarted_and_the_run_finishes(runs):
     killer.join()
     assert killer.killed and killer.killed["global_step"] < TRAIN_STEPS  # killed mid-training
     info = trained_info(str(root / "pipeline"))[-1]
-    assert info["cluster_restarts"] == {"worker1": 1}
+    # The killed worker was started again (only workers ever are); its log stays for the reason.
+    assert info["cluster_restarts"].get("worker1", 0) >= 1, info["cluster_restarts"]
+    assert set(info["cluster_restarts"]) <= {"worker0", "worker1"} and os.path.isdir(info["cluster_logs"])
     assert info["global_step_end"] >= TRAIN_STEPS
     assert summary["pushed"]
     assert abs(summary["auc"] - single["auc"]) <= AUC_TOLERANCE, (summary["auc"], single["auc"])

@@ -193,9 +193,14 @@ def _train_on_local_cluster(fn_args, inputs, resume_dir, warm_from, step_start):
     final = cluster.progress()
     with open(os.path.join(cluster.work_dir, TABLE_SHARDS_FILE)) as f:
         shards = json.load(f)
-    shutil.rmtree(cluster.work_dir, ignore_errors=True)  # kept when training failed: the tasks' logs
+    logs = None
+    if cluster.restarts:  # the logs say why a task died
+        logs = cluster.work_dir
+    else:  # also kept when training failed
+        shutil.rmtree(cluster.work_dir, ignore_errors=True)
     progress_tally.TRAINING.set_phase("evaluating and exporting")
     measured = {"cluster": str(shape), "table_shards": shards, "cluster_restarts": cluster.restarts,
+                "cluster_logs": logs,
                 "cluster_steps": {name: t.get("steps", 0) for name, t in sorted(final.items())}}
     steps_run = [(s - marks[0][0], t) for s, t in marks] if marks else []
     return measure.steady_rate(steps_run, inputs.config.batch_size, fn_args.train_steps - step_start), measured
