@@ -120,7 +120,7 @@ def run_fn(fn_args: FnArgs) -> None:
     step_start = _global_step(tf.train.latest_checkpoint(resume_dir))
     measured = {}
     if config.cluster:
-        rate, measured = _train_on_local_cluster(fn_args, inputs, resume_dir, warm_from, step_start)
+        rate, measured = _train_on_cluster(fn_args, inputs, resume_dir, warm_from, step_start)
     else:
         estimator = _estimator(inputs, fn_args, _run_config(
             config, fn_args.train_steps, resume_dir,
@@ -165,8 +165,8 @@ def run_fn(fn_args: FnArgs) -> None:
 TABLE_SHARDS_FILE = "table_shards.json"
 
 
-def _train_on_local_cluster(fn_args, inputs, resume_dir, warm_from, step_start):
-    """Trains with a LocalCluster; returns the cluster's examples/s and what it recorded."""
+def _train_on_cluster(fn_args, inputs, resume_dir, warm_from, step_start):
+    """Trains on a local cluster (a TFJob in a Kubeflow pod); returns its examples/s and its record."""
     shape = local_cluster.parse(inputs.config.cluster)
     task_config = {"train_files": list(fn_args.train_files), "eval_files": list(fn_args.eval_files),
                    "transform_output": fn_args.transform_output, "custom_config": fn_args.custom_config,
