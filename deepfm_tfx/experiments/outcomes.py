@@ -113,6 +113,8 @@ def items_of_body(body: bytes) -> List[Any]:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
         raise OutcomeError(f"JSON Parse error: {e}") from None
+    except RecursionError:
+        raise OutcomeError("JSON Parse error: the document is nested too deeply") from None
     if isinstance(doc, dict) and "outcomes" in doc:
         doc = doc["outcomes"]
     elif isinstance(doc, dict):
