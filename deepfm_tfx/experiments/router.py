@@ -26,6 +26,7 @@ the outcomes listener (loopback by default) is trusted. Refusals are counted.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import hmac
 import logging
@@ -281,6 +282,25 @@ class ExperimentRouter:
             return
         self._counters[experiment.name].add(
             **{f"requests_{assignment.arm or 'excluded'}": 1, f"rows_{assignment.arm or 'excluded'}": rows})
+
+    @contextlib.contextmanager
+    def counting_errors(self, assignment: Optional[Assignment]):
+        """Logs a request its arm failed (the error-rate guardrail's count), then re-raises."""
+        try:
+            yield
+        except Exception as e:
+            if assignment is not None and assignment.arm is not None:
+                code = e.code if isinstance(e, ServingError) else errors.INTERNAL
+                record = {"request_id": assignment.request_id, "row": 0, "key": assignment.key,
+                          "arm": assignment.arm, "error": code, "time": time.time(),
+                          "latency_ms": round((time.monotonic() - assignment.started) * 1000.0, 3)}
+                try:
+                    self._prediction_log(assignment.experiment).append([record])
+                    self._counters[assignment.experiment.name].add(**{f"errors_{assignment.arm}": 1})
+                except (OSError, RuntimeError) as log_error:
+                    log.error("experiment %s: cannot log a failed request: %s", assignment.experiment.name,
+                              log_error)
+            raise
 
     def _prediction_log(self, experiment: Experiment) -> prediction_log.JsonLinesLog:
         with self._logs_lock:

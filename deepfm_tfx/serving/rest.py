@@ -17,6 +17,7 @@ and the model run in a thread pool, where Session.run releases the GIL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import threading
@@ -37,6 +38,7 @@ PREDICT_PATH = re.compile(
     r"(?i)/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)")
 EXPERIMENT_PATH = re.compile(r"/v1/experiments/([^/:]+)(/outcomes)?")
 STATUS_PATH = re.compile(r"(?i)/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?")
+_NO_ASSIGNMENT = contextlib.nullcontext()
 _HEADERS = {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Methods": "POST, GET",
             "Access-Control-Allow-Headers": "Content-Type"}
 
@@ -123,21 +125,22 @@ class RestApi:
         if self.router is not None and version is None and label is None:  # pinned calls bypass experiments
             assignment = self.router.assign(model, lambda field: _field(doc, headers, field))
             label = assignment.label if assignment is not None else None
-        servable = self.manager.resolve(model, version, label)
-        try:
+        with self.router.counting_errors(assignment) if assignment is not None else _NO_ASSIGNMENT:
+            servable = self.manager.resolve(model, version, label)
             try:
-                signature = servable.signature(signature_name)
-            except ServingError:
-                raise errors.invalid(f'Serving signature name: "{signature_name or SERVING_SIGNATURE}" '
-                                     f'not found in signature def') from None
-            feeds, form = requests.feeds_from_json(doc, signature.inputs, signature.defaults)
-            outputs = signature.run(feeds)
-            if assignment is None:
-                return requests.json_response(outputs, form), {}
-            self.router.record(assignment, servable.version, signature.name, feeds, outputs)
-            return requests.json_response(outputs, form), assignment.headers()
-        finally:
-            servable.release()
+                try:
+                    signature = servable.signature(signature_name)
+                except ServingError:
+                    raise errors.invalid(f'Serving signature name: "{signature_name or SERVING_SIGNATURE}" '
+                                         f'not found in signature def') from None
+                feeds, form = requests.feeds_from_json(doc, signature.inputs, signature.defaults)
+                outputs = signature.run(feeds)
+                if assignment is None:
+                    return requests.json_response(outputs, form), {}
+                self.router.record(assignment, servable.version, signature.name, feeds, outputs)
+                return requests.json_response(outputs, form), assignment.headers()
+            finally:
+                servable.release()
 
     async def _experiment(self, request: web.Request, loop, name: str, outcomes: Optional[str]) -> web.Response:
         self.router.authorize(request.headers.get("Authorization"), self.trusted)  # before reading the body
