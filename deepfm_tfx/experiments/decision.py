@@ -16,7 +16,8 @@ In order (the first that applies decides):
    interval against interval (so noise alone does not trip it).
 3. **Primary metric.** `ctr` (the default): the relative CTR lift of shown
    items, canary / stable - 1, with its always-valid interval (the mSPRT's
-   confidence sequence at level alpha, mixture spread `sized_lift`): it may be
+   confidence sequence at level alpha on log(canary / stable), mixture spread
+   log(1 + `sized_lift`)): it may be
    read after every batch of outcomes without raising the false-decision rate
    above alpha. Promote when the whole interval is above `min_effect`, roll back
    when it is below 0. `logloss` or `auc` (per scored row): the difference with
@@ -28,6 +29,7 @@ In order (the first that applies decides):
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -133,8 +135,11 @@ def decide(stable: ArmMetrics, canary: ArmMetrics, rule: Rule, canary_share: flo
                                       f"{p99_canary.low:.1f}, over the limit {limit:.1f} ms")
 
     if rule.metric == "ctr":
-        diff = statistics.always_valid(statistics.lift(canary.ctr, stable.ctr), rule.alpha, rule.sized_lift)
-        better, worse = diff.low > rule.min_effect, diff.high < 0
+        # On the log scale (symmetric); shown as the lift exp(.) - 1.
+        log_lift = statistics.always_valid(statistics.log_ratio(canary.ctr, stable.ctr), rule.alpha,
+                                           math.log1p(rule.sized_lift))
+        better, worse = log_lift.low > math.log1p(rule.min_effect), log_lift.high < 0
+        diff = statistics.as_lift(log_lift)
         detail = (f"CTR lift canary / stable - 1 = {_fmt(diff)} always valid at {confidence:.0%} (mSPRT, "
                   f"p = {diff.p_value:.2g})" if diff.known else "CTR lift unknown")
     elif rule.metric == "logloss":

@@ -12,6 +12,7 @@ unloads the candidate (no hold: next week's candidate is tried as usual).
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import Any, Callable, Dict, Optional
 
@@ -91,11 +92,11 @@ def build(experiments_dir: str, name: str, as_of: Optional[float] = None) -> Dic
     difference = {metric: statistics.difference(getattr(metrics[CANARY], metric),
                                                 getattr(metrics[STABLE], metric)).to_dict()
                   for metric in ("ctr", "clicks_per_request", "error_rate", "logloss", "auc", "calibration")}
-    lift = statistics.lift(metrics[CANARY].ctr, metrics[STABLE].ctr)
-    difference["ctr_lift"] = lift.to_dict()
+    log_lift = statistics.log_ratio(metrics[CANARY].ctr, metrics[STABLE].ctr)
+    difference["ctr_lift"] = statistics.as_lift(log_lift).to_dict()
     # The same lift, always valid: the interval that may be read at any time.
-    difference["ctr_lift_always_valid"] = statistics.always_valid(lift, experiment.rule.alpha,
-                                                                  experiment.rule.sized_lift).to_dict()
+    difference["ctr_lift_always_valid"] = statistics.as_lift(statistics.always_valid(
+        log_lift, experiment.rule.alpha, math.log1p(experiment.rule.sized_lift))).to_dict()
     verdict = decision.decide(metrics[STABLE], metrics[CANARY], experiment.rule, experiment.canary_share)
     return {
         "experiment": name, "model": experiment.model, "status": experiment.status,

@@ -149,15 +149,20 @@ def quantile(values: Sequence[float], q: float, confidence: float = 0.95) -> Est
     return Estimate(value, NAN, low, high, confidence, n)
 
 
-def lift(a: Estimate, b: Estimate, confidence: Optional[float] = None) -> Estimate:
-    """a / b - 1 for independent samples, with the delta-method variance
-    (a/b)^2 (se_a^2 / a^2 + se_b^2 / b^2)."""
+def log_ratio(a: Estimate, b: Estimate, confidence: Optional[float] = None) -> Estimate:
+    """log(a / b) for independent samples, with the delta-method variance se_a^2 / a^2 + se_b^2 / b^2.
+    A lift is exp(log ratio) - 1; on the log scale the estimate is symmetric, so an A/A test
+    errs as often up as down."""
     confidence = confidence if confidence is not None else a.confidence
     if not (a.known and b.known) or a.value <= 0 or b.value <= 0:
         return _unknown(a.n + b.n, confidence)
-    ratio_ = a.value / b.value
-    se = ratio_ * math.hypot(a.se / a.value, b.se / b.value)
-    return _normal(ratio_ - 1, se, confidence, a.n + b.n)
+    return _normal(math.log(a.value / b.value), math.hypot(a.se / a.value, b.se / b.value), confidence, a.n + b.n)
+
+
+def as_lift(log_ratio_: Estimate) -> Estimate:
+    """A log ratio's estimate and interval as a relative lift, exp(.) - 1 (se stays on the log scale)."""
+    return dataclasses.replace(log_ratio_, value=math.expm1(log_ratio_.value), low=math.expm1(log_ratio_.low),
+                               high=math.expm1(log_ratio_.high))
 
 
 # ------------------------------------------------------------------ always-valid inference
