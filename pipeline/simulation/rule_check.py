@@ -31,6 +31,7 @@ import numpy as np
 
 from deepfm_tfx.experiments import statistics
 from deepfm_tfx.experiments.config import Rule
+from deepfm_tfx.experiments.report import examination
 
 PROMOTED, ROLLED_BACK, SRM_ALARM, EXPIRED = "promoted", "rolled back", "srm alarm", "expired"
 
@@ -47,10 +48,6 @@ class World:
     broken_share: float = 0.52    # the canary's real share in the broken-split runs
     lifts: Tuple[float, ...] = (0.01, 0.02, 0.03, 0.04, 0.06)  # the power curve's true lifts
     seed: int = 42
-
-
-def examination(shown: int) -> np.ndarray:
-    return 1.0 / np.log2(np.arange(1, shown + 1) + 1.0)
 
 
 def wilson(successes: int, n: int, confidence: float = 0.95) -> Tuple[float, float]:
@@ -76,7 +73,7 @@ class Pool:
         self.p = p.reshape(world.pool_requests, world.candidates)
         self.logit = np.log(self.p) - np.log1p(-self.p)
         self.shown = world.shown
-        self.exam = examination(world.shown)
+        self.exam = examination(np.arange(1, world.shown + 1))
         # Each model errs in its own way: independent noise per model, fixed per pool (common random numbers).
         self._noise = {name: rng.standard_normal(self.p.shape) for name in ("stable", "canary")}
 
