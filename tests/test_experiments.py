@@ -506,3 +506,44 @@ def test_outcomes_need_the_token_or_the_trusted_listener_and_refusals_are_counte
     with pytest.raises(ServingError) as refused:
         without.authorize("Bearer anything", trusted_listener=False)
     assert refused.value.http_status == 403 and without.refused.snapshot() == {"untrusted_listener": 1}
+
+
+def test_a_ranking_report_counts_only_shown_rows_weighs_calibration_by_position_and_guards_the_error_rate(tmp_path):
+    from deepfm_tfx.experiments import report
+    from deepfm_tfx.serving import errors
+    experiments = str(tmp_path / "experiments")
+    config.save(experiments, _experiment(traffic="ranking", rule=Rule(min_outcomes_per_arm=300, min_clicks_per_arm=5,
+                                                                      max_outcomes_per_arm=None)))
+    router = ExperimentRouter(experiments, poll_seconds=0.05).start()
+    rng = np.random.default_rng(21)
+    served, failed, shown = {"stable": 0, "canary": 0}, 0, []
+    try:
+        for i in range(800):
+            assignment = router.assign("deepfm", {"user_id": f"u{i}", "request_id": f"r{i}"}.get)
+            if assignment.arm == "canary" and i % 5 == 0:  # the canary fails a fifth of its requests
+                with pytest.raises(ServingError):
+                    with router.counting_errors(assignment):
+                        raise ServingError(errors.INTERNAL, "the canary broke")
+                failed += 1
+                continue
+            scores = rng.uniform(0.05, 0.6, 20)
+            router.record(assignment, 1 if assignment.arm == "stable" else 2, "features", {},
+                          {"click_probability": scores[:, None]})
+            served[assignment.arm] += 1
+            top = np.argsort(-scores)[:3]
+            # Calibrated scores: a shown row is clicked with its score times its position's examination.
+            clicked = rng.random(3) < scores[top] / np.log2(np.arange(1, 4) + 1)
+            shown += [{"request_id": f"r{i}", "row": int(r), "position": k + 1, "clicked": bool(c)}
+                      for k, (r, c) in enumerate(zip(top, clicked))]
+        status, _ = router.record_outcomes("exp", json.dumps(shown).encode())
+        assert status == 200
+    finally:
+        router.stop()
+    built = report.build(experiments, "exp")
+    stable, canary = built["arms"]["stable"], built["arms"]["canary"]
+    assert stable["outcomes"] == 3 * served["stable"] and canary["outcomes"] == 3 * served["canary"]
+    assert built["outcomes"]["pending"] == 0  # the 17 unshown rows of each request are neither pending nor negative
+    assert canary["failed_requests"] == failed and stable["failed_requests"] == 0
+    assert canary["error_rate"]["low"] < failed / (failed + served["canary"]) < canary["error_rate"]["high"]
+    assert stable["calibration"]["low"] < 1 < stable["calibration"]["high"]
+    assert built["decision"]["action"] == decision.ROLL_BACK and "fails more requests" in built["decision"]["why"]
