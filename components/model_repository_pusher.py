@@ -91,6 +91,15 @@ def warmup_file(saved_model_dir: str, model_name: str, rows: List[bytes], spec_j
             return {contracts.WARMUP_FILE: f.read()}
 
 
+def _serving_copy(repo: str, name: str, version: int) -> str:
+    """The serving version as a local folder TensorFlow can read ("" if it cannot be fetched:
+    then it is not provably identical)."""
+    try:
+        return model_repository.local_copy(repo, name, version)
+    except (OSError, model_repository.RepositoryError):
+        return ""
+
+
 def _not_pushed(pushed_model: types.Artifact, reason: str) -> None:
     pushed_model.set_int_custom_property("pushed", 0)
     pushed_model.set_string_custom_property("not_pushed_reason", reason)
@@ -128,7 +137,7 @@ class Executor(base_executor.BaseExecutor):
         version = model_repository.version_of_source(repo, name, model.uri)
         serving = model_repository.serving_version(repo, name)
         if version is None and serving is not None and identical_weights(
-                os.path.join(model.uri, contracts.SERVING_MODEL_DIR), model_repository.version_dir(repo, name, serving)):
+                os.path.join(model.uri, contracts.SERVING_MODEL_DIR), _serving_copy(repo, name, serving)):
             # Publishing it would claim a retrained model that is last week's again.
             _not_pushed(pushed_model, f"its weights are identical to the serving version {serving}")
             return
@@ -157,7 +166,7 @@ class Executor(base_executor.BaseExecutor):
                 extra_files=extra, base_path=exec_properties.get("serving_base_path") or None)
         pushed_model.set_int_custom_property("pushed", 1)
         pushed_model.set_int_custom_property("pushed_version", version)
-        pushed_model.set_string_custom_property("pushed_destination", os.path.join(repo, name, str(version)))
+        pushed_model.set_string_custom_property("pushed_destination", model_repository.version_dir(repo, name, version))
 
 
 class ModelRepositoryPusher(base_component.BaseComponent):

@@ -73,6 +73,12 @@ def _file_to_write(flag: str, path: Optional[str]) -> None:
 
 def _repository(config: configs.RunConfig) -> None:
     repo = config.model_repository
+    if model_repository.is_store(repo):
+        try:  # a models.config that does not parse is never overwritten; the store answers
+            model_repository.read_config(repo)
+        except (model_repository.RepositoryError, ValueError, OSError) as e:
+            raise ConfigError(f"--model-repository {repo}: {e}") from None
+        return
     _folder("--model-repository", repo)
     if not os.path.isdir(repo):
         return
