@@ -273,11 +273,13 @@ class _Bucket:
     def names(self, model: str) -> List[str]:
         return sorted({key.split("/", 1)[0] for key in self._objects(model)})
 
+    def version_tags(self, model: str) -> Dict[int, str]:
+        return {int(key.split("/")[0]): tag for key, (_, tag) in self._objects(model).items()
+                if key.count("/") == 1 and key.endswith("/" + SAVED_MODEL_FILE) and _DIGITS.fullmatch(key.split("/")[0])}
+
     def versions(self, model: str) -> List[int]:
         # saved_model.pb goes up last, so a version with it is whole.
-        return sorted(int(key.split("/")[0]) for key in self._objects(model)
-                      if key.count("/") == 1 and key.endswith("/" + SAVED_MODEL_FILE)
-                      and _DIGITS.fullmatch(key.split("/")[0]))
+        return sorted(self.version_tags(model))
 
     def has_folder(self, model: str, version: int) -> bool:
         return any(key.startswith(f"{version}/") for key in self._objects(model))
@@ -371,14 +373,15 @@ class _Bucket:
         return final
 
 
-_STORES: Dict[str, object_store.Store] = {}
+_STORES: Dict[Tuple[str, Optional[str]], object_store.Store] = {}
 
 
 def _store(repo: str) -> object_store.Store:
-    # One client per location: a boto3 client takes tens of milliseconds to make.
-    if repo not in _STORES:
-        _STORES[repo] = object_store.Store(repo)
-    return _STORES[repo]
+    # One client per location and endpoint: a boto3 client takes tens of milliseconds to make.
+    key = (repo, os.environ.get("AWS_ENDPOINT_URL"))
+    if key not in _STORES:
+        _STORES[key] = object_store.Store(repo)
+    return _STORES[key]
 
 
 def _backend(repo: str):
@@ -398,6 +401,20 @@ def local_copy(repo: str, model: str, version: int, cache_dir: Optional[str] = N
     """A local folder holding the version: itself in a folder repository, a downloaded copy
     from a store (for TensorFlow, which reads no s3:// here)."""
     return _backend(repo).local_copy(model, int(version), cache_dir)
+
+
+def version_tags(repo: str, model: str) -> Dict[int, str]:
+    """{complete version: a tag that changes when the version is replaced} (an ETag, or an mtime)."""
+    files = _backend(repo)
+    if isinstance(files, _Bucket):
+        return files.version_tags(model)
+    return {v: str(os.stat(os.path.join(version_dir(repo, model, v), SAVED_MODEL_FILE)).st_mtime_ns)
+            for v in files.versions(model)}
+
+
+def read_file(repo: str, relative: str) -> Optional[bytes]:
+    """A file of the repository by its path inside it (e.g. models.config), or None."""
+    return _backend(repo).read(relative)
 
 
 def hold_path(repo: str, model: str) -> str:

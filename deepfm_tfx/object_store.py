@@ -55,15 +55,17 @@ def _client(scheme: str, timeouts: Tuple[float, float], attempts: int):
     endpoint = None
     if scheme == "gs" and not os.environ.get("AWS_ENDPOINT_URL"):
         endpoint = GCS_ENDPOINT
-    config = Config(connect_timeout=timeouts[0], read_timeout=timeouts[1],
-                    retries={"max_attempts": attempts, "mode": "standard"})
+    retries = {"mode": "standard"}
+    if not os.environ.get("AWS_MAX_ATTEMPTS"):  # the standard variable wins
+        retries["total_max_attempts"] = attempts
+    config = Config(connect_timeout=timeouts[0], read_timeout=timeouts[1], retries=retries)
     return boto3.session.Session().client("s3", endpoint_url=endpoint, config=config)
 
 
 class Store:
     """Objects under one `scheme://bucket/prefix`, addressed by paths relative to it."""
 
-    def __init__(self, url: str, timeouts: Tuple[float, float] = (5.0, 60.0), attempts: int = 4):
+    def __init__(self, url: str, timeouts: Tuple[float, float] = (5.0, 20.0), attempts: int = 3):
         self.url = url.rstrip("/")
         self.scheme, self.bucket, self.prefix = split_url(url)
         self._s3 = _client(self.scheme, timeouts, attempts)

@@ -38,7 +38,8 @@ class RunConfig:
     data: Optional[str] = _knob(None, "data folder (span-N/ subfolders or files); default: generated synthetic data")
     features: str = _knob(DEFAULT_SPEC, "feature spec YAML")
     pipeline_root: str = _knob(os.path.join(WORKSPACE, "pipeline"), "pipeline outputs and SQLite ml-metadata")
-    model_repository: str = _knob("model_repository", "the versioned model repository")
+    model_repository: str = _knob("model_repository", "the versioned model repository: a folder, or "
+                                  "s3://bucket/prefix (endpoint and keys from the AWS_* variables)")
     model_name: str = _knob(MODEL_NAME, "model name in the repository and in TF Serving")
     trainer: str = _knob("keras", "training loop", choices=TRAINERS)
     train_steps: int = _knob(1500, "training steps of each run")
