@@ -21,10 +21,12 @@ Outputs, keyed by the raw column names:
   multivalent  -> int64 ids [batch, max_length], padded with -1
   label        -> int64 [batch]
 """
+import contextlib
 from typing import Any, Dict, List
 
 import tensorflow as tf
 import tensorflow_transform as tft
+from tensorflow.python.framework.ops import EagerTensor  # what TFT's own lookups check
 
 from deepfm_tfx.contracts import (ADMISSION_FIELD_BITS, ADMISSION_TOTAL_KEY, ADMITTED_IDS_ASSET_PREFIX,
                                   FEATURE_SPEC_KEY)
@@ -57,12 +59,17 @@ def admission_keys(field_index: int, tokens: tf.Tensor) -> tf.Tensor:
     return tf.strings.to_hash_bucket_fast(tokens, ADMISSION_TOTAL_KEY) + (field_index << ADMISSION_FIELD_BITS)
 
 
-def _lookup_counted(keys: tf.Tensor, vocabulary_path: tf.Tensor):
+def _lookup_counted(keys: tf.Tensor, vocabulary_path):
     """Index in a vocabulary written with its counts ("<count> <key>" lines), -1 when absent."""
-    table = tf.lookup.StaticHashTable(
-        tf.lookup.TextFileInitializer(vocabulary_path, tf.int64, 1, tf.int64,
-                                      tf.lookup.TextFileIndex.LINE_NUMBER, delimiter=" "),
-        default_value=-1)
+    with contextlib.ExitStack() as stack:
+        if tf.inside_function() and isinstance(vocabulary_path, (str, EagerTensor)):
+            # Built once at load, as TFT's own lookups are: inside the function it would
+            # re-read the file at every call.
+            stack.enter_context(tf.init_scope())
+        table = tf.lookup.StaticHashTable(
+            tf.lookup.TextFileInitializer(vocabulary_path, tf.int64, 1, tf.int64,
+                                          tf.lookup.TextFileIndex.LINE_NUMBER, delimiter=" "),
+            default_value=-1)
     return table.lookup(keys), table.size()
 
 
