@@ -84,3 +84,11 @@ TRAINING_KEY = "training"  # TrainingConfig as a dict
 # Which training loop; also the key in training_info.json, version records and run
 # summaries. Its value predates the name "trainer": ml-metadata caches and stored records use it.
 TRAINER_KEY = "trainer_runner"
+
+# --- Frequency admission: what Transform writes and the run summary reads.
+# One vocabulary asset per min_count, "<prefix><min_count>", lines "<count> <key>": the
+# admitted ids' keys, and per field a total key whose count is the field's occurrences.
+ADMITTED_IDS_ASSET_PREFIX = "admitted_ids_min"
+# key = field index << ADMISSION_FIELD_BITS | the token's hash (below ADMISSION_TOTAL_KEY).
+ADMISSION_FIELD_BITS = 52
+ADMISSION_TOTAL_KEY = (1 << ADMISSION_FIELD_BITS) - 1

@@ -196,7 +196,17 @@ def finish_week(config: configs.RunConfig, spec: feature_spec.FeatureSpec, conne
         summary["quarantined_span"] = summary["span"]
     if wall_seconds is not None:
         summary["wall_seconds"] = round(wall_seconds, 1)
-    summary["distinct_ids"] = id_space.chosen(config.pipeline_root).get("distinct_ids")
+    counted = id_space.chosen(config.pipeline_root)
+    summary["distinct_ids"] = counted.get("distinct_ids")
+    graph = next((e["outputs"]["TransformGraph"][0].uri for e in executions
+                  if e["node"] == "Transform" and e["outputs"].get("TransformGraph")), None)
+    if graph and spec.admitted_fields:
+        fields = id_space.admission(graph, spec)
+        for name, field in fields.items():
+            field["seen_in_newest_span"] = counted.get("fields", {}).get(name, {}).get("seen")
+        shares = [f["rare_share"] for f in fields.values() if f["rare_share"] is not None]
+        summary.update(admission=fields, admitted_ids=sum(f["admitted"] for f in fields.values()),
+                       rare_row_share=round(sum(shares) / len(shares), 4) if shares else None)
     summary["data_root"] = config.data_root
     summary["exit_code"] = exit_code
     summary["report_path"] = _publish_report(config, spec, executions, summary, serving_before)

@@ -19,7 +19,7 @@ def configure(p) -> None:
 SUMMARY_KEYS = ("auc", "bayes_auc", "bayes_auc_gap", "bayes_auc_span", "logloss", "bayes_logloss", "calibration", "example_count",
                 "baseline_auc", "blessed", "pushed", "pushed_path", "not_pushed_reason", TRAINER_KEY, "span", "partition",
                 "window_spans", "window_partitions", "warm_started", "learning_rate_first_step", "learning_rate_last_step",
-                "weight_change_max", "num_ids", "distinct_ids", "train_examples_per_second", "blocked_by")
+                "weight_change_max", "num_ids", "distinct_ids", "admitted_ids", "rare_row_share", "train_examples_per_second", "blocked_by")
 
 
 def print_summary(summary) -> None:
