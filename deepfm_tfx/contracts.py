@@ -76,6 +76,7 @@ EXAMPLE_VALIDATOR_GATE = "ExampleValidator"
 DRIFT_SKEW_GATE = "DriftSkew"  # TFDV's name for the drift and skew anomalies DriftGate stops on
 EVALUATOR_GATE = "Evaluator"  # its AUC floor
 PAIRED_AUC_GATE = "PairedAucGate"
+LATENCY_GATE = "LatencyGate"  # the pusher's serving check: p99 of 100-candidate requests, loaded memory
 DATA_GATES = (EXAMPLE_VALIDATOR_GATE, DRIFT_SKEW_GATE)  # they stop a week before training: its data is bad
 
 # --- The Trainer's (and Transform's) custom_config keys.
