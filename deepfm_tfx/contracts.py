@@ -64,6 +64,11 @@ LABELS = (STABLE, CANARY)
 
 # --- The online experiment's decisions.
 PROMOTE, KEEP_RUNNING, ROLL_BACK = "promote", "keep running", "roll back"
+# The split is broken (sample-ratio mismatch): the experiment stops deciding and nothing moves.
+SAMPLE_RATIO_MISMATCH = "sample ratio mismatch"
+DECISIONS = (PROMOTE, KEEP_RUNNING, ROLL_BACK, SAMPLE_RATIO_MISMATCH)
+# The bearer token experiment routes (outcomes, status) require, when set; never a flag.
+OUTCOMES_TOKEN_ENV = "DEEPFM_TFX_OUTCOMES_TOKEN"
 
 # --- Exit codes of every command.
 EXIT_OK = 0  # pushed, or nothing to do
