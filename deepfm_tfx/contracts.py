@@ -24,6 +24,7 @@ VARIABLES_CHECKPOINT = os.path.join(VARIABLES_DIR, "variables")  # a SavedModel'
 ASSETS_EXTRA = "assets.extra"  # TF Serving's folder for files that are not part of the graph
 WARMUP_FILE = os.path.join(ASSETS_EXTRA, "tf_serving_warmup_requests")  # TF Serving replays it at load
 TRAINING_INFO_FILE = "training_info.json"  # beside SERVING_MODEL_DIR: what the Trainer run says of itself
+RESUME_DIR = "resume"  # <pipeline root>/Trainer/resume/<key>: checkpoints a re-run resumes from
 
 # --- Which variables are the model's weights and which are optimizer slots.
 MODEL_SCOPE = "deepfm"  # the Keras model's name: every weight's name starts with it
