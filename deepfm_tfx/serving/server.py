@@ -99,7 +99,8 @@ class ModelServer:
 def add_arguments(parser: argparse.ArgumentParser, default_repository: Optional[str] = None) -> None:
     """The flags, named like TF Serving's; importing this module does not import TensorFlow."""
     parser.add_argument("--model-repository", required=default_repository is None, default=default_repository,
-                        help="the model repository (it holds models.config and <model>/<version>/)")
+                        help="the model repository (it holds models.config and <model>/<version>/): a folder, "
+                             "or s3://bucket/prefix with the endpoint and keys in the AWS_* variables")
     parser.add_argument("--port", type=int, default=8500, help="gRPC port")
     parser.add_argument("--rest-api-port", type=int, default=8501, help="REST port; 0 turns REST off")
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on")
@@ -127,11 +128,25 @@ def run(args: argparse.Namespace, router=None) -> int:
     """Serves until SIGINT or SIGTERM; `router` as in ModelServer."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # the TF1 loader's deprecation notices
-    if not os.path.isdir(args.model_repository):
-        print(f"error: {args.model_repository}: no such model repository", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    config_file = args.model_config_file or os.path.join(args.model_repository, "models.config")
-    if not os.path.exists(config_file):
+    from deepfm_tfx import model_repository
+    if model_repository.is_store(args.model_repository):
+        config_file = f"{args.model_repository.rstrip('/')}/{model_repository.CONFIG_FILE}"
+        if args.model_config_file:
+            print(f"error: --model-config-file: a repository in an object store is served from its own "
+                  f"{config_file}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        try:
+            found = model_repository.read_file(args.model_repository, model_repository.CONFIG_FILE) is not None
+        except OSError as e:  # the store is unreachable or refuses: not the user's input
+            print(f"error: --model-repository {args.model_repository}: {e}", file=sys.stderr)
+            return EXIT_ERROR
+    else:
+        if not os.path.isdir(args.model_repository):
+            print(f"error: {args.model_repository}: no such model repository", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        config_file = args.model_config_file or os.path.join(args.model_repository, "models.config")
+        found = os.path.exists(config_file)
+    if not found:
         print(f"error: {config_file} does not exist; push a model first (deepfm-tfx run)", file=sys.stderr)
         return EXIT_BAD_INPUT
     server = ModelServer(

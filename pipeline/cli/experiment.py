@@ -50,7 +50,7 @@ def configure(p) -> None:
                         help="start splitting a model's un-pinned traffic between its stable and canary versions")
     st.add_argument("name", help="the experiment's name (letters, digits, '_', '-', '.')")
     st.add_argument("--model-repository", default=RunConfig().model_repository,
-                    help="the versioned model repository serving the model")
+                    help="the versioned model repository serving the model (a folder or s3://bucket/prefix)")
     st.add_argument("--model-name", default=MODEL_NAME, help="the model whose traffic is split")
     for field in _knobs(Experiment):
         add_field(st, field, field.default, field.name)
@@ -144,7 +144,8 @@ def cmd_start(args) -> int:
                       f"(deepfm-tfx experiment stop {running[0].name})")
     try:
         experiment = config.Experiment(
-            name=args.name, model=args.model_name, model_repository=os.path.abspath(args.model_repository),
+            name=args.name, model=args.model_name, model_repository=(args.model_repository if model_repository.is_store(args.model_repository)
+                              else os.path.abspath(args.model_repository)),
             stable_version=stable, canary_version=canary,
             **{f.name: getattr(args, f.name) for f in _knobs(config.Experiment)},
             rule=config.Rule(**{f.name: getattr(args, f.name) for f in _knobs(config.Rule)}))
