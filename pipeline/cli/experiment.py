@@ -19,7 +19,7 @@ import os
 import sys
 import time
 
-from deepfm_tfx.contracts import CANARY, EXIT_BAD_INPUT, STABLE
+from deepfm_tfx.contracts import CANARY, EXIT_BAD_INPUT, SAMPLE_RATIO_MISMATCH, STABLE
 
 DEFAULT_EXPERIMENTS_DIR = "experiments"
 # What check-rule simulates; the guardrails need a server (latency, errors) and are not simulated.
@@ -255,7 +255,9 @@ def cmd_report(args) -> int:
     else:
         print(report.format_text(built))
         if args.promote and built.get("applied") is None:
-            print("nothing applied: the experiment keeps running")
+            print("nothing applied: " + ("the split is broken; find the cause before trusting any metric"
+                                         if built["decision"]["action"] == SAMPLE_RATIO_MISMATCH
+                                         else "the experiment keeps running"))
     return 0
 
 
