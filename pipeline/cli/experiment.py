@@ -3,7 +3,7 @@
     deepfm-tfx models canary 1795400000                  # the candidate, beside stable
     deepfm-tfx experiment start week-12 --canary-share 0.2
     deepfm-tfx serve                                     # splits deepfm's un-pinned requests by user_id
-    curl -d @clicks.json localhost:8501/v1/experiments/week-12/outcomes
+    curl -d @clicks.json localhost:8502/v1/experiments/week-12/outcomes   # the outcomes listener
     deepfm-tfx experiment report week-12                 # per arm, the difference, the decision
     deepfm-tfx experiment report week-12 --promote       # ... and apply it through the label moves
     deepfm-tfx experiment check-rule --runs 200          # the rule's error rates against a planted truth
