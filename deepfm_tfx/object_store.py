@@ -80,7 +80,10 @@ class Store:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            return getattr(self._s3, op)(Bucket=self.bucket, **kwargs)
+            response = getattr(self._s3, op)(Bucket=self.bucket, **kwargs)
+            if op == "get_object":  # the body streams: its errors are the store's too
+                response["Body"] = response["Body"].read()
+            return response
         except ClientError as e:
             code = e.response.get("Error", {}).get("Code", "")
             status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
@@ -96,7 +99,7 @@ class Store:
         """(bytes, ETag), or None when the object does not exist."""
         try:
             r = self._call("get_object", relative, Key=self.key(relative))
-            return r["Body"].read(), r["ETag"]
+            return r["Body"], r["ETag"]
         except FileNotFoundError:
             return None
 
