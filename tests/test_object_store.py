@@ -208,3 +208,13 @@ def test_an_expired_lease_is_taken_over_once_and_its_old_holder_must_stop(s3):
     assert json.loads(store.read(".lease"))["pid"] == os.getpid() and store.read(".lease") is not None
     taker.release()
     assert store.read(".lease") is None
+
+
+def test_data_or_pipeline_root_in_a_store_is_refused_in_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for flags in (["--data", "s3://bucket/data"], ["--pipeline-root", "s3://bucket/pipeline"]):
+        assert cli.main(["run", *flags, "--model-repository", "repo"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {flags[0]} s3://bucket/") and "only --model-repository" in err
+        assert len(err.splitlines()) == 1
+    assert os.listdir(tmp_path) == []  # no local folder named s3: and nothing else
