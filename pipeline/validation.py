@@ -119,6 +119,16 @@ def validate(config: configs.RunConfig, *, paths: bool = True, connect: bool = T
     if not (math.isfinite(training.learning_rate) and training.learning_rate > 0):
         raise ConfigError(f"--learning-rate must be a positive number, got {training.learning_rate!r}")
     _at_least("embedding_l2", training.embedding_l2, 0.0)
+    _at_least("checkpoint_every_steps", training.checkpoint_every_steps, 0)
+    if training.cluster:
+        from deepfm_tfx.trainer_modules import local_cluster  # no TensorFlow
+        try:
+            local_cluster.parse(training.cluster)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if config.trainer != "estimator":
+            raise ConfigError("--cluster trains with the Estimator's parameter servers; add --trainer estimator "
+                              "(the Keras trainer on a cluster is not built yet: docs/training-on-a-cluster.md)")
     bad_beam = [a for a in config.beam_args if not a.startswith("--")]
     if bad_beam:
         raise ConfigError(f"--beam-arg takes Beam options like --beam-arg=--direct_num_workers=2, got {bad_beam[0]!r}")

@@ -126,7 +126,7 @@ def test_calibration_is_mean_score_over_ctr_and_unknowns_stay_unknown():
 
 def _experiment(**kwargs):
     fields = dict(name="exp", model="deepfm", model_repository="/repo", stable_version=1, canary_version=2,
-                  outcome_window_seconds=100.0)
+                  outcome_window_seconds=100.0, traffic="items", rule=Rule(metric="logloss"))
     fields.update(kwargs)
     return Experiment(**fields).check()
 
@@ -235,14 +235,14 @@ def test_the_rule_keeps_running_then_promotes_a_better_canary_and_rolls_back_a_w
     x = rng.normal(size=6000)
     p = 1 / (1 + np.exp(-(x - 1.2)))
     good, flat = p, np.full_like(p, p.mean())
-    rule = Rule(min_outcomes_per_arm=1000, min_clicks_per_arm=30)
+    rule = Rule(metric="logloss", min_outcomes_per_arm=1000, min_clicks_per_arm=30)
     small = decision.decide(_arm(rng, 500, p[:500], good[:500]), _arm(rng, 500, p[:500], flat[:500]), rule)
     assert small["action"] == decision.KEEP_RUNNING and "500 of 1000 outcomes" in small["why"]
     stable, canary = _arm(rng, 6000, p, flat), _arm(rng, 6000, p, good)
     assert decision.decide(stable, canary, rule)["action"] == decision.PROMOTE
     assert decision.decide(canary, stable, rule)["action"] == decision.ROLL_BACK
     # The same comparison on the AUC.
-    assert decision.decide(stable, canary, Rule(metric="auc"))["action"] == decision.PROMOTE
+    assert decision.decide(stable, canary, Rule(metric="auc", max_outcomes_per_arm=None))["action"] == decision.PROMOTE
 
 
 def test_guardrails_roll_back_a_miscalibrated_or_slow_canary_and_looks_widen_the_interval():
@@ -251,15 +251,17 @@ def test_guardrails_roll_back_a_miscalibrated_or_slow_canary_and_looks_widen_the
     p = 1 / (1 + np.exp(-(x - 1.2)))
     stable = _arm(rng, 5000, p, p)
     doubled = _arm(rng, 5000, p, np.clip(2 * p, 0, 0.99))  # ranks as well, scores twice the CTR
-    verdict = decision.decide(stable, doubled, Rule())
+    logloss = Rule(metric="logloss", max_outcomes_per_arm=None)
+    verdict = decision.decide(stable, doubled, logloss)
     assert verdict["action"] == decision.ROLL_BACK and "miscalibrated" in verdict["why"]
     slow = _arm(rng, 5000, p, p, latency=40.0)
-    verdict = decision.decide(stable, slow, Rule())
+    verdict = decision.decide(stable, slow, logloss)
     assert verdict["action"] == decision.ROLL_BACK and "slow" in verdict["why"]
     same = _arm(rng, 5000, p, p)
-    assert decision.decide(stable, same, Rule())["action"] == decision.KEEP_RUNNING
-    assert decision.decide(stable, same, Rule(max_outcomes_per_arm=5000))["action"] == decision.ROLL_BACK
-    assert decision.decide(stable, same, Rule(looks=5))["confidence"] == pytest.approx(0.99)
+    assert decision.decide(stable, same, logloss)["action"] == decision.KEEP_RUNNING
+    assert decision.decide(stable, same, Rule(metric="logloss", max_outcomes_per_arm=5000))["action"] == \
+        decision.ROLL_BACK
+    assert decision.decide(stable, same, Rule(metric="logloss", looks=5))["confidence"] == pytest.approx(0.99)
 
 
 def test_a_bad_config_names_the_field(tmp_path):

@@ -32,7 +32,8 @@ class ModelServer:
                  config_file: Optional[str] = None, poll_seconds: float = 1.0,
                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, grpc_threads: int = 16, rest_threads: int = 8,
                  host: str = "0.0.0.0", intra_op_threads: int = 1, inter_op_threads: int = -1,
-                 router=None, loader_nice: int = 10, batch_threads: int = 2, max_batch_rows: int = 1024):
+                 router=None, loader_nice: int = 10, batch_threads: int = 2, max_batch_rows: int = 1024,
+                 outcomes_port: Optional[int] = None, outcomes_host: str = "127.0.0.1"):
         from deepfm_tfx.serving import batching, loader, servable
 
         config = servable.session_config(intra_op_threads, inter_op_threads)
@@ -44,10 +45,14 @@ class ModelServer:
         self.router = router
         self._ports = (grpc_port, rest_port)
         self._limits = (max_body_bytes, grpc_threads, rest_threads, host)
+        # The experiments' trusted listener (outcomes and status), apart from the clients' port.
+        self._outcomes = (outcomes_port, outcomes_host)
         self.grpc_server = None
         self.rest_server = None
+        self.outcomes_server = None
         self.grpc_port: Optional[int] = None
         self.rest_port: Optional[int] = None
+        self.outcomes_port: Optional[int] = None
 
     def start(self) -> "ModelServer":
         from deepfm_tfx.serving import grpc_service, rest
@@ -65,13 +70,19 @@ class ModelServer:
             self.rest_server = rest.RestServer(rest.RestApi(self.manager, rest_threads, max_body_bytes, self.router),
                                                rest_port, host)
             self.rest_port = self.rest_server.start()
+        outcomes_port, outcomes_host = self._outcomes
+        if self.router is not None and outcomes_port is not None:
+            self.outcomes_server = rest.RestServer(
+                rest.RestApi(self.manager, 2, max_body_bytes, self.router, trusted=True), outcomes_port, outcomes_host)
+            self.outcomes_port = self.outcomes_server.start()
         return self
 
     def stop(self, grace: float = 5.0) -> None:
         if self.grpc_server is not None:
             self.grpc_server.stop(grace).wait()
-        if self.rest_server is not None:
-            self.rest_server.stop()
+        for rest_server in (self.rest_server, self.outcomes_server):
+            if rest_server is not None:
+                rest_server.stop()
         if self.router is not None:
             self.router.stop()  # after the servers: every answered prediction is in the log
         self.manager.stop()
@@ -142,7 +153,8 @@ def run(args: argparse.Namespace, router=None) -> int:
         args.model_repository, args.port, args.rest_api_port or None, config_file,
         args.model_config_file_poll_wait_seconds, args.rest_max_body_bytes, args.grpc_threads, args.rest_threads,
         args.host, args.intra_op_threads, args.inter_op_threads, router, args.loader_nice,
-        args.batch_threads, args.max_batch_rows)
+        args.batch_threads, args.max_batch_rows,
+        getattr(args, "outcomes_port", 0) or None, getattr(args, "outcomes_host", "127.0.0.1"))
     try:
         server.start()
     except OSError as e:
@@ -158,6 +170,8 @@ def run(args: argparse.Namespace, router=None) -> int:
         print(f"warning: {manager.config_error}", file=sys.stderr)
     print(f"gRPC on {args.host}:{server.grpc_port}"
           + (f", REST on http://{args.host}:{server.rest_port}/v1/models/<name>" if server.rest_port else "")
+          + (f", experiment outcomes on http://{server._outcomes[1]}:{server.outcomes_port}/v1/experiments/<name>"
+             if server.outcomes_port else "")
           + f"; watching {config_file}. Ctrl-C stops.", flush=True)
     stopped = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -1,4 +1,4 @@
-"""`deepfm-tfx experiment start|list|stop|outcomes|report|skew`: online A/B tests of stable vs canary.
+"""`deepfm-tfx experiment start|list|stop|outcomes|report|skew|check-rule`: online A/B tests of stable vs canary.
 
     deepfm-tfx models canary 1795400000                  # the candidate, beside stable
     deepfm-tfx experiment start week-12 --canary-share 0.2
@@ -6,6 +6,7 @@
     curl -d @clicks.json localhost:8501/v1/experiments/week-12/outcomes
     deepfm-tfx experiment report week-12                 # per arm, the difference, the decision
     deepfm-tfx experiment report week-12 --promote       # ... and apply it through the label moves
+    deepfm-tfx experiment check-rule --runs 200          # the rule's error rates against a planted truth
 
 TensorFlow is imported only by `skew` (TFDV), inside its handler.
 """
@@ -21,6 +22,9 @@ import time
 from deepfm_tfx.contracts import CANARY, EXIT_BAD_INPUT, STABLE
 
 DEFAULT_EXPERIMENTS_DIR = "experiments"
+# What check-rule simulates; the guardrails need a server (latency, errors) and are not simulated.
+CHECKED_RULE_KNOBS = ("alpha", "sized_lift", "min_outcomes_per_arm", "min_clicks_per_arm", "min_effect",
+                      "max_outcomes_per_arm", "srm_p_value")
 
 
 def _common() -> argparse.ArgumentParser:
@@ -95,6 +99,21 @@ def configure(p) -> None:
     sk.add_argument("--features", help="feature spec YAML (default: the synthetic data's)")
     sk.add_argument("--json", action="store_true", help="print the result as JSON")
     sk.set_defaults(func=cmd_skew)
+
+    cr = sub.add_parser("check-rule", help="simulate the ctr rule from the planted truth, without the server: "
+                                           "A/A false decisions, power at the sized lift, sample-ratio alarms")
+    cr.add_argument("--runs", type=int, default=200, help="simulated experiments per scenario")
+    cr.add_argument("--out", metavar="FILE", help="also write the rates and the power curve here as JSON")
+    cr.add_argument("--canary-share", type=float, default=0.5, help="the configured split")
+    cr.add_argument("--broken-share", type=float, default=0.52,
+                    help="the canary's real share in the broken-split runs")
+    cr.add_argument("--stable-noise", type=float, default=1.0,
+                    help="stable's quality: its score is the true logit plus noise of this spread")
+    checked = cr.add_argument_group("decision rule (the ctr metric's knobs, as in `experiment start`)")
+    for field in _knobs(Rule):
+        if field.name in CHECKED_RULE_KNOBS:
+            add_field(checked, field, field.default, field.name)
+    cr.set_defaults(func=cmd_check_rule)
 
 
 def _error(message: str, code: int = EXIT_BAD_INPUT) -> int:
@@ -253,4 +272,38 @@ def cmd_skew(args) -> int:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:
         print(skew.format_text(result))
+    return 0
+
+
+def cmd_check_rule(args) -> int:
+    from deepfm_tfx.contracts import EXIT_ERROR
+    from deepfm_tfx.experiments import config
+    from deepfm_tfx.pipeline.simulation import rule_check
+
+    try:
+        rule = config.Rule(**{name: getattr(args, name) for name in CHECKED_RULE_KNOBS})
+        rule.check()
+        if rule.max_outcomes_per_arm is None:
+            raise config.ExperimentError("--max-outcomes (the planned sample) is needed")
+    except config.ExperimentError as e:
+        return _error(str(e))
+    if args.runs < 10:
+        return _error(f"--runs must be at least 10, got {args.runs}")
+    for name in ("canary_share", "broken_share"):
+        if not 0 < getattr(args, name) < 1:
+            return _error(f"--{name.replace('_', '-')} must be in (0, 1), got {getattr(args, name)}")
+    world = rule_check.World(canary_share=args.canary_share, broken_share=args.broken_share,
+                             stable_noise=args.stable_noise)
+    try:
+        result = rule_check.check(rule, args.runs, world, progress=lambda line: print(line, flush=True))
+    except ValueError as e:
+        return _error(str(e))
+    print("\n" + rule_check.format_text(result))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"written to {args.out}")
+    if not result["inside_bounds"]:
+        print("error: a rate is outside its bound (above)", file=sys.stderr)
+        return EXIT_ERROR
     return 0
