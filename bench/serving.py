@@ -211,10 +211,10 @@ async def _measure(server: Server, rows: List[bytes], seconds: float) -> Dict[st
 
 # Server settings tried on the target cell (gRPC, 100 candidates, 8 clients), each in a fresh server.
 VARIANTS = {
-    "as shipped": (),
-    "1 batch thread": ("--batch-threads", "1"),
+    "as shipped (2 batch threads, timeout 3 ms)": (),
+    "no batch timeout": ("--batch-timeout-ms", "0"),
     "batch timeout 1 ms": ("--batch-timeout-ms", "1"),
-    "batch timeout 3 ms": ("--batch-timeout-ms", "3"),
+    "1 batch thread": ("--batch-threads", "1"),
     "no batching": ("--batch-threads", "0"),
 }
 

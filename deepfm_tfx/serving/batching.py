@@ -8,7 +8,9 @@ core) take everything queued for the same signature and input set, up to
 nothing waits for a batch to fill: one request alone runs at once, and batches
 form only while runners are busy, which is exactly when they pay. A timeout
 (TF Serving's batch_timeout_micros) makes a runner wait that long for more
-rows first: fewer, larger runs under load, at the price of that wait alone.
+rows first: fewer, larger runs under load. Unlike TF Serving's, it applies
+only while requests come concurrently (the previous batch held more than
+one), so a lone client never waits for company that is not coming.
 
 A batch that fails is re-run request by request, so one bad request gets its
 own error and the others their answers.
@@ -42,6 +44,7 @@ class Batcher:
     def __init__(self, threads: int = 2, max_rows: int = 1024, timeout_ms: float = 0.0):
         self.max_rows = max_rows
         self.timeout = timeout_ms / 1000.0
+        self._last_batch_requests = 1
         self._queue: Deque[_Item] = collections.deque()
         self._cond = threading.Condition()
         self._stopped = False
@@ -78,7 +81,7 @@ class Batcher:
         with self._cond:
             while not self._queue and not self._stopped:
                 self._cond.wait()
-            if self.timeout and self._queue:
+            if self.timeout and self._queue and self._last_batch_requests > 1:
                 # TF Serving's batch_timeout: wait a little for more rows, so runs are fewer and larger.
                 key, deadline = self._queue[0].key, time.monotonic() + self.timeout
                 while not self._stopped and self._queue and self._queued_rows(key) < self.max_rows:
@@ -98,6 +101,7 @@ class Batcher:
                 else:
                     others.append(item)
             self._queue = others  # the rest keep their order
+            self._last_batch_requests = len(batch)
             return batch
 
     def _loop(self) -> None:
