@@ -107,6 +107,8 @@ def configure(p) -> None:
     cr.add_argument("--canary-share", type=float, default=0.5, help="the configured split")
     cr.add_argument("--broken-share", type=float, default=0.52,
                     help="the canary's real share in the broken-split runs")
+    cr.add_argument("--lifts", default="0.01,0.02,0.03,0.04,0.06",
+                    help="true CTR lifts of the power curve, comma-separated (0 and the sized lift are added)")
     cr.add_argument("--stable-noise", type=float, default=1.0,
                     help="stable's quality: its score is the true logit plus noise of this spread")
     checked = cr.add_argument_group("decision rule (the ctr metric's knobs, as in `experiment start`)")
@@ -292,8 +294,12 @@ def cmd_check_rule(args) -> int:
     for name in ("canary_share", "broken_share"):
         if not 0 < getattr(args, name) < 1:
             return _error(f"--{name.replace('_', '-')} must be in (0, 1), got {getattr(args, name)}")
+    try:
+        lifts = tuple(float(v) for v in args.lifts.split(",") if v.strip())
+    except ValueError:
+        return _error(f"--lifts must be numbers separated by commas, got {args.lifts!r}")
     world = rule_check.World(canary_share=args.canary_share, broken_share=args.broken_share,
-                             stable_noise=args.stable_noise)
+                             stable_noise=args.stable_noise, lifts=lifts)
     try:
         result = rule_check.check(rule, args.runs, world, progress=lambda line: print(line, flush=True))
     except ValueError as e:

@@ -41,12 +41,12 @@ class World:
     """What check-rule simulates: the traffic and the models."""
     candidates: int = 100
     shown: int = 10
-    pool_requests: int = 4000     # candidate lists per model; runs draw requests from them
+    pool_requests: int = 2000     # candidate lists per model; runs draw requests from them
     stable_noise: float = 1.0     # stable's score = true logit + N(0, stable_noise^2)
     look_every: int = 500         # users between two readings of the report
     canary_share: float = 0.5     # the configured split
     broken_share: float = 0.52    # the canary's real share in the broken-split runs
-    lifts: Tuple[float, ...] = (0.01, 0.02, 0.03, 0.04, 0.06)  # the power curve's true lifts
+    lifts: Tuple[float, ...] = (0.01, 0.02, 0.03, 0.04, 0.06)  # the power curve's (0 and the sized lift added)
     seed: int = 42
 
 
@@ -195,7 +195,7 @@ def check(rule: Rule, runs: int = 200, world: Optional[World] = None, progress=p
     srm = dict(rate(broken, (SRM_ALARM,), 0.95, False), real_share=world.broken_share)
     progress(f"broken split {world.broken_share:g} vs {world.canary_share:g}: {_line(srm)} raised the SRM alarm")
     curve = []
-    for lift in sorted(set(world.lifts) | {0.0}):
+    for lift in sorted(set(world.lifts) | {0.0, rule.sized_lift}):
         if lift == 0.0:
             result, got = aa, 0.0
         elif lift == rule.sized_lift:
