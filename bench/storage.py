@@ -21,7 +21,7 @@ from typing import Any, Dict, List
 
 from bench.common import median, table
 
-NEEDS = ("keras",)
+NEEDS = ()  # the default Keras run, asked for in run() unless --storage-saved-model
 REPEATS = 3
 MODEL = "deepfm"
 
@@ -72,8 +72,12 @@ def _measure(repo: str, saved_model: str, workdir: str) -> Dict[str, List[float]
     return out
 
 
+def add_arguments(p) -> None:
+    p.add_argument("--storage-saved-model", help="measure this SavedModel instead of the default Keras run's")
+
+
 def run(args, shared: Dict[str, Any]) -> Dict[str, Any]:
-    saved_model = shared["default_runs"]["keras"]["summary"]["pushed_path"]
+    saved_model = args.storage_saved_model or shared["default_runs"]["keras"]["summary"]["pushed_path"]
     workdir = os.path.join(args.workdir, "storage")
     shutil.rmtree(workdir, ignore_errors=True)
     os.makedirs(workdir)
@@ -92,4 +96,4 @@ def run(args, shared: Dict[str, Any]) -> Dict[str, Any]:
 def show(res: Dict[str, Any]) -> None:
     rows = [[name, r["push_s"], r["download_s"], r["load_and_warm_s"]] for name, r in res["targets"].items()]
     print(table(["repository", "push s", "download s", "TF load + warmup s"], rows,
-                title=f"\nStorage: the default model ({res['saved_model_mb']} MB), medians of {res['repeats']}"))
+                title=f"\nStorage: a {res['saved_model_mb']} MB SavedModel, medians of {res['repeats']}"))

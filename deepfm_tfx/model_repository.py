@@ -251,6 +251,7 @@ class _Bucket:
         self.repo = repo.rstrip("/")
         self.store = _store(self.repo)
         self._config_etag: Optional[str] = None
+        self._lease: Optional[object_store.Lease] = None
 
     def path(self, *parts: str) -> str:
         return self.store.display("/".join(parts))
@@ -291,10 +292,16 @@ class _Bucket:
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         try:
-            with object_store.Lease(self.store):
+            with object_store.Lease(self.store) as self._lease:
                 yield
         except object_store.LeaseHeld as e:
             raise RepositoryError(str(e)) from None
+        finally:
+            self._lease = None
+
+    def _still_mine(self) -> None:
+        if self._lease is not None:
+            self._lease.renew()
 
     def read_config(self) -> models_config.ModelServerConfig:
         found = self.store.get(CONFIG_FILE)
@@ -307,6 +314,7 @@ class _Bucket:
             raise RepositoryError(str(e)) from None
 
     def write_config(self, text: str) -> None:
+        self._still_mine()
         try:  # the config this writer read, or none if there was none: never another writer's
             self._config_etag = self.store.put(CONFIG_FILE, text.encode(), if_match=self._config_etag,
                                                if_absent=self._config_etag is None)
@@ -333,6 +341,7 @@ class _Bucket:
                        key=lambda f: (f == SAVED_MODEL_FILE, not f.startswith(VARIABLES_DIR + "/"), f))
         extra = {relative.replace(os.sep, "/"): data for relative, data in extra.items()}
         for relative in files:
+            self._still_mine()
             if relative == SAVED_MODEL_FILE:
                 for name, data in sorted(extra.items()):
                     self.store.put(f"{base}/{name}", data)

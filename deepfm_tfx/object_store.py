@@ -23,7 +23,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 SCHEMES = ("s3://", "gs://")
 GCS_ENDPOINT = "https://storage.googleapis.com"  # gs:// without AWS_ENDPOINT_URL
 LEASE_OBJECT = ".lease"
-LEASE_SECONDS = 600  # longer than any push; a writer found dead on this host frees it at once
+LEASE_SECONDS = 600  # renewed while a push uploads; a writer found dead on this host frees it at once
 
 
 class StoreError(OSError):
@@ -80,7 +80,10 @@ class Store:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            return getattr(self._s3, op)(Bucket=self.bucket, **kwargs)
+            response = getattr(self._s3, op)(Bucket=self.bucket, **kwargs)
+            if op == "get_object":  # the body streams: its errors are the store's too
+                response["Body"] = response["Body"].read()
+            return response
         except ClientError as e:
             code = e.response.get("Error", {}).get("Code", "")
             status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
@@ -96,7 +99,7 @@ class Store:
         """(bytes, ETag), or None when the object does not exist."""
         try:
             r = self._call("get_object", relative, Key=self.key(relative))
-            return r["Body"].read(), r["ETag"]
+            return r["Body"], r["ETag"]
         except FileNotFoundError:
             return None
 
@@ -197,6 +200,7 @@ class Lease:
     def __init__(self, store: Store, seconds: float = LEASE_SECONDS):
         self.store, self.seconds = store, seconds
         self._etag: Optional[str] = None
+        self._renewed = time.monotonic()
 
     def _body(self) -> bytes:
         return json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
@@ -204,6 +208,7 @@ class Lease:
                            "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}).encode()
 
     def acquire(self) -> None:
+        self._renewed = time.monotonic()
         try:
             self._etag = self.store.put(LEASE_OBJECT, self._body(), if_absent=True)
             return
@@ -227,6 +232,19 @@ class Lease:
         except PreconditionFailed:
             raise LeaseHeld(f"another writer took over the stale {self.store.display(LEASE_OBJECT)} first; "
                             f"nothing was changed; try again once it has finished") from None
+
+    def renew(self) -> None:
+        """Pushes the expiry on, if a third of it has passed; LeaseHeld if someone took the lease over
+        meanwhile (then this writer must stop: it no longer owns what it is writing)."""
+        if self._etag is None or time.monotonic() - self._renewed < self.seconds / 3:
+            return
+        try:
+            self._etag = self.store.put(LEASE_OBJECT, self._body(), if_match=self._etag)
+        except PreconditionFailed:
+            self._etag = None
+            raise LeaseHeld(f"{self.store.display(LEASE_OBJECT)} expired and was taken over by another writer; "
+                            f"this one stopped before naming anything in models.config") from None
+        self._renewed = time.monotonic()
 
     def release(self) -> None:
         if self._etag is not None:

@@ -191,3 +191,30 @@ def test_a_config_written_by_another_writer_meanwhile_is_not_overwritten(s3, tmp
         store.put("models.config", data, if_absent=True)
     assert store.read("models.config").endswith(b"# another writer\n")
     assert mr.serving_version(repo, MODEL) == version
+
+
+def test_an_expired_lease_is_taken_over_once_and_its_old_holder_must_stop(s3):
+    store = object_store.Store(s3.url("lease"))
+    slow = object_store.Lease(store, seconds=0.3)
+    slow.acquire()
+    with pytest.raises(object_store.LeaseHeld, match="another writer holds"):
+        object_store.Lease(store).acquire()
+    time.sleep(0.5)
+    taker = object_store.Lease(store)
+    taker.acquire()  # expired: taken over with If-Match on the old lease's ETag
+    with pytest.raises(object_store.LeaseHeld, match="taken over"):
+        slow.renew()  # the slow writer learns it before it names anything in models.config
+    slow.release()  # releases nothing of the new holder's
+    assert json.loads(store.read(".lease"))["pid"] == os.getpid() and store.read(".lease") is not None
+    taker.release()
+    assert store.read(".lease") is None
+
+
+def test_data_or_pipeline_root_in_a_store_is_refused_in_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for flags in (["--data", "s3://bucket/data"], ["--pipeline-root", "s3://bucket/pipeline"]):
+        assert cli.main(["run", *flags, "--model-repository", "repo"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {flags[0]} s3://bucket/") and "only --model-repository" in err
+        assert len(err.splitlines()) == 1
+    assert os.listdir(tmp_path) == []  # no local folder named s3: and nothing else

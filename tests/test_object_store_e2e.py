@@ -20,7 +20,6 @@ import s3_server
 from deepfm_tfx import contracts, model_repository
 from deepfm_tfx.components.example_encoder import request_examples
 from deepfm_tfx.pipeline import configs
-from deepfm_tfx.pipeline.orchestrators import local
 from deepfm_tfx.schemas import feature_spec
 from deepfm_tfx.serving import model_status
 from deepfm_tfx.synthetic import generator
@@ -38,17 +37,23 @@ def s3():
 
 @pytest.fixture(scope="module")
 def pushed(s3, tmp_path_factory):
-    """One pipeline run (Keras, small data) whose repository is s3://<bucket>/repository."""
+    """`deepfm-tfx run` (Keras, small data) with its repository in s3://<bucket>/repository."""
     tmp = tmp_path_factory.mktemp("store")
     data = str(tmp / "data")
     generator.generate(data, rows=3000, spans=1, seed=5)
-    config = configs.RunConfig(
-        data=data, pipeline_root=str(tmp / "pipeline"), model_repository=s3.url("repository"), trainer="keras",
-        train_steps=40, eval_steps=2, min_auc=0.5, training={"batch_size": 256, "dnn_units": [16]})
-    summary = local.run(config)
-    record = model_repository.read_record(config.model_repository, MODEL, summary["pushed_version"])
+    repo, summary_path = s3.url("repository"), str(tmp / "summary.json")
+    # The CLI in its own process: its exit code must be the run's, after using the store.
+    run = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "deepfm-tfx"), "run", "--data", data, "--pipeline-root",
+         str(tmp / "pipeline"), "--model-repository", repo, "--trainer", "keras", "--train-steps", "40",
+         "--eval-steps", "2", "--min-auc", "0.5", "--batch-size", "256", "--dnn-units", "16",
+         "--summary", summary_path], capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    with open(summary_path) as f:
+        summary = json.load(f)
+    record = model_repository.read_record(repo, MODEL, summary["pushed_version"])
     spec = feature_spec.load(feature_spec.DEFAULT_SPEC)
-    return {"repo": config.model_repository, "version": summary["pushed_version"], "summary": summary,
+    return {"repo": repo, "version": summary["pushed_version"], "summary": summary,
             "trainer_output": os.path.join(record["source_model"], contracts.SERVING_MODEL_DIR),
             "rows": request_examples([os.path.join(data, "span-1", "part-000.csv")], spec, 50)}
 

@@ -248,7 +248,9 @@ class ModelManager:
             self.reloads += 1
             return True
 
-    def _apply(self, desired: Dict[str, Tuple[str, List[int], Dict[str, int]]]) -> None:
+    def _apply(self, desired: Dict[str, Tuple[str, List[int], Dict[str, int], Dict[int, str]]]) -> None:
+        wanted_now = {(m, v) for m, (_, wanted, _, _) in desired.items() for v in wanted}
+        self._retry = {k: r for k, r in self._retry.items() if k in wanted_now}
         # 1. Load and warm what is new, publishing each version as soon as it is ready.
         for model, (model_dir, wanted, _, tags) in desired.items():
             for version in wanted:
@@ -285,6 +287,8 @@ class ModelManager:
                 if version not in keep:
                     self._set_status(model, version, UNLOADING)
                     servable.retire()
+                    if self._cache_dir and getattr(servable, "path", "").startswith(self._cache_dir):
+                        shutil.rmtree(servable.path, ignore_errors=True)  # loaded in memory; the copy is spent
                     self._set_status(model, version, END)
                     log.info("%s: unloaded version %s", model, version)
 
