@@ -65,6 +65,11 @@ LABELS = (STABLE, CANARY)
 
 # --- The online experiment's decisions.
 PROMOTE, KEEP_RUNNING, ROLL_BACK = "promote", "keep running", "roll back"
+# The split is broken (sample-ratio mismatch): the experiment stops deciding and nothing moves.
+SAMPLE_RATIO_MISMATCH = "sample ratio mismatch"
+DECISIONS = (PROMOTE, KEEP_RUNNING, ROLL_BACK, SAMPLE_RATIO_MISMATCH)
+# The bearer token experiment routes (outcomes, status) require, when set; never a flag.
+OUTCOMES_TOKEN_ENV = "DEEPFM_TFX_OUTCOMES_TOKEN"
 
 # --- Exit codes of every command.
 EXIT_OK = 0  # pushed, or nothing to do
@@ -77,6 +82,7 @@ EXAMPLE_VALIDATOR_GATE = "ExampleValidator"
 DRIFT_SKEW_GATE = "DriftSkew"  # TFDV's name for the drift and skew anomalies DriftGate stops on
 EVALUATOR_GATE = "Evaluator"  # its AUC floor
 PAIRED_AUC_GATE = "PairedAucGate"
+LATENCY_GATE = "LatencyGate"  # the pusher's serving check: p99 of 100-candidate requests, loaded memory
 DATA_GATES = (EXAMPLE_VALIDATOR_GATE, DRIFT_SKEW_GATE)  # they stop a week before training: its data is bad
 
 # --- The Trainer's (and Transform's) custom_config keys.
@@ -85,3 +91,11 @@ TRAINING_KEY = "training"  # TrainingConfig as a dict
 # Which training loop; also the key in training_info.json, version records and run
 # summaries. Its value predates the name "trainer": ml-metadata caches and stored records use it.
 TRAINER_KEY = "trainer_runner"
+
+# --- Frequency admission: what Transform writes and the run summary reads.
+# One vocabulary asset per min_count, "<prefix><min_count>", lines "<count> <key>": the
+# admitted ids' keys, and per field a total key whose count is the field's occurrences.
+ADMITTED_IDS_ASSET_PREFIX = "admitted_ids_min"
+# key = field index << ADMISSION_FIELD_BITS | the token's hash (below ADMISSION_TOTAL_KEY).
+ADMISSION_FIELD_BITS = 52
+ADMISSION_TOTAL_KEY = (1 << ADMISSION_FIELD_BITS) - 1

@@ -8,8 +8,13 @@ keep ids nested (fingerprint mod 2^k), and the choice only grows within a
 pipeline root (recorded in <pipeline_root>/id_space.json): a week with a few
 more or fewer ids keeps the same table, so last week's model can warm-start.
 
-Counting is exact up to SKETCH_SIZE ids and a k-minimum-values estimate
-(about 0.4% error) beyond, so memory stays bounded at Criteo's 33.8M ids.
+With frequency admission (the spec's `min_count`), only ids seen at least
+min_count times in the newest span count: the others share their field's rare
+row, which Transform places after the table. Counting is exact up to
+SAMPLE_CAP ids per field and a hash sample beyond.
+
+`admission()` reads what Transform counted over the whole window: per field,
+the ids it admitted and the share of the field's occurrences on the rare row.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from deepfm_tfx import spans
+from deepfm_tfx.contracts import ADMISSION_FIELD_BITS, ADMISSION_TOTAL_KEY, ADMITTED_IDS_ASSET_PREFIX
 from deepfm_tfx.errors import DataError
 from deepfm_tfx.schemas.feature_spec import FeatureSpec
 
@@ -31,50 +37,65 @@ FACTOR = 2
 MIN_BUCKETS, MAX_BUCKETS = 2 ** 10, 2 ** 24
 # When the data cannot be read where the pipeline is compiled (e.g. gs://).
 UNREADABLE_DEFAULT = 2 ** 22
-SKETCH_SIZE = 2 ** 16
+SAMPLE_CAP = 2 ** 22
 # A `slices` column with more values than this in the newest span is not sliced by.
 MAX_SLICE_VALUES = 100
 RECORD = "id_space.json"
 
 
-def buckets_for(distinct_ids: int) -> int:
-    needed = max(int(distinct_ids) * FACTOR, 1)
+def buckets_for(distinct_ids: int, factor: float = FACTOR) -> int:
+    needed = max(int(distinct_ids * factor), 1)
     return int(min(max(1 << (needed - 1).bit_length(), MIN_BUCKETS), MAX_BUCKETS))
 
 
-class DistinctCounter:
-    """Distinct values over many batches: the SKETCH_SIZE smallest 64-bit hashes."""
+class IdCounts:
+    """How often each id of one field occurs, over many batches of (hash, count).
 
-    def __init__(self, size: int = SKETCH_SIZE):
-        self.size = size
-        self.smallest = np.zeros(0, np.uint64)
+    Exact up to `cap` ids; beyond that a hash sample (the ids whose hash is below
+    2^64 >> shift, the shift growing whenever the sample outgrows `cap`), scaled
+    back up, so memory stays bounded at Criteo's 33.8M ids."""
 
-    def add(self, hashes: np.ndarray) -> None:
-        merged = np.unique(np.concatenate([self.smallest, hashes.astype(np.uint64)]))
-        self.smallest = merged[:self.size]
+    def __init__(self, cap: int = SAMPLE_CAP):
+        self.cap, self.shift = cap, 0
+        self.keys = np.zeros(0, np.uint64)
+        self.counts = np.zeros(0, np.int64)
 
-    def count(self) -> int:
-        if len(self.smallest) < self.size:
-            return int(len(self.smallest))
-        # k-minimum values: the k-th smallest of n uniform hashes sits near k / n of the range.
-        return int(round((self.size - 1) / (float(self.smallest[-1]) / 2.0 ** 64)))
+    def _sampled(self, keys: np.ndarray) -> np.ndarray:
+        return keys >> np.uint64(64 - self.shift) == 0 if self.shift else np.ones(len(keys), bool)
+
+    def add(self, hashes: np.ndarray, counts: np.ndarray) -> None:
+        hashes = hashes.astype(np.uint64)
+        keep = self._sampled(hashes)
+        keys, inverse = np.unique(np.concatenate([self.keys, hashes[keep]]), return_inverse=True)
+        weights = np.concatenate([self.counts, np.asarray(counts, np.int64)[keep]])
+        self.keys, self.counts = keys, np.bincount(inverse, weights=weights, minlength=len(keys)).astype(np.int64)
+        while len(self.keys) > self.cap:
+            self.shift += 1
+            keep = self._sampled(self.keys)
+            self.keys, self.counts = self.keys[keep], self.counts[keep]
+
+    def distinct(self) -> int:
+        return int(len(self.keys)) << self.shift
+
+    def at_least(self, min_count: int) -> int:
+        return int((self.counts >= min_count).sum()) << self.shift
 
 
 def count_distinct_ids(files: Sequence[str], spec: FeatureSpec) -> int:
     """Distinct (field, id) pairs in the files, as Transform's shared id space sees them."""
-    return survey(files, spec)[0]
+    return sum(f["seen"] for f in survey(files, spec)[0].values())
 
 
-def survey(files: Sequence[str], spec: FeatureSpec) -> Tuple[int, Dict[str, int]]:
-    """Distinct (field, id) pairs in the files, and the values of each `slices` column
-    (counted exactly up to MAX_SLICE_VALUES + 1)."""
+def survey(files: Sequence[str], spec: FeatureSpec) -> Tuple[Dict[str, Dict[str, int]], Dict[str, int]]:
+    """Per id field, the ids seen and those seen at least its min_count times (admitted),
+    and the values of each `slices` column (counted exactly up to MAX_SLICE_VALUES + 1)."""
     import pandas as pd
     import pyarrow.compute as pc
 
     from deepfm_tfx.components import rows
 
-    counter = DistinctCounter()
-    fields = list(spec.categorical) + [m.name for m in spec.multivalent]
+    fields = spec.id_fields
+    counts = {name: IdCounts() for name in fields}
     separators = {m.name: m.separator for m in spec.multivalent}
     slice_values: Dict[str, set] = {name: set() for name in spec.slices}
     for path in files:
@@ -83,12 +104,21 @@ def survey(files: Sequence[str], spec: FeatureSpec) -> Tuple[int, Dict[str, int]
                 column = batch.column(name)
                 if name in separators:
                     column = pc.list_flatten(pc.split_pattern(column.fill_null(""), separators[name]))
-                values = pc.unique(column.cast("string").fill_null("")).to_numpy(zero_copy_only=False)
+                tally = pc.value_counts(column.cast("string").fill_null(""))
+                values = tally.field("values").to_numpy(zero_copy_only=False)
                 # A key per field: the same id in two fields is two ids, as "C1=x" and "C2=x" are.
-                counter.add(pd.util.hash_array(values.astype(object), hash_key=f"deepfm-field{i:04d}"))
+                counts[name].add(pd.util.hash_array(values.astype(object), hash_key=f"deepfm-field{i:04d}"),
+                                 tally.field("counts").to_numpy(zero_copy_only=False))
                 if name in slice_values and len(slice_values[name]) <= MAX_SLICE_VALUES:
                     slice_values[name].update(values[:MAX_SLICE_VALUES + 1].tolist())
-    return counter.count(), {name: len(v) for name, v in slice_values.items()}
+    per_field = {name: {"seen": c.distinct(), "admitted": c.at_least(spec.min_count_of(name))}
+                 for name, c in counts.items()}
+    return per_field, {name: len(v) for name, v in slice_values.items()}
+
+
+def table_ids(spec: FeatureSpec, fields: Dict[str, Dict[str, int]]) -> int:
+    """The ids that need a hashed row: the admitted ones, or every id of a field without admission."""
+    return sum(f["admitted"] if spec.min_count_of(name) > 1 else f["seen"] for name, f in fields.items())
 
 
 def _newest_files(data_root: str, spec: FeatureSpec) -> Optional[list]:
@@ -114,8 +144,8 @@ def _read(path: str) -> Dict:
 
 
 def resolve(spec: FeatureSpec, data_root: str, pipeline_root: Optional[str] = None) -> FeatureSpec:
-    """The spec with `hash_buckets` set (as given, or chosen from the newest span's distinct
-    ids), and without `slices` columns that hold too many values to slice by."""
+    """The spec with `hash_buckets` set (as given, or chosen from the ids the newest span
+    admits), and without `slices` columns that hold too many values to slice by."""
     needs_buckets = spec.categorical_encoding == "hash" and spec.hash_buckets is None
     if not needs_buckets and not spec.slices:
         return spec
@@ -129,10 +159,12 @@ def resolve(spec: FeatureSpec, data_root: str, pipeline_root: Optional[str] = No
         print(f"deepfm-tfx: cannot read {data_root} here to count its ids; hash_buckets {buckets:,}", flush=True)
         return dataclasses.replace(spec, hash_buckets=buckets)
     signature = _signature(files)
-    if record.get("files") == signature and set(record.get("slice_values", {})) == set(spec.slices):
-        distinct, slice_values = record["distinct_ids"], record["slice_values"]  # this span was counted before
+    min_counts = {name: spec.min_count_of(name) for name in spec.id_fields}
+    same_admission = record.get("min_counts") == min_counts
+    if record.get("files") == signature and same_admission and set(record.get("slice_values", {})) == set(spec.slices):
+        fields, slice_values = record["fields"], record["slice_values"]  # this span was counted before
     else:
-        distinct, slice_values = survey(files, spec)
+        fields, slice_values = survey(files, spec)
     too_many = [name for name in spec.slices if slice_values.get(name, 0) > MAX_SLICE_VALUES]
     if too_many:
         # Every value is a slice with its own metrics: tens of thousands would swamp the Evaluator.
@@ -142,12 +174,13 @@ def resolve(spec: FeatureSpec, data_root: str, pipeline_root: Optional[str] = No
     if not needs_buckets:
         return spec
     # Only grow: a smaller week keeps the table, and with it the warm start.
-    buckets = max(buckets_for(distinct), record.get("hash_buckets") or 0)
+    buckets = max(buckets_for(table_ids(spec, fields)), (same_admission and record.get("hash_buckets")) or 0)
     if record_path:
         os.makedirs(pipeline_root, exist_ok=True)
         with open(record_path + ".tmp", "w") as f:
-            json.dump({"hash_buckets": buckets, "distinct_ids": distinct, "slice_values": slice_values,
-                       "files": signature}, f, indent=2)
+            json.dump({"hash_buckets": buckets, "distinct_ids": sum(f["seen"] for f in fields.values()),
+                       "admitted_ids": table_ids(spec, fields), "fields": fields, "min_counts": min_counts,
+                       "slice_values": slice_values, "files": signature}, f, indent=2)
         os.replace(record_path + ".tmp", record_path)
     return dataclasses.replace(spec, hash_buckets=buckets)
 
@@ -155,3 +188,28 @@ def resolve(spec: FeatureSpec, data_root: str, pipeline_root: Optional[str] = No
 def chosen(pipeline_root: str) -> Dict:
     """What resolve() recorded for a pipeline root ({} if the spec set the count)."""
     return _read(os.path.join(pipeline_root, RECORD))
+
+
+def admission(transform_graph: str, spec: FeatureSpec) -> Dict[str, Dict[str, float]]:
+    """Per admitted field, what Transform counted over the window: the ids it admitted and
+    the share of the field's occurrences that fall on its rare row ({} without admission)."""
+    fields = spec.id_fields
+    admitted = {name: 0 for name in spec.admitted_fields}
+    own = dict(admitted)
+    total = dict(admitted)
+    assets = os.path.join(transform_graph, "transform_fn", "assets")
+    for path in glob.glob(os.path.join(assets, ADMITTED_IDS_ASSET_PREFIX + "*")):
+        with open(path) as f:
+            for line in f:
+                count, key = line.split()
+                field = fields[int(key) >> ADMISSION_FIELD_BITS]
+                if field not in admitted:
+                    continue
+                if int(key) & ADMISSION_TOTAL_KEY == ADMISSION_TOTAL_KEY:
+                    total[field] += int(count)
+                else:
+                    admitted[field] += 1
+                    own[field] += int(count)
+    return {name: {"admitted": admitted[name],
+                   "rare_share": round(1 - own[name] / total[name], 4) if total[name] else None}
+            for name in admitted}

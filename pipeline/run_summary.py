@@ -9,7 +9,7 @@ from ml_metadata import errors, metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from deepfm_tfx import evaluation_results
-from deepfm_tfx.contracts import EVALUATOR_GATE, PAIRED_AUC_GATE, TRAINER_KEY
+from deepfm_tfx.contracts import EVALUATOR_GATE, LATENCY_GATE, PAIRED_AUC_GATE, TRAINER_KEY
 from deepfm_tfx.synthetic import generator
 from deepfm_tfx import training_info
 from deepfm_tfx.spans import partition_of, span_of
@@ -277,4 +277,9 @@ def build(executions: List[Dict[str, Any]], trainer: str,
         summary["pushed_path"] = _custom(pushed, "pushed_destination")
         summary["pushed_version"] = _custom(pushed, "pushed_version")
         summary["not_pushed_reason"] = _custom(pushed, "not_pushed_reason")
+        # The pusher's serving check, when a budget asked for one.
+        summary["serving_check"] = json.loads(_custom(pushed, "serving_check") or "null")
+        if _custom(pushed, "refused_by") == LATENCY_GATE and not summary["blocked_by"]:
+            summary["blocked_by"] = LATENCY_GATE
+            summary["error"] = f"[gate {LATENCY_GATE}] {summary['not_pushed_reason']}"
     return summary

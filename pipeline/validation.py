@@ -73,6 +73,12 @@ def _file_to_write(flag: str, path: Optional[str]) -> None:
 
 def _repository(config: configs.RunConfig) -> None:
     repo = config.model_repository
+    if model_repository.is_store(repo):
+        try:  # a models.config that does not parse is never overwritten; the store answers
+            model_repository.read_config(repo)
+        except (model_repository.RepositoryError, ValueError, OSError) as e:
+            raise ConfigError(f"--model-repository {repo}: {e}") from None
+        return
     _folder("--model-repository", repo)
     if not os.path.isdir(repo):
         return
@@ -126,6 +132,10 @@ def validate(config: configs.RunConfig, *, paths: bool = True, connect: bool = T
     bad_beam = [a for a in config.beam_args if not a.startswith("--")]
     if bad_beam:
         raise ConfigError(f"--beam-arg takes Beam options like --beam-arg=--direct_num_workers=2, got {bad_beam[0]!r}")
+    for flag, path in (("--data", config.data), ("--pipeline-root", config.pipeline_root)):
+        if model_repository.is_store(path or ""):
+            raise ConfigError(f"{flag} {path}: only --model-repository may be in an object store so far; keep "
+                              f"{flag} on local disk or a mounted volume (docs/object-storage.md)")
     _http_url("--serving-url", config.serving_url, "http://host:8501")
     _http_url("--notify-url", config.notify_url, "https://hooks.example.com/deepfm")
 

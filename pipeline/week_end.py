@@ -23,7 +23,8 @@ import urllib.request
 from typing import Any, Dict, List, Optional, Tuple
 
 from deepfm_tfx import model_repository
-from deepfm_tfx.contracts import (DATA_GATES, EVALUATOR_GATE, EXIT_BAD_INPUT, EXIT_ERROR, EXIT_GATE, EXIT_OK)
+from deepfm_tfx.contracts import (DATA_GATES, EVALUATOR_GATE, EXIT_BAD_INPUT, EXIT_ERROR, EXIT_GATE, EXIT_OK,
+                                  LATENCY_GATE)
 from deepfm_tfx.errors import DataError
 from deepfm_tfx.pipeline import configs, run_summary
 from deepfm_tfx.schemas import feature_spec, frozen_schema
@@ -183,12 +184,15 @@ def finish_week(config: configs.RunConfig, spec: feature_spec.FeatureSpec, conne
     if exit_code == EXIT_OK and executions and not summary["blessed"]:
         exit_code = EXIT_GATE  # the Evaluator or PairedAucGate refused the model
         summary["blocked_by"] = summary["blocked_by"] or EVALUATOR_GATE
+    elif exit_code == EXIT_OK and summary["blocked_by"] == LATENCY_GATE:
+        exit_code = EXIT_GATE
     inferred = next((e["outputs"]["Schema"][0].uri for e in executions
                      if e["node"] == SCHEMA_GEN and e["outputs"].get("Schema")), None)
     if inferred and not spec.schema_file and summary["blocked_by"] not in DATA_GATES \
             and exit_code in (EXIT_OK, EXIT_GATE):
         summary["frozen_schema"] = frozen_schema.freeze(inferred, spec, config.pipeline_root)
-    if exit_code == EXIT_GATE and summary["examples_artifact_id"]:
+    # A model too slow to serve says nothing against the week's data: only other refusals quarantine it.
+    if exit_code == EXIT_GATE and summary["examples_artifact_id"] and summary["blocked_by"] != LATENCY_GATE:
         # Leave the week's data out of later training windows and drift baselines.
         week = [summary["examples_artifact_id"], summary["statistics_artifact_id"]]
         span_window.quarantine(metadata_store.MetadataStore(connection_config), [i for i in week if i],
@@ -196,7 +200,17 @@ def finish_week(config: configs.RunConfig, spec: feature_spec.FeatureSpec, conne
         summary["quarantined_span"] = summary["span"]
     if wall_seconds is not None:
         summary["wall_seconds"] = round(wall_seconds, 1)
-    summary["distinct_ids"] = id_space.chosen(config.pipeline_root).get("distinct_ids")
+    counted = id_space.chosen(config.pipeline_root)
+    summary["distinct_ids"] = counted.get("distinct_ids")
+    graph = next((e["outputs"]["TransformGraph"][0].uri for e in executions
+                  if e["node"] == "Transform" and e["outputs"].get("TransformGraph")), None)
+    if graph and spec.admitted_fields:
+        fields = id_space.admission(graph, spec)
+        for name, field in fields.items():
+            field["seen_in_newest_span"] = counted.get("fields", {}).get(name, {}).get("seen")
+        shares = [f["rare_share"] for f in fields.values() if f["rare_share"] is not None]
+        summary.update(admission=fields, admitted_ids=sum(f["admitted"] for f in fields.values()),
+                       rare_row_share=round(sum(shares) / len(shares), 4) if shares else None)
     summary["data_root"] = config.data_root
     summary["exit_code"] = exit_code
     summary["report_path"] = _publish_report(config, spec, executions, summary, serving_before)

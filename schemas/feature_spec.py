@@ -61,6 +61,10 @@ class FeatureSpec:
     slices: List[str] = dataclasses.field(default_factory=list)
     # A Hive partition column (e.g. `dt`): --data holds `dt=<ISO date>/` folders, one span each.
     partitions: Optional[str] = None
+    # Frequency admission: an id seen fewer than min_count times in the training
+    # window shares its field's rare row (1: every id has its own row, no analyzer pass).
+    min_count: int = 1
+    min_count_per_field: Dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def delimiter(self) -> str:
@@ -78,6 +82,19 @@ class FeatureSpec:
     def all_columns(self) -> List[str]:
         return [self.label] + self.feature_columns
 
+    @property
+    def id_fields(self) -> List[str]:
+        """The fields whose tokens become ids, in id-space order."""
+        return self.categorical + [m.name for m in self.multivalent]
+
+    def min_count_of(self, field: str) -> int:
+        return int(self.min_count_per_field.get(field, self.min_count))
+
+    @property
+    def admitted_fields(self) -> List[str]:
+        """The id fields under frequency admission; each has one rare row after the table."""
+        return [f for f in self.id_fields if self.min_count_of(f) > 1]
+
     def to_dict(self) -> Dict[str, Any]:
         """A JSON-safe dict: how the spec travels in component configs."""
         return dataclasses.asdict(self)
@@ -86,6 +103,9 @@ class FeatureSpec:
     def from_dict(cls, d: Dict[str, Any]) -> "FeatureSpec":
         d = dict(d)
         d["multivalent"] = [Multivalent(**m) for m in d.get("multivalent", [])]
+        # Component configs may carry numbers as floats (protobuf Struct).
+        d["min_count"] = int(d.get("min_count", 1))
+        d["min_count_per_field"] = {k: int(v) for k, v in (d.get("min_count_per_field") or {}).items()}
         return cls(**d)
 
 
@@ -191,6 +211,18 @@ def load(path: str) -> FeatureSpec:
     if partitions is not None and (not isinstance(partitions, str) or not re.fullmatch(r"\w+", partitions)):
         _fail(path, f"'partitions' must name the partition column (e.g. dt), got {partitions!r}")
 
+    min_count = raw.get("min_count", 1)
+    if not isinstance(min_count, int) or isinstance(min_count, bool) or min_count < 1:
+        _fail(path, f"'min_count' must be an integer >= 1, got {min_count!r}")
+    per_field = raw.get("min_count_per_field") or {}
+    if not isinstance(per_field, dict):
+        _fail(path, "'min_count_per_field' must map field names to integers >= 1")
+    for name, value in per_field.items():
+        if name not in categorical + [m.name for m in multivalent]:
+            _fail(path, f"'min_count_per_field' names {name!r}, which is not a categorical or multivalent column")
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            _fail(path, f"'min_count_per_field' {name}: must be an integer >= 1, got {value!r}")
+
     schema_file = None
     if raw.get("schema"):
         schema_file = os.path.join(os.path.dirname(os.path.abspath(path)), raw["schema"])
@@ -203,4 +235,5 @@ def load(path: str) -> FeatureSpec:
         format=fmt, header=header, column_names=column_names,
         file_pattern=str(raw.get("file_pattern", "*")),
         categorical_encoding=encoding, numerical_transform=transform,
-        schema_file=schema_file, split_key=split_key, slices=slices, partitions=partitions, **ints)
+        schema_file=schema_file, split_key=split_key, slices=slices, partitions=partitions,
+        min_count=min_count, min_count_per_field=dict(per_field), **ints)

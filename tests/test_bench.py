@@ -288,12 +288,12 @@ def test_learning_curve_takes_its_default_size_point_from_the_default_run(tmp_pa
     from bench import learning_curve
     defaults = runs.DefaultRuns(str(tmp_path), quick=False, rerun=False)
     defaults["keras"] = {"exit_code": 0, "process_seconds": 400.0, "peak_rss_mb": 2000, "log": "run.log",
-                         "summary": {"auc": 0.78, "bayes_auc": 0.80, "bayes_auc_gap": 0.02}}
+                         "summary": {"auc": 0.79, "bayes_auc": 0.80, "bayes_auc_gap": 0.01}}
     monkeypatch.setattr(learning_curve, "run_pipeline", lambda *a, **k: pytest.fail("ran a second default run"))
     args = types.SimpleNamespace(curve_rows=[runs.DEFAULT_ROWS], quick=False, workdir=str(tmp_path),
                                  out=str(tmp_path / "results.json"))
     out = learning_curve.run(args, {"default_runs": defaults})
-    assert [(r["rows"], r["auc"], r["gap"]) for r in out["runs"]] == [(runs.DEFAULT_ROWS, 0.78, 0.02)]
+    assert [(r["rows"], r["auc"], r["gap"]) for r in out["runs"]] == [(runs.DEFAULT_ROWS, 0.79, 0.01)]
     assert out["gap_verdict"] == "met"
 
 

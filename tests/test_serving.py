@@ -53,7 +53,7 @@ def pushed(tmp_path_factory):
     rows = request_examples([os.path.join(data, "span-1", "part-000.csv")], spec, 100)
     return {"repo": config.model_repository, "version": summary["pushed_version"],
             "source": os.path.join(os.path.dirname(summary["pushed_path"]), str(summary["pushed_version"])),
-            "rows": rows}
+            "rows": rows, "pipeline_root": config.pipeline_root, "data": data}
 
 
 @pytest.fixture(scope="module")
@@ -210,6 +210,50 @@ def test_rest_and_grpc_give_the_in_process_probabilities(pushed, server, in_proc
     request.model_spec.name = MODEL
     [status_entry] = models.GetModelStatus(request, timeout=10).model_version_status
     assert status_entry.version == pushed["version"] and status_entry.state == status_entry.AVAILABLE
+
+
+def test_an_id_below_min_count_and_an_unseen_id_share_the_rare_row_served_as_in_training(pushed, server):
+    """The default spec admits ids seen at least min_count times in the training window."""
+    import glob
+
+    import pandas as pd
+    import tensorflow_transform as tft
+
+    from deepfm_tfx.pipeline import id_space
+    from deepfm_tfx.trainer_modules import preprocessing
+    spec = feature_spec.load(feature_spec.DEFAULT_SPEC)
+    graph = tft.TFTransformOutput(glob.glob(os.path.join(pushed["pipeline_root"], "Transform", "transform_graph", "*"))[0])
+    counted = {}  # admitted key -> its count in the window
+    with open(graph.vocabulary_file_by_name(f"{contracts.ADMITTED_IDS_ASSET_PREFIX}{spec.min_count}")) as f:
+        for line in f:
+            count, key = line.split()
+            counted[int(key)] = int(count)
+    field = "C3"
+    place = spec.id_fields.index(field)
+    values = pd.read_csv(os.path.join(pushed["data"], "span-1", "part-000.csv"), dtype=str,
+                         keep_default_na=False)[field].unique()
+    keys = preprocessing.admission_keys(place, tf.constant([f"{field}={v}" for v in values])).numpy()
+    at_min = next(v for v, k in zip(values, keys) if counted.get(k) == spec.min_count)
+    below = next(v for v, k in zip(values, keys) if k not in counted)  # in the span, under min_count in training
+    unseen = "0badc0de"
+    assert unseen not in values
+
+    def transformed(value):
+        raw = {name: tf.SparseTensor([[0, 0]], [b"x"], [1, 1]) for name in spec.categorical}
+        raw.update({name: tf.SparseTensor([[0, 0]], [1.0], [1, 1]) for name in spec.numerical})
+        raw[field] = tf.SparseTensor([[0, 0]], [value.encode()], [1, 1])
+        raw[spec.label] = tf.SparseTensor([[0, 0]], tf.constant([0], tf.int64), [1, 1])
+        return int(graph.transform_raw_features(raw)[field].numpy()[0])
+    buckets = id_space.chosen(pushed["pipeline_root"])["hash_buckets"]
+    rare = transformed(unseen)
+    assert rare == buckets + spec.admitted_fields.index(field)  # the field's rare row, after the table
+    assert transformed(below) == rare and transformed(at_min) < buckets
+
+    status, body = _rest(server, f"/v1/models/{MODEL}:predict", {"signature_name": "features", "instances": [
+        {"I1": 3, "C1": "05db9164", field: v} for v in (below, unseen, at_min)]})
+    assert status == 200
+    scores = [p[0] for p in body["predictions"]]
+    assert scores[0] == scores[1] != scores[2]
 
 
 def test_the_features_signature_takes_integers_and_missing_features(pushed, server, in_process):

@@ -5,6 +5,15 @@ prefixed with its field ("C3=05db9164") and a single vocabulary (or hash) maps
 it to an id. That is one analyzer pass instead of one per field, and the ids
 index the model's fused embedding table directly.
 
+Frequency admission (spec `min_count`, per field `min_count_per_field`): an id
+seen fewer than min_count times in the Transform window shares its field's
+rare row, placed after the table (id = table size + the field's place among
+admitted fields). The counts are a vocabulary analyzer over each token's
+field-tagged 52-bit hash, so they come from the whole window (and its analyzer
+cache), and the lookup is in the transform graph that both trainers, the
+Evaluator and every server run. Admitted ids keep their hashed id, so weeks
+stay warm-startable.
+
 Outputs, keyed by the raw column names:
   categorical  -> int64 id [batch]
   numerical    -> float32 [batch], log and/or z-score; missing -> NaN, which the
@@ -12,12 +21,15 @@ Outputs, keyed by the raw column names:
   multivalent  -> int64 ids [batch, max_length], padded with -1
   label        -> int64 [batch]
 """
-from typing import Any, Dict
+import contextlib
+from typing import Any, Dict, List
 
 import tensorflow as tf
 import tensorflow_transform as tft
+from tensorflow.python.framework.ops import EagerTensor  # what TFT's own lookups check
 
-from deepfm_tfx.contracts import FEATURE_SPEC_KEY
+from deepfm_tfx.contracts import (ADMISSION_FIELD_BITS, ADMISSION_TOTAL_KEY, ADMITTED_IDS_ASSET_PREFIX,
+                                  FEATURE_SPEC_KEY)
 from deepfm_tfx.schemas.feature_spec import FeatureSpec
 
 PAD_ID = -1
@@ -25,13 +37,57 @@ VOCABULARY = "categorical_ids"
 
 
 def num_ids(spec: FeatureSpec, vocabulary_size: int) -> int:
-    """Size of the shared id space, OOV buckets included."""
+    """Size of the shared id space, OOV buckets and the admitted fields' rare rows included."""
     if spec.categorical_encoding == "hash":
         if spec.hash_buckets is None:
             raise ValueError(f"feature spec {spec.name!r}: hash_buckets is not set; the pipeline chooses it "
                              "from the data (deepfm_tfx.pipeline.id_space.resolve) before Transform runs")
-        return spec.hash_buckets
-    return vocabulary_size + spec.oov_buckets
+        return spec.hash_buckets + len(spec.admitted_fields)
+    return vocabulary_size + spec.oov_buckets + len(spec.admitted_fields)
+
+
+def admission_groups(spec: FeatureSpec) -> Dict[int, List[str]]:
+    """min_count -> the admitted fields counted with it: one analyzer per distinct count."""
+    groups: Dict[int, List[str]] = {}
+    for field in spec.admitted_fields:
+        groups.setdefault(spec.min_count_of(field), []).append(field)
+    return groups
+
+
+def admission_keys(field_index: int, tokens: tf.Tensor) -> tf.Tensor:
+    """What admission counts: the field-prefixed token's hash, tagged with its field in the high bits."""
+    return tf.strings.to_hash_bucket_fast(tokens, ADMISSION_TOTAL_KEY) + (field_index << ADMISSION_FIELD_BITS)
+
+
+def _lookup_counted(keys: tf.Tensor, vocabulary_path):
+    """Index in a vocabulary written with its counts ("<count> <key>" lines), -1 when absent."""
+    with contextlib.ExitStack() as stack:
+        if tf.inside_function() and isinstance(vocabulary_path, (str, EagerTensor)):
+            # Built once at load, as TFT's own lookups are: inside the function it would
+            # re-read the file at every call.
+            stack.enter_context(tf.init_scope())
+        table = tf.lookup.StaticHashTable(
+            tf.lookup.TextFileInitializer(vocabulary_path, tf.int64, 1, tf.int64,
+                                          tf.lookup.TextFileIndex.LINE_NUMBER, delimiter=" "),
+            default_value=-1)
+    return table.lookup(keys), table.size()
+
+
+def _admitted(spec: FeatureSpec, values: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+    """Per admitted field, a bool per token: seen at least its min_count times in the window."""
+    place = {name: i for i, name in enumerate(spec.id_fields)}
+    admitted = {}
+    for min_count, fields in admission_groups(spec).items():
+        keys = {f: admission_keys(place[f], values[f]) for f in fields}
+        # One total key per token: its count is the field's occurrences, for the rare-row share.
+        totals = [tf.fill(tf.shape(keys[f]), tf.constant(place[f] << ADMISSION_FIELD_BITS | ADMISSION_TOTAL_KEY,
+                                                           tf.int64)) for f in fields]
+        vocabulary = tft.vocabulary(tf.concat([keys[f] for f in fields] + totals, axis=0),
+                                    frequency_threshold=min_count, store_frequency=True,
+                                    vocab_filename=f"{ADMITTED_IDS_ASSET_PREFIX}{min_count}")
+        for f in fields:
+            admitted[f] = tft.apply_vocabulary(keys[f], vocabulary, lookup_fn=_lookup_counted) >= 0
+    return admitted
 
 
 def _dense_column(x: Any, default: Any) -> tf.Tensor:
@@ -99,8 +155,10 @@ def preprocessing_fn(inputs: Dict[str, Any], custom_config: Dict[str, Any]) -> D
     multi = {m.name: _prefixed(m.name, inputs[m.name]) for m in spec.multivalent}
 
     if spec.categorical_encoding == "hash":
-        buckets = num_ids(spec, 0)
-        to_ids = lambda t: tft.hash_strings(t, buckets)  # noqa: E731
+        table_rows = spec.hash_buckets
+        if table_rows is None:
+            num_ids(spec, 0)  # raises: the pipeline sets it before Transform runs
+        to_ids = lambda t: tft.hash_strings(t, table_rows)  # noqa: E731
     else:
         everything = [tf.reshape(t, [-1]) for t in tokens.values()] + [t.values for t in multi.values()]
         vocabulary = tft.vocabulary(
@@ -108,10 +166,22 @@ def preprocessing_fn(inputs: Dict[str, Any], custom_config: Dict[str, Any]) -> D
             frequency_threshold=spec.vocabulary_min_count, vocab_filename=VOCABULARY)
         to_ids = lambda t: tft.apply_vocabulary(t, vocabulary, num_oov_buckets=spec.oov_buckets)  # noqa: E731
 
+    admitted = _admitted(spec, {**{n: tf.reshape(t, [-1]) for n, t in tokens.items()},
+                                **{n: t.values for n, t in multi.items()}})
+    if admitted and spec.categorical_encoding != "hash":
+        table_rows = tf.cast(tft.experimental.get_vocabulary_size_by_name(VOCABULARY), tf.int64) + spec.oov_buckets
+
+    def admit(name: str, ids: tf.Tensor) -> tf.Tensor:
+        if name not in admitted:
+            return ids
+        rare = table_rows + spec.admitted_fields.index(name)
+        return tf.where(admitted[name], ids, tf.cast(rare, tf.int64))
+
     for name, t in tokens.items():
-        outputs[name] = to_ids(t)
+        outputs[name] = admit(name, to_ids(t))
     for m in spec.multivalent:
         ids = to_ids(multi[m.name])
+        ids = tf.SparseTensor(ids.indices, admit(m.name, ids.values), ids.dense_shape)
         batch = ids.dense_shape[0]
         kept = tf.sparse.slice(ids, [0, 0], [batch, m.max_length])  # drop tokens past max_length
         kept = tf.SparseTensor(kept.indices, kept.values, [batch, m.max_length])

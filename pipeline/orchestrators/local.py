@@ -15,7 +15,7 @@ from typing import Any, Dict
 
 from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
-from deepfm_tfx import spans
+from deepfm_tfx import model_repository, spans
 from deepfm_tfx.pipeline import configs, metadata, validation, week_end
 from deepfm_tfx.pipeline.pipeline import create_pipeline_from_config
 from deepfm_tfx.schemas import feature_spec
@@ -40,7 +40,8 @@ def ensure_default_data(config: configs.RunConfig) -> None:
 def absolute(config: configs.RunConfig) -> configs.RunConfig:
     return dataclasses.replace(
         config, data=os.path.abspath(config.data_root), pipeline_root=os.path.abspath(config.pipeline_root),
-        model_repository=os.path.abspath(config.model_repository))
+        model_repository=(config.model_repository if model_repository.is_store(config.model_repository)
+                          else os.path.abspath(config.model_repository)))
 
 
 def run(config: configs.RunConfig) -> Dict[str, Any]:
