@@ -56,6 +56,8 @@ def run(args, shared) -> Dict[str, Any]:
         root = os.path.join(args.workdir, "cluster", cluster or "single")
         shutil.rmtree(root, ignore_errors=True)
         fn_args = _fn_args(output, root, steps, {**base, "cluster": cluster})
+        for folder in (fn_args.model_run_dir, os.path.dirname(fn_args.serving_model_dir)):  # as TFX makes them
+            os.makedirs(folder, exist_ok=True)
         print(f"  cluster: {label}, {steps} steps", flush=True)
         started = time.perf_counter()
         estimator_trainer.run_fn(fn_args)
