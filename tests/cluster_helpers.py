@@ -3,13 +3,13 @@ local training cluster the Trainer started in this process."""
 import glob
 import json
 import os
-import re
 import signal
 import threading
 import time
 
 from deepfm_tfx import training_info
 from deepfm_tfx.pipeline import configs
+from deepfm_tfx.trainer_modules import local_cluster
 
 TRAIN_STEPS, BATCH = 400, 128
 TASK_MODULE = "deepfm_tfx.trainer_modules.cluster_task"
@@ -53,8 +53,10 @@ def task_steps(work_dir, name):
 
 
 def checkpoint_steps(pipeline_root):
-    names = glob.glob(os.path.join(pipeline_root, "Trainer", "resume", "*", "*ckpt-*.index"))
-    return sorted(int(re.search(r"ckpt-(\d+)\.index$", n).group(1)) for n in names)
+    """The resume folder's latest checkpoint step, from its state file, as the Trainer reads it."""
+    steps = [local_cluster.last_checkpoint_step(d)
+             for d in glob.glob(os.path.join(pipeline_root, "Trainer", "resume", "*")) if os.path.isdir(d)]
+    return sorted(s for s in steps if s is not None)
 
 
 class Killer(threading.Thread):

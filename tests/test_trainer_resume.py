@@ -3,7 +3,6 @@ for both trainers, and says from which step."""
 import glob
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import pytest
 
 from deepfm_tfx import training_info
 from deepfm_tfx.synthetic import generator
+from deepfm_tfx.trainer_modules import local_cluster
 
 pytestmark = pytest.mark.e2e
 
@@ -35,9 +35,11 @@ def command(tmp, data_root, trainer):
 
 
 def checkpoint_steps(pipeline_root):
-    """Steps of the checkpoints in the Trainer's resume folder (Keras: ckpt-N, Estimator: model.ckpt-N)."""
-    names = glob.glob(os.path.join(pipeline_root, "Trainer", "resume", "*", "*ckpt-*.index"))
-    return sorted(int(re.search(r"ckpt-(\d+)\.index$", n).group(1)) for n in names)
+    """The step of the checkpoint a re-run resumes from, as the trainers find it: the folder's
+    state file (a checkpoint's files exist a moment before the state file names it)."""
+    steps = [local_cluster.last_checkpoint_step(d)
+             for d in glob.glob(os.path.join(pipeline_root, "Trainer", "resume", "*")) if os.path.isdir(d)]
+    return sorted(s for s in steps if s is not None)
 
 
 def run_killed_at_first_checkpoint(cmd, pipeline_root, timeout=600):
@@ -76,11 +78,12 @@ def test_a_killed_trainer_resumes_at_its_last_checkpoint(tmp_path, data_root, tr
 
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
-    assert f"resumed from step {killed_at}" in rerun.stdout
     summary = json.load(open(os.path.join(pipeline_root, "summary.json")))
     assert summary["pushed"] and summary["auc"] > 0.6
     info = trained_info(pipeline_root)
     assert info["resumed_from_step"] == killed_at
+    trainer_line = next(line for line in rerun.stdout.splitlines() if "✔ Trainer" in line)
+    assert f"resumed from step {killed_at}" in trainer_line, rerun.stdout
     # The schedule continued where the killed run stopped, and the run ended at its last step.
     assert info["global_step_start"] == killed_at and info["global_step_end"] >= TRAIN_STEPS
     assert checkpoint_steps(pipeline_root) == []  # exported: nothing left to resume
