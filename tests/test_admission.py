@@ -185,3 +185,35 @@ def test_admission_does_not_lower_auc_on_a_movielens_style_spec():
     admitted = _auc_of_a_trained_model(FeatureSpec.from_dict(dict(spec.to_dict(), min_count=3)), train, test)
     assert without > 0.6  # the model learnt something to compare
     assert admitted >= without - 0.002
+
+
+def test_on_the_200_real_criteo_rows_transform_admits_what_the_counts_say(tmp_path):
+    import csv
+    import dataclasses
+
+    from conftest import SHARED_SAMPLE
+    from deepfm_tfx.schemas import feature_spec
+    spec = feature_spec.load(feature_spec.DEFAULT_SPEC)
+    fields, _ = id_space.survey([SHARED_SAMPLE], spec)
+    spec = dataclasses.replace(spec, hash_buckets=id_space.buckets_for(id_space.table_ids(spec, fields)))
+    with open(SHARED_SAMPLE) as f:
+        table = list(csv.DictReader(f))
+    raw = {spec.label: tf.io.VarLenFeature(tf.int64)}
+    raw.update({n: tf.io.VarLenFeature(tf.float32) for n in spec.numerical})
+    raw.update({n: tf.io.VarLenFeature(tf.string) for n in spec.categorical})
+    rows = [{spec.label: [int(r[spec.label])],
+             **{n: [float(r[n])] if r[n] else [] for n in spec.numerical},
+             **{n: [r[n].encode()] if r[n] else [] for n in spec.categorical}} for r in table]
+    metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(raw))
+    with tft_beam.Context(temp_dir=str(tmp_path / "tmp"), force_tf_compat_v1=False):
+        transform_fn = (rows, metadata) | tft_beam.AnalyzeDataset(
+            lambda inputs: preprocessing.preprocessing_fn(inputs, {FEATURE_SPEC_KEY: spec.to_dict()}))
+        _ = transform_fn | tft_beam.WriteTransformFn(str(tmp_path / "graph"))
+    report = id_space.admission(str(tmp_path / "graph"), spec)
+    for name in spec.categorical:
+        counts = {}
+        for r in table:
+            counts[r[name]] = counts.get(r[name], 0) + 1  # "" (missing) is an id of its own
+        kept = [c for c in counts.values() if c >= spec.min_count]
+        assert report[name] == {"admitted": len(kept), "rare_share": round(1 - sum(kept) / len(table), 4)}, name
+        assert fields[name]["admitted"] == len(kept) and fields[name]["seen"] == len(counts), name
