@@ -76,3 +76,19 @@ def test_a_slice_column_with_too_many_values_is_left_out(tmp_path, capsys):
     assert resolved.slices == ["C9"] and "not slicing by C3" in capsys.readouterr().out
     fixed = dataclasses.replace(spec, hash_buckets=2 ** 20)
     assert id_space.resolve(fixed, str(tmp_path / "data"), None).slices == ["C9"]
+
+
+def test_a_few_more_ids_keep_the_recorded_table_and_many_more_grow_it(tmp_path):
+    import json
+    generator.generate(str(tmp_path / "data"), rows=2000, spans=1, seed=3)
+    root = str(tmp_path / "pipeline")
+    first = id_space.resolve(SPEC, str(tmp_path / "data"), root).hash_buckets
+    record = id_space.chosen(root)
+    ids = record["admitted_ids"]
+    # The same span with a smaller table recorded: kept while the ids fit it with the slack, else grown.
+    enough = id_space.buckets_for(ids, id_space.FACTOR / id_space.GROWTH_SLACK)
+    assert enough < first  # a few ids more than the smaller table was made for
+    for recorded, want in ((enough, enough), (enough // 2, first)):
+        with open(os.path.join(root, id_space.RECORD), "w") as f:
+            json.dump(dict(record, hash_buckets=recorded, files=None), f)
+        assert id_space.resolve(SPEC, str(tmp_path / "data"), root).hash_buckets == want
