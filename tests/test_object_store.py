@@ -210,11 +210,32 @@ def test_an_expired_lease_is_taken_over_once_and_its_old_holder_must_stop(s3):
     assert store.read(".lease") is None
 
 
-def test_data_or_pipeline_root_in_a_store_is_refused_in_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+def test_a_pipeline_root_in_a_store_or_empty_data_in_one_is_refused_in_one_line(s3, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    for flags in (["--data", "s3://bucket/data"], ["--pipeline-root", "s3://bucket/pipeline"]):
-        assert cli.main(["run", *flags, "--model-repository", "repo"]) == 2
-        err = capsys.readouterr().err.strip()
-        assert err.startswith(f"error: {flags[0]} s3://bucket/") and "only --model-repository" in err
-        assert len(err.splitlines()) == 1
-    assert os.listdir(tmp_path) == []  # no local folder named s3: and nothing else
+    assert cli.main(["run", "--pipeline-root", "s3://bucket/pipeline", "--model-repository", "repo"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --pipeline-root s3://bucket/pipeline: the pipeline root cannot be in an object store")
+    assert len(err.splitlines()) == 1 and os.listdir(tmp_path) == []  # no local folder named s3:
+    assert cli.main(["run", "--data", s3.url("no-data"), "--pipeline-root", "pipeline", "--model-repository",
+                     "repo"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: --data {s3.url('no-data')}: no objects under it"
+    assert not os.path.exists(tmp_path / "repo")  # refused before any work on the repository
+
+
+def test_data_in_a_bucket_is_mirrored_downloading_only_what_changed(s3, tmp_path):
+    client = s3.client()
+    for key, body in (("span-1/part-000.csv", b"a\n"), ("span-2/part-000.csv", b"b\n")):
+        client.put_object(Bucket=s3_server.BUCKET, Key=f"mirror/{key}", Body=body)
+    folder = str(tmp_path / "staged")
+    assert object_store.mirror(s3.url("mirror"), folder) == (2, 2)
+    first = os.stat(os.path.join(folder, "span-1", "part-000.csv")).st_mtime_ns
+    client.put_object(Bucket=s3_server.BUCKET, Key="mirror/span-2/part-000.csv", Body=b"b2\n")
+    client.put_object(Bucket=s3_server.BUCKET, Key="mirror/span-3/part-000.csv", Body=b"c\n")
+    client.delete_object(Bucket=s3_server.BUCKET, Key="mirror/span-1/part-000.csv")
+    assert object_store.mirror(s3.url("mirror"), folder) == (2, 2)
+    assert not os.path.exists(os.path.join(folder, "span-1", "part-000.csv")) and first
+    assert open(os.path.join(folder, "span-2", "part-000.csv"), "rb").read() == b"b2\n"
+    unchanged = os.stat(os.path.join(folder, "span-3", "part-000.csv")).st_mtime_ns
+    assert object_store.mirror(s3.url("mirror"), folder) == (0, 2)  # nothing changed: nothing downloaded
+    assert os.stat(os.path.join(folder, "span-3", "part-000.csv")).st_mtime_ns == unchanged
