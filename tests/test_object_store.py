@@ -156,25 +156,26 @@ def test_a_push_killed_mid_upload_leaves_the_last_state_and_its_retry_finishes(s
 
 def test_two_pushes_at_once_one_wins_one_is_refused_and_nothing_is_lost(s3, tmp_path):
     repo = s3.url("race")
-    first = _pusher(repo, _padded_saved_model(tmp_path / "first", 32), "first")
-    _wait_for(lambda: ".lease" in s3.keys("race"))
-    first.send_signal(signal.SIGSTOP)  # paused mid-push, lease held: the second push overlaps it for sure
+    first = _pusher(repo, _padded_saved_model(tmp_path / "first", 64), "first")
+    _wait_for(lambda: s3.client().list_multipart_uploads(Bucket=s3_server.BUCKET, Prefix="race/").get("Uploads"))
+    first.send_signal(signal.SIGSTOP)  # paused mid-upload, lease held: the second push overlaps it for sure
     try:
+        assert ".lease" in s3.keys("race") and first.poll() is None
         second = _pusher(repo, write_saved_model(tmp_path / "second"), "second")
         out, err = second.communicate(timeout=120)
     finally:
         first.send_signal(signal.SIGCONT)
-    assert second.returncode == 2
-    assert err.startswith("error: another writer holds s3://") and "nothing was changed" in err
+    assert second.returncode == 2, out + err
+    assert err.startswith("error: another writer holds s3://") and "nothing was changed" in err, err
     out_first, err_first = first.communicate(timeout=300)
-    assert first.returncode == 0, err_first
+    assert first.returncode == 0, out_first + err_first
     winner = int(out_first)
     assert mr.versions(repo, MODEL) == [winner] and mr.serving_version(repo, MODEL) == winner
     assert mr.read_record(repo, MODEL, winner)["source_model"] == "first"
     # The refused push, run again, lands on top.
     again = subprocess.run([sys.executable, "-c", PUSH, repo, str(tmp_path / "second"), "second"],
                            capture_output=True, text=True, timeout=120)
-    assert again.returncode == 0, again.stderr
+    assert again.returncode == 0, again.stdout + again.stderr
     assert mr.versions(repo, MODEL) == [winner, int(again.stdout)]
     assert mr.serving_version(repo, MODEL) == int(again.stdout)
 
