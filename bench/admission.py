@@ -211,12 +211,34 @@ def run(args, shared: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
+def _factor() -> float:
+    from deepfm_tfx.pipeline.id_space import FACTOR
+    return FACTOR
+
+
+def curve(res: Dict[str, Any]) -> List[List[Any]]:
+    """Per size: the gap without admission and with the shipped default (min_count, factor)."""
+    from deepfm_tfx.schemas import feature_spec
+    default = feature_spec.load(feature_spec.DEFAULT_SPEC).min_count
+
+    def gap(rows, model, min_count, factor=None):
+        found = [c["gap"] for c in res["cells"] if c["rows"] == rows and c["model"] == model
+                 and c["min_count"] == min_count and (factor is None or c["factor"] == factor)]
+        return fmt(found[0], 4) if found else "-"
+    sizes = sorted({c["rows"] for c in res["cells"]})
+    return [[f"{r:,}", gap(r, "keras", 1, _factor()), gap(r, "keras", default, _factor()), gap(r, "deepctr", 1),
+             gap(r, "deepctr", default)] for r in sizes]
+
+
 def show(res: Dict[str, Any]) -> None:
     rows = [[f"{c['rows']:,}", c["model"], c["min_count"], fmt(c["factor"]),
              f"2^{c['buckets'].bit_length() - 1}" if c["buckets"] else "per field", f"{c['admitted_ids']:,}",
              f"{c['rare_share']:.3f}", f"{c['auc']:.4f}", f"{c['gap']:.4f}", c["seconds"]] for c in res["cells"]]
     print(table(["rows", "model", "min_count", "factor", "table", "admitted ids", "rare share", "AUC",
                  "gap to Bayes", "s"], rows, title="\nFrequency admission: min_count x table factor (criteo profile)"))
+    print(table(["rows", "gap without admission (min_count 1)", "gap with the default", "DeepCTR without",
+                 "DeepCTR with the default's admission"], curve(res),
+                title=f"\nLearning curve with and without admission (the shipped spec's min_count, factor {fmt(_factor())})"))
     for r, best in res.get("best_by_rows", {}).items():
         print(f"  best Keras cell at {int(r):,} rows: min_count {best['min_count']}, factor {best['factor']}, "
               f"gap {best['gap']:.4f}" + (f" (target <= {GAP_TARGET})" if int(r) == GAP_TARGET_ROWS else ""))

@@ -240,7 +240,8 @@ def build(executions: List[Dict[str, Any]], trainer: str,
         summary["warm_start_note"] = info.get("warm_start_note")
         for key in ("warm_start_slots", "global_step_start", "learning_rate_first_step",
                     "learning_rate_last_step", "weight_change", "weight_change_max", "num_ids",
-                    "train_examples_per_second", "table_bytes", "weight_bytes", "optimizer_bytes"):
+                    "train_examples_per_second", "table_bytes", "weight_bytes", "optimizer_bytes",
+                    "resumed_from_step", "cluster"):
             summary[key] = info.get(key)
     evaluator = by_node.get("Evaluator")
     if evaluator and evaluator["outputs"].get("ModelEvaluation"):

@@ -346,6 +346,13 @@ def test_a_ranking_experiment_promotes_the_better_ranker_whatever_forged_clicks_
         versions["flat"] = mr.push(repo, MODEL, world["saved"]["flat"][0], {}, push_as="canary", wait=wait)
     mr.promote(repo, MODEL, versions["flat"], wait)
     mr.canary(repo, MODEL, versions["truth"], wait)
+    deadline = time.monotonic() + 30
+    for label, version in (("stable", versions["flat"]), ("canary", versions["truth"])):
+        # Each label is on its version in the server too, so no request is served off the experiment's versions.
+        while _get(url, f"/v1/models/{MODEL}/labels/{label}")[1].get("model_version_status", [{}])[0].get(
+                "version") != str(version):
+            assert time.monotonic() < deadline, f"the server never moved {label} to {version}"
+            time.sleep(0.05)
     _start(world, capsys, "rank1", "--max-outcomes", "20000")  # the defaults: ranking traffic, the ctr rule
 
     answers = _ranking_traffic(world)

@@ -71,7 +71,8 @@ def server(pushed, tmp_path_factory):
     process = subprocess.Popen(
         [os.path.join(os.path.dirname(sys.executable), "deepfm-tfx"), "serve", "--model-repository", pushed["repo"],
          "--port", "0", "--rest-api-port", str(port), "--host", "127.0.0.1",
-         "--model-config-file-poll-wait-seconds", "0.5", "--experiments-dir", str(tmp_path_factory.mktemp("exp"))],
+         "--model-config-file-poll-wait-seconds", "0.5", "--experiments-dir", str(tmp_path_factory.mktemp("exp")),
+         "--outcomes-port", "0"],  # no experiments here; 8502 may be taken by a test beside it
         stdout=log, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300

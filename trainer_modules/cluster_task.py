@@ -22,9 +22,21 @@ def main(argv) -> int:
                                       protocol="grpc", start=True)
         server.join()
         return 0
+    if kind == "worker":
+        _poll_chief_every(1.0)
     from deepfm_tfx.trainer_modules import estimator_trainer
     estimator_trainer.run_cluster_task(task_config)
     return 0
+
+
+def _poll_chief_every(seconds: float) -> None:
+    """A worker waits for the chief to initialise the variables, checking every 30 s by default
+    (TF1's SessionManager, not configurable through the Estimator): longer than a short run takes."""
+    import functools
+
+    from tensorflow.python.training import session_manager
+    session_manager.SessionManager.__init__ = functools.partialmethod(
+        session_manager.SessionManager.__init__, recovery_wait_secs=seconds)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from tfx.components.trainer.fn_args_utils import FnArgs
 
 from deepfm_tfx import contracts
 from deepfm_tfx import progress as progress_tally
-from deepfm_tfx.trainer_modules import local_cluster, measure, optimizers, progress, resume, serving
+from deepfm_tfx.trainer_modules import local_cluster, measure, optimizers, progress, resume, serving, tfjob
 
 from deepfm_tfx.trainer_modules import training_setup
 from deepfm_tfx.trainer_modules.deepfm import DeepFM
@@ -184,17 +184,23 @@ def _train_on_local_cluster(fn_args, inputs, resume_dir, warm_from, step_start):
             progress_tally.TRAINING.cluster_shares(local_cluster.shares(tasks))
             progress_tally.TRAINING.update(min(step, fn_args.train_steps))
 
-    cluster = local_cluster.LocalCluster(shape, task_config)
-    try:
-        with cluster:
-            cluster.wait(on_progress)
-        final = cluster.progress()
-        with open(os.path.join(cluster.work_dir, TABLE_SHARDS_FILE)) as f:
-            shards = json.load(f)
-    finally:
+    if tfjob.in_a_pod():  # a Kubeflow Trainer step compiled with --cluster: the operator starts the tasks
+        cluster = tfjob.TFJobCluster(shape, task_config, resume_dir)
+    else:
+        cluster = local_cluster.LocalCluster(shape, task_config, checkpoint_dir=resume_dir)
+    with cluster:
+        cluster.wait(on_progress)
+    final = cluster.progress()
+    with open(os.path.join(cluster.work_dir, TABLE_SHARDS_FILE)) as f:
+        shards = json.load(f)
+    logs = None
+    if cluster.restarts:  # the logs say why a task died
+        logs = cluster.work_dir
+    else:  # also kept when training failed
         shutil.rmtree(cluster.work_dir, ignore_errors=True)
     progress_tally.TRAINING.set_phase("evaluating and exporting")
     measured = {"cluster": str(shape), "table_shards": shards, "cluster_restarts": cluster.restarts,
+                "cluster_logs": logs,
                 "cluster_steps": {name: t.get("steps", 0) for name, t in sorted(final.items())}}
     steps_run = [(s - marks[0][0], t) for s, t in marks] if marks else []
     return measure.steady_rate(steps_run, inputs.config.batch_size, fn_args.train_steps - step_start), measured

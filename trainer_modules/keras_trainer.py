@@ -59,13 +59,14 @@ def tensorboard_callback(log_dir: str, config) -> tf.keras.callbacks.TensorBoard
 class CheckpointEvery(tf.keras.callbacks.Callback):
     """Saves model and optimizer (its step counter too) every `every` steps, for a re-run to resume from."""
 
-    def __init__(self, manager: tf.train.CheckpointManager, every: int, first_step: int):
+    def __init__(self, manager: tf.train.CheckpointManager, every: int, first_step: int, last_step: int):
         super().__init__()
-        self.manager, self.every, self._saved = manager, every, first_step
+        self.manager, self.every, self._saved, self.last_step = manager, every, first_step, last_step
 
     def on_train_batch_end(self, batch, logs=None):
         step = int(self.model.optimizer.iterations.numpy())  # once per steps_per_execution
-        if step // self.every > self._saved // self.every:
+        # At the last step the export follows, and the folder goes: no checkpoint to write.
+        if step // self.every > self._saved // self.every and step < self.last_step:
             self.manager.save(checkpoint_number=step)
             self._saved = step
 
@@ -106,7 +107,8 @@ def run_fn(fn_args: FnArgs) -> None:
             validation_data=evaluation, validation_steps=fn_args.eval_steps, verbose=0,
             callbacks=[tensorboard_callback(fn_args.model_run_dir, config),
                        progress.KerasProgress(fn_args.train_steps, config.batch_size, first_step=step_start),
-                       throughput, CheckpointEvery(manager, config.checkpoint_every(fn_args.train_steps), step_start)])
+                       throughput, CheckpointEvery(manager, config.checkpoint_every(fn_args.train_steps), step_start,
+                                       fn_args.train_steps)])
     step_end = int(model.optimizer.iterations.numpy())
     measured = training_setup.learning_rate_record(config, fn_args.train_steps, step_start, step_end)
     measured.update(measure.record(throughput.examples_per_second(), measure.keras_memory(model)))

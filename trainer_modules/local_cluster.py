@@ -71,7 +71,8 @@ def free_ports(count: int) -> List[int]:
 def cluster_spec(shape: ClusterShape) -> Dict[str, List[str]]:
     ports = free_ports(1 + shape.workers + shape.ps)
     addresses = [f"127.0.0.1:{p}" for p in ports]
-    return {CHIEF: addresses[:1], WORKER: addresses[1:1 + shape.workers], PS: addresses[1 + shape.workers:]}
+    spec = {CHIEF: addresses[:1], WORKER: addresses[1:1 + shape.workers], PS: addresses[1 + shape.workers:]}
+    return {job: tasks for job, tasks in spec.items() if tasks}  # workers=0: the chief trains alone
 
 
 def task_name(kind: str, index: int) -> str:
@@ -111,9 +112,9 @@ class _Task:
 class LocalCluster:
     """Starts the tasks, supervises them until the chief is done, stops them all."""
 
-    def __init__(self, shape: ClusterShape, task_config: dict, work_dir: Optional[str] = None,
-                 tf_config_extra: Optional[dict] = None):
-        self.shape = shape
+    def __init__(self, shape: ClusterShape, task_config: dict, checkpoint_dir: Optional[str] = None,
+                 work_dir: Optional[str] = None):
+        self.shape, self.checkpoint_dir = shape, checkpoint_dir
         self.work_dir = work_dir or tempfile.mkdtemp(prefix="deepfm-cluster-")
         os.makedirs(os.path.join(self.work_dir, PROGRESS_DIR), exist_ok=True)
         self.spec = cluster_spec(shape)
@@ -155,13 +156,6 @@ class LocalCluster:
                 continue
         return out
 
-    def _tail(self, task: _Task, lines: int = 12) -> str:
-        try:
-            with open(task.log, errors="replace") as f:
-                return "".join(f.readlines()[-lines:])
-        except OSError:
-            return ""
-
     def wait(self, on_progress: Optional[Callable[[Dict[str, dict]], None]] = None,
              poll_seconds: float = 0.5) -> None:
         """Until the chief ends; restarts dead workers; ClusterFailed if the chief or a ps dies."""
@@ -184,10 +178,12 @@ class LocalCluster:
                     self._start(task)
                     continue
                 steps = max((p.get("global_step", 0) for p in self.progress().values()), default=0)
+                saved = last_checkpoint_step(self.checkpoint_dir) if self.checkpoint_dir else None
+                resume = f"resumes from the last checkpoint (step {saved})" if saved else "starts again at step 0 " \
+                    "(no checkpoint yet)"
                 raise ClusterFailed(
-                    f"the training cluster's {task.name} died ({_how(code)}) near step {steps}; every task was "
-                    f"stopped. Run the pipeline again: it resumes from the last checkpoint. "
-                    f"Last lines of its log ({task.log}):\n{self._tail(task)}")
+                    f"the training cluster's {task.name} died ({_how(code)}) near step {steps}, so every task was "
+                    f"stopped; running the pipeline again {resume}; the tasks' logs are in {self.work_dir}")
             time.sleep(poll_seconds)
 
     def stop(self) -> None:
@@ -209,6 +205,16 @@ class LocalCluster:
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
+
+
+def last_checkpoint_step(directory: str) -> Optional[int]:
+    """The step of the newest checkpoint a TF checkpoint state file names, without TensorFlow."""
+    try:
+        with open(os.path.join(directory, "checkpoint")) as f:
+            match = re.search(r'^model_checkpoint_path: ".*-(\d+)"', f.read(), re.M)
+    except OSError:
+        return None
+    return int(match.group(1)) if match else None
 
 
 def shares(progress: Dict[str, dict]) -> Dict[str, float]:

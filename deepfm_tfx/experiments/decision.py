@@ -140,7 +140,8 @@ def decide(stable: ArmMetrics, canary: ArmMetrics, rule: Rule, canary_share: flo
                                            math.log1p(rule.sized_lift))
         better, worse = log_lift.low > math.log1p(rule.min_effect), log_lift.high < 0
         diff = statistics.as_lift(log_lift)
-        detail = (f"CTR lift canary / stable - 1 = {_fmt(diff)} always valid at {confidence:.0%} (mSPRT, "
+        detail = (f"CTR lift canary / stable - 1 = {diff.value:+.2%} [{diff.low:+.2%}, {diff.high:+.2%}] always "
+                  f"valid at {confidence:.0%} (mSPRT, "
                   f"p = {diff.p_value:.2g})" if diff.known else "CTR lift unknown")
     elif rule.metric == "logloss":
         diff = statistics.difference(canary.logloss, stable.logloss, confidence)

@@ -33,11 +33,12 @@ class ModelServer:
                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, grpc_threads: int = 16, rest_threads: int = 8,
                  host: str = "0.0.0.0", intra_op_threads: int = 1, inter_op_threads: int = -1,
                  router=None, loader_nice: int = 10, batch_threads: int = 2, max_batch_rows: int = 1024,
-                 outcomes_port: Optional[int] = None, outcomes_host: str = "127.0.0.1"):
+                 outcomes_port: Optional[int] = None, outcomes_host: str = "127.0.0.1",
+                 batch_timeout_ms: float = 3.0):
         from deepfm_tfx.serving import batching, loader, servable
 
         config = servable.session_config(intra_op_threads, inter_op_threads)
-        self.batcher = batching.Batcher(batch_threads, max_batch_rows) if batch_threads > 0 else None
+        self.batcher = batching.Batcher(batch_threads, max_batch_rows, batch_timeout_ms) if batch_threads > 0 else None
         self.manager = loader.ModelManager(
             repository, config_file, poll_seconds,
             load=lambda model, version, path: servable.Servable(model, version, path, config, self.batcher).load(),
@@ -117,6 +118,10 @@ def add_arguments(parser: argparse.ArgumentParser, default_repository: Optional[
                         help="threads that run concurrent requests to a signature as one batch (one per core); "
                              "0 runs each request alone in its own thread")
     parser.add_argument("--max-batch-rows", type=int, default=1024, help="largest batch those threads run")
+    # 3 ms cut the server's CPU per 100-candidate call by a third at 8 clients (docs/performance.md).
+    parser.add_argument("--batch-timeout-ms", type=float, default=3.0,
+                        help="how long a batch waits for more requests before it runs (TF Serving's "
+                             "batch_timeout_micros), only while requests come concurrently; 0 runs at once")
     parser.add_argument("--loader-nice", type=int, default=10,
                         help="CPU priority (nice) of the thread that loads and warms new versions, so a load "
                              "slows requests less")
@@ -154,7 +159,8 @@ def run(args: argparse.Namespace, router=None) -> int:
         args.model_config_file_poll_wait_seconds, args.rest_max_body_bytes, args.grpc_threads, args.rest_threads,
         args.host, args.intra_op_threads, args.inter_op_threads, router, args.loader_nice,
         args.batch_threads, args.max_batch_rows,
-        getattr(args, "outcomes_port", 0) or None, getattr(args, "outcomes_host", "127.0.0.1"))
+        getattr(args, "outcomes_port", 0) or None, getattr(args, "outcomes_host", "127.0.0.1"),
+        batch_timeout_ms=args.batch_timeout_ms)
     try:
         server.start()
     except OSError as e:

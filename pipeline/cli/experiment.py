@@ -3,7 +3,7 @@
     deepfm-tfx models canary 1795400000                  # the candidate, beside stable
     deepfm-tfx experiment start week-12 --canary-share 0.2
     deepfm-tfx serve                                     # splits deepfm's un-pinned requests by user_id
-    curl -d @clicks.json localhost:8501/v1/experiments/week-12/outcomes
+    curl -d @clicks.json localhost:8502/v1/experiments/week-12/outcomes   # the outcomes listener
     deepfm-tfx experiment report week-12                 # per arm, the difference, the decision
     deepfm-tfx experiment report week-12 --promote       # ... and apply it through the label moves
     deepfm-tfx experiment check-rule --runs 200          # the rule's error rates against a planted truth
@@ -19,7 +19,7 @@ import os
 import sys
 import time
 
-from deepfm_tfx.contracts import CANARY, EXIT_BAD_INPUT, STABLE
+from deepfm_tfx.contracts import CANARY, EXIT_BAD_INPUT, SAMPLE_RATIO_MISMATCH, STABLE
 
 DEFAULT_EXPERIMENTS_DIR = "experiments"
 # What check-rule simulates; the guardrails need a server (latency, errors) and are not simulated.
@@ -107,6 +107,8 @@ def configure(p) -> None:
     cr.add_argument("--canary-share", type=float, default=0.5, help="the configured split")
     cr.add_argument("--broken-share", type=float, default=0.52,
                     help="the canary's real share in the broken-split runs")
+    cr.add_argument("--lifts", default="0.01,0.02,0.03,0.04,0.06",
+                    help="true CTR lifts of the power curve, comma-separated (0 and the sized lift are added)")
     cr.add_argument("--stable-noise", type=float, default=1.0,
                     help="stable's quality: its score is the true logit plus noise of this spread")
     checked = cr.add_argument_group("decision rule (the ctr metric's knobs, as in `experiment start`)")
@@ -253,7 +255,9 @@ def cmd_report(args) -> int:
     else:
         print(report.format_text(built))
         if args.promote and built.get("applied") is None:
-            print("nothing applied: the experiment keeps running")
+            print("nothing applied: " + ("the split is broken; find the cause before trusting any metric"
+                                         if built["decision"]["action"] == SAMPLE_RATIO_MISMATCH
+                                         else "the experiment keeps running"))
     return 0
 
 
@@ -292,8 +296,12 @@ def cmd_check_rule(args) -> int:
     for name in ("canary_share", "broken_share"):
         if not 0 < getattr(args, name) < 1:
             return _error(f"--{name.replace('_', '-')} must be in (0, 1), got {getattr(args, name)}")
+    try:
+        lifts = tuple(float(v) for v in args.lifts.split(",") if v.strip())
+    except ValueError:
+        return _error(f"--lifts must be numbers separated by commas, got {args.lifts!r}")
     world = rule_check.World(canary_share=args.canary_share, broken_share=args.broken_share,
-                             stable_noise=args.stable_noise)
+                             stable_noise=args.stable_noise, lifts=lifts)
     try:
         result = rule_check.check(rule, args.runs, world, progress=lambda line: print(line, flush=True))
     except ValueError as e:

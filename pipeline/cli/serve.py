@@ -52,7 +52,8 @@ def _run(args) -> int:
     try:
         token = outcome_token(args.outcomes_token_file)
     except (OSError, ValueError) as e:
-        print(f"error: --outcomes-token-file: {getattr(e, 'strerror', None) or e}", file=sys.stderr)
+        print(f"error: --outcomes-token-file {args.outcomes_token_file}: {getattr(e, 'strerror', None) or e}",
+              file=sys.stderr)
         return EXIT_BAD_INPUT
     router = ExperimentRouter(args.experiments_dir, args.model_config_file_poll_wait_seconds, token)
     return server.run(args, router)

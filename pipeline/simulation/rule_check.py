@@ -41,12 +41,12 @@ class World:
     """What check-rule simulates: the traffic and the models."""
     candidates: int = 100
     shown: int = 10
-    pool_requests: int = 4000     # candidate lists per model; runs draw requests from them
+    pool_requests: int = 2000     # candidate lists per model; runs draw requests from them
     stable_noise: float = 1.0     # stable's score = true logit + N(0, stable_noise^2)
     look_every: int = 500         # users between two readings of the report
     canary_share: float = 0.5     # the configured split
     broken_share: float = 0.52    # the canary's real share in the broken-split runs
-    lifts: Tuple[float, ...] = (0.01, 0.02, 0.03, 0.04, 0.06)  # the power curve's true lifts
+    lifts: Tuple[float, ...] = (0.01, 0.02, 0.03, 0.04, 0.06)  # the power curve's (0 and the sized lift added)
     seed: int = 42
 
 
@@ -195,7 +195,7 @@ def check(rule: Rule, runs: int = 200, world: Optional[World] = None, progress=p
     srm = dict(rate(broken, (SRM_ALARM,), 0.95, False), real_share=world.broken_share)
     progress(f"broken split {world.broken_share:g} vs {world.canary_share:g}: {_line(srm)} raised the SRM alarm")
     curve = []
-    for lift in sorted(set(world.lifts) | {0.0}):
+    for lift in sorted(set(world.lifts) | {0.0, rule.sized_lift}):
         if lift == 0.0:
             result, got = aa, 0.0
         elif lift == rule.sized_lift:
@@ -220,11 +220,12 @@ def _line(r: Dict[str, Any]) -> str:
 
 
 def format_text(result: Dict[str, Any]) -> str:
-    lines = ["rate                      value  95% interval      bound     ",
-             f"false decisions (A/A)     {_row(result['false_decision_rate'])}",
-             f"power at {result['rule']['sized_lift']:+.1%} lift        {_row(result['power'])}",
-             f"SRM alarms ({result['srm_alarm_rate']['real_share']:g} split)  {_row(result['srm_alarm_rate'])}",
-             "", "power curve: true CTR lift -> share promoted within the planned sample (rolled back)"]
+    rows = [("false decisions (A/A)", result["false_decision_rate"]),
+            (f"power at {result['rule']['sized_lift']:+.1%} lift", result["power"]),
+            (f"SRM alarms ({result['srm_alarm_rate']['real_share']:g} split)", result["srm_alarm_rate"])]
+    lines = [f"{'rate':<26}value  95% interval    bound"]
+    lines += [f"{label:<26}{_row(r)}" for label, r in rows]
+    lines += ["", "power curve: true CTR lift -> share promoted within the planned sample (rolled back)"]
     for point in result["power_curve"]:
         lines.append(f"  {point['true_lift']:+7.2%}  {point['promoted']:.3f} [{point['low']:.3f}, {point['high']:.3f}]"
                      f"  ({point['rolled_back']:.3f})")
