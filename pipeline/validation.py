@@ -132,9 +132,6 @@ def validate(config: configs.RunConfig, *, paths: bool = True, connect: bool = T
     bad_beam = [a for a in config.beam_args if not a.startswith("--")]
     if bad_beam:
         raise ConfigError(f"--beam-arg takes Beam options like --beam-arg=--direct_num_workers=2, got {bad_beam[0]!r}")
-    if model_repository.is_store(config.pipeline_root):
-        raise ConfigError(f"--pipeline-root {config.pipeline_root}: the pipeline root cannot be in an object store "
-                          f"yet; keep it on local disk or a mounted volume (docs/object-storage.md)")
     _http_url("--serving-url", config.serving_url, "http://host:8501")
     _http_url("--notify-url", config.notify_url, "https://hooks.example.com/deepfm")
 
@@ -147,6 +144,9 @@ def validate(config: configs.RunConfig, *, paths: bool = True, connect: bool = T
         metadata.connection_config(config.metadata, config.pipeline_root)  # raises ConfigError if malformed
     if not paths:
         return
+    if model_repository.is_store(config.pipeline_root):  # a cluster's own paths (Kubeflow's gs://) are not checked
+        raise ConfigError(f"--pipeline-root {config.pipeline_root}: a local run cannot keep its pipeline root in an "
+                          f"object store yet; keep it on local disk or a mounted volume (docs/object-storage.md)")
     if not os.path.isfile(config.features):
         raise ConfigError(f"--features {config.features}: no such file")
     if not model_repository.is_store(config.data or ""):  # a bucket is mirrored when the run starts

@@ -50,11 +50,20 @@ def _pusher(repo, source, name):
                             stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for(predicate, timeout=60.0):
+def _stopped_when(process, predicate, timeout=300.0):
+    """Runs `process` in 50 ms steps, checking `predicate` while it is stopped, and leaves it stopped
+    once it holds: however loaded the machine, the check never races the process."""
     deadline = time.monotonic() + timeout
+    process.send_signal(signal.SIGSTOP)
     while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
+        assert process.poll() is None and time.monotonic() < deadline, "the moment never came"
+        process.send_signal(signal.SIGCONT)
+        time.sleep(0.05)
+        process.send_signal(signal.SIGSTOP)
+
+
+def _uploading(s3, prefix):
+    return lambda: bool(s3.client().list_multipart_uploads(Bucket=s3_server.BUCKET, Prefix=prefix).get("Uploads"))
 
 
 def _scenario(repo, sources):
@@ -132,7 +141,7 @@ def test_a_push_killed_mid_upload_leaves_the_last_state_and_its_retry_finishes(s
     source = _padded_saved_model(tmp_path / "new", 64)
     pusher = _pusher(repo, source, "new")
     # Killed while its variables are going up (a multipart upload under way), before saved_model.pb.
-    _wait_for(lambda: s3.client().list_multipart_uploads(Bucket=s3_server.BUCKET, Prefix="killed/").get("Uploads"))
+    _stopped_when(pusher, _uploading(s3, "killed/"))
     pusher.send_signal(signal.SIGKILL)
     pusher.wait()
     keys = s3.keys("killed")
@@ -157,8 +166,7 @@ def test_a_push_killed_mid_upload_leaves_the_last_state_and_its_retry_finishes(s
 def test_two_pushes_at_once_one_wins_one_is_refused_and_nothing_is_lost(s3, tmp_path):
     repo = s3.url("race")
     first = _pusher(repo, _padded_saved_model(tmp_path / "first", 64), "first")
-    _wait_for(lambda: s3.client().list_multipart_uploads(Bucket=s3_server.BUCKET, Prefix="race/").get("Uploads"))
-    first.send_signal(signal.SIGSTOP)  # paused mid-upload, lease held: the second push overlaps it for sure
+    _stopped_when(first, _uploading(s3, "race/"))  # paused mid-upload, lease held: the pushes overlap for sure
     try:
         assert ".lease" in s3.keys("race") and first.poll() is None
         second = _pusher(repo, write_saved_model(tmp_path / "second"), "second")
@@ -215,7 +223,7 @@ def test_a_pipeline_root_in_a_store_or_empty_data_in_one_is_refused_in_one_line(
     monkeypatch.chdir(tmp_path)
     assert cli.main(["run", "--pipeline-root", "s3://bucket/pipeline", "--model-repository", "repo"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: --pipeline-root s3://bucket/pipeline: the pipeline root cannot be in an object store")
+    assert err.startswith("error: --pipeline-root s3://bucket/pipeline: a local run cannot keep its pipeline root in")
     assert len(err.splitlines()) == 1 and os.listdir(tmp_path) == []  # no local folder named s3:
     assert cli.main(["run", "--data", s3.url("no-data"), "--pipeline-root", "pipeline", "--model-repository",
                      "repo"]) == 2
