@@ -25,8 +25,8 @@ from bench.common import machine, merge_results, native_stderr_to, parse_list, q
 from bench.runs import DefaultRuns
 
 # Run order: parity also reports the trainer section's loops, so it follows it.
-SECTIONS = ("ingest", "trainer", "parity", "serving", "serving_inprocess", "scale", "admission", "learning_curve",
-            "pipeline")
+SECTIONS = ("ingest", "trainer", "parity", "serving", "serving_inprocess", "storage", "scale", "admission",
+            "learning_curve", "cluster", "pipeline")
 TRAINERS = ("keras", "estimator")
 
 

@@ -9,11 +9,17 @@ built from real rows of the newest span's eval split, so neither TF Serving nor
 `deepfm-tfx serve` answers its first requests slowly. `push_as` labels it
 stable (all traffic) or canary (beside stable); with `serving_url` the label
 moves only once that server has loaded the version (TF Serving's rule).
+
+With `latency_budget_ms` or `memory_budget_mb` set, the candidate is first
+served in a process of its own (deepfm_tfx.serving.latency_probe): its warmup
+rows replayed as 100-candidate requests. A p99 over the budget, or more memory
+added by loading it than allowed, refuses the push (contracts.LATENCY_GATE)
+and leaves the repository as it was; the figures go on the PushedModel either way.
 """
 import hashlib
 import json
 import os
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Tuple
 
 from tfx import types
 from tfx.dsl.components.base import base_component, base_executor, executor_spec
@@ -46,9 +52,10 @@ def _weights(saved_model_dir: str) -> Dict[str, Any]:
 def identical_weights(saved_model_a: str, saved_model_b: str) -> bool:
     """Whether two SavedModels hold the same model weights, bit for bit."""
     import numpy as np
+    import tensorflow as tf
     try:
         a, b = _weights(saved_model_a), _weights(saved_model_b)
-    except (OSError, ValueError, RuntimeError):  # unreadable: not provably identical
+    except (OSError, ValueError, RuntimeError, tf.errors.OpError):  # unreadable (or no variables): not provably identical
         return False
     return bool(a) and a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
@@ -91,9 +98,45 @@ def warmup_file(saved_model_dir: str, model_name: str, rows: List[bytes], spec_j
             return {contracts.WARMUP_FILE: f.read()}
 
 
+def _serving_copy(repo: str, name: str, version: int) -> str:
+    """The serving version as a local folder TensorFlow can read ("" if it cannot be fetched:
+    then it is not provably identical)."""
+    try:
+        return model_repository.local_copy(repo, name, version)
+    except (OSError, model_repository.RepositoryError):
+        return ""
+
+
 def _not_pushed(pushed_model: types.Artifact, reason: str) -> None:
     pushed_model.set_int_custom_property("pushed", 0)
     pushed_model.set_string_custom_property("not_pushed_reason", reason)
+
+
+def serving_check(saved_model_dir: str, warmup: Dict[str, bytes], latency_budget_ms: float,
+                  memory_budget_mb: float) -> Tuple[Dict[str, Any], Optional[str]]:
+    """The candidate's serving figures and, when a budget is exceeded, why it may not be pushed (one line)."""
+    import tempfile
+
+    from deepfm_tfx.serving import latency_probe
+
+    if not warmup:
+        return {}, "no eval rows to build 100-candidate requests from, so its latency cannot be checked"
+    with tempfile.TemporaryDirectory() as tmp:
+        for relative, data in warmup.items():
+            os.makedirs(os.path.dirname(os.path.join(tmp, relative)), exist_ok=True)
+            with open(os.path.join(tmp, relative), "wb") as f:
+                f.write(data)
+        figures = latency_probe.measure_in_child(saved_model_dir, tmp)
+    figures.update(latency_budget_ms=latency_budget_ms or None, memory_budget_mb=memory_budget_mb or None)
+    rows = figures["rows_per_request"]
+    if latency_budget_ms and figures["p99_ms"] > latency_budget_ms:
+        return figures, (f"p99 latency {figures['p99_ms']:.2f} ms for {rows}-candidate requests is over the "
+                         f"budget of {latency_budget_ms:g} ms")
+    loaded = figures.get("loaded_mb")
+    if memory_budget_mb and loaded is not None and loaded > memory_budget_mb:
+        return figures, (f"loading it adds {loaded:.0f} MB to a serving process, over the budget of "
+                         f"{memory_budget_mb:g} MB")
+    return figures, None
 
 
 class ModelRepositoryPusherSpec(types.ComponentSpec):
@@ -105,6 +148,8 @@ class ModelRepositoryPusherSpec(types.ComponentSpec):
         "serving_url": ExecutionParameter(type=str, optional=True),  # REST address of the server to wait for
         "serving_base_path": ExecutionParameter(type=str, optional=True),  # models.config base_path
         "feature_spec_json": ExecutionParameter(type=str, optional=True),  # multivalent separators
+        "latency_budget_ms": ExecutionParameter(type=float, optional=True),  # 0: no latency gate
+        "memory_budget_mb": ExecutionParameter(type=float, optional=True),  # 0: no memory gate
     }
     INPUTS = {
         "model": ChannelParameter(type=standard_artifacts.Model),
@@ -128,7 +173,7 @@ class Executor(base_executor.BaseExecutor):
         version = model_repository.version_of_source(repo, name, model.uri)
         serving = model_repository.serving_version(repo, name)
         if version is None and serving is not None and identical_weights(
-                os.path.join(model.uri, contracts.SERVING_MODEL_DIR), model_repository.version_dir(repo, name, serving)):
+                os.path.join(model.uri, contracts.SERVING_MODEL_DIR), _serving_copy(repo, name, serving)):
             # Publishing it would claim a retrained model that is last week's again.
             _not_pushed(pushed_model, f"its weights are identical to the serving version {serving}")
             return
@@ -148,6 +193,16 @@ class Executor(base_executor.BaseExecutor):
             saved_model = os.path.join(model.uri, contracts.SERVING_MODEL_DIR)
             extra = warmup_file(saved_model, name, eval_rows(examples, WARMUP_ROWS),
                                 exec_properties.get("feature_spec_json") or "")
+            latency_budget = float(exec_properties.get("latency_budget_ms") or 0)
+            memory_budget = float(exec_properties.get("memory_budget_mb") or 0)
+            if latency_budget or memory_budget:
+                figures, refusal = serving_check(saved_model, extra, latency_budget, memory_budget)
+                pushed_model.set_string_custom_property("serving_check", json.dumps(figures))
+                if refusal:
+                    pushed_model.set_string_custom_property("refused_by", contracts.LATENCY_GATE)
+                    _not_pushed(pushed_model, refusal)
+                    return
+                record["serving_check"] = figures
             wait = None
             if exec_properties.get("serving_url"):
                 from deepfm_tfx.serving import model_status
@@ -157,7 +212,7 @@ class Executor(base_executor.BaseExecutor):
                 extra_files=extra, base_path=exec_properties.get("serving_base_path") or None)
         pushed_model.set_int_custom_property("pushed", 1)
         pushed_model.set_int_custom_property("pushed_version", version)
-        pushed_model.set_string_custom_property("pushed_destination", os.path.join(repo, name, str(version)))
+        pushed_model.set_string_custom_property("pushed_destination", model_repository.version_dir(repo, name, version))
 
 
 class ModelRepositoryPusher(base_component.BaseComponent):
@@ -166,10 +221,12 @@ class ModelRepositoryPusher(base_component.BaseComponent):
 
     def __init__(self, model, model_blessing, evaluation, examples, model_repository_dir: str,
                  model_name: str, record_json: str = "{}", push_as: str = contracts.STABLE, serving_url: str = "",
-                 serving_base_path: str = "", feature_spec_json: str = ""):
+                 serving_base_path: str = "", feature_spec_json: str = "", latency_budget_ms: float = 0.0,
+                 memory_budget_mb: float = 0.0):
         super().__init__(spec=ModelRepositoryPusherSpec(
             model=model, model_blessing=model_blessing, evaluation=evaluation, examples=examples,
             model_repository_dir=model_repository_dir, model_name=model_name, record_json=record_json,
             push_as=push_as, serving_url=serving_url, serving_base_path=serving_base_path,
-            feature_spec_json=feature_spec_json,
+            feature_spec_json=feature_spec_json, latency_budget_ms=float(latency_budget_ms),
+            memory_budget_mb=float(memory_budget_mb),
             pushed_model=types.Channel(type=standard_artifacts.PushedModel)))

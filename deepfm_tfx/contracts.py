@@ -24,6 +24,7 @@ VARIABLES_CHECKPOINT = os.path.join(VARIABLES_DIR, "variables")  # a SavedModel'
 ASSETS_EXTRA = "assets.extra"  # TF Serving's folder for files that are not part of the graph
 WARMUP_FILE = os.path.join(ASSETS_EXTRA, "tf_serving_warmup_requests")  # TF Serving replays it at load
 TRAINING_INFO_FILE = "training_info.json"  # beside SERVING_MODEL_DIR: what the Trainer run says of itself
+RESUME_DIR = "resume"  # <pipeline root>/Trainer/resume/<key>: checkpoints a re-run resumes from
 
 # --- Which variables are the model's weights and which are optimizer slots.
 MODEL_SCOPE = "deepfm"  # the Keras model's name: every weight's name starts with it
@@ -64,6 +65,11 @@ LABELS = (STABLE, CANARY)
 
 # --- The online experiment's decisions.
 PROMOTE, KEEP_RUNNING, ROLL_BACK = "promote", "keep running", "roll back"
+# The split is broken (sample-ratio mismatch): the experiment stops deciding and nothing moves.
+SAMPLE_RATIO_MISMATCH = "sample ratio mismatch"
+DECISIONS = (PROMOTE, KEEP_RUNNING, ROLL_BACK, SAMPLE_RATIO_MISMATCH)
+# The bearer token experiment routes (outcomes, status) require, when set; never a flag.
+OUTCOMES_TOKEN_ENV = "DEEPFM_TFX_OUTCOMES_TOKEN"
 
 # --- Exit codes of every command.
 EXIT_OK = 0  # pushed, or nothing to do
@@ -76,6 +82,7 @@ EXAMPLE_VALIDATOR_GATE = "ExampleValidator"
 DRIFT_SKEW_GATE = "DriftSkew"  # TFDV's name for the drift and skew anomalies DriftGate stops on
 EVALUATOR_GATE = "Evaluator"  # its AUC floor
 PAIRED_AUC_GATE = "PairedAucGate"
+LATENCY_GATE = "LatencyGate"  # the pusher's serving check: p99 of 100-candidate requests, loaded memory
 DATA_GATES = (EXAMPLE_VALIDATOR_GATE, DRIFT_SKEW_GATE)  # they stop a week before training: its data is bad
 
 # --- The Trainer's (and Transform's) custom_config keys.

@@ -189,6 +189,17 @@ class Training(Tally):
     def reset(self) -> None:
         super().reset()
         self.phase = ""
+        self.resumed_from = 0
+        self.shares: Dict[str, float] = {}
+
+    def resumed(self, step: int) -> None:
+        """This run continues a killed one's checkpoint at `step`."""
+        self.resumed_from = int(step)
+        LOGGER.info("Trainer: resuming from the checkpoint at step %d", step)
+
+    def cluster_shares(self, shares: Dict[str, float]) -> None:
+        """Each cluster task's share of the steps done so far, e.g. {"chief": 0.34, "worker0": 0.66}."""
+        self.shares = dict(shares)
 
     def update(self, step: int, loss: Optional[float] = None, auc: Optional[float] = None) -> None:
         values = {"step": step}
@@ -210,11 +221,16 @@ class Training(Tally):
             return None
         step, steps = int(values.get("step", 0)), int(values["steps"])
         parts = [f"step {step}/{steps}"]
+        if self.resumed_from:
+            parts.append(f"resumed from step {self.resumed_from}")
         # Measured between steps only: the first one waits for tracing.
         # Steps are counted one by one, so a short span already gives a fair rate (a small run trains in a second).
         steps_per_second = self.per_second("step", since_reset=False, min_seconds=0.05) if step else None
         if steps_per_second:
-            parts.append(f"{rate(steps_per_second * values.get('batch_size', 0))} ex/s")
+            per_second = steps_per_second * values.get('batch_size', 0)
+            parts.append(f"{rate(per_second)} ex/s")
+            if self.shares:  # the whole cluster's rate, then each task's part of it
+                parts.append(" ".join(f"{task} {rate(per_second * share)}" for task, share in self.shares.items()))
             if step < steps:
                 since_last = now - self.last["step"][0]
                 parts.append(f"ETA {duration(max((steps - step) / steps_per_second - since_last, 0))}")

@@ -77,7 +77,11 @@ def problem(folder: str) -> Optional[str]:
     if os.path.isdir(variables) and not os.path.isfile(os.path.join(variables, VARIABLES_INDEX)):
         return f"{VARIABLES_DIR}/ has no {VARIABLES_INDEX}"
     with open(path, "rb") as f:
-        data = f.read()
+        return bytes_problem(f.read())
+
+
+def bytes_problem(data: bytes) -> Optional[str]:
+    """problem() for a saved_model.pb's bytes alone (one held in an object store)."""
     if not data:
         return f"{SAVED_MODEL_FILE} is empty"
     try:

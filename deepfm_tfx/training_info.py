@@ -15,6 +15,10 @@ them. Fields:
   weight_change      {variable: relative L2 change vs base_model}; null when cold
   weight_change_max  the largest of those
   num_ids, layout    what decides whether a later run can warm-start from this one
+  resumed_from_step  the checkpoint's step a re-run continued from after a kill (0: none)
+  cluster, table_shards, cluster_steps, cluster_restarts
+                     on a local cluster: its shape, each id-table shard's shape and
+                     parameter server, each task's steps, the workers restarted
 """
 from __future__ import annotations
 

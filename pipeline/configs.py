@@ -38,7 +38,8 @@ class RunConfig:
     data: Optional[str] = _knob(None, "data folder (span-N/ subfolders or files); default: generated synthetic data")
     features: str = _knob(DEFAULT_SPEC, "feature spec YAML")
     pipeline_root: str = _knob(os.path.join(WORKSPACE, "pipeline"), "pipeline outputs and SQLite ml-metadata")
-    model_repository: str = _knob("model_repository", "the versioned model repository")
+    model_repository: str = _knob("model_repository", "the versioned model repository: a folder, or "
+                                  "s3://bucket/prefix (endpoint and keys from the AWS_* variables)")
     model_name: str = _knob(MODEL_NAME, "model name in the repository and in TF Serving")
     trainer: str = _knob("keras", "training loop", choices=TRAINERS)
     train_steps: int = _knob(1500, "training steps of each run")
@@ -65,6 +66,11 @@ class RunConfig:
                              both_ways=True)
     min_auc: float = _knob(0.6, "absolute AUC floor for blessing")
     max_auc_drop: float = _knob(0.01, "largest AUC drop vs the serving model that still blesses")
+    # The pusher's serving check (components/model_repository_pusher.py), off at 0.
+    latency_budget_ms: float = _knob(0.0, "refuse a push whose p99 latency for 100-candidate requests, measured "
+                                          "in a serving process before the push, is over this; 0: no check")
+    memory_budget_mb: float = _knob(0.0, "refuse a push whose model adds more than this to a serving process's "
+                                         "memory once loaded; 0: no check")
     enable_cache: bool = _knob(True, "reuse TFX's cached executions", negate="--no-cache",
                                negate_help="re-execute every component")
     push_as: str = _knob(STABLE, "label a pushed model stable (all traffic) or canary (beside stable)",

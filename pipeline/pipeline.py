@@ -98,6 +98,8 @@ def create_pipeline(
     push_as: str = STABLE,
     serving_url: str = "",
     serving_base_path: str = "",
+    latency_budget_ms: float = 0.0,
+    memory_budget_mb: float = 0.0,
 ) -> Pipeline:
     """The one topology every orchestrator runs.
 
@@ -123,6 +125,7 @@ def create_pipeline(
       push_as: label a pushed model "stable" (all traffic) or "canary" (beside stable).
       serving_url: REST address of the server reading the repository; labels move once it has loaded.
       serving_base_path: models.config base_path for the model (where the serving host mounts it).
+      latency_budget_ms, memory_budget_mb: the pusher's serving check (0: off).
       metadata_connection_config: ml-metadata store; None for the orchestrator's own.
       beam_pipeline_args: Beam options for every Beam-based component.
     """
@@ -229,6 +232,7 @@ def create_pipeline(
         record_json=json.dumps({TRAINER_KEY: trainer, FEATURE_SPEC_KEY: spec.name}),
         push_as=push_as, serving_url=serving_url or "", serving_base_path=serving_base_path or "",
         feature_spec_json=json.dumps(spec_dict),
+        latency_budget_ms=latency_budget_ms, memory_budget_mb=memory_budget_mb,
     )
 
     return Pipeline(
@@ -278,6 +282,8 @@ def create_pipeline_from_config(config: configs.RunConfig, spec: FeatureSpec, in
         push_as=config.push_as,
         serving_url=config.serving_url or "",
         serving_base_path=config.serving_base_path or "",
+        latency_budget_ms=config.latency_budget_ms,
+        memory_budget_mb=config.memory_budget_mb,
         custom_resolvers=custom_resolvers,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=configs.DEFAULT_BEAM_ARGS + list(config.beam_args),

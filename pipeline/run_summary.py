@@ -9,7 +9,7 @@ from ml_metadata import errors, metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from deepfm_tfx import evaluation_results
-from deepfm_tfx.contracts import EVALUATOR_GATE, PAIRED_AUC_GATE, TRAINER_KEY
+from deepfm_tfx.contracts import EVALUATOR_GATE, LATENCY_GATE, PAIRED_AUC_GATE, TRAINER_KEY
 from deepfm_tfx.synthetic import generator
 from deepfm_tfx import training_info
 from deepfm_tfx.spans import partition_of, span_of
@@ -240,7 +240,8 @@ def build(executions: List[Dict[str, Any]], trainer: str,
         summary["warm_start_note"] = info.get("warm_start_note")
         for key in ("warm_start_slots", "global_step_start", "learning_rate_first_step",
                     "learning_rate_last_step", "weight_change", "weight_change_max", "num_ids",
-                    "train_examples_per_second", "table_bytes", "weight_bytes", "optimizer_bytes"):
+                    "train_examples_per_second", "table_bytes", "weight_bytes", "optimizer_bytes",
+                    "resumed_from_step", "cluster"):
             summary[key] = info.get(key)
     evaluator = by_node.get("Evaluator")
     if evaluator and evaluator["outputs"].get("ModelEvaluation"):
@@ -276,4 +277,9 @@ def build(executions: List[Dict[str, Any]], trainer: str,
         summary["pushed_path"] = _custom(pushed, "pushed_destination")
         summary["pushed_version"] = _custom(pushed, "pushed_version")
         summary["not_pushed_reason"] = _custom(pushed, "not_pushed_reason")
+        # The pusher's serving check, when a budget asked for one.
+        summary["serving_check"] = json.loads(_custom(pushed, "serving_check") or "null")
+        if _custom(pushed, "refused_by") == LATENCY_GATE and not summary["blocked_by"]:
+            summary["blocked_by"] = LATENCY_GATE
+            summary["error"] = f"[gate {LATENCY_GATE}] {summary['not_pushed_reason']}"
     return summary

@@ -73,6 +73,12 @@ def _file_to_write(flag: str, path: Optional[str]) -> None:
 
 def _repository(config: configs.RunConfig) -> None:
     repo = config.model_repository
+    if model_repository.is_store(repo):
+        try:  # a models.config that does not parse is never overwritten; the store answers
+            model_repository.read_config(repo)
+        except (model_repository.RepositoryError, ValueError, OSError) as e:
+            raise ConfigError(f"--model-repository {repo}: {e}") from None
+        return
     _folder("--model-repository", repo)
     if not os.path.isdir(repo):
         return
@@ -113,6 +119,16 @@ def validate(config: configs.RunConfig, *, paths: bool = True, connect: bool = T
     if not (math.isfinite(training.learning_rate) and training.learning_rate > 0):
         raise ConfigError(f"--learning-rate must be a positive number, got {training.learning_rate!r}")
     _at_least("embedding_l2", training.embedding_l2, 0.0)
+    _at_least("checkpoint_every_steps", training.checkpoint_every_steps, 0)
+    if training.cluster:
+        from deepfm_tfx.trainer_modules import local_cluster  # no TensorFlow
+        try:
+            local_cluster.parse(training.cluster)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if config.trainer != "estimator":
+            raise ConfigError("--cluster trains with the Estimator's parameter servers; add --trainer estimator "
+                              "(the Keras trainer on a cluster is not built yet: docs/training-on-a-cluster.md)")
     bad_beam = [a for a in config.beam_args if not a.startswith("--")]
     if bad_beam:
         raise ConfigError(f"--beam-arg takes Beam options like --beam-arg=--direct_num_workers=2, got {bad_beam[0]!r}")
@@ -128,9 +144,13 @@ def validate(config: configs.RunConfig, *, paths: bool = True, connect: bool = T
         metadata.connection_config(config.metadata, config.pipeline_root)  # raises ConfigError if malformed
     if not paths:
         return
+    if model_repository.is_store(config.pipeline_root):  # a cluster's own paths (Kubeflow's gs://) are not checked
+        raise ConfigError(f"--pipeline-root {config.pipeline_root}: a local run cannot keep its pipeline root in an "
+                          f"object store yet; keep it on local disk or a mounted volume (docs/object-storage.md)")
     if not os.path.isfile(config.features):
         raise ConfigError(f"--features {config.features}: no such file")
-    _folder("--data", config.data, must_exist=True)
+    if not model_repository.is_store(config.data or ""):  # a bucket is mirrored when the run starts
+        _folder("--data", config.data, must_exist=True)
     _folder("--pipeline-root", config.pipeline_root)
     _file_to_write("--summary", config.summary_path if config.summary else None)
     _repository(config)

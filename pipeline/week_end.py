@@ -23,7 +23,8 @@ import urllib.request
 from typing import Any, Dict, List, Optional, Tuple
 
 from deepfm_tfx import model_repository
-from deepfm_tfx.contracts import (DATA_GATES, EVALUATOR_GATE, EXIT_BAD_INPUT, EXIT_ERROR, EXIT_GATE, EXIT_OK)
+from deepfm_tfx.contracts import (DATA_GATES, EVALUATOR_GATE, EXIT_BAD_INPUT, EXIT_ERROR, EXIT_GATE, EXIT_OK,
+                                  LATENCY_GATE)
 from deepfm_tfx.errors import DataError
 from deepfm_tfx.pipeline import configs, run_summary
 from deepfm_tfx.schemas import feature_spec, frozen_schema
@@ -183,12 +184,15 @@ def finish_week(config: configs.RunConfig, spec: feature_spec.FeatureSpec, conne
     if exit_code == EXIT_OK and executions and not summary["blessed"]:
         exit_code = EXIT_GATE  # the Evaluator or PairedAucGate refused the model
         summary["blocked_by"] = summary["blocked_by"] or EVALUATOR_GATE
+    elif exit_code == EXIT_OK and summary["blocked_by"] == LATENCY_GATE:
+        exit_code = EXIT_GATE
     inferred = next((e["outputs"]["Schema"][0].uri for e in executions
                      if e["node"] == SCHEMA_GEN and e["outputs"].get("Schema")), None)
     if inferred and not spec.schema_file and summary["blocked_by"] not in DATA_GATES \
             and exit_code in (EXIT_OK, EXIT_GATE):
         summary["frozen_schema"] = frozen_schema.freeze(inferred, spec, config.pipeline_root)
-    if exit_code == EXIT_GATE and summary["examples_artifact_id"]:
+    # A model too slow to serve says nothing against the week's data: only other refusals quarantine it.
+    if exit_code == EXIT_GATE and summary["examples_artifact_id"] and summary["blocked_by"] != LATENCY_GATE:
         # Leave the week's data out of later training windows and drift baselines.
         week = [summary["examples_artifact_id"], summary["statistics_artifact_id"]]
         span_window.quarantine(metadata_store.MetadataStore(connection_config), [i for i in week if i],

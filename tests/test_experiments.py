@@ -126,7 +126,7 @@ def test_calibration_is_mean_score_over_ctr_and_unknowns_stay_unknown():
 
 def _experiment(**kwargs):
     fields = dict(name="exp", model="deepfm", model_repository="/repo", stable_version=1, canary_version=2,
-                  outcome_window_seconds=100.0)
+                  outcome_window_seconds=100.0, traffic="items", rule=Rule(metric="logloss"))
     fields.update(kwargs)
     return Experiment(**fields).check()
 
@@ -235,14 +235,14 @@ def test_the_rule_keeps_running_then_promotes_a_better_canary_and_rolls_back_a_w
     x = rng.normal(size=6000)
     p = 1 / (1 + np.exp(-(x - 1.2)))
     good, flat = p, np.full_like(p, p.mean())
-    rule = Rule(min_outcomes_per_arm=1000, min_clicks_per_arm=30)
+    rule = Rule(metric="logloss", min_outcomes_per_arm=1000, min_clicks_per_arm=30)
     small = decision.decide(_arm(rng, 500, p[:500], good[:500]), _arm(rng, 500, p[:500], flat[:500]), rule)
     assert small["action"] == decision.KEEP_RUNNING and "500 of 1000 outcomes" in small["why"]
     stable, canary = _arm(rng, 6000, p, flat), _arm(rng, 6000, p, good)
     assert decision.decide(stable, canary, rule)["action"] == decision.PROMOTE
     assert decision.decide(canary, stable, rule)["action"] == decision.ROLL_BACK
     # The same comparison on the AUC.
-    assert decision.decide(stable, canary, Rule(metric="auc"))["action"] == decision.PROMOTE
+    assert decision.decide(stable, canary, Rule(metric="auc", max_outcomes_per_arm=None))["action"] == decision.PROMOTE
 
 
 def test_guardrails_roll_back_a_miscalibrated_or_slow_canary_and_looks_widen_the_interval():
@@ -251,15 +251,17 @@ def test_guardrails_roll_back_a_miscalibrated_or_slow_canary_and_looks_widen_the
     p = 1 / (1 + np.exp(-(x - 1.2)))
     stable = _arm(rng, 5000, p, p)
     doubled = _arm(rng, 5000, p, np.clip(2 * p, 0, 0.99))  # ranks as well, scores twice the CTR
-    verdict = decision.decide(stable, doubled, Rule())
+    logloss = Rule(metric="logloss", max_outcomes_per_arm=None)
+    verdict = decision.decide(stable, doubled, logloss)
     assert verdict["action"] == decision.ROLL_BACK and "miscalibrated" in verdict["why"]
     slow = _arm(rng, 5000, p, p, latency=40.0)
-    verdict = decision.decide(stable, slow, Rule())
+    verdict = decision.decide(stable, slow, logloss)
     assert verdict["action"] == decision.ROLL_BACK and "slow" in verdict["why"]
     same = _arm(rng, 5000, p, p)
-    assert decision.decide(stable, same, Rule())["action"] == decision.KEEP_RUNNING
-    assert decision.decide(stable, same, Rule(max_outcomes_per_arm=5000))["action"] == decision.ROLL_BACK
-    assert decision.decide(stable, same, Rule(looks=5))["confidence"] == pytest.approx(0.99)
+    assert decision.decide(stable, same, logloss)["action"] == decision.KEEP_RUNNING
+    assert decision.decide(stable, same, Rule(metric="logloss", max_outcomes_per_arm=5000))["action"] == \
+        decision.ROLL_BACK
+    assert decision.decide(stable, same, Rule(metric="logloss", looks=5))["confidence"] == pytest.approx(0.99)
 
 
 def test_a_bad_config_names_the_field(tmp_path):
@@ -414,3 +416,134 @@ def test_a_worse_candidate_week_needs_the_online_phase(tmp_path):
     with pytest.raises(ValueError, match="needs the online phase"):
         weeks.run_weeks(str(tmp_path / "sim"), 1, configs.RunConfig(), bad_week=1, bad_kind=WORSE_CANDIDATE)
     assert not (tmp_path / "sim").exists()  # refused before anything was written
+
+
+# ------------------------------------------------------------------ the ranking rule: SRM, always valid, check-rule
+
+def test_the_sample_ratio_test_matches_scipy_and_a_broken_split_stops_deciding():
+    # 5,200 vs 4,800 users against 50/50: chi-square = 2 x 200^2 / 5000 = 16, p = erfc(4 / sqrt(2)).
+    assert statistics.srm_p_value([5200, 4800], [0.5, 0.5]) == pytest.approx(math.erfc(4 / math.sqrt(2)), rel=1e-12)
+    assert statistics.srm_p_value([5200, 4800], [0.5, 0.5]) == pytest.approx(
+        scipy_stats.chisquare([5200, 4800], [5000, 5000]).pvalue, rel=1e-12)
+    assert statistics.srm_p_value([2080, 7920], [0.2, 0.8]) == pytest.approx(
+        scipy_stats.chisquare([2080, 7920], [2000, 8000]).pvalue, rel=1e-12)
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=6000)
+    p = 1 / (1 + np.exp(-(x - 1.2)))
+    stable, canary = _arm(rng, 6000, p, np.full_like(p, p.mean())), _arm(rng, 6000, p, p)
+    rule = Rule(metric="logloss", max_outcomes_per_arm=None)
+    assert decision.decide(stable, canary, rule)["action"] == decision.PROMOTE  # the split is fine
+    stable.users, canary.users = 4800, 5200
+    verdict = decision.decide(stable, canary, rule)
+    assert verdict["action"] == decision.SAMPLE_RATIO_MISMATCH and "the split is broken" in verdict["why"]
+    assert verdict["checks"][0]["p_value"] == pytest.approx(6.334e-5, rel=1e-3)
+    # Nothing is applied: the labels stay where they are.
+    from deepfm_tfx.experiments import report
+    assert report.apply("/nonexistent", {"decision": verdict, "experiment": "x"}) is None
+
+
+def test_the_always_valid_interval_matches_a_hand_computed_case_and_holds_under_continuous_looks():
+    # V = 1e-4, tau = 0.03: (V + tau^2) / V = 10, V (V + tau^2) / tau^2 = 1.1111e-4,
+    # half-width = sqrt(1.1111e-4 x (ln 10 + 2 ln 20)) = sqrt(1.1111e-4 x 8.294050) = 0.0303572.
+    assert float(statistics.msprt_half_width(1e-4, 0.03, 0.05)) == pytest.approx(0.0303572, abs=1e-7)
+    e = statistics.Estimate(0.0303572, 0.01, 0.0, 0.0, 0.95, 1000)
+    valid = statistics.always_valid(e, 0.05, 0.03)
+    assert (valid.low, valid.high) == pytest.approx((0.0, 0.0607144), abs=1e-6)
+    # On the boundary the mixture likelihood ratio is 1 / alpha, so the p-value is alpha.
+    assert valid.p_value == pytest.approx(0.05, rel=1e-4)
+    # Wider than the fixed-sample 95% interval (+-1.96 se), the price of reading it at any time.
+    assert valid.high - valid.value > 1.96 * e.se
+    # A/A: reading a z-statistic after each of 200 batches, the fixed interval errs in most runs,
+    # the always-valid one in at most alpha of them.
+    rng = np.random.default_rng(11)
+    steps = rng.normal(size=(2000, 200))
+    n = np.arange(1, 201)
+    mean, variance = np.cumsum(steps, axis=1) / n, 1.0 / n
+    fixed = (np.abs(mean) > 1.96 * np.sqrt(variance)).any(axis=1).mean()
+    always = (np.abs(mean) > statistics.msprt_half_width(variance, 0.3, 0.05)).any(axis=1).mean()
+    assert fixed > 0.3 and always <= 0.05, (fixed, always)
+
+
+def test_a_short_check_rule_run_keeps_every_rate_inside_its_bound(tmp_path, capsys):
+    from deepfm_tfx.pipeline import cli
+    out = tmp_path / "rule.json"
+    # Short: a planned sample of 3,000 requests per arm, so a rule sized for a 6% lift and a 54/46 split.
+    code = cli.main(["experiment", "check-rule", "--runs", "100", "--out", str(out), "--max-outcomes", "30000",
+                     "--sized-lift", "0.06", "--broken-share", "0.54", "--lifts", "0.02"])
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert code == 0, printed
+    assert result["false_decision_rate"]["rate"] <= 0.05
+    assert result["power"]["rate"] >= 0.8 and result["power"]["true_lift"] == pytest.approx(0.06, abs=1e-3)
+    assert result["srm_alarm_rate"]["rate"] >= 0.95
+    curve = [point["promoted"] for point in result["power_curve"]]
+    assert curve[0] <= 0.05 and curve[-1] >= 0.95  # no lift: hardly ever promoted; a large one: nearly always
+    assert "false decisions (A/A)" in printed and "power curve" in printed
+
+
+def test_outcomes_need_the_token_or_the_trusted_listener_and_refusals_are_counted(tmp_path, monkeypatch):
+    from deepfm_tfx.contracts import OUTCOMES_TOKEN_ENV
+    from deepfm_tfx.pipeline.cli import serve
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-token\n")
+    assert serve.outcome_token(str(token_file), {}) == "s3cret-token"
+    assert serve.outcome_token(None, {OUTCOMES_TOKEN_ENV: "from-env"}) == "from-env"
+    assert serve.outcome_token(None, {}) is None
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ValueError, match="empty"):
+        serve.outcome_token(str(tmp_path / "empty"), {})
+
+    with_token = ExperimentRouter(str(tmp_path), outcome_token="s3cret-token")
+    with_token.authorize("Bearer s3cret-token", trusted_listener=False)
+    for header in (None, "Bearer guess", "Basic s3cret-token"):
+        for trusted in (False, True):  # with a token, even the outcomes listener wants it
+            with pytest.raises(ServingError) as refused:
+                with_token.authorize(header, trusted)
+            assert refused.value.http_status == 401 and "s3cret" not in refused.value.message
+    assert with_token.refused.snapshot() == {"no_token": 2, "wrong_token": 4}
+    without = ExperimentRouter(str(tmp_path))
+    without.authorize(None, trusted_listener=True)
+    with pytest.raises(ServingError) as refused:
+        without.authorize("Bearer anything", trusted_listener=False)
+    assert refused.value.http_status == 403 and without.refused.snapshot() == {"untrusted_listener": 1}
+
+
+def test_a_ranking_report_counts_only_shown_rows_weighs_calibration_by_position_and_guards_the_error_rate(tmp_path):
+    from deepfm_tfx.experiments import report
+    from deepfm_tfx.serving import errors
+    experiments = str(tmp_path / "experiments")
+    config.save(experiments, _experiment(traffic="ranking", rule=Rule(min_outcomes_per_arm=300, min_clicks_per_arm=5,
+                                                                      max_outcomes_per_arm=None)))
+    router = ExperimentRouter(experiments, poll_seconds=0.05).start()
+    rng = np.random.default_rng(21)
+    served, failed, shown = {"stable": 0, "canary": 0}, 0, []
+    try:
+        for i in range(800):
+            assignment = router.assign("deepfm", {"user_id": f"u{i}", "request_id": f"r{i}"}.get)
+            if assignment.arm == "canary" and i % 5 == 0:  # the canary fails a fifth of its requests
+                with pytest.raises(ServingError):
+                    with router.counting_errors(assignment):
+                        raise ServingError(errors.INTERNAL, "the canary broke")
+                failed += 1
+                continue
+            scores = rng.uniform(0.05, 0.6, 20)
+            router.record(assignment, 1 if assignment.arm == "stable" else 2, "features", {},
+                          {"click_probability": scores[:, None]})
+            served[assignment.arm] += 1
+            top = np.argsort(-scores)[:3]
+            # Calibrated scores: a shown row is clicked with its score times its position's examination.
+            clicked = rng.random(3) < scores[top] / np.log2(np.arange(1, 4) + 1)
+            shown += [{"request_id": f"r{i}", "row": int(r), "position": k + 1, "clicked": bool(c)}
+                      for k, (r, c) in enumerate(zip(top, clicked))]
+        status, _ = router.record_outcomes("exp", json.dumps(shown).encode())
+        assert status == 200
+    finally:
+        router.stop()
+    built = report.build(experiments, "exp")
+    stable, canary = built["arms"]["stable"], built["arms"]["canary"]
+    assert stable["outcomes"] == 3 * served["stable"] and canary["outcomes"] == 3 * served["canary"]
+    assert built["outcomes"]["pending"] == 0  # the 17 unshown rows of each request are neither pending nor negative
+    assert canary["failed_requests"] == failed and stable["failed_requests"] == 0
+    assert canary["error_rate"]["low"] < failed / (failed + served["canary"]) < canary["error_rate"]["high"]
+    assert stable["calibration"]["low"] < 1 < stable["calibration"]["high"]
+    assert built["decision"]["action"] == decision.ROLL_BACK and "fails more requests" in built["decision"]["why"]

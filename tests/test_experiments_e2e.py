@@ -1,7 +1,8 @@
 """An online A/B test end to end over loopback: `deepfm-tfx serve` splits a model's traffic
-by user between stable and canary, logs every prediction, takes clicks back, and
-`deepfm-tfx experiment report --promote` decides and moves the labels. The models are tiny
-SavedModels whose click probabilities are known, so each decision has a right answer."""
+by user between stable and canary, logs every prediction, takes clicks back on its outcomes
+listener (and refuses them on the public port), and `deepfm-tfx experiment report --promote`
+decides and moves the labels. The models are tiny SavedModels whose click probabilities are
+known, so each decision has a right answer."""
 import json
 import math
 import os
@@ -66,12 +67,12 @@ def world(tmp_path_factory):
     repo, experiments = str(tmp / "repo"), str(tmp / "experiments")
     versions = {"weak": mr.push(repo, MODEL, saved["weak"][0], {})}
     versions["truth"] = mr.push(repo, MODEL, saved["truth"][0], {}, push_as="canary")
-    server = ModelServer(repo, grpc_port=0, rest_port=0, poll_seconds=0.1,
+    server = ModelServer(repo, grpc_port=0, rest_port=0, poll_seconds=0.1, outcomes_port=0,
                          router=ExperimentRouter(experiments, poll_seconds=0.1)).start()
     url = f"http://127.0.0.1:{server.rest_port}"
     model_status.waiter(url, timeout=60, poll=0.1)(MODEL, versions["truth"])
     yield {"tmp": tmp, "repo": repo, "experiments": experiments, "server": server, "url": url, "saved": saved,
-           "versions": versions}
+           "versions": versions, "outcomes_url": f"http://127.0.0.1:{server.outcomes_port}"}
     server.stop()
 
 
@@ -107,7 +108,7 @@ def _start(world, capsys, name, *flags):
                           "--min-clicks", "30", *flags)
     assert code == 0, err
     deadline = time.monotonic() + 30
-    while not _get(world["url"], f"/v1/experiments/{name}")[1].get("routing"):
+    while not _get(world["outcomes_url"], f"/v1/experiments/{name}")[1].get("routing"):
         assert time.monotonic() < deadline, "the server never picked the experiment up"
         time.sleep(0.05)
 
@@ -152,8 +153,8 @@ def _report(world, capsys, name, *flags):
 
 
 def test_an_experiment_over_loopback_splits_by_user_logs_everything_and_promotes_the_better_canary(world, capsys):
-    url, versions, saved = world["url"], world["versions"], world["saved"]
-    _start(world, capsys, "exp1", "--feature-log-share", "0.5")
+    url, versions, saved, events = world["url"], world["versions"], world["saved"], world["outcomes_url"]
+    _start(world, capsys, "exp1", "--feature-log-share", "0.5", "--traffic", "items", "--metric", "logloss")
     answers = _traffic(world, "exp1")
 
     # The split: a user always gets the arm its hash says, and that arm's model answered.
@@ -194,10 +195,10 @@ def test_an_experiment_over_loopback_splits_by_user_logs_everything_and_promotes
     clicks = _clicks(answers)
     by_rest, by_file = clicks[:-800], clicks[-800:]
     for start in range(0, len(by_rest), 1000):
-        status, answer, _ = _post(url, "/v1/experiments/exp1/outcomes", {"outcomes": by_rest[start:start + 1000]})
+        status, answer, _ = _post(events, "/v1/experiments/exp1/outcomes", {"outcomes": by_rest[start:start + 1000]})
         assert status == 200 and answer["rejected"] == 0
     first = answers[0]["request_id"]
-    status, answer, _ = _post(url, "/v1/experiments/exp1/outcomes", [
+    status, answer, _ = _post(events, "/v1/experiments/exp1/outcomes", [
         {"request_id": first, "row": 0, "clicked": False},                            # duplicate
         {"request_id": "never-served", "clicked": True},                              # unknown request id
         {"request_id": answers[1]["request_id"], "row": 7, "clicked": "sometimes"},   # malformed
@@ -205,11 +206,17 @@ def test_an_experiment_over_loopback_splits_by_user_logs_everything_and_promotes
     ])
     assert status == 200 and (answer["accepted"], answer["rejected"]) == (3, 1)
     assert "clicked must be" in answer["errors"][0]
-    assert _post(url, "/v1/experiments/exp1/outcomes", b"{not json")[0] == 400
-    assert _post(url, "/v1/experiments/exp1/outcomes", [{"clicked": 1}])[0] == 400
-    status, answer, _ = _post(url, "/v1/experiments/no-such-experiment/outcomes", [{"request_id": "r", "clicked": 1}])
-    assert status == 404 and "no experiment 'no-such-experiment'" in answer["error"]
-    assert _get(url, "/v1/experiments/no-such-experiment")[0] == 404
+    assert _post(events, "/v1/experiments/exp1/outcomes", b"{not json")[0] == 400
+    assert _post(events, "/v1/experiments/exp1/outcomes", [{"clicked": 1}])[0] == 400
+    # As a client would try it: 100,000 nested arrays are a malformed request, not a server error.
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for where, path in ((events, "/v1/experiments/exp1/outcomes"), (url, f"/v1/models/{MODEL}:predict")):
+        status, answer, _ = _post(where, path, deep)
+        assert status == 400 and "nested too deeply" in answer["error"], (path, status, answer)
+    # A 404 names what the client sent, never the server's folders.
+    status, answer, _ = _post(events, "/v1/experiments/no-such-experiment/outcomes", [{"request_id": "r", "clicked": 1}])
+    assert status == 404 and answer["error"] == "no experiment 'no-such-experiment'"
+    assert _get(events, "/v1/experiments/no-such-experiment") == (404, answer)
     outcome_file = world["tmp"] / "clicks.csv"
     outcome_file.write_text("request_id,row,clicked\n" + "".join(
         f"{c['request_id']},{c['row']},{int(c['clicked'])}\n" for c in by_file))
@@ -244,7 +251,7 @@ def test_an_experiment_over_loopback_splits_by_user_logs_everything_and_promotes
     assert mr.labels(world["repo"], MODEL) == {"stable": versions["truth"], "canary": versions["truth"]}
     assert config.load(world["experiments"], "exp1").status == config.DECIDED
     deadline = time.monotonic() + 30
-    while _get(url, "/v1/experiments/exp1")[1]["routing"]:
+    while _get(events, "/v1/experiments/exp1")[1]["routing"]:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     status, _, headers = _post(url, f"/v1/models/{MODEL}:predict",
@@ -261,7 +268,8 @@ def test_a_worse_canary_is_rolled_back_and_a_keyless_request_can_be_refused(worl
     code, _, err = _cli(capsys, "experiment", "start", "exp1", "--experiments-dir", world["experiments"],
                         "--model-repository", world["repo"], "--model-name", MODEL)
     assert code == 2 and "exists" in err
-    _start(world, capsys, "exp2", "--on-missing-key", "reject", "--feature-log-share", "0")
+    _start(world, capsys, "exp2", "--on-missing-key", "reject", "--feature-log-share", "0", "--traffic", "items",
+           "--metric", "logloss")
     code, _, err = _cli(capsys, "experiment", "start", "exp3", "--experiments-dir", world["experiments"],
                         "--model-repository", world["repo"], "--model-name", MODEL)
     assert code == 2 and "already runs" in err
@@ -271,7 +279,7 @@ def test_a_worse_canary_is_rolled_back_and_a_keyless_request_can_be_refused(worl
 
     answers = _traffic(world, "exp2", requests=300, seed=2)
     clicks = _clicks(answers, seed=3)
-    status, answer, _ = _post(url, "/v1/experiments/exp2/outcomes", {"outcomes": clicks})
+    status, answer, _ = _post(world["outcomes_url"], "/v1/experiments/exp2/outcomes", {"outcomes": clicks})
     assert status == 200 and answer["accepted"] == len(clicks)
     world["server"].router.flush()
     report = _report(world, capsys, "exp2", "--promote", "--server", url)
@@ -302,3 +310,91 @@ def test_the_skew_check_compares_what_was_served_with_the_training_statistics(wo
     assert result["skewed_features"] == ["c"]
     assert result["measurements"]["c"]["value"] == pytest.approx(0.4, abs=0.05)
     assert not result["measurements"]["x"]["skewed"]
+
+
+def _ranking_traffic(world, requests=300, candidates=100, users=200, seed=5):
+    """Ranking requests: a user and its 100 candidates; what each answer said."""
+    rng = np.random.default_rng(seed)
+    plan = [(f"ranker-{rng.integers(users)}", rng.normal(size=candidates), rng.choice(["a", "b"], size=candidates))
+            for _ in range(requests)]
+    answers = [None] * requests
+
+    def client(start):
+        for i in range(start, requests, 4):
+            user, x, c = plan[i]
+            status, body, headers = _post(world["url"], f"/v1/models/{MODEL}:predict", {
+                "signature_name": "features", "user_id": user, "inputs": {"x": x.tolist(), "c": c.tolist()}})
+            assert status == 200, body
+            answers[i] = {"request_id": headers["X-Request-Id"], "arm": headers["X-Experiment-Arm"],
+                          "scores": np.ravel(body["outputs"]), "x": x, "user": user}
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return answers
+
+
+def test_a_ranking_experiment_promotes_the_better_ranker_whatever_forged_clicks_say(world, capsys):
+    """Each arm ranks 100 candidates and shows its top 10; clicks follow the truth times the position's
+    examination. Stable ranks at random (a flat model), the canary by the truth: a flood of forged clicks
+    for stable on the public port is refused, counted, and does not change the decision."""
+    url, events, versions, repo = world["url"], world["outcomes_url"], world["versions"], world["repo"]
+    wait = model_status.waiter(url, timeout=60, poll=0.1)
+    if "flat" not in versions:
+        versions["flat"] = mr.push(repo, MODEL, world["saved"]["flat"][0], {}, push_as="canary", wait=wait)
+    mr.promote(repo, MODEL, versions["flat"], wait)
+    mr.canary(repo, MODEL, versions["truth"], wait)
+    deadline = time.monotonic() + 30
+    for label, version in (("stable", versions["flat"]), ("canary", versions["truth"])):
+        # Each label is on its version in the server too, so no request is served off the experiment's versions.
+        while _get(url, f"/v1/models/{MODEL}/labels/{label}")[1].get("model_version_status", [{}])[0].get(
+                "version") != str(version):
+            assert time.monotonic() < deadline, f"the server never moved {label} to {version}"
+            time.sleep(0.05)
+    _start(world, capsys, "rank1", "--max-outcomes", "20000")  # the defaults: ranking traffic, the ctr rule
+
+    answers = _ranking_traffic(world)
+    refused_before = _get(events, "/v1/experiments/rank1")[1]["refused_callers"]
+    genuine, forged = [], []
+    rng = np.random.default_rng(6)
+    for a in answers:
+        shown = np.argsort(-a["scores"], kind="stable")[:10]
+        p = _probability(TRUE_W, TRUE_B, a["x"][shown]) / np.log2(np.arange(1, 11) + 1)
+        clicked = rng.random(10) < p
+        genuine += [{"request_id": a["request_id"], "row": int(r), "position": k + 1, "clicked": bool(c)}
+                    for k, (r, c) in enumerate(zip(shown, clicked))]
+        # The forger claims stable's shown rows were all clicked and the canary's none.
+        forged += [{"request_id": a["request_id"], "row": int(r), "position": k + 1,
+                    "clicked": a["arm"] == "stable"} for k, r in enumerate(shown)]
+    posts = 0
+    for start in range(0, len(forged), 500):
+        for headers in ({}, {"Authorization": "Bearer guessed"}):
+            status, answer, _ = _post(url, "/v1/experiments/rank1/outcomes", {"outcomes": forged[start:start + 500]},
+                                      headers)
+            assert status == 403 and set(answer) == {"error"}, (status, answer)  # TF Serving's error shape
+            posts += 1
+    assert _get(url, "/v1/experiments/rank1")[0] == 403  # status too: it holds the experiment's config
+    status, answer, _ = _post(events, "/v1/experiments/rank1/outcomes", genuine)
+    assert status == 200 and answer["accepted"] == len(genuine) == 10 * len(answers)
+    refused = _get(events, "/v1/experiments/rank1")[1]["refused_callers"]
+    assert refused["untrusted_listener"] - refused_before.get("untrusted_listener", 0) == posts + 1
+
+    world["server"].router.flush()
+    report = _report(world, capsys, "rank1")
+    stable, canary = report["arms"]["stable"], report["arms"]["canary"]
+    assert report["traffic_kind"] == "ranking" and report["outcomes"]["received"] == len(genuine)
+    assert stable["outcomes"] + canary["outcomes"] == len(genuine)  # shown rows only; the rest were not shown
+    for arm in ("stable", "canary"):  # assignment by user, stable across requests: the SRM test counts users
+        assert report["arms"][arm]["users"] == len({a["user"] for a in answers if a["arm"] == arm})
+        assert all(split.arm_of(a["user"], "rank1", 0.5) == a["arm"] for a in answers)
+    assert report["decision"]["checks"][0]["check"] == "sample ratio" and report["decision"]["checks"][0]["passed"]
+    lift = report["difference"]["ctr_lift_always_valid"]
+    assert lift["low"] > 0.5, lift  # the truth's top 10 are clicked far more often than 10 random candidates
+    assert canary["clicks_per_request"]["low"] > stable["clicks_per_request"]["high"]
+    assert report["decision"]["action"] == "promote", report["decision"]
+    code, out, _ = _cli(capsys, "experiment", "report", "rank1", "--experiments-dir", world["experiments"],
+                        "--promote", "--server", url)
+    assert code == 0 and "decision: PROMOTE" in out and "CTR of shown items" in out
+    assert mr.labels(repo, MODEL) == {"stable": versions["truth"], "canary": versions["truth"]}

@@ -40,6 +40,28 @@ def is_table(variable) -> bool:
     return contracts.is_table_name(variable.name)
 
 
+class PartitionedEmbedding(tf.keras.layers.Embedding):
+    """An Embedding whose table is split into `shards` row ranges (a TF1 PartitionedVariable).
+
+    Graph mode only (the Estimator on parameter servers): each shard is its
+    own variable, so the replica device setter puts each on its own
+    parameter server, and a lookup gathers from the shards that hold its ids.
+    A checkpoint stores the table once, as slices, so the single-machine
+    graph (one variable) restores it unchanged.
+    """
+
+    def __init__(self, *args, shards: int, scope: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.shards, self.scope = shards, scope
+
+    def build(self, input_shape=None):
+        with tf.compat.v1.variable_scope(f"{self.scope}/{self.name}"):
+            self.embeddings = tf.compat.v1.get_variable(
+                "embeddings", shape=[self.input_dim, self.output_dim], initializer=self.embeddings_initializer,
+                partitioner=tf.compat.v1.fixed_size_partitioner(self.shards))
+        self.built = True
+
+
 class FMInteraction(tf.keras.layers.Layer):
     """Second-order FM term: sum over field pairs of <e_i, e_j>.
 
@@ -55,7 +77,8 @@ class FMInteraction(tf.keras.layers.Layer):
 class DeepFM(tf.keras.Model):
     """Maps a dict of transformed features to click logits [batch, 1]."""
 
-    def __init__(self, layout: FieldLayout, hparams: ModelHParams, **kwargs):
+    def __init__(self, layout: FieldLayout, hparams: ModelHParams, table_shards: int = 1, **kwargs):
+        """table_shards > 1 (graph mode only) splits each id table across that many variables."""
         super().__init__(name=kwargs.pop("name", contracts.MODEL_SCOPE), **kwargs)
         self.layout = layout
         self.hparams = hparams
@@ -63,13 +86,16 @@ class DeepFM(tf.keras.Model):
         dim = hparams.embedding_dim
         regularizer = tf.keras.regularizers.l2(hparams.embedding_l2) \
             if hparams.embedding_l2 and not hparams.embedding_l2_rows else None
-        self.field_embeddings = tf.keras.layers.Embedding(
+        table, sharding = tf.keras.layers.Embedding, {}
+        if table_shards > 1:
+            table, sharding = PartitionedEmbedding, {"shards": table_shards, "scope": self.name}
+        self.field_embeddings = table(
             max(total_ids, 1), dim, embeddings_regularizer=regularizer,
             embeddings_initializer=tf.keras.initializers.RandomNormal(stddev=0.01),
-            name="field_embeddings")
-        self.linear_weights = tf.keras.layers.Embedding(
+            name="field_embeddings", **sharding)
+        self.linear_weights = table(
             max(total_ids, 1), 1, embeddings_regularizer=regularizer,
-            embeddings_initializer="zeros", name="linear_weights")
+            embeddings_initializer="zeros", name="linear_weights", **sharding)
         n_num = max(len(layout.numerical), 1)
         self.numeric_embeddings = self.add_weight(
             name="numeric_embeddings", shape=(n_num, dim),

@@ -66,6 +66,14 @@ class TrainingConfig:
     # A warm start carries the weights; "reset" starts Adam's moments fresh, so
     # the new week's gradients are not damped by last week's second moments.
     warm_start_slots: str = _knob("reset", "optimizer slots on a warm start", choices=WARM_START_SLOTS)
+    # A killed Trainer resumes from its last checkpoint when the pipeline is re-run.
+    checkpoint_every_steps: int = _knob(0, "save a checkpoint to resume from every N steps (0: four per run)")
+    # Local processes on loopback ports, as a cluster scheduler would start them (trainer_modules/local_cluster.py).
+    cluster: str = _knob("", "train on a local cluster of parameter servers and workers, e.g. workers=2,ps=1 "
+                             "(empty: one process)")
+
+    def checkpoint_every(self, train_steps: int) -> int:
+        return self.checkpoint_every_steps or max(train_steps // 4, 1)
 
     @property
     def model(self) -> ModelHParams:

@@ -18,19 +18,21 @@ _READ_METRICS_EVERY = 1.0
 
 
 class KerasProgress(tf.keras.callbacks.Callback):
-    def __init__(self, train_steps: int, batch_size: int):
+    def __init__(self, train_steps: int, batch_size: int, first_step: int = 0):
         super().__init__()
-        self.train_steps, self.batch_size = train_steps, batch_size
+        self.train_steps, self.batch_size, self.first_step = train_steps, batch_size, first_step
         self._metrics_read_at = 0.0
         # Keep the logs as tensors: converting them after every step would sync the device.
         self._supports_tf_logs = True
 
     def on_train_begin(self, logs=None):
         progress.TRAINING.start(self.train_steps, self.batch_size)
+        if self.first_step:
+            progress.TRAINING.resumed(self.first_step)
 
     def on_train_batch_end(self, batch, logs=None):
         # With steps_per_execution, `batch` is the last step of the execution.
-        step, now = batch + 1, time.monotonic()
+        step, now = self.first_step + batch + 1, time.monotonic()
         if logs and (now - self._metrics_read_at >= _READ_METRICS_EVERY or step >= self.train_steps):
             self._metrics_read_at = now
             progress.TRAINING.update(step, loss=_number(logs.get("loss")), auc=_number(logs.get("auc")))
@@ -59,6 +61,8 @@ class EstimatorProgress(tf.compat.v1.train.SessionRunHook):
     def after_create_session(self, session, coord):
         # Counted here rather than fetched: a fetched global_step may be read before or after the increment.
         self._step = int(session.run(self._global_step))
+        if self._step:
+            progress.TRAINING.resumed(self._step)
 
     def before_run(self, run_context):
         return tf.compat.v1.train.SessionRunArgs({"loss": self._loss, "auc": self._auc})

@@ -10,7 +10,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
-from tfx.components.trainer.fn_args_utils import FnArgs
+from tfx.components.trainer.fn_args_utils import DataAccessor, FnArgs
 from tfx_bsl.public import tfxio
 
 from deepfm_tfx.contracts import FEATURE_SPEC_KEY, TRAINER_KEY, TRAINING_KEY
@@ -87,6 +87,15 @@ def make_dataset(file_pattern, data_accessor, inputs: TrainerInputs, batch_size:
     if cache:
         dataset = dataset.cache().shuffle(CACHE_SHUFFLE_BATCHES, reshuffle_each_iteration=True).repeat()
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def file_data_accessor() -> DataAccessor:
+    """What TFX's DataAccessor gives run_fn for the Transform output (gzipped tf.Example
+    TFRecords), for a cluster task, which runs outside TFX."""
+    def dataset(file_pattern, options, schema):
+        return tfxio.TFExampleRecord(file_pattern=file_pattern, schema=schema,
+                                     telemetry_descriptors=["Trainer"]).TensorFlowDataset(options)
+    return DataAccessor(tf_dataset_factory=dataset, record_batch_factory=None, data_view_decode_fn=None)
 
 
 def learning_rate(config: TrainingConfig, train_steps: int):

@@ -28,7 +28,12 @@ RUNNING, STOPPED, DECIDED = "running", "stopped", "decided"
 STATUSES = (RUNNING, STOPPED, DECIDED)
 # A name is a folder here and a URL path segment of the outcomes endpoint.
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-METRICS = ("logloss", "auc")
+# ctr: the relative CTR lift of shown items, always valid (mSPRT); logloss and auc: per scored
+# row, tested at alpha / looks (Bonferroni over planned looks).
+METRICS = ("ctr", "logloss", "auc")
+# ranking: rows are a request's candidates and outcomes name the shown ones (with their position);
+# items: every row was shown, and each gets an outcome.
+TRAFFIC = ("ranking", "items")
 ON_MISSING_KEY = (STABLE, "reject")
 UNREPORTED = ("negative", "pending")
 
@@ -52,8 +57,10 @@ def check_name(name: str) -> str:
 @dataclasses.dataclass
 class Rule:
     """When the report says promote, roll back, or keep running."""
-    # Online logloss (lower is better) or AUC.
-    metric: str = _knob("logloss", "the primary metric", choices=METRICS)
+    metric: str = _knob("ctr", "the primary metric: the CTR lift of shown items (always valid: read it at any "
+                               "time), or per-row online logloss or AUC at alpha/looks", choices=METRICS)
+    # The mSPRT mixture's spread (Johari et al.): the rule is most powerful near this lift.
+    sized_lift: float = _knob(0.03, "the relative CTR lift the rule is sized to detect within the planned sample")
     min_outcomes_per_arm: int = _knob(1000, "joined outcomes each arm needs before any verdict",
                                       flag="--min-outcomes")
     min_clicks_per_arm: int = _knob(30, "clicks each arm needs", flag="--min-clicks")
@@ -67,8 +74,12 @@ class Rule:
     max_latency_ratio: float = _knob(1.5, "guardrail: canary p99 latency at most this x stable's p99 ...")
     latency_slack_ms: float = _knob(5.0, "... plus this")
     max_outcomes_per_arm: Optional[int] = _knob(
-        None, "planned sample per arm: still undecided there means roll back (default: none)",
+        100_000, "planned sample per arm (impressions for ctr): still undecided there means roll back",
         flag="--max-outcomes")
+    max_error_rate_increase: float = _knob(0.01, "guardrail: roll back when the canary's request error rate is "
+                                                 "surely above stable's by more than this")
+    srm_p_value: float = _knob(0.001, "sample-ratio mismatch: below this p-value of the chi-square test of users "
+                                      "per arm against the split, the experiment stops deciding")
 
     def check(self) -> None:
         _require(self.metric in METRICS, "rule.metric", f"one of {METRICS}", self.metric)
@@ -77,7 +88,11 @@ class Rule:
             _require(isinstance(value, int) and not isinstance(value, bool) and value >= (1 if name == "looks" else 0),
                      f"rule.{name}", "a non-negative integer" if name != "looks" else "a positive integer", value)
         _require(_number(self.alpha) and 0 < self.alpha < 1, "rule.alpha", "a number in (0, 1)", self.alpha)
-        for name in ("min_effect", "max_calibration_error", "latency_slack_ms"):
+        _require(_number(self.sized_lift) and self.sized_lift > 0, "rule.sized_lift", "a positive number",
+                 self.sized_lift)
+        _require(_number(self.srm_p_value) and 0 < self.srm_p_value < 1, "rule.srm_p_value", "a number in (0, 1)",
+                 self.srm_p_value)
+        for name in ("min_effect", "max_calibration_error", "latency_slack_ms", "max_error_rate_increase"):
             _require(_number(getattr(self, name)) and getattr(self, name) >= 0, f"rule.{name}",
                      "a non-negative number", getattr(self, name))
         _require(_number(self.max_latency_ratio) and self.max_latency_ratio >= 1, "rule.max_latency_ratio",
@@ -103,13 +118,15 @@ class Experiment:
     # "stable": served by stable, logged as excluded; "reject": HTTP 400.
     on_missing_key: str = _knob(STABLE, "a request without the key: served by stable and counted, or refused "
                                         "with 400", choices=ON_MISSING_KEY)
+    traffic: str = _knob("ranking", "ranking: a request's rows are candidates and outcomes name the shown ones "
+                                    "with their position; items: every row was shown", choices=TRAFFIC)
     score_output: str = _knob(OUTPUT_KEY, "the output logged as the score")
     feature_log_share: float = _knob(1.0, "share of requests whose features are logged (the skew check's sample)")
     outcome_window_seconds: float = _knob(3600.0, "attribution window: an outcome later than this after its "
                                                   "prediction is late")
     # "pending" leaves it out of the report.
-    unreported: str = _knob("negative", "a prediction without an outcome once its window closed: a non-click, "
-                                        "or left out", choices=UNREPORTED)
+    unreported: str = _knob("negative", "items traffic: a prediction without an outcome once its window closed: a "
+                                        "non-click, or left out (ranking: it was not shown)", choices=UNREPORTED)
     # Rotated files are gzipped; per log, the oldest closed files beyond log_max_files go.
     log_max_file_bytes: int = _knob(64 << 20, "rotate log files past this")
     log_max_files: int = _knob(2000, "keep at most this many log files")
@@ -144,6 +161,7 @@ class Experiment:
         _require(_number(self.outcome_window_seconds) and self.outcome_window_seconds > 0, "outcome_window_seconds",
                  "a positive number", self.outcome_window_seconds)
         _require(self.unreported in UNREPORTED, "unreported", f"one of {UNREPORTED}", self.unreported)
+        _require(self.traffic in TRAFFIC, "traffic", f"one of {TRAFFIC}", self.traffic)
         _require(isinstance(self.log_max_file_bytes, int) and self.log_max_file_bytes >= 4096, "log_max_file_bytes",
                  "an integer >= 4096", self.log_max_file_bytes)
         _require(isinstance(self.log_max_files, int) and self.log_max_files >= 2, "log_max_files", "an integer >= 2",
@@ -152,6 +170,9 @@ class Experiment:
                  "a number in (0, 60]", self.log_flush_seconds)
         _require(self.status in STATUSES, "status", f"one of {STATUSES}", self.status)
         self.rule.check()
+        _require(self.rule.metric != "ctr" or self.traffic == "ranking", "rule.metric",
+                 "logloss or auc for items traffic (the model chooses nothing shown there, so CTR cannot differ)",
+                 self.rule.metric)
         return self
 
     def to_dict(self) -> Dict[str, Any]:

@@ -3,7 +3,12 @@
 An outcome names the prediction it resolves: `request_id` (the request's, as
 the server answered it in X-Request-Id), `row` (its row in a batched request;
 0 by default) and `clicked` (true/false or 1/0), with an optional `time` of
-the click (seconds since the epoch or ISO 8601; the time it arrived by default).
+the click (seconds since the epoch or ISO 8601; the time it arrived by default)
+and, for ranking traffic, the `position` (1 = top) the row was shown at.
+
+Ranking traffic (a request's rows are candidates, a few of them shown): the
+event pipeline sends one outcome per shown row, clicked or not; a row without
+one was not shown. Items traffic: every row was shown.
 
 Nothing here raises on a bad outcome; each is counted by kind:
   rejected           malformed: not an object, no request id, `clicked` not a boolean...
@@ -34,7 +39,7 @@ from deepfm_tfx.experiments.split import ARMS
 
 MAX_ID_CHARS = 256
 CLOCK_SKEW_SECONDS = 60.0
-_FIELDS = ("request_id", "row", "clicked", "time")
+_FIELDS = ("request_id", "row", "clicked", "time", "position")
 
 
 class OutcomeError(ValueError):
@@ -72,13 +77,19 @@ def check(item: Any, received: float, source: str) -> Tuple[Optional[Dict[str, A
         clicked = int(clicked)
     elif not (isinstance(clicked, int) and clicked in (0, 1)):
         return None, "clicked must be true/false or 1/0"
+    position = item.get("position")
+    if position is not None and (isinstance(position, bool) or not isinstance(position, int) or position < 1):
+        return None, "position must be a positive integer (1 = top)"
     when = received
     if item.get("time") is not None:
         when = _timestamp(item["time"])
         if when is None:
             return None, "time must be seconds since the epoch or an ISO 8601 timestamp"
-    return {"request_id": request_id, "row": row, "clicked": clicked, "time": when, "received": received,
-            "source": source}, None
+    good = {"request_id": request_id, "row": row, "clicked": clicked, "time": when, "received": received,
+            "source": source}
+    if position is not None:
+        good["position"] = position
+    return good, None
 
 
 def rejected_record(item: Any, why: str, received: float, source: str) -> Dict[str, Any]:
@@ -113,6 +124,8 @@ def items_of_body(body: bytes) -> List[Any]:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
         raise OutcomeError(f"JSON Parse error: {e}") from None
+    except RecursionError:
+        raise OutcomeError("JSON Parse error: the document is nested too deeply") from None
     if isinstance(doc, dict) and "outcomes" in doc:
         doc = doc["outcomes"]
     elif isinstance(doc, dict):
@@ -151,9 +164,10 @@ def _typed_csv_row(line: Dict[str, str]) -> Dict[str, Any]:
     item: Dict[str, Any] = {"request_id": line.get("request_id")}
     clicked = (line.get("clicked") or "").strip().lower()
     item["clicked"] = {"1": 1, "0": 0, "true": True, "false": False}.get(clicked, clicked)
-    row = (line.get("row") or "").strip()
-    if row:
-        item["row"] = int(row) if row.isdigit() else row
+    for name in ("row", "position"):
+        value = (line.get(name) or "").strip()
+        if value:
+            item[name] = int(value) if value.isdigit() else value
     when = (line.get("time") or "").strip()
     if when:
         try:
@@ -176,6 +190,15 @@ class ArmRows:
     predictions: int
     latencies_ms: np.ndarray  # one per request
     implicit_negatives: int
+    positions: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))  # per joined row; NaN: none
+    request_ids: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, object))  # per joined row
+    request_keys: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, object))  # per answered request
+    error_keys: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, object))  # per failed request
+
+    @property
+    def users(self) -> int:
+        """Keys the split sent to this arm (the sample-ratio test counts these)."""
+        return len(set(self.request_keys.tolist()) | set(self.error_keys.tolist()))
 
 
 @dataclasses.dataclass
@@ -195,7 +218,13 @@ def join(experiment: Experiment, predictions: Iterable[Dict[str, Any]], outcomes
                               "duplicate_predictions": 0, "malformed_predictions": 0}
     requests = {arm: 0 for arm in ARMS}
     latencies: Dict[str, List[float]] = {arm: [] for arm in ARMS}
+    request_keys: Dict[str, List[str]] = {arm: [] for arm in ARMS}
+    error_keys: Dict[str, List[str]] = {arm: [] for arm in ARMS}
     for record in predictions:
+        if record.get("error") is not None:  # a request the arm failed (router.counting_errors)
+            if record.get("arm") in error_keys:
+                error_keys[record["arm"]].append(str(record.get("key")))
+            continue
         counts["predictions"] += 1
         if record.get("excluded"):
             counts["excluded"][record["excluded"]] += 1
@@ -215,12 +244,15 @@ def join(experiment: Experiment, predictions: Iterable[Dict[str, Any]], outcomes
         index[(request_id, row)] = record
         if row == 0:
             requests[arm] += 1
+            request_keys[arm].append(str(record.get("key")))
             if record.get("latency_ms") is not None:
                 latencies[arm].append(float(record["latency_ms"]))
 
-    oc: Dict[str, Any] = {"received": 0, "joined": 0, "implicit_negatives": 0, "pending": 0, "unknown_request": 0,
+    oc: Dict[str, Any] = {"received": 0, "joined": 0, "implicit_negatives": 0, "pending": 0,
+                          "unresolved_requests": 0, "unknown_request": 0,
                           "duplicate": 0, "late": 0, "before_prediction": 0, "rejected": collections.Counter()}
     clicked: Dict[Tuple[str, int], int] = {}
+    shown_at: Dict[Tuple[str, int], int] = {}
     for outcome in outcomes:
         oc["received"] += 1
         if "rejected" in outcome:
@@ -240,15 +272,24 @@ def join(experiment: Experiment, predictions: Iterable[Dict[str, Any]], outcomes
                 oc["before_prediction"] += 1
             else:
                 clicked[key] = int(outcome.get("clicked", 0))
+                if outcome.get("position") is not None:
+                    shown_at[key] = int(outcome["position"])
                 oc["joined"] += 1
 
-    rows: Dict[str, Dict[str, list]] = {arm: {"labels": [], "scores": [], "keys": []} for arm in ARMS}
+    rows: Dict[str, Dict[str, list]] = {arm: {"labels": [], "scores": [], "keys": [], "positions": [],
+                                              "request_ids": []} for arm in ARMS}
     implicit = {arm: 0 for arm in ARMS}
     predicted = {arm: 0 for arm in ARMS}
+    ranking = experiment.traffic == "ranking"
+    resolved = {request_id for request_id, _ in clicked} if ranking else set()
     for key, prediction in index.items():
         arm = prediction["arm"]
         predicted[arm] += 1
         label = clicked.get(key)
+        if label is None and ranking:
+            if key[1] == 0 and key[0] not in resolved:  # no row of this request has come back yet
+                oc["pending" if float(prediction.get("time", 0)) + window > as_of else "unresolved_requests"] += 1
+            continue  # a candidate that was not shown
         if label is None:
             if float(prediction.get("time", 0)) + window > as_of or experiment.unreported == "pending":
                 oc["pending"] += 1
@@ -262,6 +303,8 @@ def join(experiment: Experiment, predictions: Iterable[Dict[str, Any]], outcomes
         rows[arm]["labels"].append(label)
         rows[arm]["scores"].append(float(score))
         rows[arm]["keys"].append(str(prediction.get("key")))
+        rows[arm]["positions"].append(shown_at.get(key, math.nan))
+        rows[arm]["request_ids"].append(key[0])
     oc["implicit_negatives"] = sum(implicit.values())
     oc["rejected"] = dict(oc["rejected"])
     counts["excluded"] = dict(counts["excluded"])
@@ -271,7 +314,11 @@ def join(experiment: Experiment, predictions: Iterable[Dict[str, Any]], outcomes
                          scores=np.asarray(rows[arm]["scores"], np.float64),
                          keys=np.asarray(rows[arm]["keys"], dtype=object), requests=requests[arm],
                          predictions=predicted[arm], latencies_ms=np.asarray(latencies[arm], np.float64),
-                         implicit_negatives=implicit[arm])
+                         implicit_negatives=implicit[arm],
+                         positions=np.asarray(rows[arm]["positions"], np.float64),
+                         request_ids=np.asarray(rows[arm]["request_ids"], dtype=object),
+                         request_keys=np.asarray(request_keys[arm], dtype=object),
+                         error_keys=np.asarray(error_keys[arm], dtype=object))
             for arm in ARMS}
     return JoinResult(arms, counts)
 

@@ -12,13 +12,14 @@ unloads the candidate (no hold: next week's candidate is tried as usual).
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 
 from deepfm_tfx import model_repository
-from deepfm_tfx.contracts import CANARY, KEEP_RUNNING, PROMOTE, STABLE
+from deepfm_tfx.contracts import CANARY, KEEP_RUNNING, PROMOTE, SAMPLE_RATIO_MISMATCH, STABLE
 from deepfm_tfx.experiments import config, decision, outcomes, prediction_log, statistics
 from deepfm_tfx.experiments.config import Experiment
 from deepfm_tfx.experiments.decision import ArmMetrics
@@ -32,16 +33,35 @@ class ApplyError(RuntimeError):
     """The decision cannot be applied as is (the labels moved under the experiment...)."""
 
 
+def examination(positions: np.ndarray) -> np.ndarray:
+    """The share of users who look at a position (1 = top): 1 / log2(position + 1); 1 when unknown."""
+    positions = np.asarray(positions, np.float64)
+    return np.where(np.isnan(positions), 1.0, 1.0 / np.log2(np.nan_to_num(positions, nan=1.0) + 1.0))
+
+
 def arm_metrics(rows: outcomes.ArmRows, confidence: float = CONFIDENCE) -> ArmMetrics:
     y, q, keys = rows.labels, rows.scores, rows.keys
     clusters = keys if len(keys) else None
+    positions = rows.positions if len(rows.positions) == len(y) else np.full(len(y), np.nan)
+    # Per request with an outcome: its clicks (the clicks-per-request metric).
+    per_request_clicks, per_request_keys = np.zeros(0), np.zeros(0, object)
+    if len(rows.request_ids) == len(y) and len(y):
+        ids, first, inverse = np.unique(rows.request_ids.astype(str), return_index=True, return_inverse=True)
+        per_request_clicks = np.bincount(inverse, weights=y)
+        per_request_keys = keys[first]
+    failed = np.concatenate([np.zeros(len(rows.request_keys)), np.ones(len(rows.error_keys))])
     return ArmMetrics(
         outcomes=int(len(y)), clicks=int(y.sum()),
         ctr=statistics.mean(y, clusters, confidence),
         logloss=statistics.mean(statistics.logloss_per_row(y, q), clusters, confidence),
         auc=statistics.auc(y, q, confidence),
-        calibration=statistics.ratio(q, y, clusters, confidence),
-        latencies_ms=rows.latencies_ms)
+        # A shown item's click rate is its click probability times its position's examination.
+        calibration=statistics.ratio(q * examination(positions), y, clusters, confidence),
+        latencies_ms=rows.latencies_ms, requests=rows.requests, users=rows.users,
+        clicks_per_request=statistics.mean(per_request_clicks, per_request_keys if len(per_request_keys) else None,
+                                           confidence),
+        error_rate=statistics.mean(failed, np.concatenate([rows.request_keys, rows.error_keys]).astype(str)
+                                   if len(failed) else None, confidence))
 
 
 def build(experiments_dir: str, name: str, as_of: Optional[float] = None) -> Dict[str, Any]:
@@ -60,18 +80,27 @@ def build(experiments_dir: str, name: str, as_of: Optional[float] = None) -> Dic
         latency = rows.latencies_ms
         arms[arm] = {
             "version": rows.version, "requests": rows.requests, "predictions": rows.predictions,
+            "users": m.users, "failed_requests": len(rows.error_keys),
             "outcomes": m.outcomes, "clicks": m.clicks, "implicit_negatives": rows.implicit_negatives,
-            "ctr": m.ctr.to_dict(), "logloss": m.logloss.to_dict(), "auc": m.auc.to_dict(),
+            "ctr": m.ctr.to_dict(), "clicks_per_request": m.clicks_per_request.to_dict(),
+            "error_rate": m.error_rate.to_dict(),
+            "logloss": m.logloss.to_dict(), "auc": m.auc.to_dict(),
             "calibration": m.calibration.to_dict(),
             "mean_score": float(rows.scores.mean()) if len(rows.scores) else None,
             "latency_ms": {"p50": statistics.quantile(latency, 0.5).to_dict() if len(latency) else None,
                            "p99": statistics.quantile(latency, 0.99).to_dict() if len(latency) else None}}
     difference = {metric: statistics.difference(getattr(metrics[CANARY], metric),
                                                 getattr(metrics[STABLE], metric)).to_dict()
-                  for metric in ("ctr", "logloss", "auc", "calibration")}
-    verdict = decision.decide(metrics[STABLE], metrics[CANARY], experiment.rule)
+                  for metric in ("ctr", "clicks_per_request", "error_rate", "logloss", "auc", "calibration")}
+    log_lift = statistics.log_ratio(metrics[CANARY].ctr, metrics[STABLE].ctr)
+    difference["ctr_lift"] = statistics.as_lift(log_lift).to_dict()
+    # The same lift, always valid: the interval that may be read at any time.
+    difference["ctr_lift_always_valid"] = statistics.as_lift(statistics.always_valid(
+        log_lift, experiment.rule.alpha, math.log1p(experiment.rule.sized_lift))).to_dict()
+    verdict = decision.decide(metrics[STABLE], metrics[CANARY], experiment.rule, experiment.canary_share)
     return {
         "experiment": name, "model": experiment.model, "status": experiment.status,
+        "traffic_kind": experiment.traffic,
         "model_repository": experiment.model_repository,
         "canary_share": experiment.canary_share, "key_field": experiment.key_field,
         "created_at": experiment.created_at, "as_of": as_of, "confidence": CONFIDENCE,
@@ -101,18 +130,22 @@ def _ci(e: Optional[Dict[str, Any]], digits: int = 4, signed: bool = False) -> s
 
 def format_text(report: Dict[str, Any]) -> str:
     arms = report["arms"]
-    lines = [f"experiment {report['experiment']} on {report['model']} ({report['status']}): "
-             f"canary share {report['canary_share']:g}, split by '{report['key_field']}'",
+    lines = [f"experiment {report['experiment']} on {report['model']} ({report['status']}, {report['traffic_kind']} "
+             f"traffic): canary share {report['canary_share']:g}, split by '{report['key_field']}'",
              ""]
     stable, canary = arms[STABLE], arms[CANARY]
     rows = [("", STABLE, CANARY, f"{CANARY} - {STABLE}")]
     rows.append(("version", str(stable["version"]), str(canary["version"]), ""))
-    for key, label in (("requests", "requests"), ("predictions", "predictions"), ("outcomes", "outcomes joined"),
-                       ("clicks", "clicks")):
+    for key, label in (("users", "users"), ("requests", "requests"), ("failed_requests", "failed requests"),
+                       ("predictions", "predictions"), ("outcomes", "outcomes joined"), ("clicks", "clicks")):
         rows.append((label, f"{stable[key]:,}", f"{canary[key]:,}", ""))
-    for metric, label in (("ctr", "CTR"), ("logloss", "online logloss"), ("auc", "AUC"),
-                          ("calibration", "calibration")):
+    ranking = report["traffic_kind"] == "ranking"
+    for metric, label in (("ctr", "CTR of shown items" if ranking else "CTR"), ("clicks_per_request",
+                          "clicks per request"), ("error_rate", "error rate"), ("logloss", "online logloss"),
+                          ("auc", "AUC"), ("calibration", "calibration")):
         rows.append((label, _ci(stable[metric]), _ci(canary[metric]), _ci(report["difference"][metric], signed=True)))
+    rows.append(("CTR lift", "", "", _ci(report["difference"]["ctr_lift"], signed=True)))
+    rows.append(("  always valid", "", "", _ci(report["difference"]["ctr_lift_always_valid"], signed=True)))
     for q in ("p50", "p99"):
         rows.append((f"latency {q} ms", _ci(stable["latency_ms"][q], 1), _ci(canary["latency_ms"][q], 1), ""))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
@@ -120,9 +153,11 @@ def format_text(report: Dict[str, Any]) -> str:
     oc, traffic = report["outcomes"], report["traffic"]
     rejected = ", ".join(f"{n} {why}" for why, n in sorted(oc["rejected"].items())) or "none"
     lines += ["",
-              f"intervals: {report['confidence']:.0%}, clustered by key (AUC: DeLong); latency: order statistics",
+              f"intervals: {report['confidence']:.0%}, clustered by key (AUC: DeLong); latency: order statistics; "
+              f"always valid: mSPRT confidence sequence at {1 - report['rule']['alpha']:.0%}"
+              + ("; calibration weighs each shown item by 1/log2(position + 1)" if ranking else ""),
               f"outcomes: {oc['received']:,} received, {oc['joined']:,} joined, {oc['implicit_negatives']:,} implied "
-              f"non-clicks, {oc['pending']:,} pending; {oc['unknown_request']:,} unknown request, "
+              f"non-clicks, {oc['pending']:,} pending, {oc.get('unresolved_requests', 0):,} requests never resolved; {oc['unknown_request']:,} unknown request, "
               f"{oc['duplicate']:,} duplicate, {oc['late']:,} late, {oc['before_prediction']:,} before their "
               f"prediction; rejected: {rejected}",
               f"traffic outside the experiment: " + (", ".join(f"{n:,} requests with {why.replace('_', ' ')}"
@@ -151,10 +186,10 @@ Wait = Callable[[str, int], None]
 def apply(experiments_dir: str, report: Dict[str, Any], wait: Optional[Wait] = None,
           model_repository_dir: Optional[str] = None) -> Optional[Dict[str, Any]]:
     """Moves the labels as the decision says and marks the experiment decided (the server
-    stops splitting); nothing for keep running. Refuses when the labels no longer name the
-    experiment's versions."""
+    stops splitting); nothing for keep running or a sample-ratio mismatch. Refuses when the
+    labels no longer name the experiment's versions."""
     action = report["decision"]["action"]
-    if action == KEEP_RUNNING:
+    if action in (KEEP_RUNNING, SAMPLE_RATIO_MISMATCH):
         return None
     experiment = config.load(experiments_dir, report["experiment"])
     if experiment.status == config.DECIDED:
@@ -178,8 +213,8 @@ def apply(experiments_dir: str, report: Dict[str, Any], wait: Optional[Wait] = N
 
 def summary_of_arm(arm: Dict[str, Any]) -> Dict[str, Any]:
     """The per-arm fields simulation.json keeps."""
-    return {k: arm[k] for k in ("version", "requests", "predictions", "outcomes", "clicks", "ctr", "logloss",
-                                "auc", "calibration")}
+    return {k: arm[k] for k in ("version", "users", "requests", "predictions", "outcomes", "clicks", "ctr",
+                                "clicks_per_request", "error_rate", "logloss", "auc", "calibration")}
 
 
 def numpy_free(value: Any) -> Any:

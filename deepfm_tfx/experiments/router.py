@@ -16,11 +16,19 @@ gRPC in the trailing metadata. Outcomes name that id.
 
 One thread re-reads `<experiments-dir>/*/experiment.json` every second;
 requests read the routing table without a lock (it is replaced whole).
+
+Only trusted callers reach the experiment routes (outcomes, status): outcomes
+steer which model becomes stable, and they come from the team's event
+pipeline, not from the model's clients. With a bearer token (from a file or
+the environment, never a flag) every caller must send it; without one, only
+the outcomes listener (loopback by default) is trusted. Refusals are counted.
 """
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
+import hmac
 import logging
 import math
 import os
@@ -137,9 +145,11 @@ class _Counters:
 
 
 class ExperimentRouter:
-    def __init__(self, experiments_dir: str, poll_seconds: float = 1.0):
+    def __init__(self, experiments_dir: str, poll_seconds: float = 1.0, outcome_token: Optional[str] = None):
         self.experiments_dir = os.path.abspath(experiments_dir)
         self.poll_seconds = poll_seconds
+        self._token = outcome_token.encode() if outcome_token else None
+        self.refused = _Counters()  # callers refused by authorize, by reason
         self._routing: Dict[str, Experiment] = {}       # model -> its running experiment; replaced whole
         self._known: Dict[str, Tuple[Tuple[int, int], Experiment]] = {}  # name -> (stat, config)
         self._logs: Dict[str, prediction_log.JsonLinesLog] = {}
@@ -273,6 +283,25 @@ class ExperimentRouter:
         self._counters[experiment.name].add(
             **{f"requests_{assignment.arm or 'excluded'}": 1, f"rows_{assignment.arm or 'excluded'}": rows})
 
+    @contextlib.contextmanager
+    def counting_errors(self, assignment: Optional[Assignment]):
+        """Logs a request its arm failed (the error-rate guardrail's count), then re-raises."""
+        try:
+            yield
+        except Exception as e:
+            if assignment is not None and assignment.arm is not None:
+                code = e.code if isinstance(e, ServingError) else errors.INTERNAL
+                record = {"request_id": assignment.request_id, "row": 0, "key": assignment.key,
+                          "arm": assignment.arm, "error": code, "time": time.time(),
+                          "latency_ms": round((time.monotonic() - assignment.started) * 1000.0, 3)}
+                try:
+                    self._prediction_log(assignment.experiment).append([record])
+                    self._counters[assignment.experiment.name].add(**{f"errors_{assignment.arm}": 1})
+                except (OSError, RuntimeError) as log_error:
+                    log.error("experiment %s: cannot log a failed request: %s", assignment.experiment.name,
+                              log_error)
+            raise
+
     def _prediction_log(self, experiment: Experiment) -> prediction_log.JsonLinesLog:
         with self._logs_lock:
             one = self._logs.get(experiment.name)
@@ -284,18 +313,36 @@ class ExperimentRouter:
 
     # ------------------------------------------------------------ outcomes and status
 
+    def authorize(self, authorization: Optional[str], trusted_listener: bool) -> None:
+        """Raises 401 or 403 (counted) unless the caller may post outcomes and read status."""
+        if self._token is not None:
+            scheme, _, given = (authorization or "").partition(" ")
+            if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self._token):
+                return
+            self.refused.add(**{"wrong_token" if authorization else "no_token": 1})
+            raise ServingError(errors.UNAUTHENTICATED, "experiment routes need the outcomes bearer token: "
+                                                       "send 'Authorization: Bearer <token>'")
+        if trusted_listener:
+            return
+        self.refused.add(untrusted_listener=1)
+        raise ServingError(errors.PERMISSION_DENIED, "experiment routes are not served on this listener; post "
+                                                     "outcomes to the outcomes listener (deepfm-tfx serve "
+                                                     "--outcomes-port) or start the server with a token")
+
     def _experiment(self, name: str) -> Experiment:
+        """The experiment `name`; a 404 names what the client sent, never the server's folders."""
+        missing = ServingError(errors.NOT_FOUND, f"no experiment {name[:130]!r}")
         try:
             config.check_name(name)
-        except ExperimentError as e:
-            raise ServingError(errors.NOT_FOUND, str(e)) from None
+        except ExperimentError:
+            raise missing from None
         known = self._known.get(name)
         if known is not None:
             return known[1]
         try:
             return config.load(self.experiments_dir, name)
-        except ExperimentError as e:
-            raise ServingError(errors.NOT_FOUND, str(e)) from None
+        except ExperimentError:
+            raise missing from None
 
     def record_outcomes(self, name: str, body: bytes, source: str = "rest") -> Tuple[int, Dict[str, Any]]:
         """(HTTP status, answer). Each outcome is stored or rejected and counted; the answer
@@ -315,8 +362,9 @@ class ExperimentRouter:
         try:
             one.append(stored, flush=True)
         except OSError as e:
-            raise ServingError(errors.UNAVAILABLE, f"cannot store the outcomes ({e}); nothing was stored, "
-                                                   f"send them again") from None
+            log.error("experiment %s: cannot store outcomes: %s", name, e)
+            raise ServingError(errors.UNAVAILABLE, f"cannot store the outcomes ({e.strerror or 'disk error'}); "
+                                                   f"nothing was stored, send them again") from None
         accepted = len(items) - len(problems)
         self._counters[name].add(outcomes_accepted=accepted, outcomes_rejected=len(problems))
         answer = {"experiment": name, "accepted": accepted, "rejected": len(problems), "errors": problems[:10]}
@@ -333,6 +381,7 @@ class ExperimentRouter:
             one = self._logs.get(name)
         return {"experiment": experiment.to_dict(), "routing": routing is not None and routing.name == name,
                 "counters": self._counters[name].snapshot() if name in self._counters else {},
+                "refused_callers": self.refused.snapshot(),
                 "log": {"records_written": one.records_written if one else 0, "pending": one.pending if one else 0,
                         "flush_errors": one.flush_errors if one else 0}}
 

@@ -147,3 +147,70 @@ def quantile(values: Sequence[float], q: float, confidence: float = 0.95) -> Est
     low = float(x[min(max(low_rank, 1), n) - 1])
     high = float(x[min(max(high_rank, 1), n) - 1])
     return Estimate(value, NAN, low, high, confidence, n)
+
+
+def log_ratio(a: Estimate, b: Estimate, confidence: Optional[float] = None) -> Estimate:
+    """log(a / b) for independent samples, with the delta-method variance se_a^2 / a^2 + se_b^2 / b^2.
+    A lift is exp(log ratio) - 1; on the log scale the estimate is symmetric, so an A/A test
+    errs as often up as down."""
+    confidence = confidence if confidence is not None else a.confidence
+    if not (a.known and b.known) or a.value <= 0 or b.value <= 0:
+        return _unknown(a.n + b.n, confidence)
+    return _normal(math.log(a.value / b.value), math.hypot(a.se / a.value, b.se / b.value), confidence, a.n + b.n)
+
+
+def as_lift(log_ratio_: Estimate) -> Estimate:
+    """A log ratio's estimate and interval as a relative lift, exp(.) - 1 (se stays on the log scale)."""
+    return dataclasses.replace(log_ratio_, value=math.expm1(log_ratio_.value), low=math.expm1(log_ratio_.low),
+                               high=math.expm1(log_ratio_.high))
+
+
+# ------------------------------------------------------------------ always-valid inference
+
+def msprt_half_width(variance, tau: float, alpha: float):
+    """Half-width of the always-valid (1 - alpha) confidence sequence of a normal estimate with
+    `variance` V, from the mSPRT with a N(theta0, tau^2) mixture (Johari et al., KDD 2017):
+
+        theta0 is rejected when Lambda = sqrt(V / (V + tau^2)) exp(tau^2 d^2 / (2 V (V + tau^2))) >= 1 / alpha,
+        d = estimate - theta0, that is when |d| >= sqrt(V (V + tau^2) / tau^2 (log((V + tau^2) / V) + 2 log(1 / alpha)))
+
+    Works on numpy arrays (rule_check vectorises over runs and looks)."""
+    v = np.asarray(variance, np.float64)
+    t2 = tau * tau
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.sqrt(v * (v + t2) / t2 * (np.log((v + t2) / v) + 2.0 * math.log(1.0 / alpha)))
+
+
+def msprt_p_value(value: float, se: float, tau: float) -> float:
+    """min(1, 1 / Lambda) against theta0 = 0: below alpha exactly when 0 is outside the sequence.
+    (Across looks the always-valid p-value is the running minimum of this.)"""
+    v, t2 = se * se, tau * tau
+    if not (v > 0 and math.isfinite(value)):
+        return NAN
+    log_lambda = 0.5 * math.log(v / (v + t2)) + t2 * value * value / (2 * v * (v + t2))
+    return float(min(1.0, math.exp(-log_lambda)))
+
+
+def always_valid(estimate: Estimate, alpha: float, tau: float) -> Estimate:
+    """The estimate with its always-valid (1 - alpha) interval: looking at it after every batch
+    of data does not raise the chance that it ever misses the truth above alpha."""
+    if not estimate.known:
+        return dataclasses.replace(estimate, confidence=1 - alpha)
+    half = float(msprt_half_width(estimate.se ** 2, tau, alpha)) if estimate.se > 0 else 0.0
+    return Estimate(estimate.value, estimate.se, estimate.value - half, estimate.value + half, 1 - alpha,
+                    estimate.n, msprt_p_value(estimate.value, estimate.se, tau))
+
+
+# ------------------------------------------------------------------ sample-ratio mismatch
+
+def srm_p_value(counts, shares) -> np.ndarray:
+    """Pearson's chi-square test of assignment counts against the configured shares
+    (the last axis: one entry per arm); vectorised over leading axes."""
+    from scipy.stats import chi2
+    counts = np.asarray(counts, np.float64)
+    shares = np.asarray(shares, np.float64)
+    total = counts.sum(axis=-1, keepdims=True)
+    expected = total * shares / shares.sum()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        statistic = np.where(expected > 0, (counts - expected) ** 2 / expected, 0.0).sum(axis=-1)
+    return chi2.sf(statistic, counts.shape[-1] - 1)

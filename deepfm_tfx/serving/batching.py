@@ -1,12 +1,16 @@
-"""Concurrent requests to one signature, run as one Session.run (TF Serving's batching, without its timeout).
+"""Concurrent requests to one signature, run as one Session.run (TF Serving's batching).
 
 A run of this model has a large fixed cost (a few hundred small ops, whatever
 the row count): 100 rows cost about twice what they cost inside an 800-row
 run. So request threads queue their rows and a few runner threads (one per
 core) take everything queued for the same signature and input set, up to
-`max_rows`, run it once and hand each request its slice. Nothing waits for a
-batch to fill: one request alone runs at once, and batches form only while
-runners are busy, which is exactly when they pay.
+`max_rows`, run it once and hand each request its slice. With no timeout
+nothing waits for a batch to fill: one request alone runs at once, and batches
+form only while runners are busy, which is exactly when they pay. A timeout
+(TF Serving's batch_timeout_micros) makes a runner wait that long for more
+rows first: fewer, larger runs under load. Unlike TF Serving's, it applies
+only while requests come concurrently (the previous batch held more than
+one), so a lone client never waits for company that is not coming.
 
 A batch that fails is re-run request by request, so one bad request gets its
 own error and the others their answers.
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 from typing import Callable, Deque, Dict, Hashable, List, Optional
 
 import numpy as np
@@ -36,8 +41,10 @@ class _Item:
 
 
 class Batcher:
-    def __init__(self, threads: int = 2, max_rows: int = 1024):
+    def __init__(self, threads: int = 2, max_rows: int = 1024, timeout_ms: float = 0.0):
         self.max_rows = max_rows
+        self.timeout = timeout_ms / 1000.0
+        self._last_batch_requests = 1
         self._queue: Deque[_Item] = collections.deque()
         self._cond = threading.Condition()
         self._stopped = False
@@ -67,10 +74,21 @@ class Batcher:
         for t in self._threads:
             t.join(timeout=10)
 
+    def _queued_rows(self, key: Hashable) -> int:
+        return sum(item.rows for item in self._queue if item.key == key)
+
     def _take(self) -> Optional[List[_Item]]:
         with self._cond:
             while not self._queue and not self._stopped:
                 self._cond.wait()
+            if self.timeout and self._queue and self._last_batch_requests > 1:
+                # TF Serving's batch_timeout: wait a little for more rows, so runs are fewer and larger.
+                key, deadline = self._queue[0].key, time.monotonic() + self.timeout
+                while not self._stopped and self._queue and self._queued_rows(key) < self.max_rows:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
             if not self._queue:
                 return None
             first = self._queue.popleft()
@@ -83,6 +101,7 @@ class Batcher:
                 else:
                     others.append(item)
             self._queue = others  # the rest keep their order
+            self._last_batch_requests = len(batch)
             return batch
 
     def _loop(self) -> None:

@@ -7,6 +7,7 @@ JSON of the same response protos, as TF Serving's HTTP handler does.
 """
 from __future__ import annotations
 
+import contextlib
 from concurrent import futures
 from typing import Optional, Tuple
 
@@ -85,11 +86,17 @@ def predict(manager: ModelManager, request: predict_pb2.PredictRequest, router=N
         metadata = dict(context.invocation_metadata()) if context is not None else {}
         assignment = router.assign(request.model_spec.name, lambda field: metadata.get(field.lower()))
         label = assignment.label if assignment is not None else None
-    servable = manager.resolve(request.model_spec.name, version, label)
+    # A failure after the split counts against the arm (the error-rate guardrail).
+    with router.counting_errors(assignment) if assignment is not None else contextlib.nullcontext():
+        servable = manager.resolve(request.model_spec.name, version, label)
+        try:
+            signature = servable.signature(request.model_spec.signature_name)
+            feeds = requests.feeds_from_tensor_protos(request.inputs, signature)
+            outputs = signature.run(feeds, tuple(request.output_filter))
+        except BaseException:
+            servable.release()
+            raise
     try:
-        signature = servable.signature(request.model_spec.signature_name)
-        feeds = requests.feeds_from_tensor_protos(request.inputs, signature)
-        outputs = signature.run(feeds, tuple(request.output_filter))
         if assignment is not None:
             router.record(assignment, servable.version, signature.name, feeds, outputs)
             if context is not None:

@@ -16,6 +16,12 @@ Like TF Serving's ServerCore with its availability-preserving policy:
 
 One loader thread polls the config and the version folders; requests never
 wait for it. It runs at a lower CPU priority so a load slows requests less.
+
+A repository in an object store (`s3://bucket/prefix`) is polled the same
+way; a version is downloaded whole into a local cache before TensorFlow
+loads it. A version whose download or load failed is tried again with a
+growing pause (TF Serving, tensorflow/serving#1738, never retries one), and
+while the store cannot be reached the loaded versions keep serving.
 """
 from __future__ import annotations
 
@@ -23,6 +29,8 @@ import dataclasses
 import hashlib
 import logging
 import os
+import shutil
+import tempfile
 import threading
 import time
 from typing import Callable, Dict, List, Optional, Tuple
@@ -37,6 +45,7 @@ log = logging.getLogger("deepfm_tfx.serving")
 
 START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UNLOADING", "END"
 LOADER_NICE = 10  # default CPU priority of the loader thread, below the request threads' 0
+RETRY_SECONDS = (1.0, 60.0)  # a failed version from a store is retried after 1 s, 2 s, 4 s ... at most 60 s
 
 
 @dataclasses.dataclass
@@ -59,8 +68,15 @@ class ModelRoutes:
 class ModelManager:
     def __init__(self, repository: str, config_file: Optional[str] = None, poll_seconds: float = 1.0,
                  load: Callable[[str, int, str], Servable] = None, loader_nice: int = LOADER_NICE):
-        self.repository = os.path.abspath(repository)
-        self.config_file = config_file or os.path.join(self.repository, models_config.CONFIG_FILE)
+        self.in_store = model_repository.is_store(repository)
+        self.repository = repository.rstrip("/") if self.in_store else os.path.abspath(repository)
+        if self.in_store:
+            self.config_file = f"{self.repository}/{models_config.CONFIG_FILE}"
+            self._cache_dir = tempfile.mkdtemp(prefix="deepfm-tfx-serve-")
+        else:
+            self.config_file = config_file or os.path.join(self.repository, models_config.CONFIG_FILE)
+            self._cache_dir = None
+        self._retry: Dict[Tuple[str, int], Tuple[int, float]] = {}  # (model, version) -> (failures, retry at)
         self.poll_seconds = poll_seconds
         self.loader_nice = loader_nice
         self._load = load or (lambda model, version, path: Servable(model, version, path).load())
@@ -91,6 +107,8 @@ class ModelManager:
             for servable in routes.versions.values():
                 servable.retire()
         self._routes = {}
+        if self._cache_dir:
+            shutil.rmtree(self._cache_dir, ignore_errors=True)
 
     def _watch(self) -> None:
         try:  # Linux gives each thread its own nice value.
@@ -159,6 +177,31 @@ class ModelManager:
         # here the repository is --model-repository, so its last part is the folder.
         return os.path.join(self.repository, os.path.basename(entry.base_path.rstrip("/")) or entry.name)
 
+    def _read_config(self) -> bytes:
+        if not self.in_store:
+            with open(self.config_file, "rb") as f:
+                return f.read()
+        raw = model_repository.read_file(self.repository, models_config.CONFIG_FILE)
+        if raw is None:
+            raise FileNotFoundError(f"{self.config_file} does not exist")
+        return raw
+
+    def _version_tags(self, model_dir: str) -> Dict[int, str]:
+        """{complete version: what changes when it is replaced}."""
+        repo, name = os.path.dirname(model_dir), os.path.basename(model_dir)
+        if self.in_store:
+            return model_repository.version_tags(repo, name)
+        return {v: str(_mtime(os.path.join(model_dir, str(v)))) for v in model_repository.versions(repo, name)}
+
+    def _local_path(self, model_dir: str, version: int) -> str:
+        if not self.in_store:
+            return os.path.join(model_dir, str(version))
+        return model_repository.local_copy(os.path.dirname(model_dir), os.path.basename(model_dir), version,
+                                           self._cache_dir)
+
+    def _retry_due(self, key: Tuple[str, int]) -> bool:
+        return key in self._retry and time.monotonic() >= self._retry[key][1]
+
     def _wanted(self, entry, on_disk: List[int]) -> List[int]:
         policy = entry.model_version_policy.WhichOneof("policy_choice")
         if policy == "specific":
@@ -173,19 +216,18 @@ class ModelManager:
         count = entry.model_version_policy.latest.num_versions if policy == "latest" else 1
         return list(on_disk[-max(count, 1):])
 
-    def _desired(self) -> Tuple[Dict[str, Tuple[str, List[int], Dict[str, int]]], str]:
-        with open(self.config_file, "rb") as f:
-            raw = f.read()
+    def _desired(self) -> Tuple[Dict[str, Tuple[str, List[int], Dict[str, int], Dict[int, str]]], str]:
+        raw = self._read_config()
         config = models_config.parse(raw.decode(), self.config_file)
         desired = {}
         digest = hashlib.sha256(raw)
         for entry in config.model_config_list.config:
             model_dir = self._model_dir(entry)
-            on_disk = model_repository.versions(os.path.dirname(model_dir), os.path.basename(model_dir))
-            wanted = self._wanted(entry, on_disk)
-            desired[entry.name] = (model_dir, wanted, dict(entry.version_labels))
+            tags = self._version_tags(model_dir)
+            wanted = self._wanted(entry, sorted(tags))
+            desired[entry.name] = (model_dir, wanted, dict(entry.version_labels), tags)
             for v in wanted:  # a replaced folder (same number) reloads
-                digest.update(f"{entry.name}/{v}:{_mtime(os.path.join(model_dir, str(v)))}".encode())
+                digest.update(f"{entry.name}/{v}:{tags[v]}".encode())
         return desired, digest.hexdigest()
 
     def poll(self) -> bool:
@@ -199,31 +241,33 @@ class ModelManager:
                 self.config_error = str(e)
                 return False
             self.config_error = None
-            if fingerprint == self._fingerprint:
+            if fingerprint == self._fingerprint and not any(self._retry_due(k) for k in self._retry):
                 return False
             self._apply(desired)
             self._fingerprint = fingerprint
             self.reloads += 1
             return True
 
-    def _apply(self, desired: Dict[str, Tuple[str, List[int], Dict[str, int]]]) -> None:
+    def _apply(self, desired: Dict[str, Tuple[str, List[int], Dict[str, int], Dict[int, str]]]) -> None:
+        wanted_now = {(m, v) for m, (_, wanted, _, _) in desired.items() for v in wanted}
+        self._retry = {k: r for k, r in self._retry.items() if k in wanted_now}
         # 1. Load and warm what is new, publishing each version as soon as it is ready.
-        for model, (model_dir, wanted, _) in desired.items():
+        for model, (model_dir, wanted, _, tags) in desired.items():
             for version in wanted:
                 if version in self._loaded(model):
                     continue
-                path = os.path.join(model_dir, str(version))
-                state = f"{path}:{_mtime(path)}"
-                if self._failed.get((model, version)) == state:
+                state = f"{model_dir}/{version}:{tags[version]}"
+                if self._failed.get((model, version)) == state and not self._retry_due((model, version)):
                     continue  # failed before, unchanged since: do not retry every poll
-                servable = self._load_one(model, version, path, state)
+                servable = self._load_one(model, version, lambda d=model_dir, v=version: self._local_path(d, v),
+                                          state)
                 if servable is not None:
                     routes = self._routes.get(model) or ModelRoutes({}, {})
                     self._publish(model, ModelRoutes({**routes.versions, version: servable}, routes.labels))
         # 2. Move labels to loaded targets, then drop what nothing needs any more.
         for model in sorted(set(self._routes) | set(desired)):
             routes = self._routes.get(model) or ModelRoutes({}, {})
-            _, wanted, want_labels = desired.get(model, ("", [], {}))
+            _, wanted, want_labels, _ = desired.get(model, ("", [], {}, {}))
             labels = {}
             for label, target in want_labels.items():
                 if target in routes.versions:
@@ -243,6 +287,8 @@ class ModelManager:
                 if version not in keep:
                     self._set_status(model, version, UNLOADING)
                     servable.retire()
+                    if self._cache_dir and getattr(servable, "path", "").startswith(self._cache_dir):
+                        shutil.rmtree(servable.path, ignore_errors=True)  # loaded in memory; the copy is spent
                     self._set_status(model, version, END)
                     log.info("%s: unloaded version %s", model, version)
 
@@ -250,19 +296,26 @@ class ModelManager:
         routes = self._routes.get(model)
         return routes.versions if routes else {}
 
-    def _load_one(self, model: str, version: int, path: str, state: str) -> Optional[Servable]:
+    def _load_one(self, model: str, version: int, locate: Callable[[], str], state: str) -> Optional[Servable]:
         self._set_status(model, version, LOADING)
         started = time.monotonic()
         try:
-            servable = self._load(model, version, path)
+            servable = self._load(model, version, locate())
             warmed = servable.warm_up()
         except Exception as e:  # noqa: BLE001 - a bad version must not take the server down
             self._failed[(model, version)] = state
             message = f"{type(e).__name__}: {e}".strip()
             self._set_status(model, version, END, errors.UNKNOWN, message[:2000])
-            log.error("%s: version %s failed to load: %s", model, version, message)
+            retry = ""
+            if self.in_store:  # a store's errors pass; a folder's failed version stays failed until replaced
+                failures = self._retry.get((model, version), (0, 0.0))[0] + 1
+                pause = min(RETRY_SECONDS[0] * 2 ** (failures - 1), RETRY_SECONDS[1])
+                self._retry[(model, version)] = (failures, time.monotonic() + pause)
+                retry = f"; trying again in {pause:.0f}s"
+            log.error("%s: version %s failed to load: %s%s", model, version, message, retry)
             return None
         self._failed.pop((model, version), None)
+        self._retry.pop((model, version), None)
         self._set_status(model, version, AVAILABLE)
         log.info("%s: version %s available (loaded in %.1fs, %d warmup requests in %.1fs)", model, version,
                  time.monotonic() - started - servable.warmup_seconds, warmed, servable.warmup_seconds)

@@ -206,6 +206,8 @@ def parse_json(body: bytes) -> Dict[str, Any]:
             doc = json.loads(body)
         except (ValueError, UnicodeDecodeError) as e:
             raise errors.invalid(f"JSON Parse error: {e}") from None
+        except RecursionError:  # orjson stops at 1024 levels; json recurses until Python does
+            raise errors.invalid("JSON Parse error: the document is nested too deeply") from None
     if not isinstance(doc, dict):
         raise errors.invalid(f"JSON Value: {_json_value(doc)} Is not object")
     return doc

@@ -6,6 +6,9 @@
     POST /v1/experiments/<name>/outcomes                          clicks for an experiment's predictions
     GET  /v1/experiments/<name>                                   its config and live counters
 
+The experiment routes answer trusted callers only (the router's bearer token,
+or the outcomes listener, a second RestServer with `trusted=True`).
+
 The paths are matched with TF Serving's own regular expressions
 (http_rest_api_util.cc). Errors are `{"error": "..."}` with the HTTP status
 TF Serving gives the same error. The event loop only moves bytes: parsing
@@ -14,6 +17,7 @@ and the model run in a thread pool, where Session.run releases the GIL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import threading
@@ -34,6 +38,7 @@ PREDICT_PATH = re.compile(
     r"(?i)/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)")
 EXPERIMENT_PATH = re.compile(r"/v1/experiments/([^/:]+)(/outcomes)?")
 STATUS_PATH = re.compile(r"(?i)/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?")
+_NO_ASSIGNMENT = contextlib.nullcontext()
 _HEADERS = {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Methods": "POST, GET",
             "Access-Control-Allow-Headers": "Content-Type"}
 
@@ -47,9 +52,10 @@ def _error(error: ServingError, status: Optional[int] = None) -> web.Response:
 
 
 class RestApi:
-    def __init__(self, manager: ModelManager, threads: int, max_body_bytes: int, router=None):
+    def __init__(self, manager: ModelManager, threads: int, max_body_bytes: int, router=None, trusted: bool = False):
         self.manager = manager
         self.router = router  # deepfm_tfx.experiments.router.ExperimentRouter, or None: no experiments
+        self.trusted = trusted  # the outcomes listener: experiment routes need no token here
         self.max_body_bytes = max_body_bytes
         self.pool = futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rest")
 
@@ -68,7 +74,9 @@ class RestApi:
             return self._too_large(request.content_length)
         except Exception as e:  # noqa: BLE001 - a bug must answer 500, not drop the connection
             log.exception("REST %s %s failed", request.method, request.path)
-            return _error(ServingError(errors.INTERNAL, f"{type(e).__name__}: {e}"))
+            # The details (paths, say) stay in the server's log.
+            return _error(ServingError(errors.INTERNAL, f"internal error ({type(e).__name__}); the server's log "
+                                                        f"has the details"))
 
     def _too_large(self, size: Optional[int]) -> web.Response:
         got = f"of {size} bytes " if size is not None else ""
@@ -117,23 +125,25 @@ class RestApi:
         if self.router is not None and version is None and label is None:  # pinned calls bypass experiments
             assignment = self.router.assign(model, lambda field: _field(doc, headers, field))
             label = assignment.label if assignment is not None else None
-        servable = self.manager.resolve(model, version, label)
-        try:
+        with self.router.counting_errors(assignment) if assignment is not None else _NO_ASSIGNMENT:
+            servable = self.manager.resolve(model, version, label)
             try:
-                signature = servable.signature(signature_name)
-            except ServingError:
-                raise errors.invalid(f'Serving signature name: "{signature_name or SERVING_SIGNATURE}" '
-                                     f'not found in signature def') from None
-            feeds, form = requests.feeds_from_json(doc, signature.inputs, signature.defaults)
-            outputs = signature.run(feeds)
-            if assignment is None:
-                return requests.json_response(outputs, form), {}
-            self.router.record(assignment, servable.version, signature.name, feeds, outputs)
-            return requests.json_response(outputs, form), assignment.headers()
-        finally:
-            servable.release()
+                try:
+                    signature = servable.signature(signature_name)
+                except ServingError:
+                    raise errors.invalid(f'Serving signature name: "{signature_name or SERVING_SIGNATURE}" '
+                                         f'not found in signature def') from None
+                feeds, form = requests.feeds_from_json(doc, signature.inputs, signature.defaults)
+                outputs = signature.run(feeds)
+                if assignment is None:
+                    return requests.json_response(outputs, form), {}
+                self.router.record(assignment, servable.version, signature.name, feeds, outputs)
+                return requests.json_response(outputs, form), assignment.headers()
+            finally:
+                servable.release()
 
     async def _experiment(self, request: web.Request, loop, name: str, outcomes: Optional[str]) -> web.Response:
+        self.router.authorize(request.headers.get("Authorization"), self.trusted)  # before reading the body
         if request.method == "POST" and outcomes:
             if request.content_length is not None and request.content_length > self.max_body_bytes:
                 return self._too_large(request.content_length)

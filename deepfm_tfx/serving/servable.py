@@ -147,11 +147,12 @@ class Servable:
         self.load_seconds = time.monotonic() - started
         return self
 
-    def warm_up(self) -> int:
-        """Replays the version's warmup file (contracts.WARMUP_FILE), as TF Serving does at load."""
+    def warm_up(self, folder: Optional[str] = None) -> int:
+        """Replays the version's warmup file (contracts.WARMUP_FILE), as TF Serving does at load;
+        `folder`: a candidate's, kept beside it until it is pushed."""
         started = time.monotonic()
         count = 0
-        for request in warmup.read_requests(self.path):
+        for request in warmup.read_requests(folder or self.path):
             signature = self.signature(request.model_spec.signature_name)
             # In this (loader) thread, not the batch runners: a warmup must not take their turn.
             signature.run(requests.feeds_from_tensor_protos(request.inputs, signature),

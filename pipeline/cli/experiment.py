@@ -1,11 +1,12 @@
-"""`deepfm-tfx experiment start|list|stop|outcomes|report|skew`: online A/B tests of stable vs canary.
+"""`deepfm-tfx experiment start|list|stop|outcomes|report|skew|check-rule`: online A/B tests of stable vs canary.
 
     deepfm-tfx models canary 1795400000                  # the candidate, beside stable
     deepfm-tfx experiment start week-12 --canary-share 0.2
     deepfm-tfx serve                                     # splits deepfm's un-pinned requests by user_id
-    curl -d @clicks.json localhost:8501/v1/experiments/week-12/outcomes
+    curl -d @clicks.json localhost:8502/v1/experiments/week-12/outcomes   # the outcomes listener
     deepfm-tfx experiment report week-12                 # per arm, the difference, the decision
     deepfm-tfx experiment report week-12 --promote       # ... and apply it through the label moves
+    deepfm-tfx experiment check-rule --runs 200          # the rule's error rates against a planted truth
 
 TensorFlow is imported only by `skew` (TFDV), inside its handler.
 """
@@ -18,9 +19,12 @@ import os
 import sys
 import time
 
-from deepfm_tfx.contracts import CANARY, EXIT_BAD_INPUT, STABLE
+from deepfm_tfx.contracts import CANARY, EXIT_BAD_INPUT, SAMPLE_RATIO_MISMATCH, STABLE
 
 DEFAULT_EXPERIMENTS_DIR = "experiments"
+# What check-rule simulates; the guardrails need a server (latency, errors) and are not simulated.
+CHECKED_RULE_KNOBS = ("alpha", "sized_lift", "min_outcomes_per_arm", "min_clicks_per_arm", "min_effect",
+                      "max_outcomes_per_arm", "srm_p_value")
 
 
 def _common() -> argparse.ArgumentParser:
@@ -46,7 +50,7 @@ def configure(p) -> None:
                         help="start splitting a model's un-pinned traffic between its stable and canary versions")
     st.add_argument("name", help="the experiment's name (letters, digits, '_', '-', '.')")
     st.add_argument("--model-repository", default=RunConfig().model_repository,
-                    help="the versioned model repository serving the model")
+                    help="the versioned model repository serving the model (a folder or s3://bucket/prefix)")
     st.add_argument("--model-name", default=MODEL_NAME, help="the model whose traffic is split")
     for field in _knobs(Experiment):
         add_field(st, field, field.default, field.name)
@@ -96,6 +100,23 @@ def configure(p) -> None:
     sk.add_argument("--json", action="store_true", help="print the result as JSON")
     sk.set_defaults(func=cmd_skew)
 
+    cr = sub.add_parser("check-rule", help="simulate the ctr rule from the planted truth, without the server: "
+                                           "A/A false decisions, power at the sized lift, sample-ratio alarms")
+    cr.add_argument("--runs", type=int, default=200, help="simulated experiments per scenario")
+    cr.add_argument("--out", metavar="FILE", help="also write the rates and the power curve here as JSON")
+    cr.add_argument("--canary-share", type=float, default=0.5, help="the configured split")
+    cr.add_argument("--broken-share", type=float, default=0.52,
+                    help="the canary's real share in the broken-split runs")
+    cr.add_argument("--lifts", default="0.01,0.02,0.03,0.04,0.06",
+                    help="true CTR lifts of the power curve, comma-separated (0 and the sized lift are added)")
+    cr.add_argument("--stable-noise", type=float, default=1.0,
+                    help="stable's quality: its score is the true logit plus noise of this spread")
+    checked = cr.add_argument_group("decision rule (the ctr metric's knobs, as in `experiment start`)")
+    for field in _knobs(Rule):
+        if field.name in CHECKED_RULE_KNOBS:
+            add_field(checked, field, field.default, field.name)
+    cr.set_defaults(func=cmd_check_rule)
+
 
 def _error(message: str, code: int = EXIT_BAD_INPUT) -> int:
     print(f"error: {message}", file=sys.stderr)
@@ -123,7 +144,8 @@ def cmd_start(args) -> int:
                       f"(deepfm-tfx experiment stop {running[0].name})")
     try:
         experiment = config.Experiment(
-            name=args.name, model=args.model_name, model_repository=os.path.abspath(args.model_repository),
+            name=args.name, model=args.model_name, model_repository=(args.model_repository if model_repository.is_store(args.model_repository)
+                              else os.path.abspath(args.model_repository)),
             stable_version=stable, canary_version=canary,
             **{f.name: getattr(args, f.name) for f in _knobs(config.Experiment)},
             rule=config.Rule(**{f.name: getattr(args, f.name) for f in _knobs(config.Rule)}))
@@ -233,7 +255,9 @@ def cmd_report(args) -> int:
     else:
         print(report.format_text(built))
         if args.promote and built.get("applied") is None:
-            print("nothing applied: the experiment keeps running")
+            print("nothing applied: " + ("the split is broken; find the cause before trusting any metric"
+                                         if built["decision"]["action"] == SAMPLE_RATIO_MISMATCH
+                                         else "the experiment keeps running"))
     return 0
 
 
@@ -252,4 +276,42 @@ def cmd_skew(args) -> int:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:
         print(skew.format_text(result))
+    return 0
+
+
+def cmd_check_rule(args) -> int:
+    from deepfm_tfx.contracts import EXIT_ERROR
+    from deepfm_tfx.experiments import config
+    from deepfm_tfx.pipeline.simulation import rule_check
+
+    try:
+        rule = config.Rule(**{name: getattr(args, name) for name in CHECKED_RULE_KNOBS})
+        rule.check()
+        if rule.max_outcomes_per_arm is None:
+            raise config.ExperimentError("--max-outcomes (the planned sample) is needed")
+    except config.ExperimentError as e:
+        return _error(str(e))
+    if args.runs < 10:
+        return _error(f"--runs must be at least 10, got {args.runs}")
+    for name in ("canary_share", "broken_share"):
+        if not 0 < getattr(args, name) < 1:
+            return _error(f"--{name.replace('_', '-')} must be in (0, 1), got {getattr(args, name)}")
+    try:
+        lifts = tuple(float(v) for v in args.lifts.split(",") if v.strip())
+    except ValueError:
+        return _error(f"--lifts must be numbers separated by commas, got {args.lifts!r}")
+    world = rule_check.World(canary_share=args.canary_share, broken_share=args.broken_share,
+                             stable_noise=args.stable_noise, lifts=lifts)
+    try:
+        result = rule_check.check(rule, args.runs, world, progress=lambda line: print(line, flush=True))
+    except ValueError as e:
+        return _error(str(e))
+    print("\n" + rule_check.format_text(result))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"written to {args.out}")
+    if not result["inside_bounds"]:
+        print("error: a rate is outside its bound (above)", file=sys.stderr)
+        return EXIT_ERROR
     return 0

@@ -17,8 +17,8 @@ import os
 import sys
 from typing import Any, Dict, List
 
-from deepfm_tfx import model_repository
-from deepfm_tfx.contracts import EXIT_BAD_INPUT, TRAINER_KEY
+from deepfm_tfx import model_repository, object_store
+from deepfm_tfx.contracts import EXIT_BAD_INPUT, EXIT_ERROR, TRAINER_KEY
 
 COLUMNS = ("version", "labels", "created_at", TRAINER_KEY, "auc", "logloss", "spans",
            "warm_started", "pipeline_run_id", "data_fingerprint")
@@ -152,6 +152,8 @@ def cmd_release(args) -> int:
     repo, model = args.model_repository, args.model_name
     try:
         hold = model_repository.release(repo, model)
+    except object_store.StoreError:
+        raise
     except (model_repository.RepositoryError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -198,7 +200,8 @@ def _checked(command):
     written or deleted outside the repository."""
     def checked(args) -> int:
         repo = args.model_repository
-        problem = ("no such folder" if not os.path.exists(repo) else
+        problem = (None if model_repository.is_store(repo) else
+                   "no such folder" if not os.path.exists(repo) else
                    "is a file, not a model repository folder" if not os.path.isdir(repo) else None)
         if problem:
             print(f"error: --model-repository {repo}: {problem}", file=sys.stderr)
@@ -209,6 +212,9 @@ def _checked(command):
         except model_repository.RepositoryError as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_BAD_INPUT
+        except object_store.StoreError as e:  # unreachable or refusing: not the user's input
+            print(f"error: --model-repository {repo}: {e}", file=sys.stderr)
+            return EXIT_ERROR
     return checked
 
 
@@ -218,7 +224,7 @@ def configure(m) -> None:
     d = RunConfig()
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model-repository", default=d.model_repository,
-                        help="the versioned model repository")
+                        help="the versioned model repository: a folder, or s3://bucket/prefix")
     common.add_argument("--model-name", default=d.model_name, help="model name in the repository")
 
     sub = m.add_subparsers(dest="models_command", required=True)

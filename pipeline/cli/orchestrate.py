@@ -19,7 +19,8 @@ TARGETS = ("kubeflow", "kubeflow-v2", "airflow")
 def _pipeline_options(p: argparse.ArgumentParser) -> None:
     # Only flags given are passed on; the target's own defaults fill the rest.
     configs.add_arguments(p, names=["features", "trainer", "train_steps", "eval_steps", "min_auc", "max_auc_drop",
-                                    "model_name", "window_spans", "beam_args", "notify_url", "metadata"], only_given=True)
+                                    "model_name", "window_spans", "beam_args", "notify_url", "metadata",
+                                    "latency_budget_ms", "memory_budget_mb"], only_given=True)
     # The orchestrators' own defaults, written out here without importing them (TFX, KFP).
     p.add_argument("--pipeline-root", help="pipeline outputs (default: Kubeflow /mnt/deepfm-tfx/pipeline, "
                                            "Airflow ~/deepfm-tfx/pipeline)")

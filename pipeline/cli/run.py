@@ -11,7 +11,8 @@ def configure(p) -> None:
     configs.add_arguments(p, names=[
         "data", "features", "pipeline_root", "model_repository", "model_name", "trainer", "train_steps",
         "eval_steps", "rows", "profile", "seed", "metadata", "summary", "beam_args", "min_auc", "max_auc_drop",
-        "window_spans", "warm_start", "enable_cache", "push_as", "serving_url", "serving_base_path", "notify_url"])
+        "window_spans", "warm_start", "enable_cache", "push_as", "serving_url", "serving_base_path", "notify_url",
+        "latency_budget_ms", "memory_budget_mb"])
     console.add_arguments(p)
     p.set_defaults(func=cmd_run)
 
@@ -37,6 +38,11 @@ def print_summary(summary) -> None:
         low, high = summary["auc_diff_ci95"]
         print(f"  {'auc - baseline (95% CI)':<25} {summary['auc_diff']:+.4f} [{low:+.4f}, {high:+.4f}], paired on "
               f"the same {summary.get('auc_diff_rows') or 0:,} rows")
+    check = summary.get("serving_check")
+    if check:
+        print(f"  {'serving check':<25} p99 {check['p99_ms']:.2f} ms (p50 {check['p50_ms']:.2f}) for "
+              f"{check['rows_per_request']}-candidate requests, {check['cpu_ms_per_request']:.2f} ms CPU each, "
+              f"loading added {check.get('loaded_mb')} MB")
     for line in summary.get("evaluator_failures", []) or []:
         print(f"  evaluator: {line}")
     print(f"  written to {summary.get('summary_path')}")

@@ -27,10 +27,15 @@ def configure(p) -> None:
     online = p.add_argument_group("online phase (an A/B test of each week's model against stable)")
     online.add_argument("--no-online", dest="online", action="store_false",
                         help="no online phase: each week's model goes straight to stable")
-    online.add_argument("--online-requests", type=int, default=500, help="requests per round of simulated traffic")
-    online.add_argument("--online-rows", type=int, default=100, help="rows (ads scored) per request")
-    online.add_argument("--online-rounds", type=int, default=3,
-                        help="rounds of traffic before an undecided experiment stops (the rule looks after each)")
+    online.add_argument("--online-requests", type=int, default=OnlineConfig.requests_per_round,
+                        help="ranking requests per round of simulated traffic")
+    online.add_argument("--online-rows", type=int, default=OnlineConfig.rows_per_request,
+                        help="candidates each request's arm scores")
+    online.add_argument("--online-shown", type=int, default=OnlineConfig.shown,
+                        help="the top this many candidates are shown and may be clicked")
+    online.add_argument("--online-rounds", type=int, default=OnlineConfig.rounds,
+                        help="rounds of traffic, the report read after each (the CTR rule is always valid); "
+                             "still undecided after the last, the canary is rolled back")
     console.add_arguments(p)
     p.set_defaults(func=_main)
 
@@ -46,8 +51,12 @@ def _main(args) -> int:
         return EXIT_BAD_INPUT
     online = None
     if args.online:
+        if not 0 < args.online_shown <= args.online_rows:
+            print(f"error: --online-shown must be in 1..--online-rows ({args.online_rows}), got {args.online_shown}",
+                  file=sys.stderr)
+            return EXIT_BAD_INPUT
         online = OnlineConfig(requests_per_round=args.online_requests, rows_per_request=args.online_rows,
-                              rounds=args.online_rounds)
+                              shown=args.online_shown, rounds=args.online_rounds)
     try:
         with display:
             table = weeks.run_weeks(args.workdir, args.weeks, config, bad_week=args.bad_week,
@@ -63,11 +72,12 @@ def _main(args) -> int:
           "run's first step; moved: largest relative L2 change of a weight vs the warm-start model")
     if online is not None:
         from deepfm_tfx.pipeline.simulation.online_table import format_table
-        print("\nonline phase: each week's model (canary) against stable on simulated traffic, split by user")
+        print("\nonline phase: each week's model (canary) against stable on simulated ranking traffic, split by user")
         print(format_table(table))
-        print("\nonline ll: logloss on each arm's own traffic with its 95% interval; true ll: each version's "
-              "expected logloss under the planted truth on all the experiment's rows; right: the decision agrees "
-              "with the truth")
+        print(f"\noffline auc gain: the new model's AUC minus last week's on the same eval rows; online CTR lift: "
+              f"canary / stable - 1 of the CTR of shown items (top {online.shown} of {online.rows_per_request} "
+              f"candidates), with its always-valid interval; true lift: the same in expected clicks under the "
+              f"planted truth, both versions ranking every request; right: the decision agrees with the truth")
     print(f"written to {os.path.join(args.workdir, 'pipeline', 'simulation.json')}")
     bad = [r for r in table if r["bad"]]
     # The demonstration fails if the bad week got through, or retraining did not pay.

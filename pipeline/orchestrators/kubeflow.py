@@ -88,10 +88,11 @@ def _check_remote(name: str, path: str) -> None:
 def _config_and_spec(*, pipeline_root: str, data_root: str, model_repository: str, **knobs: Any):
     _check_remote("pipeline_root", pipeline_root)
     _check_remote("data_root", data_root)
-    if not model_repository.startswith("/"):
-        # The pusher renames folders atomically: a mounted volume, or /gcs/<bucket> on Vertex.
-        raise ValueError(f"model_repository must be an absolute path on a mounted file system, "
-                         f"got {model_repository!r}")
+    if not model_repository.startswith(("/", "s3://")):
+        # A folder's push renames atomically (a mounted volume); an S3 bucket's uses conditional writes
+        # (gs:// is not tested, docs/object-storage.md).
+        raise ValueError(f"model_repository must be an absolute path on a mounted file system or "
+                         f"s3://bucket/prefix, got {model_repository!r}")
     config = configs.RunConfig(data=data_root, pipeline_root=pipeline_root, model_repository=model_repository,
                                **{k: v for k, v in knobs.items() if v is not None})
     validation.validate(config, paths=False, connect=False)  # the paths are the cluster's
@@ -136,6 +137,40 @@ def add_week_end(workflow: Dict[str, Any], config: configs.RunConfig, spec: feat
     workflow["spec"]["onExit"] = WEEK_END_TEMPLATE
 
 
+TFJOB_SUFFIX = ".trainer-tfjob.yaml"
+
+
+def add_trainer_cluster(workflow: Dict[str, Any], config: configs.RunConfig, image: str,
+                        pvc_name: Optional[str], output_path: str) -> Optional[str]:
+    """With --cluster, the Trainer step submits a TFJob (trainer_modules/tfjob.py) instead of local processes.
+
+    Its container learns the image and the volume the job's pods need; the
+    manifest it will submit is written beside the package for review.
+    Returns that file's path, or None without --cluster.
+    """
+    if not config.training.cluster:
+        return None
+    import yaml
+    from deepfm_tfx.trainer_modules import local_cluster, tfjob
+
+    def node_id(template):
+        args = template.get("container", {}).get("args", [])
+        return args[args.index("--node_id") + 1] if "--node_id" in args else None
+
+    [trainer] = [t for t in workflow["spec"]["templates"] if node_id(t) == "Trainer"]
+    env = [{"name": tfjob.IMAGE_ENV, "value": image}]
+    if pvc_name:
+        env += [{"name": tfjob.PVC_ENV, "value": pvc_name}, {"name": tfjob.MOUNT_ENV, "value": MOUNT_PATH}]
+    trainer["container"]["env"] = trainer["container"].get("env", []) + env
+    task_config = os.path.join(config.pipeline_root, "Trainer", "resume", "<key>", "cluster", "task_config.json")
+    manifest = tfjob.manifest("deepfm-trainer", image, local_cluster.parse(config.training.cluster), task_config,
+                              pvc=pvc_name, mount_path=MOUNT_PATH if pvc_name else None)
+    path = os.path.splitext(output_path)[0].removesuffix(".tar") + TFJOB_SUFFIX
+    with open(path, "w") as f:
+        yaml.safe_dump(manifest, f, sort_keys=False)
+    return path
+
+
 def _split(output_path: str):
     output_path = os.path.abspath(output_path)
     os.makedirs(os.path.dirname(output_path), exist_ok=True)
@@ -177,6 +212,7 @@ def compile_v1(output_path: str, *, pipeline_root: str = DEFAULT_PIPELINE_ROOT,
         with open(os.path.join(tmp, "workflow.yaml")) as f:
             workflow = yaml.safe_load(f)
     add_week_end(workflow, config, spec)
+    add_trainer_cluster(workflow, config, image, pvc_name, output_path)
     compiler.Compiler._write_workflow(workflow, output_path)  # noqa: SLF001 - kfp's writer of every package format
     return output_path
 

@@ -11,7 +11,7 @@ import datetime
 import html
 from typing import Any, Dict, List
 
-from deepfm_tfx.contracts import EXAMPLE_VALIDATOR_GATE, TRAINER_KEY
+from deepfm_tfx.contracts import EXAMPLE_VALIDATOR_GATE, LATENCY_GATE, TRAINER_KEY
 from deepfm_tfx.pipeline.report import charts
 
 STYLE = """
@@ -238,6 +238,16 @@ def _gates(report: Dict[str, Any]) -> str:
         ok = gate.get("change_gate_passed")
         body += (f'<p>Change vs baseline: <span class="{"good" if ok else "bad"}">{"passed" if ok else "blocked"}'
                  f'</span>. {_e(gate.get("change_gate_message"))}</p>')
+    check = report["summary"].get("serving_check")
+    if check:
+        refused = report["summary"].get("blocked_by") == LATENCY_GATE
+        budgets = ", ".join(f"{name} {check[key]:g} {unit}" for name, key, unit in (
+            ("latency budget", "latency_budget_ms", "ms"), ("memory budget", "memory_budget_mb", "MB")) if check.get(key))
+        body += (f'<p>Serving check before the push ({check["requests"]} requests of {check["rows_per_request"]} '
+                 f'candidates, in a serving process of its own): p50 {check["p50_ms"]:.2f} ms, p99 '
+                 f'{check["p99_ms"]:.2f} ms, {check["cpu_ms_per_request"]:.2f} ms CPU per request, loading added '
+                 f'{_n(check.get("loaded_mb"), ".0f")} MB; {_e(budgets)}: <span class="{"bad" if refused else "good"}">'
+                 f'{"refused" if refused else "passed"}</span>.</p>')
     if not gate and metrics.get("auc") is None:
         body += '<p class="muted">Did not run.</p>'
     return body

@@ -85,10 +85,10 @@ def publish(report: Dict[str, Any], *, pipeline_root: str, model_repository_dir:
     report["generated_at"] = finished.strftime("%Y-%m-%d %H:%M:%S UTC")
     report["run_name"] = name
     report["tensorboard_run"] = tensorboard_run(summary, report.get("model_run_dir"))
-    if os.path.isdir(model_repository_dir):
+    if os.path.isdir(model_repository_dir) or model_repository.is_store(model_repository_dir):
         try:
             report["serving_after"] = model_repository.serving_version(model_repository_dir, model_name)
-        except model_repository.RepositoryError:
+        except (model_repository.RepositoryError, OSError):
             report["serving_after"] = None
     page = html.run_page(report)
     data = json.dumps(report, indent=1, default=str)
@@ -97,7 +97,7 @@ def publish(report: Dict[str, Any], *, pipeline_root: str, model_repository_dir:
     _atomic_write(os.path.join(pipeline_root, REPORTS, f"{name}.html"), page)
     _atomic_write(paths["report"], page)
     model_dir = os.path.join(model_repository_dir, model_name)
-    if os.path.isdir(model_dir):
+    if os.path.isdir(model_dir):  # a repository in an object store gets no run pages (docs/object-storage.md)
         _atomic_write(os.path.join(model_dir, RUNS, f"{name}.json"),
                       json.dumps(run_entry(report, name), indent=1, default=str))
         _atomic_write(os.path.join(model_dir, RUNS, f"{name}.html"), page)

@@ -84,13 +84,15 @@ def collect(repo: str, model: str, output: str) -> Dict[str, Any]:
         state = next((v["state"] for v in versions if v["version"] == version), None)
         if run.get("pushed") and state == "rolled back":
             run["outcome"] += " (later rolled back)"
-    return {"repository": os.path.abspath(repo), "model_name": model, "serving_version": serving, "hold": hold,
+    return {"repository": repo if model_repository.is_store(repo) else os.path.abspath(repo), "model_name": model, "serving_version": serving, "hold": hold,
             "versions": versions, "runs": runs, "events": events}
 
 
 def write(repo: str, model: str, output: Optional[str] = None) -> str:
-    """Writes the page (default <repo>/<model>/report.html); returns its path."""
-    output = output or os.path.join(repo, model, "report.html")
+    """Writes the page (default <repo>/<model>/report.html, or ./<model>-report.html for a
+    repository in an object store); returns its path."""
+    default = f"{model}-report.html" if model_repository.is_store(repo) else os.path.join(repo, model, "report.html")
+    output = output or default
     page = html.repository_page(collect(repo, model, output))
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     tmp = f"{output}.tmp-{os.getpid()}"

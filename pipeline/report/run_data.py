@@ -324,7 +324,7 @@ def collect(executions: List[Dict[str, Any]], summary: Dict[str, Any], *, label:
     report: Dict[str, Any] = {
         "model_name": model_name,
         "summary": {k: v for k, v in summary.items() if not isinstance(v, (dict, list)) or k in (
-            "window_spans", "evaluator_failures", "component_seconds", "component_states")},
+            "window_spans", "evaluator_failures", "component_seconds", "component_states", "serving_check")},
         "min_auc": min_auc, "max_auc_drop": max_auc_drop,
         "metrics": evaluation_results.overall_metrics(evaluation.uri) if evaluation else None,
         "slices": tfma_slices(evaluation.uri if evaluation else None),

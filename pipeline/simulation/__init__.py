@@ -14,9 +14,10 @@ BAD_KINDS = ("broken_column", "shuffled_labels", WORSE_CANDIDATE)
 
 @dataclasses.dataclass
 class OnlineConfig:
-    requests_per_round: int = 500
-    rows_per_request: int = 100       # a page of candidates per request, each an impression
-    rounds: int = 3                   # looks at the data; the rule tests each at alpha / rounds
+    requests_per_round: int = 1000
+    rows_per_request: int = 100       # candidates per request; the arm's scores pick the shown ones
+    shown: int = 10                   # the top this many are shown, at positions 1..shown
+    rounds: int = 6                   # reports read (always valid: as many as you like); the last ends it
     users: int = 20_000
     canary_share: float = 0.5
     clients: int = 4

@@ -10,6 +10,8 @@ import urllib.error
 import urllib.request
 from typing import Optional
 
+from deepfm_tfx.contracts import OUTCOMES_TOKEN_ENV
+
 SERVE_LOG = "serve.log"
 
 
@@ -25,8 +27,9 @@ class ServerProcess:
 
     def __init__(self, repository: str, experiments_dir: str, log_dir: str):
         self.repository, self.experiments_dir, self.log_dir = repository, experiments_dir, log_dir
-        self.rest_port, self.grpc_port = _free_port(), _free_port()
+        self.rest_port, self.grpc_port, self.outcomes_port = _free_port(), _free_port(), _free_port()
         self.url = f"http://127.0.0.1:{self.rest_port}"
+        self.outcomes_url = f"http://127.0.0.1:{self.outcomes_port}"  # the event pipeline's listener
         self.process: Optional[subprocess.Popen] = None
 
     def start(self, timeout: float = 300.0) -> "ServerProcess":
@@ -34,9 +37,12 @@ class ServerProcess:
         command = [sys.executable, "-c", "import sys; from deepfm_tfx.pipeline.cli import main; sys.exit(main())",
                    "serve", "--model-repository", self.repository, "--experiments-dir", self.experiments_dir,
                    "--host", "127.0.0.1", "--port", str(self.grpc_port), "--rest-api-port", str(self.rest_port),
+                   "--outcomes-port", str(self.outcomes_port),
                    "--model-config-file-poll-wait-seconds", "0.5"]
+        # The outcomes listener is the simulation's trust boundary: no token from the caller's environment.
+        env = {k: v for k, v in os.environ.items() if k != OUTCOMES_TOKEN_ENV}
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+                                        env=dict(env, TF_CPP_MIN_LOG_LEVEL="3"))
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -1,6 +1,8 @@
-"""Simulated live traffic over loopback: requests of rows drawn from a planted truth, their
-clicks drawn from each row's true click probability, and bad traffic on purpose (no key;
-malformed, unknown, duplicate and late outcomes) that the report must count."""
+"""Simulated live traffic over loopback: ranking requests of candidates drawn from a planted
+truth, the top ones by the served arm's scores shown, their clicks drawn from each shown row's
+true click probability times its position's examination 1/log2(position + 1), and bad traffic
+on purpose (no key; malformed, unknown, duplicate and late outcomes; forged clicks on the public
+port) that the report must count and the server must refuse."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,6 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from deepfm_tfx.contracts import FEATURES_SIGNATURE
+from deepfm_tfx.experiments.report import examination
 from deepfm_tfx.pipeline.simulation import OnlineConfig
 from deepfm_tfx.synthetic import generator
 
@@ -21,14 +24,15 @@ from deepfm_tfx.synthetic import generator
 class _Client:
     """One keep-alive HTTP connection."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, headers: Optional[Dict[str, str]] = None):
         self.port = port
+        self.headers = dict(headers or {}, **{"Content-Type": "application/json"})
         self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
 
     def post(self, path: str, body: bytes) -> Tuple[int, Dict[str, Any], Dict[str, str]]:
         for attempt in range(2):
             try:
-                self.connection.request("POST", path, body, {"Content-Type": "application/json"})
+                self.connection.request("POST", path, body, self.headers)
                 response = self.connection.getresponse()
                 return response.status, json.loads(response.read()), dict(response.getheaders())
             except (http.client.HTTPException, ConnectionError):
@@ -122,22 +126,37 @@ def post_outcomes(port: int, name: str, outcomes: List[Dict[str, Any]], batch: i
     return totals
 
 
-def clicks(traffic: Traffic, first_request: int, rng: np.random.Generator) -> List[Dict[str, Any]]:
-    """Clicks drawn from the true probabilities of requests from `first_request` on, each
-    arriving a little after its impression."""
+def shown_rows(scores: np.ndarray, shown: int) -> np.ndarray:
+    """The rows a ranker shows, best score first."""
+    return np.argsort(-np.asarray(scores), kind="stable")[:shown]
+
+
+def expected_clicks(p: np.ndarray, scores: np.ndarray, shown: int) -> float:
+    """A ranker's expected clicks on one request: sum over its shown rows of p x examination."""
+    rows = shown_rows(scores, shown)
+    return float(np.sum(p[rows] * examination(np.arange(1, len(rows) + 1))))
+
+
+def clicks(traffic: Traffic, first_request: int, rng: np.random.Generator, shown: int) -> List[Dict[str, Any]]:
+    """One outcome per shown row of the requests from `first_request` on (the event pipeline's
+    impressions), clicked with the row's true probability times its position's examination,
+    each arriving a little after its impression."""
     out = []
     for i in range(first_request, len(traffic.request_ids)):
-        clicked = rng.random(len(traffic.p[i])) < traffic.p[i]
-        delays = rng.exponential(30.0, len(clicked))
-        for row, (c, d) in enumerate(zip(clicked, delays)):
-            out.append({"request_id": traffic.request_ids[i], "row": row, "clicked": bool(c),
-                        "time": traffic.sent_at[i] + float(d)})
+        rows = shown_rows(traffic.score[i], shown)
+        positions = np.arange(1, len(rows) + 1)
+        clicked = rng.random(len(rows)) < traffic.p[i][rows] * examination(positions)
+        delays = rng.exponential(30.0, len(rows))
+        for row, position, c, d in zip(rows, positions, clicked, delays):
+            out.append({"request_id": traffic.request_ids[i], "row": int(row), "position": int(position),
+                        "clicked": bool(c), "time": traffic.sent_at[i] + float(d)})
     return out
 
 
-def bad_traffic(port: int, model: str, name: str, traffic: Traffic, window: float) -> None:
+def bad_traffic(port: int, outcomes_port: int, model: str, name: str, traffic: Traffic, window: float) -> int:
     """What the report must count and nothing may crash on: requests without a key, and a
-    malformed, an unknown, a duplicate and a late outcome."""
+    malformed, an unknown, a duplicate and a late outcome; and forged clicks posted to the
+    public port, which must all be refused. Returns how many forged posts were refused."""
     c = _Client(port)
     columns = traffic.columns[0]
     one = {k: v[:1] for k, v in columns.items()}
@@ -146,12 +165,22 @@ def bad_traffic(port: int, model: str, name: str, traffic: Traffic, window: floa
         if status != 200:
             raise RuntimeError(f"a request without a key failed: HTTP {status} {body}")
     first, sent = traffic.request_ids[0], traffic.sent_at[0]
-    post_outcomes(port, name, [
-        {"request_id": first, "row": 1, "clicked": "maybe"},
+    top = shown_rows(traffic.score[0], 3)
+    post_outcomes(outcomes_port, name, [
+        {"request_id": first, "row": int(top[1]), "clicked": "maybe"},
         {"request_id": "no-such-request", "row": 0, "clicked": True},
-        {"request_id": first, "row": 0, "clicked": True, "time": sent + 1},
-        {"request_id": first, "row": 2, "clicked": True, "time": sent + window + 600},
+        {"request_id": first, "row": int(top[0]), "position": 1, "clicked": True, "time": sent + 1},
+        {"request_id": first, "row": int(top[2]), "position": 3, "clicked": True, "time": sent + window + 600},
     ])
+    # Forged clicks for every request of the first round, from a client of the model.
+    forged = [{"request_id": r, "row": 0, "position": 1, "clicked": True} for r in traffic.request_ids]
+    refused = 0
+    for start in range(0, len(forged), 100):
+        status, _, _ = c.post(f"/v1/experiments/{name}/outcomes", json.dumps(forged[start:start + 100]).encode())
+        if status not in (401, 403):
+            raise RuntimeError(f"forged outcomes on the public port answered HTTP {status}, not 401/403")
+        refused += 1
+    return refused
 
 
 def _run_clients(client, clients: int) -> None:

@@ -1,0 +1,86 @@
+"""What the cluster tests share: a small run's config, and finding and killing a task of the
+local training cluster the Trainer started in this process."""
+import glob
+import json
+import os
+import re
+import signal
+import threading
+import time
+
+from deepfm_tfx import training_info
+from deepfm_tfx.pipeline import configs
+
+TRAIN_STEPS, BATCH = 400, 128
+TASK_MODULE = "deepfm_tfx.trainer_modules.cluster_task"
+
+
+def run_config(root, data_root, train_steps=TRAIN_STEPS, **training):
+    return configs.RunConfig(
+        data=data_root, pipeline_root=str(root / "pipeline"), model_repository=str(root / "repo"),
+        trainer="estimator", train_steps=train_steps, eval_steps=4, min_auc=0.5, max_auc_drop=1.0,
+        training={"batch_size": BATCH, "dnn_units": [32, 16], **training})
+
+
+def cluster_tasks():
+    """{task name: (pid, its work dir)} of the cluster tasks that are children of this process."""
+    tasks = {}
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        pid = int(stat.split("/")[2])
+        try:
+            with open(stat) as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().decode().split("\0")
+            if ppid != os.getpid() or TASK_MODULE not in argv:
+                continue
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = dict(e.split("=", 1) for e in f.read().decode(errors="replace").split("\0") if "=" in e)
+        except (OSError, IndexError, ValueError):
+            continue
+        task = json.loads(env["TF_CONFIG"])["task"]
+        name = "chief" if task["type"] == "chief" else f"{task['type']}{task['index']}"
+        tasks[name] = (pid, os.path.dirname(argv[argv.index(TASK_MODULE) + 1]))
+    return tasks
+
+
+def task_steps(work_dir, name):
+    try:
+        with open(os.path.join(work_dir, "progress", f"{name}.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def checkpoint_steps(pipeline_root):
+    names = glob.glob(os.path.join(pipeline_root, "Trainer", "resume", "*", "*ckpt-*.index"))
+    return sorted(int(re.search(r"ckpt-(\d+)\.index$", n).group(1)) for n in names)
+
+
+class Killer(threading.Thread):
+    """SIGKILLs the task `name` once `ready(work_dir)` holds; records what it saw then."""
+
+    def __init__(self, name, ready, timeout=600):
+        super().__init__(daemon=True)
+        self.name_, self.ready, self.timeout = name, ready, timeout
+        self.killed = None
+
+    def run(self):
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline and self.killed is None:
+            tasks = cluster_tasks()
+            if self.name_ in tasks:
+                pid, work_dir = tasks[self.name_]
+                seen = self.ready(work_dir)
+                if seen is not None:
+                    os.kill(pid, signal.SIGKILL)
+                    self.killed = seen
+                    return
+            time.sleep(0.05)
+
+
+def trained_info(pipeline_root):
+    """training_info.json of the Trainer executions that finished, newest last."""
+    done = [d for d in glob.glob(os.path.join(pipeline_root, "Trainer", "model", "*"))
+            if os.path.exists(training_info.path_in(d))]
+    return [training_info.read(d) for d in sorted(done, key=lambda d: int(os.path.basename(d)))]

@@ -1,0 +1,162 @@
+"""A real pipeline run reading its data from an S3 bucket and pushing into it (moto's server
+on loopback), then `deepfm-tfx serve` answering from the bucket: the in-process probabilities, through
+10 s of the store being away, a canary pushed afterwards, and a true exit code."""
+import base64
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+import s3_server
+from deepfm_tfx import contracts, model_repository
+from deepfm_tfx.components.example_encoder import request_examples
+from deepfm_tfx.pipeline import configs
+from deepfm_tfx.schemas import feature_spec
+from deepfm_tfx.serving import model_status
+from deepfm_tfx.synthetic import generator
+
+pytestmark = pytest.mark.e2e
+
+MODEL = configs.MODEL_NAME
+
+
+@pytest.fixture(scope="module")
+def s3():
+    with s3_server.running() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def pushed(s3, tmp_path_factory):
+    """`deepfm-tfx run` (Keras, small data) with its data in s3://<bucket>/data and its repository in
+    s3://<bucket>/repository."""
+    tmp = tmp_path_factory.mktemp("store")
+    data = str(tmp / "data")
+    generator.generate(data, rows=3000, spans=1, seed=5)
+    for folder, _, files in os.walk(data):  # the data lives in the bucket; the run mirrors it
+        for name in files:
+            path = os.path.join(folder, name)
+            s3.client().upload_file(path, s3_server.BUCKET, "data/" + os.path.relpath(path, data))
+    repo, summary_path = s3.url("repository"), str(tmp / "summary.json")
+    # The CLI in its own process: its exit code must be the run's, after using the store.
+    run = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "deepfm-tfx"), "run", "--data", s3.url("data"), "--pipeline-root",
+         str(tmp / "pipeline"), "--model-repository", repo, "--trainer", "keras", "--train-steps", "40",
+         "--eval-steps", "2", "--min-auc", "0.5", "--batch-size", "256", "--dnn-units", "16",
+         "--summary", summary_path], capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    with open(summary_path) as f:
+        summary = json.load(f)
+    record = model_repository.read_record(repo, MODEL, summary["pushed_version"])
+    spec = feature_spec.load(feature_spec.DEFAULT_SPEC)
+    return {"repo": repo, "version": summary["pushed_version"], "summary": summary,
+            "trainer_output": os.path.join(record["source_model"], contracts.SERVING_MODEL_DIR),
+            "rows": request_examples([os.path.join(data, "span-1", "part-000.csv")], spec, 50)}
+
+
+@pytest.fixture(scope="module")
+def server(pushed, tmp_path_factory):
+    """`deepfm-tfx serve` on the bucket, in its own process, as a serving host would run it."""
+    port = s3_server.free_port()
+    log = open(tmp_path_factory.mktemp("serve") / "serve.log", "w+")
+    process = subprocess.Popen(
+        [os.path.join(os.path.dirname(sys.executable), "deepfm-tfx"), "serve", "--model-repository", pushed["repo"],
+         "--port", "0", "--rest-api-port", str(port), "--host", "127.0.0.1",
+         "--model-config-file-poll-wait-seconds", "0.5", "--experiments-dir", str(tmp_path_factory.mktemp("exp")),
+         "--outcomes-port", "0"],  # no experiments here; 8502 may be taken by a test beside it
+        stdout=log, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            if model_status.version_state(url, MODEL, pushed["version"]) == "AVAILABLE":
+                break
+        except (urllib.error.URLError, OSError):
+            pass
+        assert process.poll() is None and time.monotonic() < deadline, _tail(log)
+        time.sleep(0.5)
+    yield {"process": process, "url": url, "log": log}
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def _tail(log):
+    log.flush()
+    log.seek(0)
+    return log.read()[-3000:]
+
+
+def _predict(url, rows, label=None):
+    path = f"/v1/models/{MODEL}" + (f"/labels/{label}" if label else "") + ":predict"
+    body = json.dumps({"instances": [{"b64": base64.b64encode(r).decode()} for r in rows]}).encode()
+    with urllib.request.urlopen(urllib.request.Request(url + path, data=body), timeout=30) as response:
+        return np.array(json.loads(response.read())["predictions"])
+
+
+@pytest.fixture(scope="module")
+def in_process(pushed):
+    import tensorflow as tf
+    loaded = tf.saved_model.load(pushed["trainer_output"])
+    out = loaded.signatures[contracts.SERVING_SIGNATURE](**{contracts.EXAMPLES_INPUT_KEY: tf.constant(pushed["rows"])})
+    return out[contracts.OUTPUT_KEY].numpy()
+
+
+def test_the_run_read_its_data_from_the_bucket_and_pushed_into_it(s3, pushed):
+    summary = pushed["summary"]
+    assert summary["data_root"].endswith("staged-data") and summary["span"] == 1
+    assert summary["pushed"] and summary["pushed_path"] == f"{pushed['repo']}/{MODEL}/{pushed['version']}"
+    assert model_repository.serving_version(pushed["repo"], MODEL) == pushed["version"]
+    keys = s3.keys("repository")
+    assert f"{MODEL}/{pushed['version']}/saved_model.pb" in keys
+    assert f"{MODEL}/{pushed['version']}/{contracts.WARMUP_FILE}" in keys
+
+
+def test_serve_from_the_bucket_answers_the_in_process_probabilities(server, pushed, in_process):
+    assert in_process.std() > 0
+    np.testing.assert_allclose(_predict(server["url"], pushed["rows"]), in_process, rtol=1e-5, atol=1e-7)
+
+
+def test_serve_answers_through_ten_seconds_of_the_store_away_then_loads_a_canary(s3, server, pushed, in_process,
+                                                                                 tmp_path):
+    answers, failures = [], []
+    with s3.away():
+        started = time.monotonic()
+        while time.monotonic() - started < 10:
+            try:
+                answers.append(_predict(server["url"], pushed["rows"][:5]))
+            except (urllib.error.URLError, OSError) as e:
+                failures.append(e)
+            time.sleep(0.2)
+    assert not failures and len(answers) >= 20
+    for answer in answers:
+        np.testing.assert_allclose(answer, in_process[:5], rtol=1e-5, atol=1e-7)
+    # The store is back: a canary pushed now is downloaded, loaded, and only then labelled.
+    pushing = {}
+    thread = threading.Thread(target=lambda: pushing.update(version=model_repository.push(
+        pushed["repo"], MODEL, pushed["trainer_output"], {"source_model": "the same model again"}, push_as="canary",
+        wait=model_status.waiter(server["url"], timeout=240))))
+    thread.start()
+    thread.join(300)
+    canary = pushing["version"]
+    assert model_repository.labels(pushed["repo"], MODEL) == {"stable": pushed["version"], "canary": canary}
+    assert model_status.version_state(server["url"], MODEL, canary) == "AVAILABLE"
+    np.testing.assert_allclose(_predict(server["url"], pushed["rows"], label="canary"), in_process,
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_serve_stops_with_a_true_exit_code(server):
+    process = server["process"]
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 0, _tail(server["log"])
+    log = _tail(server["log"])
+    assert "stopping" in log and not re.search(r"pure virtual|Traceback", log)

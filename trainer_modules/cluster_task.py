@@ -1,0 +1,43 @@
+"""One task of a training cluster: `python -m deepfm_tfx.trainer_modules.cluster_task <task_config.json>`.
+
+TF_CONFIG says which task this process is. A parameter server serves its
+variables until it is stopped; the chief and the workers run the trainer's
+own cluster loop with the Trainer's inputs, read from the config file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+
+def main(argv) -> int:
+    with open(argv[1]) as f:
+        task_config = json.load(f)
+    tf_config = json.loads(os.environ["TF_CONFIG"])
+    import tensorflow as tf  # after TF_CPP_MIN_LOG_LEVEL is in the environment
+    kind, index = tf_config["task"]["type"], int(tf_config["task"]["index"])
+    if kind == "ps":
+        server = tf.distribute.Server(tf.train.ClusterSpec(tf_config["cluster"]), job_name="ps", task_index=index,
+                                      protocol="grpc", start=True)
+        server.join()
+        return 0
+    if kind == "worker":
+        _poll_chief_every(1.0)
+    from deepfm_tfx.trainer_modules import estimator_trainer
+    estimator_trainer.run_cluster_task(task_config)
+    return 0
+
+
+def _poll_chief_every(seconds: float) -> None:
+    """A worker waits for the chief to initialise the variables, checking every 30 s by default
+    (TF1's SessionManager, not configurable through the Estimator): longer than a short run takes."""
+    import functools
+
+    from tensorflow.python.training import session_manager
+    session_manager.SessionManager.__init__ = functools.partialmethod(
+        session_manager.SessionManager.__init__, recovery_wait_secs=seconds)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

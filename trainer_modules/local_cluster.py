@@ -1,0 +1,226 @@
+"""A training cluster as local processes on loopback ports: what `--cluster workers=2,ps=1` starts.
+
+One chief, N workers and M parameter servers, each its own process with its
+own TF_CONFIG, as Kubernetes (a TFJob) would start them. The launcher acts as
+the scheduler too: a worker that dies is started again (its work goes on,
+asynchronous training does not wait for it); a parameter server or the chief
+that dies stops the whole cluster with an error, and the re-run resumes from
+the last checkpoint. Every task is stopped when training ends or fails, and
+dies with the Trainer (PR_SET_DEATHSIG) if the Trainer itself is killed.
+
+No TensorFlow here: the tasks run `python -m deepfm_tfx.trainer_modules.cluster_task`.
+"""
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Callable, Dict, List, Optional
+
+CHIEF, WORKER, PS = "chief", "worker", "ps"
+TASK_MODULE = "deepfm_tfx.trainer_modules.cluster_task"
+# A worker is restarted at most this many times, so a task that cannot start fails the run.
+MAX_RESTARTS = 5
+PROGRESS_DIR = "progress"  # each training task writes its steps here, as <task>.json
+
+
+class ClusterFailed(RuntimeError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterShape:
+    workers: int
+    ps: int
+
+    def __str__(self) -> str:
+        return f"workers={self.workers},ps={self.ps}"
+
+
+def parse(text: str) -> ClusterShape:
+    """'workers=2,ps=1' (the chief comes with it); a ValueError names what is wrong."""
+    parts = dict(p.split("=", 1) for p in text.replace(" ", "").split(",") if "=" in p)
+    if not re.fullmatch(r"(workers=\d+|ps=\d+)(,(workers=\d+|ps=\d+))*", text.replace(" ", "")) \
+            or set(parts) != {"workers", "ps"}:
+        raise ValueError(f"--cluster takes workers=N,ps=M, e.g. workers=2,ps=1; got {text!r}")
+    shape = ClusterShape(int(parts["workers"]), int(parts["ps"]))
+    if shape.ps < 1:
+        raise ValueError(f"--cluster needs at least one parameter server (ps=1), got {text!r}")
+    return shape
+
+
+def free_ports(count: int) -> List[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def cluster_spec(shape: ClusterShape) -> Dict[str, List[str]]:
+    ports = free_ports(1 + shape.workers + shape.ps)
+    addresses = [f"127.0.0.1:{p}" for p in ports]
+    spec = {CHIEF: addresses[:1], WORKER: addresses[1:1 + shape.workers], PS: addresses[1 + shape.workers:]}
+    return {job: tasks for job, tasks in spec.items() if tasks}  # workers=0: the chief trains alone
+
+
+def task_name(kind: str, index: int) -> str:
+    return CHIEF if kind == CHIEF else f"{kind}{index}"
+
+
+def _die_with_parent() -> None:
+    # Linux: the task gets SIGKILL when the Trainer's thread that started it dies.
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_DEATHSIG
+    except OSError:
+        pass
+
+
+def _how(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+@dataclasses.dataclass
+class _Task:
+    kind: str
+    index: int
+    process: Optional[subprocess.Popen] = None
+    restarts: int = 0
+    log: Optional[str] = None
+
+    @property
+    def name(self) -> str:
+        return task_name(self.kind, self.index)
+
+
+class LocalCluster:
+    """Starts the tasks, supervises them until the chief is done, stops them all."""
+
+    def __init__(self, shape: ClusterShape, task_config: dict, checkpoint_dir: Optional[str] = None,
+                 work_dir: Optional[str] = None):
+        self.shape, self.checkpoint_dir = shape, checkpoint_dir
+        self.work_dir = work_dir or tempfile.mkdtemp(prefix="deepfm-cluster-")
+        shutil.rmtree(os.path.join(self.work_dir, PROGRESS_DIR), ignore_errors=True)  # a failed attempt's
+        os.makedirs(os.path.join(self.work_dir, PROGRESS_DIR), exist_ok=True)
+        self.spec = cluster_spec(shape)
+        self.config_file = os.path.join(self.work_dir, "task_config.json")
+        with open(self.config_file, "w") as f:
+            json.dump({**task_config, "work_dir": self.work_dir}, f)
+        self.tasks = [_Task(PS, i) for i in range(shape.ps)] + [_Task(CHIEF, 0)] + \
+            [_Task(WORKER, i) for i in range(shape.workers)]
+        self.restarts: Dict[str, int] = {}
+
+    def _start(self, task: _Task) -> None:
+        env = dict(os.environ)
+        env["TF_CONFIG"] = json.dumps({"cluster": self.spec, "task": {"type": task.kind, "index": task.index}})
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        task.log = os.path.join(self.work_dir, f"{task.name}.log")
+        with open(task.log, "ab") as log:
+            task.process = subprocess.Popen([sys.executable, "-m", TASK_MODULE, self.config_file], env=env,
+                                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            preexec_fn=_die_with_parent)
+
+    def pid(self, name: str) -> int:
+        """The process id of a task, e.g. "worker1" (the fault tests kill it)."""
+        return next(t.process.pid for t in self.tasks if t.name == name)
+
+    def start(self) -> "LocalCluster":
+        for task in self.tasks:
+            self._start(task)
+        return self
+
+    def progress(self) -> Dict[str, dict]:
+        """{task: {"steps": steps it ran, "global_step": the cluster's step it last saw}}."""
+        out = {}
+        folder = os.path.join(self.work_dir, PROGRESS_DIR)
+        for name in os.listdir(folder):
+            try:
+                with open(os.path.join(folder, name)) as f:
+                    out[name[:-len(".json")]] = json.load(f)
+            except (OSError, ValueError):  # being replaced
+                continue
+        return out
+
+    def wait(self, on_progress: Optional[Callable[[Dict[str, dict]], None]] = None,
+             poll_seconds: float = 0.5) -> None:
+        """Until the chief ends; restarts dead workers; ClusterFailed if the chief or a ps dies."""
+        while True:
+            if on_progress:
+                on_progress(self.progress())
+            for task in self.tasks:
+                code = task.process.poll()
+                if code is None:
+                    continue
+                if task.kind == CHIEF and code == 0:
+                    return
+                if task.kind == WORKER and code == 0:
+                    continue  # done: the cluster reached its last step
+                if task.kind == WORKER and task.restarts < MAX_RESTARTS:
+                    task.restarts += 1
+                    self.restarts[task.name] = task.restarts
+                    print(f"deepfm-tfx cluster: {task.name} died ({_how(code)}); restarting it", file=sys.stderr,
+                          flush=True)
+                    self._start(task)
+                    continue
+                steps = max((p.get("global_step", 0) for p in self.progress().values()), default=0)
+                saved = last_checkpoint_step(self.checkpoint_dir) if self.checkpoint_dir else None
+                resume = f"resumes from the last checkpoint (step {saved})" if saved else "starts again at step 0 " \
+                    "(no checkpoint yet)"
+                raise ClusterFailed(
+                    f"the training cluster's {task.name} died ({_how(code)}) near step {steps}, so every task was "
+                    f"stopped; running the pipeline again {resume}; the tasks' logs are in {self.work_dir}")
+            time.sleep(poll_seconds)
+
+    def stop(self) -> None:
+        for task in self.tasks:
+            if task.process is not None and task.process.poll() is None:
+                task.process.terminate()
+        deadline = time.monotonic() + 10
+        for task in self.tasks:
+            if task.process is None:
+                continue
+            try:
+                task.process.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                task.process.kill()
+                task.process.wait()
+
+    def __enter__(self) -> "LocalCluster":
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+def last_checkpoint_step(directory: str) -> Optional[int]:
+    """The step of the newest checkpoint a TF checkpoint state file names, without TensorFlow."""
+    try:
+        with open(os.path.join(directory, "checkpoint")) as f:
+            match = re.search(r'^model_checkpoint_path: ".*-(\d+)"', f.read(), re.M)
+    except OSError:
+        return None
+    return int(match.group(1)) if match else None
+
+
+def shares(progress: Dict[str, dict]) -> Dict[str, float]:
+    """Each training task's part of the steps done so far."""
+    steps = {name: p.get("steps", 0) for name, p in sorted(progress.items())}
+    total = sum(steps.values())
+    return {name: n / total for name, n in steps.items()} if total else {}
