@@ -204,11 +204,12 @@ def test_a_config_written_by_another_writer_meanwhile_is_not_overwritten(s3, tmp
 
 def test_an_expired_lease_is_taken_over_once_and_its_old_holder_must_stop(s3):
     store = object_store.Store(s3.url("lease"))
-    slow = object_store.Lease(store, seconds=0.3)
+    slow = object_store.Lease(store, seconds=3)  # long enough to be seen held on a busy machine
     slow.acquire()
+    acquired = time.monotonic()
     with pytest.raises(object_store.LeaseHeld, match="another writer holds"):
         object_store.Lease(store).acquire()
-    time.sleep(0.5)
+    time.sleep(max(0.0, acquired + 3.2 - time.monotonic()))
     taker = object_store.Lease(store)
     taker.acquire()  # expired: taken over with If-Match on the old lease's ETag
     with pytest.raises(object_store.LeaseHeld, match="taken over"):
