@@ -120,7 +120,7 @@ def run_fn(fn_args: FnArgs) -> None:
     step_start = _global_step(tf.train.latest_checkpoint(resume_dir))
     measured = {}
     if config.cluster:
-        rate, measured = _train_on_local_cluster(fn_args, inputs, resume_dir, warm_from, step_start)
+        rate, measured = _train_on_cluster(fn_args, inputs, resume_dir, warm_from, step_start)
     else:
         estimator = _estimator(inputs, fn_args, _run_config(
             config, fn_args.train_steps, resume_dir,
@@ -165,8 +165,8 @@ def run_fn(fn_args: FnArgs) -> None:
 TABLE_SHARDS_FILE = "table_shards.json"
 
 
-def _train_on_local_cluster(fn_args, inputs, resume_dir, warm_from, step_start):
-    """Trains with a LocalCluster; returns the cluster's examples/s and what it recorded."""
+def _train_on_cluster(fn_args, inputs, resume_dir, warm_from, step_start):
+    """Trains on a local cluster (a TFJob in a Kubeflow pod); returns its examples/s and its record."""
     shape = local_cluster.parse(inputs.config.cluster)
     task_config = {"train_files": list(fn_args.train_files), "eval_files": list(fn_args.eval_files),
                    "transform_output": fn_args.transform_output, "custom_config": fn_args.custom_config,
@@ -184,20 +184,22 @@ def _train_on_local_cluster(fn_args, inputs, resume_dir, warm_from, step_start):
             progress_tally.TRAINING.cluster_shares(local_cluster.shares(tasks))
             progress_tally.TRAINING.update(min(step, fn_args.train_steps))
 
+    # The task config, progress and logs, beside the checkpoints (on the shared volume in a pod).
+    work_dir = resume_dir.rstrip("/") + "-cluster"
     if tfjob.in_a_pod():  # a Kubeflow Trainer step compiled with --cluster: the operator starts the tasks
-        cluster = tfjob.TFJobCluster(shape, task_config, resume_dir)
+        cluster = tfjob.TFJobCluster(shape, task_config, resume_dir, work_dir)
     else:
-        cluster = local_cluster.LocalCluster(shape, task_config, checkpoint_dir=resume_dir)
+        cluster = local_cluster.LocalCluster(shape, task_config, checkpoint_dir=resume_dir, work_dir=work_dir)
     with cluster:
         cluster.wait(on_progress)
     final = cluster.progress()
     with open(os.path.join(cluster.work_dir, TABLE_SHARDS_FILE)) as f:
         shards = json.load(f)
     logs = None
-    if cluster.restarts:  # the logs say why a task died
-        logs = cluster.work_dir
-    else:  # also kept when training failed
-        shutil.rmtree(cluster.work_dir, ignore_errors=True)
+    if cluster.restarts:  # the logs say why a task died: kept with this execution's output
+        logs = os.path.join(fn_args.model_run_dir, "cluster_logs")
+        shutil.move(work_dir, logs)
+    shutil.rmtree(work_dir, ignore_errors=True)  # kept when training failed, for the error's pointer
     progress_tally.TRAINING.set_phase("evaluating and exporting")
     measured = {"cluster": str(shape), "table_shards": shards, "cluster_restarts": cluster.restarts,
                 "cluster_logs": logs,

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -116,6 +117,7 @@ class LocalCluster:
                  work_dir: Optional[str] = None):
         self.shape, self.checkpoint_dir = shape, checkpoint_dir
         self.work_dir = work_dir or tempfile.mkdtemp(prefix="deepfm-cluster-")
+        shutil.rmtree(os.path.join(self.work_dir, PROGRESS_DIR), ignore_errors=True)  # a failed attempt's
         os.makedirs(os.path.join(self.work_dir, PROGRESS_DIR), exist_ok=True)
         self.spec = cluster_spec(shape)
         self.config_file = os.path.join(self.work_dir, "task_config.json")

@@ -62,13 +62,13 @@ def in_a_pod() -> bool:
 class TFJobCluster:
     """The LocalCluster's interface over a submitted TFJob (on paper: see the module's docstring)."""
 
-    def __init__(self, shape: local_cluster.ClusterShape, task_config: dict, checkpoint_dir: str):
+    def __init__(self, shape: local_cluster.ClusterShape, task_config: dict, checkpoint_dir: str, work_dir: str):
         from kubernetes import client, config as kube_config  # kfp's dependency, in the pipeline image
         kube_config.load_incluster_config()
         self.api = client.CustomObjectsApi()
         self.shape, self.checkpoint_dir, self.restarts = shape, checkpoint_dir, {}
         # The pods read the task config and write their progress on the shared volume.
-        self.work_dir = os.path.join(checkpoint_dir, "cluster")
+        self.work_dir = work_dir
         os.makedirs(os.path.join(self.work_dir, local_cluster.PROGRESS_DIR), exist_ok=True)
         config_file = os.path.join(self.work_dir, "task_config.json")
         with open(config_file, "w") as f:

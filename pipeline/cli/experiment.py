@@ -3,7 +3,7 @@
     deepfm-tfx models canary 1795400000                  # the candidate, beside stable
     deepfm-tfx experiment start week-12 --canary-share 0.2
     deepfm-tfx serve                                     # splits deepfm's un-pinned requests by user_id
-    curl -d @clicks.json localhost:8501/v1/experiments/week-12/outcomes
+    curl -d @clicks.json localhost:8502/v1/experiments/week-12/outcomes   # the outcomes listener
     deepfm-tfx experiment report week-12                 # per arm, the difference, the decision
     deepfm-tfx experiment report week-12 --promote       # ... and apply it through the label moves
     deepfm-tfx experiment check-rule --runs 200          # the rule's error rates against a planted truth
@@ -19,7 +19,7 @@ import os
 import sys
 import time
 
-from deepfm_tfx.contracts import CANARY, EXIT_BAD_INPUT, STABLE
+from deepfm_tfx.contracts import CANARY, EXIT_BAD_INPUT, SAMPLE_RATIO_MISMATCH, STABLE
 
 DEFAULT_EXPERIMENTS_DIR = "experiments"
 # What check-rule simulates; the guardrails need a server (latency, errors) and are not simulated.
@@ -255,7 +255,9 @@ def cmd_report(args) -> int:
     else:
         print(report.format_text(built))
         if args.promote and built.get("applied") is None:
-            print("nothing applied: the experiment keeps running")
+            print("nothing applied: " + ("the split is broken; find the cause before trusting any metric"
+                                         if built["decision"]["action"] == SAMPLE_RATIO_MISMATCH
+                                         else "the experiment keeps running"))
     return 0
 
 

@@ -220,11 +220,12 @@ def _line(r: Dict[str, Any]) -> str:
 
 
 def format_text(result: Dict[str, Any]) -> str:
-    lines = ["rate                      value  95% interval      bound     ",
-             f"false decisions (A/A)     {_row(result['false_decision_rate'])}",
-             f"power at {result['rule']['sized_lift']:+.1%} lift        {_row(result['power'])}",
-             f"SRM alarms ({result['srm_alarm_rate']['real_share']:g} split)  {_row(result['srm_alarm_rate'])}",
-             "", "power curve: true CTR lift -> share promoted within the planned sample (rolled back)"]
+    rows = [("false decisions (A/A)", result["false_decision_rate"]),
+            (f"power at {result['rule']['sized_lift']:+.1%} lift", result["power"]),
+            (f"SRM alarms ({result['srm_alarm_rate']['real_share']:g} split)", result["srm_alarm_rate"])]
+    lines = [f"{'rate':<26}value  95% interval    bound"]
+    lines += [f"{label:<26}{_row(r)}" for label, r in rows]
+    lines += ["", "power curve: true CTR lift -> share promoted within the planned sample (rolled back)"]
     for point in result["power_curve"]:
         lines.append(f"  {point['true_lift']:+7.2%}  {point['promoted']:.3f} [{point['low']:.3f}, {point['high']:.3f}]"
                      f"  ({point['rolled_back']:.3f})")

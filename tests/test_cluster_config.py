@@ -1,0 +1,38 @@
+"""--cluster: what it accepts, and one error line for what it does not."""
+import pytest
+
+from deepfm_tfx.errors import ConfigError
+from deepfm_tfx.pipeline import configs, validation
+from deepfm_tfx.trainer_modules import local_cluster
+
+
+def test_cluster_shape_and_its_loopback_addresses():
+    shape = local_cluster.parse("workers=2,ps=1")
+    assert (shape.workers, shape.ps) == (2, 1) and str(shape) == "workers=2,ps=1"
+    spec = local_cluster.cluster_spec(shape)
+    assert {job: len(tasks) for job, tasks in spec.items()} == {"chief": 1, "worker": 2, "ps": 1}
+    addresses = [a for tasks in spec.values() for a in tasks]
+    assert len(set(addresses)) == 4 and all(a.startswith("127.0.0.1:") for a in addresses)
+    assert "worker" not in local_cluster.cluster_spec(local_cluster.parse("ps=2,workers=0"))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("workers=2", "--cluster takes workers=N,ps=M"),
+    ("workers=two,ps=1", "--cluster takes workers=N,ps=M"),
+    ("workers=2,ps=0", "at least one parameter server"),
+])
+def test_a_bad_cluster_is_one_config_error(text, message):
+    with pytest.raises(ConfigError, match=message):
+        validation.validate(configs.RunConfig(trainer="estimator", training={"cluster": text}), paths=False)
+
+
+def test_the_keras_trainer_on_a_cluster_is_refused_with_the_reason():
+    with pytest.raises(ConfigError, match="--trainer estimator"):
+        validation.validate(configs.RunConfig(trainer="keras", training={"cluster": "workers=1,ps=1"}), paths=False)
+
+
+def test_last_checkpoint_step_is_read_from_the_state_file(tmp_path):
+    assert local_cluster.last_checkpoint_step(str(tmp_path)) is None
+    (tmp_path / "checkpoint").write_text('model_checkpoint_path: "/x/model.ckpt-250"\n'
+                                         'all_model_checkpoint_paths: "/x/model.ckpt-200"\n')
+    assert local_cluster.last_checkpoint_step(str(tmp_path)) == 250
