@@ -267,3 +267,44 @@ def walk_files(folder: str) -> Iterator[str]:
     for root, _, files in os.walk(folder):
         for name in files:
             yield os.path.relpath(os.path.join(root, name), folder).replace(os.sep, "/")
+
+
+MIRROR_MANIFEST = ".deepfm-tfx-mirror.json"
+
+
+def mirror(url: str, folder: str) -> Tuple[int, int]:
+    """Makes `folder` a copy of the objects under `url`; returns (downloaded, total).
+
+    Only objects whose ETag changed since the last mirror are downloaded (each
+    into a side file, then renamed), so an unchanged file keeps its mtime and
+    ExampleGen's input fingerprint; files gone from the store are removed.
+    """
+    store = Store(url)
+    objects = {k: tag for k, (_, tag) in store.list().items() if k and not k.endswith("/")}
+    if not objects:
+        return 0, 0  # a wrong prefix: leave the folder as it was
+    manifest_path = os.path.join(folder, MIRROR_MANIFEST)
+    try:
+        with open(manifest_path) as f:
+            had = json.load(f)
+    except (OSError, ValueError):
+        had = {}
+    downloaded = 0
+    for relative, tag in sorted(objects.items()):
+        local = os.path.join(folder, *relative.split("/"))
+        if had.get(relative) == tag and os.path.isfile(local):
+            continue
+        side = f"{local}.incoming-{os.getpid()}"
+        store.download_file(relative, side)
+        os.replace(side, local)
+        downloaded += 1
+    for relative in set(had) - set(objects):
+        try:
+            os.remove(os.path.join(folder, *relative.split("/")))
+        except FileNotFoundError:
+            pass
+    os.makedirs(folder, exist_ok=True)
+    with open(manifest_path + ".tmp", "w") as f:
+        json.dump(objects, f)
+    os.replace(manifest_path + ".tmp", manifest_path)
+    return downloaded, len(objects)

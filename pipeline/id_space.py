@@ -5,8 +5,9 @@ The run counts the distinct field-prefixed ids of the newest span (what
 Transform will hash: "C3=05db9164", the empty id of each field included) and
 takes the next power of two at least FACTOR times that. Power-of-two counts
 keep ids nested (fingerprint mod 2^k), and the choice only grows within a
-pipeline root (recorded in <pipeline_root>/id_space.json): a week with a few
-more or fewer ids keeps the same table, so last week's model can warm-start.
+pipeline root (recorded in <pipeline_root>/id_space.json), and only when the
+ids need GROWTH_SLACK times the recorded table: a week with a few more or
+fewer ids keeps the same table, so last week's model can warm-start.
 
 With frequency admission (the spec's `min_count`), only ids seen at least
 min_count times in the newest span count: the others share their field's rare
@@ -34,6 +35,7 @@ from deepfm_tfx.schemas.feature_spec import FeatureSpec
 # 2x: about a fifth to two fifths of ids share a row, nearly all of them rare
 # ones (a rare id carries little signal); 4x doubles the table for little more.
 FACTOR = 2
+GROWTH_SLACK = 1.5
 MIN_BUCKETS, MAX_BUCKETS = 2 ** 10, 2 ** 24
 # When the data cannot be read where the pipeline is compiled (e.g. gs://).
 UNREADABLE_DEFAULT = 2 ** 22
@@ -173,8 +175,11 @@ def resolve(spec: FeatureSpec, data_root: str, pipeline_root: Optional[str] = No
         spec = dataclasses.replace(spec, slices=[name for name in spec.slices if name not in too_many])
     if not needs_buckets:
         return spec
-    # Only grow: a smaller week keeps the table, and with it the warm start.
-    buckets = max(buckets_for(table_ids(spec, fields)), (same_admission and record.get("hash_buckets")) or 0)
+    # Only grow, and only when outgrown by half: a week with fewer or a few more ids keeps the
+    # table, and with it the warm start (admitted counts hover around a power of two too).
+    ids = table_ids(spec, fields)
+    recorded = (same_admission and record.get("hash_buckets")) or 0
+    buckets = recorded if buckets_for(ids, FACTOR / GROWTH_SLACK) <= recorded else max(buckets_for(ids), recorded)
     if record_path:
         os.makedirs(pipeline_root, exist_ok=True)
         with open(record_path + ".tmp", "w") as f:

@@ -132,10 +132,6 @@ def validate(config: configs.RunConfig, *, paths: bool = True, connect: bool = T
     bad_beam = [a for a in config.beam_args if not a.startswith("--")]
     if bad_beam:
         raise ConfigError(f"--beam-arg takes Beam options like --beam-arg=--direct_num_workers=2, got {bad_beam[0]!r}")
-    for flag, path in (("--data", config.data), ("--pipeline-root", config.pipeline_root)):
-        if model_repository.is_store(path or ""):
-            raise ConfigError(f"{flag} {path}: only --model-repository may be in an object store so far; keep "
-                              f"{flag} on local disk or a mounted volume (docs/object-storage.md)")
     _http_url("--serving-url", config.serving_url, "http://host:8501")
     _http_url("--notify-url", config.notify_url, "https://hooks.example.com/deepfm")
 
@@ -148,9 +144,13 @@ def validate(config: configs.RunConfig, *, paths: bool = True, connect: bool = T
         metadata.connection_config(config.metadata, config.pipeline_root)  # raises ConfigError if malformed
     if not paths:
         return
+    if model_repository.is_store(config.pipeline_root):  # a cluster's own paths (Kubeflow's gs://) are not checked
+        raise ConfigError(f"--pipeline-root {config.pipeline_root}: a local run cannot keep its pipeline root in an "
+                          f"object store yet; keep it on local disk or a mounted volume (docs/object-storage.md)")
     if not os.path.isfile(config.features):
         raise ConfigError(f"--features {config.features}: no such file")
-    _folder("--data", config.data, must_exist=True)
+    if not model_repository.is_store(config.data or ""):  # a bucket is mirrored when the run starts
+        _folder("--data", config.data, must_exist=True)
     _folder("--pipeline-root", config.pipeline_root)
     _file_to_write("--summary", config.summary_path if config.summary else None)
     _repository(config)

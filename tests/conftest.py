@@ -12,6 +12,13 @@ SHARED_SAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__f
 def pytest_configure(config):
     config.addinivalue_line("markers", "e2e: runs the real pipeline on small data (minutes)")
 
+
+def pytest_collection_modifyitems(session, config, items):
+    """Files with end-to-end tests first. `make test` hands each worker whole files in this order, and
+    the alphabetical one put the longest (the weekly scenarios) last, all three running at the end."""
+    e2e_files = {item.path for item in items if item.get_closest_marker("e2e")}
+    items.sort(key=lambda item: item.path not in e2e_files)
+
 # The pipeline's task graph (node -> its upstream nodes), as every orchestrator must compile it.
 PIPELINE_UPSTREAM = {
     "SpecCsvExampleGen": set(),

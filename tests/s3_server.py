@@ -40,8 +40,10 @@ class S3Server:
             self.process.send_signal(signal.SIGCONT)
 
     def client(self):
-        import boto3
-        return boto3.session.Session().client("s3", endpoint_url=self.endpoint)
+        if getattr(self, "_client", None) is None:  # made once: a client takes a while on a busy machine
+            import boto3
+            self._client = boto3.session.Session().client("s3", endpoint_url=self.endpoint)
+        return self._client
 
     def keys(self, prefix: str):
         """Every key under s3://BUCKET/prefix, relative to it."""

@@ -128,15 +128,16 @@ def test_a_spec_sets_min_count_per_dataset_and_per_field(tmp_path):
 
 
 def _movielens_rows(n: int, seed: int):
-    """MovieLens-like clicks: Zipf-popular users and movies, genres, an age; the label from
-    user and movie biases, their dot product and the genres, so frequent ids carry the signal."""
+    """MovieLens-like clicks: every user rates a few dozen movies (MovieLens keeps users with
+    20 ratings or more), movies are Zipf-popular with a long tail; genres, an age; the label
+    from user and movie biases, their dot product and the genres."""
     rng = np.random.default_rng(seed)
-    users, movies = 3000, 800
+    users, movies = 400, 1500
     user_vec, movie_vec = rng.normal(0, 0.7, (users, 4)), rng.normal(0, 0.7, (movies, 4))
     user_bias, movie_bias, genre_bias = rng.normal(0, 0.6, users), rng.normal(0, 0.6, movies), rng.normal(0, 0.5, 12)
     movie_genres = [rng.choice(12, size=rng.integers(1, 4), replace=False) for _ in range(movies)]
-    u = np.minimum(rng.zipf(1.3, n) - 1, users - 1)
-    m = np.minimum(rng.zipf(1.2, n) - 1, movies - 1)
+    u = rng.integers(0, users, n)
+    m = np.minimum(rng.zipf(1.1, n) - 1, movies - 1)
     age = rng.integers(15, 70, n).astype(float)
     logit = user_bias[u] + movie_bias[m] + np.sum(user_vec[u] * movie_vec[m], 1) \
         + np.array([genre_bias[movie_genres[j]].mean() for j in m]) - 0.01 * (age - 40)
@@ -169,7 +170,7 @@ def _auc_of_a_trained_model(spec, train, test):
     config = hparams.TrainingConfig(batch_size=256, steps_per_execution=10)
     layout = FieldLayout(categorical=("user_id", "movie_id"), numerical=("age",), multivalent=("genres",),
                          num_ids=preprocessing.num_ids(spec, 0))
-    model = keras_trainer.build_model(types.SimpleNamespace(layout=layout, config=config), 5 * 20_000 // 256)
+    model = keras_trainer.build_model(types.SimpleNamespace(layout=layout, config=config), 5 * 12_000 // 256)
     x, y = arrays(train_out)
     model.fit(x, y, batch_size=256, epochs=5, verbose=0, shuffle=True)
     tx, ty = arrays(test_out)
@@ -177,11 +178,43 @@ def _auc_of_a_trained_model(spec, train, test):
 
 
 def test_admission_does_not_lower_auc_on_a_movielens_style_spec():
-    rows = _movielens_rows(24_000, seed=1)
-    train, test = rows[:20_000], rows[20_000:]
+    rows = _movielens_rows(16_000, seed=1)
+    train, test = rows[:12_000], rows[12_000:]
     spec = FeatureSpec(name="movies", label="label", categorical=["user_id", "movie_id"], numerical=["age"],
                        multivalent=[Multivalent("genres", "|", 3)], categorical_encoding="hash", hash_buckets=1 << 13)
     without = _auc_of_a_trained_model(spec, train, test)
     admitted = _auc_of_a_trained_model(FeatureSpec.from_dict(dict(spec.to_dict(), min_count=3)), train, test)
     assert without > 0.6  # the model learnt something to compare
-    assert admitted >= without - 0.002
+    assert admitted >= without - 0.002  # slack for thread-order float differences between machines
+
+
+def test_on_the_200_real_criteo_rows_transform_admits_what_the_counts_say(tmp_path):
+    import csv
+    import dataclasses
+
+    from conftest import SHARED_SAMPLE
+    from deepfm_tfx.schemas import feature_spec
+    spec = feature_spec.load(feature_spec.DEFAULT_SPEC)
+    fields, _ = id_space.survey([SHARED_SAMPLE], spec)
+    spec = dataclasses.replace(spec, hash_buckets=id_space.buckets_for(id_space.table_ids(spec, fields)))
+    with open(SHARED_SAMPLE) as f:
+        table = list(csv.DictReader(f))
+    raw = {spec.label: tf.io.VarLenFeature(tf.int64)}
+    raw.update({n: tf.io.VarLenFeature(tf.float32) for n in spec.numerical})
+    raw.update({n: tf.io.VarLenFeature(tf.string) for n in spec.categorical})
+    rows = [{spec.label: [int(r[spec.label])],
+             **{n: [float(r[n])] if r[n] else [] for n in spec.numerical},
+             **{n: [r[n].encode()] if r[n] else [] for n in spec.categorical}} for r in table]
+    metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(raw))
+    with tft_beam.Context(temp_dir=str(tmp_path / "tmp"), force_tf_compat_v1=False):
+        transform_fn = (rows, metadata) | tft_beam.AnalyzeDataset(
+            lambda inputs: preprocessing.preprocessing_fn(inputs, {FEATURE_SPEC_KEY: spec.to_dict()}))
+        _ = transform_fn | tft_beam.WriteTransformFn(str(tmp_path / "graph"))
+    report = id_space.admission(str(tmp_path / "graph"), spec)
+    for name in spec.categorical:
+        counts = {}
+        for r in table:
+            counts[r[name]] = counts.get(r[name], 0) + 1  # "" (missing) is an id of its own
+        kept = [c for c in counts.values() if c >= spec.min_count]
+        assert report[name] == {"admitted": len(kept), "rare_share": round(1 - sum(kept) / len(table), 4)}, name
+        assert fields[name]["admitted"] == len(kept) and fields[name]["seen"] == len(counts), name

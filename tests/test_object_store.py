@@ -50,11 +50,20 @@ def _pusher(repo, source, name):
                             stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for(predicate, timeout=60.0):
+def _stopped_when(process, predicate, timeout=300.0):
+    """Runs `process` in 50 ms steps, checking `predicate` while it is stopped, and leaves it stopped
+    once it holds: however loaded the machine, the check never races the process."""
     deadline = time.monotonic() + timeout
+    process.send_signal(signal.SIGSTOP)
     while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
+        assert process.poll() is None and time.monotonic() < deadline, "the moment never came"
+        process.send_signal(signal.SIGCONT)
+        time.sleep(0.05)
+        process.send_signal(signal.SIGSTOP)
+
+
+def _uploading(s3, prefix):
+    return lambda: bool(s3.client().list_multipart_uploads(Bucket=s3_server.BUCKET, Prefix=prefix).get("Uploads"))
 
 
 def _scenario(repo, sources):
@@ -132,7 +141,7 @@ def test_a_push_killed_mid_upload_leaves_the_last_state_and_its_retry_finishes(s
     source = _padded_saved_model(tmp_path / "new", 64)
     pusher = _pusher(repo, source, "new")
     # Killed while its variables are going up (a multipart upload under way), before saved_model.pb.
-    _wait_for(lambda: s3.client().list_multipart_uploads(Bucket=s3_server.BUCKET, Prefix="killed/").get("Uploads"))
+    _stopped_when(pusher, _uploading(s3, "killed/"))
     pusher.send_signal(signal.SIGKILL)
     pusher.wait()
     keys = s3.keys("killed")
@@ -156,25 +165,25 @@ def test_a_push_killed_mid_upload_leaves_the_last_state_and_its_retry_finishes(s
 
 def test_two_pushes_at_once_one_wins_one_is_refused_and_nothing_is_lost(s3, tmp_path):
     repo = s3.url("race")
-    first = _pusher(repo, _padded_saved_model(tmp_path / "first", 32), "first")
-    _wait_for(lambda: ".lease" in s3.keys("race"))
-    first.send_signal(signal.SIGSTOP)  # paused mid-push, lease held: the second push overlaps it for sure
+    first = _pusher(repo, _padded_saved_model(tmp_path / "first", 64), "first")
+    _stopped_when(first, _uploading(s3, "race/"))  # paused mid-upload, lease held: the pushes overlap for sure
     try:
+        assert ".lease" in s3.keys("race") and first.poll() is None
         second = _pusher(repo, write_saved_model(tmp_path / "second"), "second")
         out, err = second.communicate(timeout=120)
     finally:
         first.send_signal(signal.SIGCONT)
-    assert second.returncode == 2
-    assert err.startswith("error: another writer holds s3://") and "nothing was changed" in err
+    assert second.returncode == 2, out + err
+    assert err.startswith("error: another writer holds s3://") and "nothing was changed" in err, err
     out_first, err_first = first.communicate(timeout=300)
-    assert first.returncode == 0, err_first
+    assert first.returncode == 0, out_first + err_first
     winner = int(out_first)
     assert mr.versions(repo, MODEL) == [winner] and mr.serving_version(repo, MODEL) == winner
     assert mr.read_record(repo, MODEL, winner)["source_model"] == "first"
     # The refused push, run again, lands on top.
     again = subprocess.run([sys.executable, "-c", PUSH, repo, str(tmp_path / "second"), "second"],
                            capture_output=True, text=True, timeout=120)
-    assert again.returncode == 0, again.stderr
+    assert again.returncode == 0, again.stdout + again.stderr
     assert mr.versions(repo, MODEL) == [winner, int(again.stdout)]
     assert mr.serving_version(repo, MODEL) == int(again.stdout)
 
@@ -195,11 +204,12 @@ def test_a_config_written_by_another_writer_meanwhile_is_not_overwritten(s3, tmp
 
 def test_an_expired_lease_is_taken_over_once_and_its_old_holder_must_stop(s3):
     store = object_store.Store(s3.url("lease"))
-    slow = object_store.Lease(store, seconds=0.3)
+    slow = object_store.Lease(store, seconds=3)  # long enough to be seen held on a busy machine
     slow.acquire()
+    acquired = time.monotonic()
     with pytest.raises(object_store.LeaseHeld, match="another writer holds"):
         object_store.Lease(store).acquire()
-    time.sleep(0.5)
+    time.sleep(max(0.0, acquired + 3.2 - time.monotonic()))
     taker = object_store.Lease(store)
     taker.acquire()  # expired: taken over with If-Match on the old lease's ETag
     with pytest.raises(object_store.LeaseHeld, match="taken over"):
@@ -210,11 +220,32 @@ def test_an_expired_lease_is_taken_over_once_and_its_old_holder_must_stop(s3):
     assert store.read(".lease") is None
 
 
-def test_data_or_pipeline_root_in_a_store_is_refused_in_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+def test_a_pipeline_root_in_a_store_or_empty_data_in_one_is_refused_in_one_line(s3, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    for flags in (["--data", "s3://bucket/data"], ["--pipeline-root", "s3://bucket/pipeline"]):
-        assert cli.main(["run", *flags, "--model-repository", "repo"]) == 2
-        err = capsys.readouterr().err.strip()
-        assert err.startswith(f"error: {flags[0]} s3://bucket/") and "only --model-repository" in err
-        assert len(err.splitlines()) == 1
-    assert os.listdir(tmp_path) == []  # no local folder named s3: and nothing else
+    assert cli.main(["run", "--pipeline-root", "s3://bucket/pipeline", "--model-repository", "repo"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --pipeline-root s3://bucket/pipeline: a local run cannot keep its pipeline root in")
+    assert len(err.splitlines()) == 1 and os.listdir(tmp_path) == []  # no local folder named s3:
+    assert cli.main(["run", "--data", s3.url("no-data"), "--pipeline-root", "pipeline", "--model-repository",
+                     "repo"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: --data {s3.url('no-data')}: no objects under it"
+    assert not os.path.exists(tmp_path / "repo")  # refused before any work on the repository
+
+
+def test_data_in_a_bucket_is_mirrored_downloading_only_what_changed(s3, tmp_path):
+    client = s3.client()
+    for key, body in (("span-1/part-000.csv", b"a\n"), ("span-2/part-000.csv", b"b\n")):
+        client.put_object(Bucket=s3_server.BUCKET, Key=f"mirror/{key}", Body=body)
+    folder = str(tmp_path / "staged")
+    assert object_store.mirror(s3.url("mirror"), folder) == (2, 2)
+    first = os.stat(os.path.join(folder, "span-1", "part-000.csv")).st_mtime_ns
+    client.put_object(Bucket=s3_server.BUCKET, Key="mirror/span-2/part-000.csv", Body=b"b2\n")
+    client.put_object(Bucket=s3_server.BUCKET, Key="mirror/span-3/part-000.csv", Body=b"c\n")
+    client.delete_object(Bucket=s3_server.BUCKET, Key="mirror/span-1/part-000.csv")
+    assert object_store.mirror(s3.url("mirror"), folder) == (2, 2)
+    assert not os.path.exists(os.path.join(folder, "span-1", "part-000.csv")) and first
+    assert open(os.path.join(folder, "span-2", "part-000.csv"), "rb").read() == b"b2\n"
+    unchanged = os.stat(os.path.join(folder, "span-3", "part-000.csv")).st_mtime_ns
+    assert object_store.mirror(s3.url("mirror"), folder) == (0, 2)  # nothing changed: nothing downloaded
+    assert os.stat(os.path.join(folder, "span-3", "part-000.csv")).st_mtime_ns == unchanged

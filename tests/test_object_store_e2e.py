@@ -1,5 +1,5 @@
-"""A real pipeline run pushing into an S3 bucket (moto's server on loopback), then
-`deepfm-tfx serve` answering from the bucket: the in-process probabilities, through
+"""A real pipeline run reading its data from an S3 bucket and pushing into it (moto's server
+on loopback), then `deepfm-tfx serve` answering from the bucket: the in-process probabilities, through
 10 s of the store being away, a canary pushed afterwards, and a true exit code."""
 import base64
 import json
@@ -37,14 +37,19 @@ def s3():
 
 @pytest.fixture(scope="module")
 def pushed(s3, tmp_path_factory):
-    """`deepfm-tfx run` (Keras, small data) with its repository in s3://<bucket>/repository."""
+    """`deepfm-tfx run` (Keras, small data) with its data in s3://<bucket>/data and its repository in
+    s3://<bucket>/repository."""
     tmp = tmp_path_factory.mktemp("store")
     data = str(tmp / "data")
     generator.generate(data, rows=3000, spans=1, seed=5)
+    for folder, _, files in os.walk(data):  # the data lives in the bucket; the run mirrors it
+        for name in files:
+            path = os.path.join(folder, name)
+            s3.client().upload_file(path, s3_server.BUCKET, "data/" + os.path.relpath(path, data))
     repo, summary_path = s3.url("repository"), str(tmp / "summary.json")
     # The CLI in its own process: its exit code must be the run's, after using the store.
     run = subprocess.run(
-        [os.path.join(os.path.dirname(sys.executable), "deepfm-tfx"), "run", "--data", data, "--pipeline-root",
+        [os.path.join(os.path.dirname(sys.executable), "deepfm-tfx"), "run", "--data", s3.url("data"), "--pipeline-root",
          str(tmp / "pipeline"), "--model-repository", repo, "--trainer", "keras", "--train-steps", "40",
          "--eval-steps", "2", "--min-auc", "0.5", "--batch-size", "256", "--dnn-units", "16",
          "--summary", summary_path], capture_output=True, text=True, timeout=900)
@@ -106,8 +111,9 @@ def in_process(pushed):
     return out[contracts.OUTPUT_KEY].numpy()
 
 
-def test_the_run_pushed_into_the_bucket(s3, pushed):
+def test_the_run_read_its_data_from_the_bucket_and_pushed_into_it(s3, pushed):
     summary = pushed["summary"]
+    assert summary["data_root"].endswith("staged-data") and summary["span"] == 1
     assert summary["pushed"] and summary["pushed_path"] == f"{pushed['repo']}/{MODEL}/{pushed['version']}"
     assert model_repository.serving_version(pushed["repo"], MODEL) == pushed["version"]
     keys = s3.keys("repository")

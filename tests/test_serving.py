@@ -228,13 +228,18 @@ def test_an_id_below_min_count_and_an_unseen_id_share_the_rare_row_served_as_in_
         for line in f:
             count, key = line.split()
             counted[int(key)] = int(count)
-    field = "C3"
-    place = spec.id_fields.index(field)
-    values = pd.read_csv(os.path.join(pushed["data"], "span-1", "part-000.csv"), dtype=str,
-                         keep_default_na=False)[field].unique()
-    keys = preprocessing.admission_keys(place, tf.constant([f"{field}={v}" for v in values])).numpy()
-    at_min = next(v for v, k in zip(values, keys) if counted.get(k) == spec.min_count)
-    below = next(v for v, k in zip(values, keys) if k not in counted)  # in the span, under min_count in training
+    span = pd.read_csv(os.path.join(pushed["data"], "span-1", "part-000.csv"), dtype=str, keep_default_na=False)
+
+    def ids_by_count(field):
+        values = span[field].unique()
+        keys = preprocessing.admission_keys(spec.id_fields.index(field),
+                                            tf.constant([f"{field}={v}" for v in values])).numpy()
+        at_min = [v for v, k in zip(values, keys) if counted.get(k) == spec.min_count]
+        below = [v for v, k in zip(values, keys) if k not in counted]  # in the span, under min_count in training
+        return at_min, below
+    # A field with an id seen exactly min_count times in the training split and one seen fewer.
+    field, (at_min, below) = next((f, found) for f in spec.categorical if all(found := ids_by_count(f)))
+    at_min, below, values = at_min[0], below[0], span[field].unique()
     unseen = "0badc0de"
     assert unseen not in values
 

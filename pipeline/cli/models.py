@@ -224,7 +224,7 @@ def configure(m) -> None:
     d = RunConfig()
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model-repository", default=d.model_repository,
-                        help="the versioned model repository")
+                        help="the versioned model repository: a folder, or s3://bucket/prefix")
     common.add_argument("--model-name", default=d.model_name, help="model name in the repository")
 
     sub = m.add_subparsers(dest="models_command", required=True)

@@ -88,8 +88,9 @@ def _check_remote(name: str, path: str) -> None:
 def _config_and_spec(*, pipeline_root: str, data_root: str, model_repository: str, **knobs: Any):
     _check_remote("pipeline_root", pipeline_root)
     _check_remote("data_root", data_root)
-    if not model_repository.startswith(("/", "s3://", "gs://")):
-        # A folder's push renames atomically (a mounted volume); a bucket's uses conditional writes.
+    if not model_repository.startswith(("/", "s3://")):
+        # A folder's push renames atomically (a mounted volume); an S3 bucket's uses conditional writes
+        # (gs:// is not tested, docs/object-storage.md).
         raise ValueError(f"model_repository must be an absolute path on a mounted file system or "
                          f"s3://bucket/prefix, got {model_repository!r}")
     config = configs.RunConfig(data=data_root, pipeline_root=pipeline_root, model_repository=model_repository,

@@ -15,7 +15,8 @@ from typing import Any, Dict
 
 from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
-from deepfm_tfx import model_repository, spans
+from deepfm_tfx import model_repository, object_store, spans
+from deepfm_tfx.errors import ConfigError
 from deepfm_tfx.pipeline import configs, metadata, validation, week_end
 from deepfm_tfx.pipeline.pipeline import create_pipeline_from_config
 from deepfm_tfx.schemas import feature_spec
@@ -44,9 +45,29 @@ def absolute(config: configs.RunConfig) -> configs.RunConfig:
                           else os.path.abspath(config.model_repository)))
 
 
+STAGED_DATA = "staged-data"
+
+
+def stage_data(config: configs.RunConfig) -> configs.RunConfig:
+    """--data in an object store, mirrored into <pipeline root>/staged-data first: the data checks,
+    ExampleGen and its input fingerprint read local files."""
+    if not model_repository.is_store(config.data or ""):
+        return config
+    folder = os.path.join(config.pipeline_root, STAGED_DATA)
+    try:
+        downloaded, total = object_store.mirror(config.data, folder)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--data {config.data}: {e}") from None
+    if not total:
+        raise ConfigError(f"--data {config.data}: no objects under it")
+    print(f"data {config.data}: {total} object(s) mirrored into {folder} ({downloaded} downloaded)", flush=True)
+    return dataclasses.replace(config, data=folder)
+
+
 def run(config: configs.RunConfig) -> Dict[str, Any]:
     """Runs one week; returns its summary or raises RunFailed with it."""
     validation.validate(config)
+    config = stage_data(config)
     spec = feature_spec.load(config.features)
     ensure_default_data(config)
     input_pattern, _ = validation.check_data(config.data_root, spec)
