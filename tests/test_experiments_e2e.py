@@ -113,11 +113,12 @@ def _start(world, capsys, name, *flags):
         time.sleep(0.05)
 
 
-def _traffic(world, name, requests=500, rows=8, users=150, seed=0):
-    """Requests of `rows` rows from `users` users over REST, in 4 client threads; returns
-    what each answer said: request id, user, arm, version-free scores and the rows' x."""
+def _traffic(world, name, requests=500, rows=8, users=150, seed=0, user_prefix="user"):
+    """Requests of `rows` rows (a ranking request's candidates) from `users` users over REST, in 4
+    client threads; returns what each answer said: request id, user, arm, version-free scores and
+    the rows' x."""
     rng = np.random.default_rng(seed)
-    plan = [(f"user-{rng.integers(users)}", rng.normal(size=rows), rng.choice(["a", "b"], size=rows))
+    plan = [(f"{user_prefix}-{rng.integers(users)}", rng.normal(size=rows), rng.choice(["a", "b"], size=rows))
             for _ in range(requests)]
     answers = [None] * requests
 
@@ -312,30 +313,6 @@ def test_the_skew_check_compares_what_was_served_with_the_training_statistics(wo
     assert not result["measurements"]["x"]["skewed"]
 
 
-def _ranking_traffic(world, requests=300, candidates=100, users=200, seed=5):
-    """Ranking requests: a user and its 100 candidates; what each answer said."""
-    rng = np.random.default_rng(seed)
-    plan = [(f"ranker-{rng.integers(users)}", rng.normal(size=candidates), rng.choice(["a", "b"], size=candidates))
-            for _ in range(requests)]
-    answers = [None] * requests
-
-    def client(start):
-        for i in range(start, requests, 4):
-            user, x, c = plan[i]
-            status, body, headers = _post(world["url"], f"/v1/models/{MODEL}:predict", {
-                "signature_name": "features", "user_id": user, "inputs": {"x": x.tolist(), "c": c.tolist()}})
-            assert status == 200, body
-            answers[i] = {"request_id": headers["X-Request-Id"], "arm": headers["X-Experiment-Arm"],
-                          "scores": np.ravel(body["outputs"]), "x": x, "user": user}
-
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return answers
-
-
 def test_a_ranking_experiment_promotes_the_better_ranker_whatever_forged_clicks_say(world, capsys):
     """Each arm ranks 100 candidates and shows its top 10; clicks follow the truth times the position's
     examination. Stable ranks at random (a flat model), the canary by the truth: a flood of forged clicks
@@ -355,7 +332,7 @@ def test_a_ranking_experiment_promotes_the_better_ranker_whatever_forged_clicks_
             time.sleep(0.05)
     _start(world, capsys, "rank1", "--max-outcomes", "20000")  # the defaults: ranking traffic, the ctr rule
 
-    answers = _ranking_traffic(world)
+    answers = _traffic(world, "ranking", requests=300, rows=100, users=200, seed=5, user_prefix="ranker")
     refused_before = _get(events, "/v1/experiments/rank1")[1]["refused_callers"]
     genuine, forged = [], []
     rng = np.random.default_rng(6)
