@@ -178,6 +178,12 @@ def run(args, shared: Dict[str, Any]) -> Dict[str, Any]:
             rare = float(np.mean([~np.isin(h[data["train"]], admitted[n])
                                   for n, h in data["fingerprints"].items()])) if m > 1 else 0.0
             cells: List[Dict[str, Any]] = []
+
+            def cell(model: str, auc: float, started: float) -> Dict[str, Any]:
+                return {"rows": rows, "model": model, "min_count": m, "admitted_ids": n_admitted,
+                        "distinct_ids": distinct, "rare_share": rare, "auc": auc, "bayes_auc": bayes_auc,
+                        "gap": bayes_auc - auc, "seconds": round(time.time() - started, 1)}
+
             for f in factors:
                 buckets = buckets_for(n_admitted, f)
                 if any(c["buckets"] == buckets for c in cells):
@@ -185,10 +191,7 @@ def run(args, shared: Dict[str, Any]) -> Dict[str, Any]:
                 t = time.time()
                 features = dict(ids(data, admitted, buckets, m), **numbers)
                 auc = train_keras(features, data["labels"], data, buckets + (len(admitted) if m > 1 else 0), steps)
-                cells.append({"rows": rows, "model": "keras", "min_count": m, "factor": f, "buckets": buckets,
-                              "admitted_ids": n_admitted, "distinct_ids": distinct, "rare_share": rare,
-                              "auc": auc, "bayes_auc": bayes_auc, "gap": bayes_auc - auc,
-                              "seconds": round(time.time() - t, 1)})
+                cells.append(dict(cell("keras", auc, t), factor=f, buckets=buckets))
                 print(f"    keras   min_count {m:>2} factor {f:<4} 2^{buckets.bit_length() - 1}: AUC {auc:.4f} "
                       f"gap {bayes_auc - auc:.4f} ({cells[-1]['seconds']} s)", flush=True)
             if not args.admission_no_deepctr:
@@ -197,10 +200,7 @@ def run(args, shared: Dict[str, Any]) -> Dict[str, Any]:
                 fp = {n: (h if m <= 1 else np.where(np.isin(h, admitted[n]), h, -1))
                       for n, h in data["fingerprints"].items()}
                 auc = train_deepctr(dict(fp, **numbers), data["labels"], data, steps)
-                cells.append({"rows": rows, "model": "deepctr", "min_count": m, "factor": None, "buckets": None,
-                              "admitted_ids": n_admitted, "distinct_ids": distinct, "rare_share": rare,
-                              "auc": auc, "bayes_auc": bayes_auc, "gap": bayes_auc - auc,
-                              "seconds": round(time.time() - t, 1)})
+                cells.append(dict(cell("deepctr", auc, t), factor=None, buckets=None))
                 print(f"    deepctr min_count {m:>2}: AUC {auc:.4f} gap {bayes_auc - auc:.4f} "
                       f"({cells[-1]['seconds']} s)", flush=True)
             out["cells"] += cells
