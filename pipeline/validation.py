@@ -126,9 +126,9 @@ def validate(config: configs.RunConfig, *, paths: bool = True, connect: bool = T
             local_cluster.parse(training.cluster)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        if config.trainer != "estimator":
-            raise ConfigError("--cluster trains with the Estimator's parameter servers; add --trainer estimator "
-                              "(the Keras trainer on a cluster is not built yet: docs/training-on-a-cluster.md)")
+        if config.trainer == "keras" and local_cluster.parse(training.cluster).workers < 1:
+            raise ConfigError(f"--cluster {training.cluster}: the Keras trainer's coordinator does not train, so it "
+                              f"needs at least one worker, e.g. workers=2,ps=1")
     bad_beam = [a for a in config.beam_args if not a.startswith("--")]
     if bad_beam:
         raise ConfigError(f"--beam-arg takes Beam options like --beam-arg=--direct_num_workers=2, got {bad_beam[0]!r}")

@@ -15,10 +15,10 @@ TRAIN_STEPS, BATCH = 400, 128
 TASK_MODULE = "deepfm_tfx.trainer_modules.cluster_task"
 
 
-def run_config(root, data_root, train_steps=TRAIN_STEPS, **training):
+def run_config(root, data_root, train_steps=TRAIN_STEPS, trainer="estimator", **training):
     return configs.RunConfig(
         data=data_root, pipeline_root=str(root / "pipeline"), model_repository=str(root / "repo"),
-        trainer="estimator", train_steps=train_steps, eval_steps=4, min_auc=0.5, max_auc_drop=1.0,
+        trainer=trainer, train_steps=train_steps, eval_steps=4, min_auc=0.5, max_auc_drop=1.0,
         training={"batch_size": BATCH, "dnn_units": [32, 16], **training})
 
 

@@ -26,9 +26,21 @@ def test_a_bad_cluster_is_one_config_error(text, message):
         validation.validate(configs.RunConfig(trainer="estimator", training={"cluster": text}), paths=False)
 
 
-def test_the_keras_trainer_on_a_cluster_is_refused_with_the_reason():
-    with pytest.raises(ConfigError, match="--trainer estimator"):
-        validation.validate(configs.RunConfig(trainer="keras", training={"cluster": "workers=1,ps=1"}), paths=False)
+def test_the_keras_trainer_needs_a_worker_its_coordinator_does_not_train():
+    validation.validate(configs.RunConfig(trainer="keras", training={"cluster": "workers=1,ps=1"}), paths=False)
+    with pytest.raises(ConfigError, match="at least one worker"):
+        validation.validate(configs.RunConfig(trainer="keras", training={"cluster": "workers=0,ps=1"}), paths=False)
+
+
+def test_only_the_id_tables_are_split_across_the_parameter_servers():
+    import tensorflow as tf
+
+    from deepfm_tfx.trainer_modules import keras_trainer
+    partition = keras_trainer.table_partitioner(num_ids=1000, shards=2)
+    assert partition(tf.TensorShape([1000, 8]), tf.float32) == [2, 1]  # the embeddings
+    assert partition(tf.TensorShape([1000, 1]), tf.float32) == [2, 1]  # the first-order weights
+    assert partition(tf.TensorShape([312, 32]), tf.float32) == [1, 1]  # a dense layer
+    assert partition(tf.TensorShape([]), tf.int64) == []  # the step counter
 
 
 def test_last_checkpoint_step_is_read_from_the_state_file(tmp_path):

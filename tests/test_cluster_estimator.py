@@ -55,14 +55,20 @@ def test_each_parameter_server_holds_a_shard_of_each_table(runs):
 
 
 def test_export_is_the_single_machine_model(runs):
-    _, single, clustered, _ = runs
+    root, single, clustered, _ = runs
+    check_the_single_machine_export(root, single, clustered)
+
+
+def check_the_single_machine_export(root, single, clustered):
+    """The cluster's pushed model has the single process's signatures, variables and devices, and serves."""
     path = clustered["pushed_path"]
     assert saved_model_check.signature_inputs(path) == saved_model_check.signature_inputs(single["pushed_path"])
     def nodes(folder):
         saved = saved_model_pb2.SavedModel()
         with open(os.path.join(folder, "saved_model.pb"), "rb") as f:
             saved.ParseFromString(f.read())
-        return [n for g in saved.meta_graphs for n in g.graph_def.node]
+        return [n for g in saved.meta_graphs for n in g.graph_def.node] + \
+            [n for g in saved.meta_graphs for f in g.graph_def.library.function for n in f.node_def]
 
     # No /job:ps placements (TF Serving loads it on one machine), and one table, not its training shards.
     assert not any("/job:" in n.device for n in nodes(path))
@@ -73,7 +79,7 @@ def test_export_is_the_single_machine_model(runs):
     from deepfm_tfx.serving.servable import Servable
     from test_pipeline_e2e import raw_examples
     servable = Servable("deepfm", clustered["pushed_version"], path).load()
-    examples = np.array(raw_examples(str(runs[0] / "data")), dtype=object)
+    examples = np.array(raw_examples(str(root / "data")), dtype=object)
     probs = servable.signature("serving_default").run({"examples": examples}, batch=False)["click_probability"]
     assert probs.shape == (64, 1) and np.all((probs > 0) & (probs < 1)) and probs.std() > 0
 

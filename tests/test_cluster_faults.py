@@ -1,5 +1,6 @@
-"""A parameter server or the chief of the local training cluster killed with SIGKILL: the run fails
-with a clear message, and running it again resumes from the last checkpoint, not step 0."""
+"""A parameter server or the chief (the Keras trainer's coordinator) of the local training cluster
+killed with SIGKILL: the run fails with a clear message, and running it again resumes from the last
+checkpoint, not step 0; for both trainers."""
 import logging
 
 import pytest
@@ -9,7 +10,7 @@ from deepfm_tfx.pipeline.orchestrators import local
 from deepfm_tfx.synthetic import generator
 
 pytestmark = pytest.mark.e2e
-CLUSTER = "workers=1,ps=1"
+CLUSTER = "workers=1,ps=1"  # the Estimator's chief trains too; Keras' coordinator does not
 
 
 def kill_after_checkpoint(pipeline_root, after_step):
@@ -20,9 +21,10 @@ def kill_after_checkpoint(pipeline_root, after_step):
     return ready
 
 
-def test_ps_then_chief_killed_each_fail_the_run_and_the_rerun_resumes(tmp_path, caplog):
+@pytest.mark.parametrize("trainer", ["estimator", "keras"])
+def test_ps_then_chief_killed_each_fail_the_run_and_the_rerun_resumes(tmp_path, caplog, trainer):
     generator.generate(str(tmp_path / "data"), rows=4000, spans=1, seed=3)
-    config = run_config(tmp_path, str(tmp_path / "data"), cluster=CLUSTER, checkpoint_every_steps=50)
+    config = run_config(tmp_path, str(tmp_path / "data"), trainer=trainer, cluster=CLUSTER, checkpoint_every_steps=50)
     pipeline_root = config.pipeline_root
 
     resumed_at = 0

@@ -1,8 +1,9 @@
 """One task of a training cluster: `python -m deepfm_tfx.trainer_modules.cluster_task <task_config.json>`.
 
 TF_CONFIG says which task this process is. A parameter server serves its
-variables until it is stopped; the chief and the workers run the trainer's
-own cluster loop with the Trainer's inputs, read from the config file.
+variables until it is stopped. With the Estimator the chief and the workers
+run its own cluster loop; with Keras (ParameterServerStrategy) the workers
+only serve too, and the chief is the coordinator that schedules their steps.
 """
 from __future__ import annotations
 
@@ -10,17 +11,28 @@ import json
 import os
 import sys
 
+from deepfm_tfx.contracts import TRAINER_KEY
+
 
 def main(argv) -> int:
     with open(argv[1]) as f:
         task_config = json.load(f)
     tf_config = json.loads(os.environ["TF_CONFIG"])
+    keras = task_config["custom_config"].get(TRAINER_KEY) == "keras"
+    if keras:
+        # The coordinator learns at once that a worker or parameter server is gone (TF's
+        # parameter-server guide), rather than after gRPC's reconnect backoff.
+        os.environ.setdefault("GRPC_FAIL_FAST", "use_caller")
     import tensorflow as tf  # after TF_CPP_MIN_LOG_LEVEL is in the environment
     kind, index = tf_config["task"]["type"], int(tf_config["task"]["index"])
-    if kind == "ps":
-        server = tf.distribute.Server(tf.train.ClusterSpec(tf_config["cluster"]), job_name="ps", task_index=index,
+    if kind == "ps" or (keras and kind == "worker"):
+        server = tf.distribute.Server(tf.train.ClusterSpec(tf_config["cluster"]), job_name=kind, task_index=index,
                                       protocol="grpc", start=True)
         server.join()
+        return 0
+    if keras:
+        from deepfm_tfx.trainer_modules import keras_trainer
+        keras_trainer.run_coordinator(task_config)
         return 0
     if kind == "worker":
         _poll_chief_every(1.0)

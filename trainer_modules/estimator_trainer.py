@@ -15,9 +15,7 @@ import tensorflow as tf
 from tfx.components.trainer.fn_args_utils import FnArgs
 
 from deepfm_tfx import contracts
-from deepfm_tfx import progress as progress_tally
-from deepfm_tfx.trainer_modules import local_cluster, measure, optimizers, progress, resume, serving, tfjob
-
+from deepfm_tfx.trainer_modules import cluster_training, local_cluster, measure, optimizers, progress, resume, serving
 from deepfm_tfx.trainer_modules import training_setup
 from deepfm_tfx.trainer_modules.deepfm import DeepFM
 
@@ -120,7 +118,7 @@ def run_fn(fn_args: FnArgs) -> None:
     step_start = _global_step(tf.train.latest_checkpoint(resume_dir))
     measured = {}
     if config.cluster:
-        rate, measured = _train_on_cluster(fn_args, inputs, resume_dir, warm_from, step_start)
+        rate, measured = cluster_training.train_on_cluster(fn_args, inputs, resume_dir, warm_from, step_start)
     else:
         estimator = _estimator(inputs, fn_args, _run_config(
             config, fn_args.train_steps, resume_dir,
@@ -162,52 +160,6 @@ def run_fn(fn_args: FnArgs) -> None:
 
 # --- on a cluster: parameter servers, a chief and workers ------------------------------------------
 
-TABLE_SHARDS_FILE = "table_shards.json"
-
-
-def _train_on_cluster(fn_args, inputs, resume_dir, warm_from, step_start):
-    """Trains on a local cluster (a TFJob in a Kubeflow pod); returns its examples/s and its record."""
-    shape = local_cluster.parse(inputs.config.cluster)
-    task_config = {"train_files": list(fn_args.train_files), "eval_files": list(fn_args.eval_files),
-                   "transform_output": fn_args.transform_output, "custom_config": fn_args.custom_config,
-                   "train_steps": fn_args.train_steps, "eval_steps": fn_args.eval_steps,
-                   "resume_dir": resume_dir, "warm_from": warm_from}
-    progress_tally.TRAINING.start(fn_args.train_steps, inputs.config.batch_size)
-    if step_start:
-        progress_tally.TRAINING.resumed(step_start)
-    marks = []
-
-    def on_progress(tasks):
-        step = max((t.get("global_step", 0) for t in tasks.values()), default=0)
-        if step and (not marks or step > marks[-1][0]):
-            marks.append((step, time.perf_counter()))
-            progress_tally.TRAINING.cluster_shares(local_cluster.shares(tasks))
-            progress_tally.TRAINING.update(min(step, fn_args.train_steps))
-
-    # The task config, progress and logs, beside the checkpoints (on the shared volume in a pod).
-    work_dir = resume_dir.rstrip("/") + "-cluster"
-    if tfjob.in_a_pod():  # a Kubeflow Trainer step compiled with --cluster: the operator starts the tasks
-        cluster = tfjob.TFJobCluster(shape, task_config, resume_dir, work_dir)
-    else:
-        cluster = local_cluster.LocalCluster(shape, task_config, checkpoint_dir=resume_dir, work_dir=work_dir)
-    with cluster:
-        cluster.wait(on_progress)
-    final = cluster.progress()
-    with open(os.path.join(cluster.work_dir, TABLE_SHARDS_FILE)) as f:
-        shards = json.load(f)
-    logs = None
-    if cluster.restarts:  # the logs say why a task died: kept with this execution's output
-        logs = os.path.join(fn_args.model_run_dir, "cluster_logs")
-        shutil.move(work_dir, logs)
-    shutil.rmtree(work_dir, ignore_errors=True)  # kept when training failed, for the error's pointer
-    progress_tally.TRAINING.set_phase("evaluating and exporting")
-    measured = {"cluster": str(shape), "table_shards": shards, "cluster_restarts": cluster.restarts,
-                "cluster_logs": logs,
-                "cluster_steps": {name: t.get("steps", 0) for name, t in sorted(final.items())}}
-    steps_run = [(s - marks[0][0], t) for s, t in marks] if marks else []
-    return measure.steady_rate(steps_run, inputs.config.batch_size, fn_args.train_steps - step_start), measured
-
-
 class _TaskProgress(tf.compat.v1.train.SessionRunHook):
     """Writes this task's steps and the global step it saw, for the launcher's progress line."""
 
@@ -233,9 +185,7 @@ class _TaskProgress(tf.compat.v1.train.SessionRunHook):
             self._write(int(run_values.results) + 1)
 
     def _write(self, global_step: int):
-        with open(self.path + ".tmp", "w") as f:
-            json.dump({"steps": self.steps, "global_step": global_step}, f)
-        os.replace(self.path + ".tmp", self.path)
+        cluster_training.write_progress(self.path, self.steps, global_step)
 
     def end(self, session):
         self._write(int(session.run(self._global_step)))
@@ -244,32 +194,28 @@ class _TaskProgress(tf.compat.v1.train.SessionRunHook):
 class _RecordTableShards(tf.compat.v1.train.SessionRunHook):
     """The chief writes where each id table's shards live and their shapes."""
 
-    def __init__(self, path: str):
-        self.path = path
+    def __init__(self, task: dict):
+        self.task = task
 
     def begin(self):
-        shards = {v.op.name: {"shape": v.shape.as_list(), "device": v.device}
-                  for v in tf.compat.v1.global_variables() if contracts.is_table_name(v.op.name)
-                  and not contracts.is_slot_name(v.op.name) and "/Adam" not in v.op.name}
-        with open(self.path, "w") as f:
-            json.dump(shards, f, indent=1, sort_keys=True)
+        cluster_training.write_table_shards(self.task, {
+            v.op.name: {"shape": v.shape.as_list(), "device": v.device}
+            for v in tf.compat.v1.global_variables() if contracts.is_table_name(v.op.name)
+            and not contracts.is_slot_name(v.op.name) and "/Adam" not in v.op.name})
 
 
 def run_cluster_task(task: dict) -> None:
     """A chief's or a worker's part (cluster_task.py); TF_CONFIG names the task."""
-    fn_args = FnArgs(train_files=task["train_files"], eval_files=task["eval_files"],
-                     transform_output=task["transform_output"], custom_config=task["custom_config"],
-                     train_steps=task["train_steps"], eval_steps=task["eval_steps"], base_model=task["warm_from"],
-                     data_accessor=training_setup.file_data_accessor())
+    fn_args = cluster_training.task_fn_args(task)
     inputs = training_setup.load_inputs(fn_args)
     # Workers start at once: the launcher already staggers nothing, and the tests wait for them.
     run_config = _run_config(inputs.config, fn_args.train_steps, task["resume_dir"],
                              experimental_max_worker_delay_secs=0)
     estimator = _estimator(inputs, fn_args, run_config, task["warm_from"])
     name = local_cluster.task_name(run_config.task_type, run_config.task_id)
-    hooks = [_TaskProgress(os.path.join(task["work_dir"], local_cluster.PROGRESS_DIR, f"{name}.json"))]
+    hooks = [_TaskProgress(cluster_training.progress_path(task, name))]
     if run_config.is_chief:
-        hooks.append(_RecordTableShards(os.path.join(task["work_dir"], TABLE_SHARDS_FILE)))
+        hooks.append(_RecordTableShards(task))
     tf.estimator.train_and_evaluate(
         estimator,
         tf.estimator.TrainSpec(_input_fn(fn_args, inputs, fn_args.train_files, train=True),

@@ -1,11 +1,14 @@
 """Keras trainer: TFX Trainer's `run_fn` training DeepFM with model.fit."""
 import os
+import threading
+from typing import Dict
 
 import tensorflow as tf
 from tfx.components.trainer.fn_args_utils import FnArgs
 
 from deepfm_tfx.contracts import TRAINING_KEY, VARIABLES_CHECKPOINT
-from deepfm_tfx.trainer_modules import measure, optimizers, progress, resume, serving, training_setup
+from deepfm_tfx.trainer_modules import cluster_training, deepfm, local_cluster, measure, optimizers, progress, resume
+from deepfm_tfx.trainer_modules import serving, training_setup
 from deepfm_tfx.trainer_modules.deepfm import DeepFM
 
 
@@ -84,13 +87,31 @@ def restore(model: tf.keras.Model, manager: tf.train.CheckpointManager, first_ba
 def run_fn(fn_args: FnArgs) -> None:
     inputs = training_setup.load_inputs(fn_args)
     config = inputs.config
-    strategy = training_setup.distribution_strategy(config.distribution) or tf.distribute.get_strategy()
     train = training_setup.make_dataset(fn_args.train_files, fn_args.data_accessor, inputs, config.batch_size,
                                         train=True)
-    evaluation = training_setup.make_dataset(fn_args.eval_files, fn_args.data_accessor, inputs, config.batch_size)
     warm_from, note = training_setup.warm_start_source(fn_args, inputs)
     resume_dir = resume.resume_dir(fn_args.model_run_dir, inputs.trainer, fn_args.custom_config[TRAINING_KEY],
                                    fn_args.train_steps, fn_args.train_files, fn_args.transform_output, warm_from)
+    if config.cluster:
+        model, measured = _train_on_cluster(fn_args, inputs, resume_dir, warm_from, next(iter(train))[0])
+    else:
+        model, measured = _train_here(fn_args, inputs, resume_dir, warm_from, train)
+    measured["warm_start_slots"] = config.warm_start_slots if warm_from else None
+    training_setup.write_training_info(fn_args, inputs, warm_from, note, **measured)
+    # The slots (2x the tables with Adam) only serve a later "carry" warm start;
+    # without them the SavedModel is a third the size, and any Keras loads it.
+    # A cluster's slots are per table shard: its export carries none.
+    model.save(fn_args.serving_model_dir, save_format="tf",
+               include_optimizer=config.warm_start_slots == "carry" and not config.cluster,
+               signatures=serving.keras_signatures(model, inputs.transform_output, inputs.spec))
+    resume.finished(resume_dir)
+
+
+def _train_here(fn_args, inputs, resume_dir, warm_from, train):
+    """One process (or MirroredStrategy over its GPUs): model.fit; returns the model and its record."""
+    config = inputs.config
+    strategy = training_setup.distribution_strategy(config.distribution) or tf.distribute.get_strategy()
+    evaluation = training_setup.make_dataset(fn_args.eval_files, fn_args.data_accessor, inputs, config.batch_size)
     with strategy.scope():
         model = build_model(inputs, fn_args.train_steps)
         manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model, optimizer=model.optimizer),
@@ -112,14 +133,151 @@ def run_fn(fn_args: FnArgs) -> None:
     step_end = int(model.optimizer.iterations.numpy())
     measured = training_setup.learning_rate_record(config, fn_args.train_steps, step_start, step_end)
     measured.update(measure.record(throughput.examples_per_second(), measure.keras_memory(model)))
-    measured["warm_start_slots"] = config.warm_start_slots if warm_from else None
     measured["resumed_from_step"] = resumed_from
     if base_weights is not None:
         measured.update(training_setup.weight_change(
             base_weights, {v.name: v.numpy() for v in model.weights}))
-    training_setup.write_training_info(fn_args, inputs, warm_from, note, **measured)
-    # The slots (2x the tables with Adam) only serve a later "carry" warm start;
-    # without them the SavedModel is a third the size, and any Keras loads it.
-    model.save(fn_args.serving_model_dir, save_format="tf", include_optimizer=config.warm_start_slots == "carry",
-               signatures=serving.keras_signatures(model, inputs.transform_output, inputs.spec))
-    resume.finished(resume_dir)
+    return model, measured
+
+
+# --- on a cluster: ParameterServerStrategy, its coordinator on the chief task ----------------------
+
+def _train_on_cluster(fn_args, inputs, resume_dir, warm_from, first_batch):
+    """The local cluster (or a TFJob) trains; this process then loads its last checkpoint into the
+    single-machine model: one variable per table, no device placements, the same signatures."""
+    config = inputs.config
+    step_start = local_cluster.last_checkpoint_step(resume_dir) or 0
+    rate, measured = cluster_training.train_on_cluster(fn_args, inputs, resume_dir, warm_from, step_start)
+    model = build_model(inputs, fn_args.train_steps)
+    model(first_batch)
+    # A sharded table is checkpointed as one tensor, so it restores into the unsharded table.
+    tf.train.Checkpoint(model=model).restore(tf.train.latest_checkpoint(resume_dir)).expect_partial() \
+        .assert_existing_objects_matched()
+    step_end = local_cluster.last_checkpoint_step(resume_dir) or 0
+    measured.update(training_setup.learning_rate_record(config, fn_args.train_steps, step_start, step_end))
+    measured.update(measure.record(rate, measure.keras_memory(model)))
+    measured["resumed_from_step"] = step_start
+    if warm_from:
+        donor = DeepFM(inputs.layout, config.model)
+        donor(first_batch)
+        donor.load_weights(os.path.join(warm_from, VARIABLES_CHECKPOINT)).expect_partial()
+        measured.update(training_setup.weight_change(
+            {v.name: v.numpy() for v in donor.weights}, {v.name: v.numpy() for v in model.weights}))
+    return model, measured
+
+
+def table_partitioner(num_ids: int, shards: int):
+    """Splits the id tables (and only them: the dense weights are small) into `shards` row ranges,
+    one per parameter server; ParameterServerStrategy makes each a ShardedVariable."""
+    fixed = tf.distribute.experimental.partitioners.FixedShardsPartitioner(shards)
+
+    def partition(shape, dtype):
+        if shape.rank and shape[0] == num_ids and num_ids >= shards:
+            return fixed(shape, dtype)
+        return [1] * shape.rank
+    return partition
+
+
+class _ClusterProgress(threading.Thread):
+    """Writes each worker's steps and the cluster's step every 0.25 s, for the Trainer's progress line.
+
+    ParameterServerStrategy's model.fit calls no batch-level callbacks, and
+    ClusterCoordinator does not say which worker ran a step; its per-worker
+    threads (a private class) do, so this counts the steps of the functions
+    each one finished. The thread runs no TensorFlow op: the cluster's step
+    is the counter read after the last fit plus the steps finished since.
+    """
+
+    def __init__(self, task: dict, coordinator, steps_per_execution: int, step: int):
+        super().__init__(daemon=True)
+        self.task, self.first_step, self.done = task, step, threading.Event()
+        self.counts: Dict[int, int] = {}
+        for worker in coordinator._cluster.workers:  # pylint: disable=protected-access
+            self.counts[worker.worker_index] = 0
+            worker._process_closure = self._counted(worker._process_closure, worker.worker_index,
+                                                    steps_per_execution)
+        self.fit_start, self.count_at_fit_start, self.fit_end = step, 0, step
+
+    def _counted(self, process, index: int, steps: int):
+        def counted(closure):
+            process(closure)  # a function re-run after its worker failed counts twice: a display
+            self.counts[index] += steps
+        return counted
+
+    def fit_starts(self, step: int, end: int) -> None:
+        self.fit_start, self.count_at_fit_start, self.fit_end = step, sum(self.counts.values()), end
+
+    def write(self) -> None:
+        counts = dict(self.counts)
+        total = sum(counts.values())
+        step = min(self.fit_start + total - self.count_at_fit_start, self.fit_end)
+        for index, count in counts.items():  # each worker's share of the steps the counter says were done
+            steps = round(count * (step - self.first_step) / total) if total else 0
+            cluster_training.write_progress(cluster_training.progress_path(self.task, f"worker{index}"), steps, step)
+
+    def run(self):
+        while not self.done.wait(0.25):
+            self.write()
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.done.set()
+        self.join()
+
+
+def run_coordinator(task: dict) -> None:
+    """The chief task of a Keras cluster (cluster_task.py): ParameterServerStrategy's coordinator.
+
+    The workers and parameter servers only serve; this process builds the
+    model with its tables sharded across the parameter servers, schedules
+    model.fit's steps on the workers through ClusterCoordinator (which
+    re-runs a dead worker's steps elsewhere and resumes the worker when it is
+    back), checkpoints every N steps and once at the end, for the Trainer to
+    export from and for a re-run to resume from.
+    """
+    fn_args = cluster_training.task_fn_args(task)
+    inputs = training_setup.load_inputs(fn_args)
+    config = inputs.config
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    shards = len(resolver.cluster_spec().as_dict().get("ps", []))
+    strategy = tf.distribute.experimental.ParameterServerStrategy(
+        resolver, variable_partitioner=table_partitioner(inputs.layout.num_ids, shards))
+    coordinator = tf.distribute.experimental.coordinator.ClusterCoordinator(strategy)  # model.fit uses this one
+
+    def dataset_fn(_input_context):  # built on each worker, reading the same files
+        return training_setup.make_dataset(fn_args.train_files, fn_args.data_accessor, inputs, config.batch_size,
+                                           train=True)
+    first_batch = next(iter(dataset_fn(None)))[0]
+    with strategy.scope():
+        model = build_model(inputs, fn_args.train_steps)
+        manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model, optimizer=model.optimizer),
+                                             task["resume_dir"], max_to_keep=1)
+        resumed_from = restore(model, manager, first_batch)
+        if task["warm_from"] and not resumed_from:
+            warm_start(model, task["warm_from"], inputs, first_batch)
+        model(first_batch)
+    cluster_training.write_table_shards(task, {
+        shard.name.split(":")[0]: {"shape": shard.shape.as_list(), "device": _task_device(shard.device)}
+        for v in model.weights if deepfm.is_table(v) for shard in getattr(v, "variables", [v])})
+    every = config.checkpoint_every(fn_args.train_steps)
+    step = int(model.optimizer.iterations.numpy())
+    creator = tf.keras.utils.experimental.DatasetCreator(dataset_fn)
+    with _ClusterProgress(task, coordinator, max(int(config.steps_per_execution), 1), step) as progress_files:
+        # One model.fit per checkpoint interval: with ParameterServerStrategy Keras calls no batch-level
+        # callbacks, and at the end of a fit every scheduled step is done, so the checkpoint is whole.
+        while step < fn_args.train_steps:
+            end = min((step // every + 1) * every, fn_args.train_steps)
+            progress_files.fit_starts(step, end)
+            model.fit(creator, steps_per_epoch=end - step, epochs=1, verbose=0)
+            step = int(model.optimizer.iterations.numpy())
+            manager.save(checkpoint_number=step)  # the last one is what the Trainer exports
+            progress_files.fit_starts(step, step)
+        progress_files.write()
+
+
+def _task_device(device: str) -> str:
+    spec = tf.DeviceSpec.from_string(device)
+    return f"/job:{spec.job}/task:{spec.task}"

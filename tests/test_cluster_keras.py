@@ -1,0 +1,70 @@
+"""The Keras trainer on TF's parameter-server runtime (ParameterServerStrategy, its ClusterCoordinator
+on the chief task, 2 workers, 2 parameter servers on loopback) trains the model a single process
+trains: same AUC within 0.01, the id tables sharded across the parameter servers, the single-machine
+SavedModel exported; and a worker killed with SIGKILL mid-training is restarted and the run finishes."""
+import pytest
+
+from cluster_helpers import Killer, run_config as helpers_run_config, task_steps, trained_info
+from deepfm_tfx.pipeline.orchestrators import local
+from deepfm_tfx.synthetic import generator
+from test_cluster_estimator import AUC_TOLERANCE, check_the_single_machine_export
+
+pytestmark = pytest.mark.e2e
+TRAIN_STEPS = 1000
+CLUSTER = "workers=2,ps=2"
+
+
+def run_config(root, data_root, **training):
+    return helpers_run_config(root, data_root, train_steps=TRAIN_STEPS, trainer="keras", **training)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One pipeline root: the single-process run, then the cluster run (the Trainer re-runs, the rest is cached)."""
+    root = tmp_path_factory.mktemp("keras-cluster")
+    generator.generate(str(root / "data"), rows=40000, spans=1, seed=5)  # 4,000 eval rows: AUC noise below 0.01
+    single = local.run(run_config(root, str(root / "data")))
+    clustered = local.run(run_config(root, str(root / "data"), cluster=CLUSTER))
+    return root, single, clustered, trained_info(str(root / "pipeline"))
+
+
+def test_keras_cluster_run_pushes_the_single_process_models_auc(runs):
+    _, single, clustered, (_, info) = runs
+    assert single["pushed"] and clustered["pushed"]
+    assert info["cluster"] == CLUSTER and info["global_step_end"] >= TRAIN_STEPS
+    assert abs(clustered["auc"] - single["auc"]) <= AUC_TOLERANCE, (clustered["auc"], single["auc"])
+
+
+def test_each_parameter_server_holds_a_shard_of_each_table(runs):
+    _, _, _, (_, info) = runs
+    shards = info["table_shards"]
+    for table, dim in (("field_embeddings", 8), ("linear_weights", 1)):
+        parts = {name: s for name, s in shards.items() if f"/{table}/" in name}
+        assert sorted(s["device"] for s in parts.values()) == ["/job:ps/task:0", "/job:ps/task:1"]
+        assert sum(s["shape"][0] for s in parts.values()) == info["num_ids"]
+        assert all(s["shape"] == [-(-info["num_ids"] // 2), dim] or s["shape"] == [info["num_ids"] // 2, dim]
+                   for s in parts.values())
+    # The coordinator trains nothing itself: both workers ran steps, adding up to the run's.
+    assert set(info["cluster_steps"]) == {"worker0", "worker1"} and all(info["cluster_steps"].values())
+    assert sum(info["cluster_steps"].values()) >= TRAIN_STEPS - 2  # each worker's share, rounded
+
+
+def test_keras_cluster_export_is_the_single_machine_model(runs):
+    root, single, clustered, _ = runs
+    check_the_single_machine_export(root, single, clustered)
+
+
+def test_a_worker_killed_mid_training_is_restarted_and_the_run_finishes(runs):
+    root, single, _, _ = runs
+    killer = Killer("worker1", lambda work_dir: (task_steps(work_dir, "worker1").get("steps", 0) >= 100 or None)
+                    and task_steps(work_dir, "worker1"))
+    killer.start()
+    # Another checkpoint frequency: the Trainer runs again, its inputs otherwise unchanged.
+    summary = local.run(run_config(root, str(root / "data"), cluster=CLUSTER, checkpoint_every_steps=500))
+    killer.join()
+    assert killer.killed and killer.killed["global_step"] < TRAIN_STEPS  # killed mid-training
+    info = trained_info(str(root / "pipeline"))[-1]
+    # The launcher started it again; ClusterCoordinator re-ran its unfinished steps and used it again.
+    assert info["cluster_restarts"] == {"worker1": 1}, info["cluster_restarts"]
+    assert info["global_step_end"] >= TRAIN_STEPS and summary["pushed"]
+    assert abs(summary["auc"] - single["auc"]) <= AUC_TOLERANCE, (summary["auc"], single["auc"])
