@@ -17,6 +17,7 @@ import shutil
 from typing import Optional
 
 from deepfm_tfx.contracts import RESUME_DIR
+from deepfm_tfx.trainer_modules import local_cluster
 
 # Knobs that change how the work is run, not what is trained: a run killed on a
 # cluster may resume on another cluster shape.
@@ -29,6 +30,10 @@ def resume_dir(model_run_dir: str, trainer: str, training: dict, train_steps: in
     what = {"trainer": trainer, "training": {k: v for k, v in sorted(training.items()) if k not in _NOT_KEYED},
             "train_steps": train_steps, "train_files": list(train_files) if isinstance(train_files, (list, tuple))
             else [train_files], "transform_output": transform_output, "warm_from": warm_from}
+    shards = local_cluster.parse(training["cluster"]).ps if training.get("cluster") else 1
+    if trainer == "keras" and shards > 1:
+        # Keras' optimizer slots are per table shard: its checkpoints restore only into as many shards.
+        what["table_shards"] = shards
     key = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
     node_dir = os.path.dirname(os.path.dirname(model_run_dir.rstrip("/")))
     return os.path.join(node_dir, RESUME_DIR, f"{trainer}-{key}")
