@@ -185,18 +185,17 @@ class _ClusterProgress(threading.Thread):
     ClusterCoordinator does not say which worker ran a step; its per-worker
     threads (a private class) do, so this counts the steps of the functions
     each one finished. The thread runs no TensorFlow op: the cluster's step
-    is the counter read after the last fit plus the steps finished since.
+    is the first step plus the steps finished since.
     """
 
-    def __init__(self, task: dict, coordinator, steps_per_execution: int, step: int):
+    def __init__(self, task: dict, coordinator, steps_per_execution: int, step: int, end: int):
         super().__init__(daemon=True)
-        self.task, self.first_step, self.done = task, step, threading.Event()
+        self.task, self.first_step, self.end, self.done = task, step, end, threading.Event()
         self.counts: Dict[int, int] = {}
         for worker in coordinator._cluster.workers:  # pylint: disable=protected-access
             self.counts[worker.worker_index] = 0
             worker._process_closure = self._counted(worker._process_closure, worker.worker_index,
                                                     steps_per_execution)
-        self.fit_start, self.count_at_fit_start, self.fit_end = step, 0, step
 
     def _counted(self, process, index: int, steps: int):
         def counted(closure):
@@ -204,14 +203,11 @@ class _ClusterProgress(threading.Thread):
             self.counts[index] += steps
         return counted
 
-    def fit_starts(self, step: int, end: int) -> None:
-        self.fit_start, self.count_at_fit_start, self.fit_end = step, sum(self.counts.values()), end
-
     def write(self) -> None:
         counts = dict(self.counts)
         total = sum(counts.values())
-        step = min(self.fit_start + total - self.count_at_fit_start, self.fit_end)
-        for index, count in counts.items():  # each worker's share of the steps the counter says were done
+        step = min(self.first_step + total, self.end)
+        for index, count in counts.items():  # each worker's share of the steps done
             steps = round(count * (step - self.first_step) / total) if total else 0
             cluster_training.write_progress(cluster_training.progress_path(self.task, f"worker{index}"), steps, step)
 
@@ -262,20 +258,27 @@ def run_coordinator(task: dict) -> None:
     cluster_training.write_table_shards(task, {
         shard.name.split(":")[0]: {"shape": shard.shape.as_list(), "device": _task_device(shard.device)}
         for v in model.weights if deepfm.is_table(v) for shard in getattr(v, "variables", [v])})
-    every = config.checkpoint_every(fn_args.train_steps)
     step = int(model.optimizer.iterations.numpy())
-    creator = tf.keras.utils.experimental.DatasetCreator(dataset_fn)
-    with _ClusterProgress(task, coordinator, max(int(config.steps_per_execution), 1), step) as progress_files:
-        # One model.fit per checkpoint interval: with ParameterServerStrategy Keras calls no batch-level
-        # callbacks, and at the end of a fit every scheduled step is done, so the checkpoint is whole.
-        while step < fn_args.train_steps:
-            end = min((step // every + 1) * every, fn_args.train_steps)
-            progress_files.fit_starts(step, end)
-            model.fit(creator, steps_per_epoch=end - step, epochs=1, verbose=0)
-            step = int(model.optimizer.iterations.numpy())
-            manager.save(checkpoint_number=step)  # the last one is what the Trainer exports
-            progress_files.fit_starts(step, step)
-        progress_files.write()
+    if step < fn_args.train_steps:
+        # Keras calls no batch-level callbacks with ParameterServerStrategy: an epoch is a checkpoint
+        # interval (at its end every scheduled step is done, so the checkpoint is whole). One fit keeps
+        # each worker's input where it was; the last epoch may end up to `epochs - 1` steps late.
+        left = fn_args.train_steps - step
+        epochs = -(-left // config.checkpoint_every(fn_args.train_steps))
+        with _ClusterProgress(task, coordinator, max(int(config.steps_per_execution), 1), step,
+                              end=step + epochs * -(-left // epochs)) as progress_files:
+            model.fit(tf.keras.utils.experimental.DatasetCreator(dataset_fn), steps_per_epoch=-(-left // epochs),
+                      epochs=epochs, verbose=0, callbacks=[_SaveEachEpoch(manager)])
+            progress_files.write()
+
+
+class _SaveEachEpoch(tf.keras.callbacks.Callback):
+    def __init__(self, manager: tf.train.CheckpointManager):
+        super().__init__()
+        self.manager = manager
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.manager.save(checkpoint_number=int(self.model.optimizer.iterations.numpy()))  # the last is exported
 
 
 def _task_device(device: str) -> str:
