@@ -95,12 +95,18 @@ def run(args, shared) -> Dict[str, Any]:
     steps = 300 if args.quick else 1000
     base = dataclasses.asdict(hparams.TrainingConfig())
     base["dnn_units"] = list(base["dnn_units"])
-    out = {"steps": steps, "batch_size": base["batch_size"], "trainers": {}}
-    for trainer, configurations in CONFIGURATIONS.items():
-        results = [_configuration(args, output, trainer, label, cluster, steps, base)
-                   for label, cluster in configurations]
+    out = {"steps": steps, "batch_size": base["batch_size"], "trainers": {t: [] for t in CONFIGURATIONS}}
+    # Configuration by configuration, both trainers each: the first rows (one process against one worker
+    # and one parameter server) are where the time goes, and come first if the section is cut short.
+    for index in range(len(CONFIGURATIONS["keras"])):
+        for trainer, configurations in CONFIGURATIONS.items():
+            label, cluster = configurations[index]
+            result = _configuration(args, output, trainer, label, cluster, steps, base)
+            out["trainers"][trainer].append(result)
+            print(f"    {json.dumps({k: result[k] for k in ('examples_per_second', 'task_steps', 'wall_seconds')})}",
+                  flush=True)
+    for results in out["trainers"].values():
         _where_the_time_goes(results)
-        out["trainers"][trainer] = results
     return out
 
 
