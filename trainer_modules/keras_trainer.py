@@ -153,6 +153,11 @@ def _train_on_cluster(fn_args, inputs, resume_dir, warm_from, first_batch):
     # A sharded table is checkpointed as one tensor, so it restores into the unsharded table.
     tf.train.Checkpoint(model=model).restore(tf.train.latest_checkpoint(resume_dir)).expect_partial() \
         .assert_existing_objects_matched()
+    # The validation the cluster did not run, logged for TensorBoard; it also builds the loss and AUC
+    # trackers, so the export holds the same variables as a single process's.
+    model.evaluate(training_setup.make_dataset(fn_args.eval_files, fn_args.data_accessor, inputs, config.batch_size),
+                   steps=fn_args.eval_steps, verbose=0,
+                   callbacks=[tensorboard_callback(fn_args.model_run_dir, config)])
     step_end = local_cluster.last_checkpoint_step(resume_dir) or 0
     measured.update(training_setup.learning_rate_record(config, fn_args.train_steps, step_start, step_end))
     measured.update(measure.record(rate, measure.keras_memory(model)))
