@@ -90,10 +90,9 @@ def test_the_change_gate_blocks_only_a_drop_beyond_noise():
 
 
 def test_the_evaluators_paired_metric_keeps_both_models_rows_and_their_interval():
-    # The Evaluator's PairedAucRows combiner, fed as TFMA feeds it (two model specs, per-row inputs,
-    # partial accumulators merged), gives PairedAucGate the same interval as scoring the rows itself.
+    # The Evaluator's PairedAucRows metric, fed as TFMA feeds it (two model specs, each example's
+    # extracts, partial accumulators merged), gives PairedAucGate the same interval as scoring the rows itself.
     import tensorflow_model_analysis as tfma
-    from tensorflow_model_analysis.metrics import metric_types
     from deepfm_tfx.components import paired_auc_metric
 
     eval_config = tfma.EvalConfig(model_specs=[tfma.ModelSpec(name="candidate", label_key="label"),
@@ -104,16 +103,18 @@ def test_the_evaluators_paired_metric_keeps_both_models_rows_and_their_interval(
     y = (rng.random(400) < 0.3).astype(float)
     new, old = rng.normal(y, 1.0), rng.normal(y * 0.5, 1.0)
     ids = [(f"a{i % 7}".encode(), b"" if i % 5 else b"z") for i in range(400)]
-    combiner = computation.combiner
+    [preprocessor], combiner = computation.preprocessors, computation.combiner
     parts = []
     for half in (range(0, 150), range(150, 400)):
         accumulator = combiner.create_accumulator()
         for i in half:
             features = {"C1": np.array([ids[i][0]], dtype=object),
                         "C2": np.array([ids[i][1]] if ids[i][1] else [], dtype=object)}
-            accumulator = combiner.add_input(accumulator, metric_types.StandardMetricInputs(
-                labels=np.array([y[i]]), features=features,
-                predictions={"candidate": np.array([new[i]]), "baseline": np.array([old[i]])}))
+            # Labels per model or shared, a prediction as an output dict or an array: TFMA gives either.
+            labels = {"candidate": np.array([y[i]]), "baseline": np.array([y[i]])} if i % 2 else np.array([y[i]])
+            extracts = {"labels": labels, "features": features, "predictions": {
+                "candidate": {"click_probability": np.array([new[i]], np.float32)}, "baseline": np.array([old[i]])}}
+            accumulator = combiner.add_inputs(accumulator, preprocessor.process(extracts))
         parts.append(accumulator)
     [(key, value)] = combiner.extract_output(combiner.merge_accumulators(parts)).items()
     assert key.name == paired_auc_metric.NAME and key.model_name == "candidate"
