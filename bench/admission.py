@@ -172,10 +172,12 @@ def counting(rows: int, min_count: int) -> Dict[str, float]:
 
     import numpy as np
     import pandas as pd
+    import pyarrow as pa
     import tensorflow as tf
     import tensorflow_transform as tft
     import tensorflow_transform.beam as tft_beam
-    from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
+    from tensorflow_transform.tf_metadata import schema_utils
+    from tfx_bsl.tfxio import tensor_adapter, tensor_representation_util
 
     from deepfm_tfx.contracts import ADMISSION_FIELD_BITS, ADMISSION_TOTAL_KEY
     from deepfm_tfx.schemas import feature_spec
@@ -190,9 +192,14 @@ def counting(rows: int, min_count: int) -> Dict[str, float]:
                      for i, name in enumerate(spec.categorical)]
                     + [np.full(len(frame), i << ADMISSION_FIELD_BITS | ADMISSION_TOTAL_KEY, np.int64)
                        for i in range(width)], axis=1)
-    metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(
-        {"k": tf.io.FixedLenFeature([2 * width], tf.int64)}))
-    instances = [{"k": k} for k in keys]
+    # As Transform reads its input: Arrow record batches, each row a list of its keys.
+    schema = schema_utils.schema_from_feature_spec({"k": tf.io.FixedLenFeature([2 * width], tf.int64)})
+    config = tensor_adapter.TensorAdapterConfig(
+        pa.schema([pa.field("k", pa.large_list(pa.int64()))]),
+        tensor_representation_util.InferTensorRepresentationsFromSchema(schema))
+    batches = [pa.RecordBatch.from_arrays([pa.LargeListArray.from_arrays(
+        pa.array(np.arange(len(chunk) + 1, dtype=np.int64) * 2 * width), pa.array(chunk.reshape(-1)))], ["k"])
+        for chunk in np.array_split(keys, max(len(keys) // 1000, 1))]
     seconds, files = {}, {}
     for counter in COUNTERS:
         def fn(inputs, counter=counter):
@@ -205,7 +212,7 @@ def counting(rows: int, min_count: int) -> Dict[str, float]:
         out = tempfile.mkdtemp()
         t = time.time()
         with tft_beam.Context(temp_dir=tempfile.mkdtemp(), force_tf_compat_v1=False):
-            transform_fn = (instances, metadata) | tft_beam.AnalyzeDataset(fn)
+            transform_fn = (batches, config) | tft_beam.AnalyzeDataset(fn)
             _ = transform_fn | tft_beam.WriteTransformFn(out)
         seconds[counter] = round(time.time() - t, 1)
         if counter != "none":
