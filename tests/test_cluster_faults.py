@@ -46,6 +46,9 @@ def test_ps_then_chief_killed_each_fail_the_run_and_the_rerun_resumes(tmp_path, 
         summary = local.run(config)
     assert summary["pushed"] and summary["auc"] > 0.6
     [info] = trained_info(pipeline_root)
-    assert info["resumed_from_step"] == resumed_at and info["global_step_start"] == resumed_at
+    # Workers train asynchronously: the chief names a checkpoint by the step it read, and another
+    # worker's steps can land before the variables are written, so the step inside may be a few ahead.
+    assert resumed_at <= info["resumed_from_step"] <= resumed_at + 10
+    assert info["global_step_start"] == info["resumed_from_step"]
     assert info["global_step_end"] >= TRAIN_STEPS
-    assert f"resuming from the checkpoint at step {resumed_at}" in caplog.text
+    assert f"resuming from the checkpoint at step {info['resumed_from_step']}" in caplog.text
