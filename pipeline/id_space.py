@@ -27,7 +27,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from deepfm_tfx import spans
+from deepfm_tfx import artifact_files, spans
 from deepfm_tfx.contracts import ADMISSION_FIELD_BITS, ADMISSION_TOTAL_KEY, ADMITTED_IDS_ASSET_PREFIX
 from deepfm_tfx.errors import DataError
 from deepfm_tfx.schemas.feature_spec import FeatureSpec
@@ -139,8 +139,7 @@ def _signature(files: Sequence[str]) -> list:
 
 def _read(path: str) -> Dict:
     try:
-        with open(path) as f:
-            return json.load(f)
+        return json.loads(artifact_files.read_text(path))
     except (OSError, ValueError):
         return {}
 
@@ -203,9 +202,9 @@ def admission(transform_graph: str, spec: FeatureSpec) -> Dict[str, Dict[str, fl
     own = dict(admitted)
     total = dict(admitted)
     assets = os.path.join(transform_graph, "transform_fn", "assets")
-    for path in glob.glob(os.path.join(assets, ADMITTED_IDS_ASSET_PREFIX + "*")):
-        with open(path) as f:
-            for line in f:
+    for path in artifact_files.glob(os.path.join(assets, ADMITTED_IDS_ASSET_PREFIX + "*")):
+        for line in artifact_files.read_text(path).splitlines():
+            if line.strip():
                 count, key = line.split()
                 field = fields[int(key) >> ADMISSION_FIELD_BITS]
                 if field not in admitted:
