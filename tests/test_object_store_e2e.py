@@ -184,3 +184,18 @@ def test_serve_stops_with_a_true_exit_code(server):
     assert process.wait(timeout=120) == 0, _tail(server["log"])
     log = _tail(server["log"])
     assert "stopping" in log and not re.search(r"pure virtual|Traceback", log)
+
+
+def test_a_run_failing_on_a_bad_row_in_the_bucket_exits_with_its_code_not_an_abort(s3, tmp_path):
+    """ExampleGen reads the data in place through tensorflow-io, then refuses a row: the CLI's exit
+    code is the refusal's (2), not tensorflow-io's abort at exit (134)."""
+    s3.client().put_object(Bucket=s3_server.BUCKET, Key="bad-data/span-1/part-000.csv", Body=b"1\t2\n" * 5)
+    run = subprocess.run(
+        [DEEPFM_TFX, "run", "--data", s3.url("bad-data"), "--pipeline-root", s3.url("bad-pipeline"),
+         "--model-repository", s3.url("bad-repository"), "--quiet"], capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache")))
+    assert run.returncode == contracts.EXIT_BAD_INPUT, (run.returncode, run.stderr[-3000:])
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "bad-data/span-1/part-000.csv" in last, run.stderr[-3000:]
+    assert not re.search(r"pure virtual|Traceback", run.stderr)
+    assert s3.keys("bad-repository") == []
