@@ -9,6 +9,7 @@ on the other finds only in the bucket or the databases.
 """
 import glob
 import os
+import re
 import secrets
 import signal
 import socket
@@ -132,6 +133,11 @@ def test_one_weekly_run_on_two_celery_workers_sharing_only_a_bucket_and_the_data
             assert all(ran), ran
             assert not ran[0] & ran[1] and ran[0] | ran[1] == set(task_states), (ran, task_states)
             assert set(task_states.values()) == {"success"}
+            # Every task process exited 0: Celery reports a non-zero exit (tensorflow-io's abort at exit is
+            # 134) as the task failing, and logs "succeeded" only for 0.
+            for n in range(1, WORKERS + 1):
+                received, succeeded = _celery_outcomes(tmp_path / f"worker{n}.log")
+                assert received and received == succeeded, (n, received, succeeded)
             # The week pushed a model into the bucket, which the week's final step reported there.
             repo = s3.url("repository")
             versions = model_repository.versions(repo, "deepfm")
@@ -144,6 +150,13 @@ def test_one_weekly_run_on_two_celery_workers_sharing_only_a_bucket_and_the_data
             log.close()
         _drop_redis_keys(redis_db, queue)
         airflow.drop_postgres_metadata_db(user=postgres["user"], database=postgres["database"])
+
+
+def _celery_outcomes(log_path):
+    with open(log_path) as f:
+        text = f.read()
+    return tuple(sorted(re.findall(r"execute_command\[([0-9a-f-]+)\] " + word, text))
+                 for word in ("received", "succeeded"))
 
 
 def _tail(log, n=60):
