@@ -133,7 +133,7 @@ def _newest_files(data_root: str, spec: FeatureSpec) -> Optional[list]:
     return sorted(glob.glob(os.path.join(folder, spec.file_pattern))) or None
 
 
-def _newest_objects(data_root: str, spec: FeatureSpec) -> Optional[list]:
+def newest_objects(data_root: str, spec: FeatureSpec) -> Optional[list]:
     """[url, size, ETag] of the newest span's files in a bucket, from one listing."""
     import fnmatch
 
@@ -174,7 +174,7 @@ def resolve(spec: FeatureSpec, data_root: str, pipeline_root: Optional[str] = No
         return spec
     record_path = artifact_files.join(pipeline_root, RECORD) if pipeline_root else None
     record = _read(record_path) if record_path else {}
-    in_store = _newest_objects(data_root, spec) if object_store.is_url(data_root) else None
+    in_store = newest_objects(data_root, spec) if object_store.is_url(data_root) else None
     files = [f[0] for f in in_store] if in_store else None if object_store.is_url(data_root) else \
         _newest_files(data_root, spec)
     if files is None:

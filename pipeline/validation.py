@@ -178,7 +178,6 @@ def check_data(data_root: str, spec) -> Tuple[str, Optional[int]]:
 
     from deepfm_tfx import spans
     from deepfm_tfx.errors import DataError
-    from deepfm_tfx.pipeline.pipeline import splits
 
     if not os.path.isdir(data_root):
         what = "is not a directory" if os.path.exists(data_root) else "data directory does not exist"
@@ -198,18 +197,24 @@ def check_data(data_root: str, spec) -> Tuple[str, Optional[int]]:
     else:
         where = os.path.join(data_root, spec.file_pattern)
         layout = spec.file_pattern, None
-    files = sorted(glob.glob(where))
-    rows.check_files(files, spec, where)
-    hash_splits.check_counts(hash_splits.count_splits(files, spec, splits()), where)
+    _check_rows(sorted(glob.glob(where)), spec, where)
     return layout
 
 
+def _check_rows(files, spec, where: str) -> None:
+    from deepfm_tfx.pipeline.pipeline import splits
+
+    rows.check_files(files, spec, where)
+    hash_splits.check_counts(hash_splits.count_splits(files, spec, splits()), where)
+
+
 def store_layout(url: str, spec) -> Tuple[str, Optional[int]]:
-    """check_data for data read in place from a bucket: the pattern and newest span from one
-    listing. The rows are checked by ExampleGen as it reads them (its errors name file, row and
-    column too), not twice over the network before the run."""
+    """check_data for data read in place from a bucket (TensorFlow's S3 filesystem registered):
+    the pattern and newest span from one listing, then the newest span's rows, read as ExampleGen
+    will read them, so a bad value is one error line before any component starts."""
     from deepfm_tfx import object_store, spans
     from deepfm_tfx.errors import DataError
+    from deepfm_tfx.pipeline import id_space
 
     try:
         keys = [k for k in object_store.Store(url).list() if k and not k.endswith("/")]
@@ -223,8 +228,11 @@ def store_layout(url: str, spec) -> Tuple[str, Optional[int]]:
         if not dated:
             raise DataError(f"{url}: holds no {spec.partitions}=<YYYY-MM-DD>/ partition folders, which "
                             f"feature spec '{spec.name}' names with 'partitions: {spec.partitions}'")
-        return spans.input_pattern(spec.file_pattern, spec.partitions), None
-    found = [int(m.group(1)) for f in folders if (m := spans.SPAN_FOLDER.fullmatch(f))]
-    if found:
-        return spans.input_pattern(spec.file_pattern), max(found)
-    return spec.file_pattern, None
+        layout = spans.input_pattern(spec.file_pattern, spec.partitions), None
+    else:
+        found = [int(m.group(1)) for f in folders if (m := spans.SPAN_FOLDER.fullmatch(f))]
+        layout = (spans.input_pattern(spec.file_pattern), max(found)) if found else (spec.file_pattern, None)
+    newest = [f[0] for f in id_space.newest_objects(url, spec) or []]
+    where = newest[0].rsplit("/", 1)[0] + "/" + spec.file_pattern if newest else f"{url}/{spec.file_pattern}"
+    _check_rows(newest, spec, where)
+    return layout

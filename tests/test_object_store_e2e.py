@@ -187,8 +187,8 @@ def test_serve_stops_with_a_true_exit_code(server):
 
 
 def test_a_run_failing_on_a_bad_row_in_the_bucket_exits_with_its_code_not_an_abort(s3, tmp_path):
-    """ExampleGen reads the data in place through tensorflow-io, then refuses a row: the CLI's exit
-    code is the refusal's (2), not tensorflow-io's abort at exit (134)."""
+    """The run reads the data in place through tensorflow-io and refuses a bad file in one line: the
+    CLI's exit code is the refusal's (2), not tensorflow-io's abort at exit (134)."""
     s3.client().put_object(Bucket=s3_server.BUCKET, Key="bad-data/span-1/part-000.csv", Body=b"1\t2\n" * 5)
     run = subprocess.run(
         [DEEPFM_TFX, "run", "--data", s3.url("bad-data"), "--pipeline-root", s3.url("bad-pipeline"),
