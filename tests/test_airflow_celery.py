@@ -82,10 +82,7 @@ def test_one_weekly_run_on_two_celery_workers_sharing_only_a_bucket_and_the_data
         with s3_server.running() as s3:
             data = tmp_path / "data"
             generator.generate(str(data), rows=scenario.ROWS, spans=1, seed=scenario.SEED)
-            for folder, _, files in os.walk(data):
-                for name in files:
-                    path = os.path.join(folder, name)
-                    s3.client().upload_file(path, s3_server.BUCKET, "data/" + os.path.relpath(path, data))
+            s3.upload_folder(str(data), "data")
             defaults = dict(scenario.KNOBS, data_root=s3.url("data"), pipeline_root=s3.url("pipeline"),
                             model_repository=s3.url("repository"))
             env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONWARNINGS="ignore", DEEPFM_TFX_METADATA=mysql_url[0],

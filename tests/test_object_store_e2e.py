@@ -42,7 +42,7 @@ def pushed(s3, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("store")
     data = str(tmp / "data")
     generator.generate(data, rows=3000, spans=1, seed=5)
-    _upload(s3, data, "data")
+    s3.upload_folder(data, "data")
     repo, summary_path = s3.url("repository"), str(tmp / "summary.json")
     # The CLI in its own process, as TensorFlow's S3 filesystem is registered in it: its exit code must be
     # the run's, not tensorflow-io's abort at exit. ml-metadata is SQLite, beside the store on this machine.
@@ -69,12 +69,6 @@ def pushed(s3, tmp_path_factory):
 
 DEEPFM_TFX = os.path.join(os.path.dirname(sys.executable), "deepfm-tfx")
 
-
-def _upload(s3, folder, prefix):
-    for root, _, files in os.walk(folder):
-        for name in files:
-            path = os.path.join(root, name)
-            s3.client().upload_file(path, s3_server.BUCKET, f"{prefix}/" + os.path.relpath(path, folder))
 
 
 @pytest.fixture(scope="module")
