@@ -11,7 +11,6 @@ import glob
 import os
 import re
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -46,18 +45,25 @@ def _start(args, env, folder, log):
 
 
 def _stop(process):
-    """The process and its children (Celery's forks, the scheduler's file processors)."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    """The process and every process under it: Celery's forks, the scheduler's file processors, and
+    the task processes, which Airflow puts in process groups of their own."""
+    import psutil
     try:
-        os.killpg(process.pid, signal.SIGKILL)  # a fork the leader left behind
-    except ProcessLookupError:
-        pass
+        family = [psutil.Process(process.pid)] + psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
+    for p in family:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(family, timeout=60)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    process.wait()
 
 
 def _tasks_logged(airflow_home):
