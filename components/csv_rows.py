@@ -69,6 +69,12 @@ class _RemoteFile(io.RawIOBase):
 
 
 def open_raw(path: str) -> BinaryIO:
+    if path.startswith("s3://"):
+        # boto3, not tensorflow-io: the id survey and the data checks read here in the process that
+        # parses the Airflow DAG, and a task process forked from one that used tensorflow-io's S3
+        # client hangs in it.
+        from deepfm_tfx import object_store
+        return io.BufferedReader(_RemoteFile(object_store.open_object(path)), buffer_size=1 << 20)
     if "://" in path:
         from tfx.dsl.io import fileio  # remote filesystems only: TFX's import costs seconds
         return io.BufferedReader(_RemoteFile(fileio.open(path, "rb")), buffer_size=1 << 20)

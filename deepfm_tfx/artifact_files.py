@@ -45,7 +45,22 @@ def makedirs(path: str) -> None:
         os.makedirs(path, exist_ok=True)
 
 
+def _s3(path: str):
+    """(Store of the bucket, key) for an s3:// path: our own files go through boto3, so a process
+    uses tensorflow-io's S3 client only inside TensorFlow (a process forked after using that client
+    hangs in it: Airflow's task processes are forks of the one that parsed the DAG)."""
+    from deepfm_tfx import object_store
+    scheme, bucket, key = object_store.split_url(path)
+    return object_store.Store(f"{scheme}://{bucket}"), key
+
+
 def read_bytes(path: str) -> bytes:
+    if path.startswith("s3://"):
+        store, key = _s3(path)
+        data = store.read(key)
+        if data is None:
+            raise FileNotFoundError(path)
+        return data
     if is_url(path):
         try:
             with _fileio().open(path, "rb") as f:
@@ -62,6 +77,10 @@ def read_text(path: str) -> str:
 
 def write_bytes(path: str, data: bytes) -> None:
     """The whole file at once: readers see the old contents or the new ones."""
+    if path.startswith("s3://"):
+        store, key = _s3(path)
+        store.put(key, data)
+        return
     if is_url(path):
         with _fileio().open(path, "wb") as f:
             f.write(data)

@@ -175,6 +175,19 @@ class Store:
             raise StoreError(f"{self.display(relative)}: download failed: {e}") from None
 
 
+def open_object(url: str):
+    """A streaming read of the object at `scheme://bucket/key` through boto3 (read(n), close())."""
+    scheme, bucket, key = split_url(url)
+    store = Store(f"{scheme}://{bucket}")
+    try:
+        return store._s3.get_object(Bucket=bucket, Key=key)["Body"]
+    except Exception as e:  # noqa: BLE001 - botocore's errors, as the store's
+        code = getattr(e, "response", {}).get("Error", {}).get("Code", "")
+        if code in ("NoSuchKey", "404", "NotFound"):
+            raise FileNotFoundError(url) from None
+        raise StoreError(f"{url}: {code or e}") from None
+
+
 def _alive_here(lease: Dict) -> bool:
     """False only when the holder ran on this host and its process is gone."""
     if lease.get("host") != socket.gethostname():
