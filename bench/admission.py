@@ -37,6 +37,8 @@ def add_arguments(p) -> None:
     p.add_argument("--admission-factors", type=lambda s: parse_list(s, float),
                    help="admission: table factors over the admitted ids (default 0.5,1,2)")
     p.add_argument("--admission-no-deepctr", action="store_true", help="admission: skip DeepCTR's cells")
+    p.add_argument("--admission-no-counting", action="store_true",
+                   help="admission: skip timing Transform's id counting (tft.vocabulary against key_counts)")
 
 
 def load_rows(rows: int) -> Dict[str, Any]:
@@ -156,6 +158,80 @@ def bayes(data: Dict[str, Any]) -> float:
     return generator.bayes_of_rows(report, [(columns, data["labels"][index])])["bayes_auc"]
 
 
+COUNTERS = ("none", "tft.vocabulary", "key_counts")
+
+
+def _cpu_seconds() -> float:
+    import resource
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def counting(rows: int, min_count: int) -> Dict[str, float]:
+    """Seconds of Transform's analysis of a span's admission keys (what preprocessing_fn counts:
+    each id's field-tagged hash and each field's total key), in one process on the same rows:
+    with no counter (reading the rows into Beam), with tft.vocabulary (what preprocessing_fn
+    used before) and with key_counts. Both counters' files are checked to be the same."""
+    import glob
+    import os
+    import tempfile
+
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+    import tensorflow as tf
+    import tensorflow_transform as tft
+    import tensorflow_transform.beam as tft_beam
+    from tensorflow_transform.tf_metadata import schema_utils
+    from tfx_bsl.tfxio import tensor_adapter, tensor_representation_util
+
+    from deepfm_tfx.contracts import ADMISSION_FIELD_BITS, ADMISSION_TOTAL_KEY
+    from deepfm_tfx.schemas import feature_spec
+    from deepfm_tfx.trainer_modules import key_counts, preprocessing
+    spec = feature_spec.load(feature_spec.DEFAULT_SPEC)
+    root = ensure_data(rows, profile="criteo")
+    frame = pd.concat([pd.read_csv(f, dtype=str, keep_default_na=False)
+                       for f in sorted(glob.glob(os.path.join(root, "span-1", "*.csv")))], ignore_index=True)
+    width = len(spec.categorical)
+    keys = np.stack([preprocessing.admission_keys(i, tf.constant((name + "=" + frame[name]).to_numpy(object)
+                                                                 .astype(bytes))).numpy()
+                     for i, name in enumerate(spec.categorical)]
+                    + [np.full(len(frame), i << ADMISSION_FIELD_BITS | ADMISSION_TOTAL_KEY, np.int64)
+                       for i in range(width)], axis=1)
+    # As Transform reads its input: Arrow record batches, each row a list of its keys.
+    schema = schema_utils.schema_from_feature_spec({"k": tf.io.FixedLenFeature([2 * width], tf.int64)})
+    config = tensor_adapter.TensorAdapterConfig(
+        pa.schema([pa.field("k", pa.large_list(pa.int64()))]),
+        tensor_representation_util.InferTensorRepresentationsFromSchema(schema))
+    batches = [pa.RecordBatch.from_arrays([pa.LargeListArray.from_arrays(
+        pa.array(np.arange(len(chunk) + 1, dtype=np.int64) * 2 * width), pa.array(chunk.reshape(-1)))], ["k"])
+        for chunk in np.array_split(keys, max(len(keys) // 1000, 1))]
+    seconds, files = {}, {}
+    for counter in COUNTERS:
+        def fn(inputs, counter=counter):
+            flat = tf.reshape(inputs["k"], [-1])
+            if counter == "tft.vocabulary":
+                tft.vocabulary(flat, frequency_threshold=min_count, store_frequency=True, vocab_filename="counts")
+            elif counter == "key_counts":
+                key_counts.counted_vocabulary(flat, min_count, "counts")
+            return {"k": inputs["k"] + tf.cast(tft.min(flat), tf.int64) * 0}
+        out = tempfile.mkdtemp()
+        t, cpu = time.time(), _cpu_seconds()
+        with tft_beam.Context(temp_dir=tempfile.mkdtemp(), force_tf_compat_v1=False):
+            transform_fn = (batches, config) | tft_beam.AnalyzeDataset(fn)
+            _ = transform_fn | tft_beam.WriteTransformFn(out)
+        seconds[counter] = round(time.time() - t, 1)
+        # On a shared machine the wall clock measures the neighbours; the process's CPU time does not.
+        seconds[f"{counter} cpu"] = round(_cpu_seconds() - cpu, 1)
+        if counter != "none":
+            with open(tft.TFTransformOutput(out).vocabulary_file_by_name("counts"), "rb") as f:
+                files[counter] = f.read()
+        print(f"    counting {rows:,} rows' {keys.size:,} keys, {counter}: {seconds[counter]} s "
+              f"({seconds[counter + ' cpu']} s CPU)", flush=True)
+    seconds["same_file"] = files["tft.vocabulary"] == files["key_counts"]
+    return seconds
+
+
 def run(args, shared: Dict[str, Any]) -> Dict[str, Any]:
     import numpy as np
 
@@ -163,8 +239,11 @@ def run(args, shared: Dict[str, Any]) -> Dict[str, Any]:
     sizes = args.admission_rows or list(QUICK_SIZES if args.quick else SIZES)
     min_counts: Sequence[int] = args.admission_min_counts or MIN_COUNTS
     factors: Sequence[float] = args.admission_factors or FACTORS
-    out: Dict[str, Any] = {"cells": [], "min_counts": list(min_counts), "factors": list(factors)}
+    out: Dict[str, Any] = {"cells": [], "min_counts": list(min_counts), "factors": list(factors), "counting": {}}
     for rows in sizes:
+        if not args.admission_no_counting:
+            from deepfm_tfx.schemas import feature_spec
+            out["counting"][str(rows)] = counting(rows, feature_spec.load(feature_spec.DEFAULT_SPEC).min_count)
         data = load_rows(rows)
         numbers = numerical(data)
         steps = steps_for(rows)
@@ -239,6 +318,10 @@ def show(res: Dict[str, Any]) -> None:
     print(table(["rows", "gap without admission (min_count 1)", "gap with the default", "DeepCTR without",
                  "DeepCTR with the default's admission"], curve(res),
                 title=f"\nLearning curve with and without admission (the shipped spec's min_count, factor {fmt(_factor())})"))
+    for r, c in res.get("counting", {}).items():
+        print(f"  Transform's id counting at {int(r):,} rows, wall (CPU) s: tft.vocabulary {c['tft.vocabulary']} "
+              f"({c['tft.vocabulary cpu']}), key_counts {c['key_counts']} ({c['key_counts cpu']}), the rows alone "
+              f"{c['none']} ({c['none cpu']}); same vocabulary file: {c['same_file']}")
     for r, best in res.get("best_by_rows", {}).items():
         print(f"  best Keras cell at {int(r):,} rows: min_count {best['min_count']}, factor {best['factor']}, "
               f"gap {best['gap']:.4f}" + (f" (target <= {GAP_TARGET})" if int(r) == GAP_TARGET_ROWS else ""))

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from bench.common import percentile, table, verdict
 
@@ -36,6 +36,7 @@ NEEDS = ()  # the default Keras run, asked for in run(): its model may not be bl
 P99_TARGET_MS = 10.0
 SWAP_P99_RATIO = 2.0
 CLIENTS = (1, 8, 32)
+COLUMNAR_CLIENTS = (1, 8)
 SIZES = (1, 100)
 MODEL = "deepfm"
 
@@ -45,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--serving-seconds", type=float, default=None,
                    help="seconds of load per cell (default 5; 2 with --quick)")
     g.add_argument("--serving-saved-model", help="serve this SavedModel instead of the default run's")
+    g.add_argument("--serving-compare", action="append", default=[], metavar="LABEL=SAVED_MODEL",
+                   help="also run the 100-candidate cells on this SavedModel and on the served one, alternating "
+                        "in fresh servers (e.g. a model exported before a change to the serving graph)")
 
 
 def _free_port() -> int:
@@ -61,14 +65,14 @@ def raw_rows(data_root: str, n: int) -> List[bytes]:
     return request_examples(sorted(glob.glob(os.path.join(data_root, "span-*", spec.file_pattern))), spec, n)
 
 
-def _repository(workdir: str, saved_model: str, rows: List[bytes]) -> str:
+def _repository(workdir: str, saved_model: str, rows: List[bytes], folder: str = "repo") -> str:
     """A fresh repository holding the model as its stable version, with warmup requests
     (built from real rows, as the pusher does, if the source has none)."""
     from deepfm_tfx import model_repository
     from deepfm_tfx.components.model_repository_pusher import warmup_file
     from deepfm_tfx.serving import warmup
 
-    repo = os.path.join(workdir, "serving", "repo")
+    repo = os.path.join(workdir, "serving", folder)
     shutil.rmtree(repo, ignore_errors=True)
     os.makedirs(repo)
     extra = {} if os.path.exists(warmup.path_in(saved_model)) else warmup_file(saved_model, MODEL, rows[:256], "")
@@ -81,14 +85,14 @@ def _repository(workdir: str, saved_model: str, rows: List[bytes]) -> str:
 class Server:
     """`deepfm-tfx serve` in its own process, so the clients do not share its CPU time slices or GIL."""
 
-    def __init__(self, repo: str, log: str, extra: Sequence[str] = ()):
+    def __init__(self, repo: str, log: str, extra: Sequence[str] = (), env: Optional[Dict[str, str]] = None):
         self.grpc_port, self.rest_port = _free_port(), _free_port()
         self.url = f"http://127.0.0.1:{self.rest_port}"
         self.log = open(log, "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "deepfm_tfx.serving.server", "--model-repository", repo, "--host", "127.0.0.1",
              "--port", str(self.grpc_port), "--rest-api-port", str(self.rest_port), *extra],
-            stdout=self.log, stderr=subprocess.STDOUT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+            stdout=self.log, stderr=subprocess.STDOUT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {})))
 
     def wait_ready(self, timeout: float = 300.0) -> None:
         deadline = time.monotonic() + timeout
@@ -136,6 +140,45 @@ def _rest_body(rows: List[bytes]) -> bytes:
     return json.dumps({"instances": [{"b64": base64.b64encode(r).decode()} for r in rows]}).encode()
 
 
+def feature_columns(rows: List[bytes], inputs: Dict[str, int]) -> Dict[str, list]:
+    """The rows as the features signature's columns ({input key: DataType enum}):
+    strings ("" where missing) and floats (NaN where missing)."""
+    import tensorflow as tf
+    columns: Dict[str, list] = {key: [] for key in inputs}
+    for row in rows:
+        feature = tf.train.Example.FromString(row).features.feature
+        for key, dtype in inputs.items():
+            kind = feature[key].WhichOneof("kind") if key in feature else None
+            value = list(getattr(feature[key], kind).value)[0] if kind else None
+            if dtype == tf.string.as_datatype_enum:
+                columns[key].append(value if value is not None else b"")
+            else:
+                columns[key].append(float(value) if value is not None else float("nan"))
+    return columns
+
+
+def _grpc_columnar_request(columns: Dict[str, list], inputs: Dict[str, int]):
+    """One TensorProto per feature (TF Serving's PredictRequest to the features signature)."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+
+    from deepfm_tfx import contracts
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = MODEL
+    request.model_spec.version_label = contracts.STABLE
+    request.model_spec.signature_name = contracts.FEATURES_SIGNATURE
+    for key, values in columns.items():
+        request.inputs[key].CopyFrom(tf.make_tensor_proto(values, tf.dtypes.as_dtype(inputs[key])))
+    return request
+
+
+def _rest_columnar_body(columns: Dict[str, list]) -> bytes:
+    """TF Serving's columnar JSON (`inputs`), NaN as its token."""
+    from deepfm_tfx import contracts
+    return json.dumps({"signature_name": contracts.FEATURES_SIGNATURE, "inputs": {
+        k: [v.decode() if isinstance(v, bytes) else v for v in values] for k, values in columns.items()}}).encode()
+
+
 async def _closed_loop(call, clients: int, seconds: float, warm: float = 0.5) -> Dict[str, Any]:
     """`clients` coroutines calling back to back; latencies of calls started after `warm` s."""
     latencies: List[float] = []
@@ -169,7 +212,45 @@ def _summary(result: Dict[str, Any], seconds: float, rows: int) -> Dict[str, Any
             "requests_per_s": len(lat) / seconds, "rows_per_s": len(lat) * rows / seconds}
 
 
-async def _measure(server: Server, rows: List[bytes], seconds: float) -> Dict[str, Any]:
+async def _cell(server: Server, call, clients: int, seconds: float, rows: int) -> Dict[str, Any]:
+    cpu = server.cpu_seconds(), time.process_time()
+    result = await _closed_loop(call, clients, seconds)
+    cell = _summary(result, seconds, rows)
+    # CPU per call, which other work on a shared machine does not inflate the way it does latency.
+    calls = max(result["calls"] + len(result["errors"]), 1)
+    cell["server_cpu_ms_per_call"] = (server.cpu_seconds() - cpu[0]) / calls * 1e3
+    cell["client_cpu_ms_per_call"] = (time.process_time() - cpu[1]) / calls * 1e3
+    return cell
+
+
+def _calls(server: Server, stub, session, rows: List[bytes], size: int, inputs: Optional[Dict[str, int]]):
+    """{protocol: call}: tf.Examples to serving_default over gRPC and REST and, with the features
+    signature's `inputs`, the same rows as columns (one tensor per feature) to `features`."""
+    url = f"{server.url}/v1/models/{MODEL}/labels/stable:predict"
+
+    def grpc_call(request):
+        async def call():
+            await stub.Predict(request, timeout=30)
+        return call
+
+    def rest_call(body):
+        async def call():
+            async with session.post(url, data=body) as response:
+                await response.read()
+                if response.status != 200:
+                    raise RuntimeError(f"HTTP {response.status}")
+        return call
+
+    calls = {"grpc": grpc_call(_grpc_request(rows[:size])), "rest": rest_call(_rest_body(rows[:size]))}
+    if inputs:
+        columns = feature_columns(rows[:size], inputs)
+        calls["grpc-columnar"] = grpc_call(_grpc_columnar_request(columns, inputs))
+        calls["rest-columnar"] = rest_call(_rest_columnar_body(columns))
+    return calls
+
+
+async def _measure(server: Server, rows: List[bytes], seconds: float,
+                   inputs: Optional[Dict[str, int]] = None) -> Dict[str, Any]:
     import aiohttp
     import grpc
     from tensorflow_serving.apis import prediction_service_pb2_grpc
@@ -178,40 +259,66 @@ async def _measure(server: Server, rows: List[bytes], seconds: float) -> Dict[st
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}")
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=max(CLIENTS))) as session:
-        url = f"{server.url}/v1/models/{MODEL}/labels/stable:predict"
         for size in SIZES:
-            request, body = _grpc_request(rows[:size]), _rest_body(rows[:size])
-
-            async def grpc_call(request=request):
-                await stub.Predict(request, timeout=30)
-
-            async def rest_call(body=body):
-                async with session.post(url, data=body) as response:
-                    await response.read()
-                    if response.status != 200:
-                        raise RuntimeError(f"HTTP {response.status}")
-
-            for protocol, call in (("grpc", grpc_call), ("rest", rest_call)):
-                for clients in CLIENTS:
-                    cpu = server.cpu_seconds(), time.process_time()
-                    result = await _closed_loop(call, clients, seconds)
-                    cell = _summary(result, seconds, size)
-                    # CPU per call, which other work on a shared machine does not inflate the way it does latency.
-                    calls = max(result["calls"] + len(result["errors"]), 1)
-                    cell["server_cpu_ms_per_call"] = (server.cpu_seconds() - cpu[0]) / calls * 1e3
-                    cell["client_cpu_ms_per_call"] = (time.process_time() - cpu[1]) / calls * 1e3
-                    cells[f"{protocol}/{size}/{clients}"] = cell
-                    print(f"  {protocol:4s} {size:3d} rows {clients:2d} clients: "
-                          f"p50 {cells[f'{protocol}/{size}/{clients}']['p50_ms']:.2f} ms "
-                          f"p99 {cells[f'{protocol}/{size}/{clients}']['p99_ms']:.2f} ms "
-                          f"{cells[f'{protocol}/{size}/{clients}']['requests_per_s']:.0f} req/s", flush=True)
+            # The columnar form for the target's 100 candidates only.
+            calls = _calls(server, stub, session, rows, size, inputs if size == 100 else None)
+            for protocol, call in calls.items():
+                for clients in CLIENTS if "columnar" not in protocol else COLUMNAR_CLIENTS:
+                    key = f"{protocol}/{size}/{clients}"
+                    cells[key] = cell = await _cell(server, call, clients, seconds, size)
+                    print(f"  {protocol:13s} {size:3d} rows {clients:2d} clients: p50 {cell['p50_ms']:.2f} ms "
+                          f"p99 {cell['p99_ms']:.2f} ms {cell['requests_per_s']:.0f} req/s "
+                          f"{cell['server_cpu_ms_per_call']:.2f} ms server CPU/call", flush=True)
     await channel.close()
     return cells
 
 
+async def _compared_cells(server: Server, rows: List[bytes], seconds: float,
+                          inputs: Optional[Dict[str, int]]) -> Dict[str, Any]:
+    """The target's 100 candidates, each protocol and form, at 1 and 8 clients."""
+    import aiohttp
+    import grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    cells: Dict[str, Any] = {}
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=8)) as session:
+        for protocol, call in _calls(server, stub, session, rows, 100, inputs).items():
+            for clients in COLUMNAR_CLIENTS:
+                cells[f"{protocol}/100/{clients}"] = await _cell(server, call, clients, seconds, 100)
+    await channel.close()
+    return cells
+
+
+def compare_models(workdir: str, models: Dict[str, str], rows: List[bytes], seconds: float,
+                   rounds: int = 2) -> Dict[str, Any]:
+    """The same cells on each model (e.g. before and after a change to the graph), each in a fresh
+    server of the same settings, alternating for `rounds` so drifting outside load hits both alike."""
+    from deepfm_tfx import contracts, saved_model_check
+    out: Dict[str, Any] = {name: [] for name in models}
+    repos = {name: _repository(workdir, path, rows, folder=f"repo-{i}") for i, (name, path) in enumerate(models.items())}
+    for r in range(rounds):
+        for name, path in models.items():
+            inputs = saved_model_check.signature_inputs(path).get(contracts.FEATURES_SIGNATURE)
+            server = Server(repos[name], os.path.join(workdir, "serving", "server-compare.log"))
+            try:
+                server.wait_ready()
+                load = os.getloadavg()[0]
+                cells = asyncio.run(_compared_cells(server, rows, seconds, inputs))
+            finally:
+                server.stop()
+            out[name].append({"load_average_1min": [load, os.getloadavg()[0]], "cells": cells})
+            print(f"  {name} (round {r + 1}, load {load:.1f}): " + ", ".join(
+                f"{k} p99 {c['p99_ms']:.1f} ms {c['server_cpu_ms_per_call']:.2f} ms CPU"
+                for k, c in cells.items() if k.endswith("/8")), flush=True)
+    return out
+
+
 # Server settings tried on the target cell (gRPC, 100 candidates, 8 clients), each in a fresh server.
 VARIANTS = {
-    "as shipped (2 batch threads, timeout 3 ms)": (),
+    "as shipped (2 batch threads, timeout 3 ms, jemalloc)": (),
+    "glibc's malloc": ("--allocator", "system"),
     "no batch timeout": ("--batch-timeout-ms", "0"),
     "batch timeout 1 ms": ("--batch-timeout-ms", "1"),
     "1 batch thread": ("--batch-threads", "1"),
@@ -339,6 +446,7 @@ def _model(args, shared: Dict[str, Any]):
 
 
 def run(args, shared: Dict[str, Any]) -> Dict[str, Any]:
+    from deepfm_tfx import contracts, saved_model_check
     seconds = args.serving_seconds or (2.0 if args.quick else 5.0)
     saved_model, data_root = _model(args, shared)
     rows = raw_rows(data_root, 256)
@@ -346,15 +454,19 @@ def run(args, shared: Dict[str, Any]) -> Dict[str, Any]:
     server = Server(repo, os.path.join(args.workdir, "serving", "server.log"))
     try:
         server.wait_ready()
-        cells = asyncio.run(_measure(server, rows, seconds))
+        inputs = saved_model_check.signature_inputs(saved_model).get(contracts.FEATURES_SIGNATURE)
+        cells = asyncio.run(_measure(server, rows, seconds, inputs))
         swaps = [asyncio.run(_swap(server, repo, saved_model, rows, seconds)) for _ in range(2)]
     finally:
         server.stop()
     tried = variants(args.workdir, repo, rows, seconds)
+    compared = compare_models(args.workdir, {**dict(c.split("=", 1) for c in args.serving_compare),
+                                             "served": saved_model}, rows, seconds) if args.serving_compare else {}
     target = cells["grpc/100/8"]["p99_ms"]
     worst = max(swaps, key=lambda s: (s["during"]["p99_ms"] or 0) / (s["steady"]["p99_ms"] or 1))
     ratio = (worst["during"]["p99_ms"] or float("nan")) / worst["steady"]["p99_ms"]
     return {"model": saved_model, "seconds_per_cell": seconds, "cells": cells, "swaps": swaps, "variants": tried,
+            "compared": compared,
             "target_p99_grpc_100_at_8_ms": target,
             "verdict_p99_grpc_100_at_8": verdict(target, P99_TARGET_MS, higher_is_better=False),
             "swap_failed_requests": sum(s["during"]["errors"] for s in swaps),
@@ -384,10 +496,26 @@ def show(result: Dict[str, Any]) -> None:
                     [[name, v["flags"] or "-", v["p50_ms"], v["p99_ms"], v["requests_per_s"],
                       v["server_cpu_ms_per_call"]] for name, v in result["variants"].items()],
                     title="  the target cell (gRPC, 100 candidates, 8 clients) under other server settings"))
+    if result.get("compared"):
+        show_compared(result["compared"])
     print(f"  p99 < {P99_TARGET_MS:.0f} ms, gRPC, 100 candidates, 8 clients: "
           f"{result['target_p99_grpc_100_at_8_ms']:.2f} ms -> {result['verdict_p99_grpc_100_at_8']}")
     print(f"  swap: {result['swap_failed_requests']} failed, p99 {result['swap_p99_ratio']:.2f}x steady "
           f"(target <= {SWAP_P99_RATIO:.0f}x) -> {result['verdict_swap']}")
+
+
+def show_compared(compared: Dict[str, Any]) -> None:
+    rows = []
+    for name, rounds in compared.items():
+        for r, entry in enumerate(rounds):
+            for key, c in entry["cells"].items():
+                protocol, _, clients = key.split("/")
+                rows.append([name, r + 1, f"{entry['load_average_1min'][0]:.1f}", protocol, int(clients),
+                             c["p50_ms"], c["p99_ms"], c["requests_per_s"], c["server_cpu_ms_per_call"],
+                             c["client_cpu_ms_per_call"]])
+    print(table(["model", "round", "load", "protocol", "clients", "p50 ms", "p99 ms", "req/s", "server CPU ms/call",
+                 "client CPU ms/call"], rows, title="  100 candidates per request, each model in a fresh server "
+                                                     "(alternating rounds; load: 1-min load average at start)"))
 
 
 def main(argv=None) -> int:

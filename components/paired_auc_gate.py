@@ -5,10 +5,11 @@ TFMA's change threshold compares two AUCs with no notion of noise (about
 compute a confidence interval. So the Evaluator keeps only the absolute AUC
 floor, and this component, right after it:
 
-1. scores the newest span's eval split with both SavedModels' serving_default
-   (the new model and the baseline, on the very same rows);
-2. computes AUC(new) - AUC(baseline) with its paired 95% DeLong interval
-   (`deepfm_tfx.paired_auc`);
+1. reads both models' scores of the newest span's eval rows (the new model and
+   the baseline, on the very same rows) from the Evaluator's own pass: its
+   PairedAucRows metric (`paired_auc_metric`), so no model is loaded here;
+2. takes AUC(new) - AUC(baseline) with its paired 95% DeLong interval
+   (`deepfm_tfx.paired_auc`), computed by that metric;
 3. blesses the model when the Evaluator blessed it (floor) and the change
    gate passes: blocked only when the whole interval lies below -max_auc_drop.
 
@@ -22,25 +23,28 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, Iterator, List, Optional, Set
+from typing import Any, Dict, Iterator, List, Set, Tuple
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from tfx import types
 from tfx.dsl.components.base import base_component, base_executor, executor_spec
 from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
-from deepfm_tfx import artifact_files, contracts, paired_auc
+from deepfm_tfx import artifact_files, evaluation_results, paired_auc
+from deepfm_tfx.components import paired_auc_metric
 from deepfm_tfx.spans import span_of
 
 PREDICTIONS = "predictions.npz"
 RESULT = "paired_auc.json"
 # Distinct ids of an ingested split, memoized beside the examples they describe.
 IDS_MEMO = "distinct_ids.{split}.v1.npz"
-BATCH = 4096
+READ_BATCH = 50_000
 
 
-def _records(examples_uri: str, split: str, batch: int = BATCH) -> Iterator[List[bytes]]:
+def _records(examples_uri: str, split: str, batch: int = READ_BATCH) -> Iterator[List[bytes]]:
     import tensorflow as tf
     files = sorted(tf.io.gfile.glob(os.path.join(examples_uri, f"Split-{split}", "*")))
     for records in tf.data.TFRecordDataset(files, compression_type="GZIP").batch(batch):
@@ -52,22 +56,28 @@ def _decode(records: List[bytes]):
     return example_coder.ExamplesToRecordBatchDecoder().DecodeBatch(records)
 
 
-def _first_values(batch, name: str, rows: int, missing) -> np.ndarray:
-    """Each row's first value of a column (`missing` where it has none)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    column = np.full(rows, missing, dtype=object)
+def _present_firsts(batch, name: str):
+    """(which rows have a value, their first values as an Arrow array); None when the column is absent."""
     if name not in batch.schema.names:
-        return column
+        return None
     cells = batch.column(name)
     present = pc.list_value_length(cells).fill_null(0).to_numpy(zero_copy_only=False) >= 1
-    if present.any():
-        firsts = pc.list_element(cells.filter(pa.array(present)), 0)
-        if pa.types.is_binary(firsts.type) or pa.types.is_large_binary(firsts.type):
-            column[present] = [v.decode("utf-8", "replace") for v in firsts.to_pylist()]
-        else:
-            column[present] = firsts.to_numpy(zero_copy_only=False)
+    return present, pc.list_element(cells.filter(pa.array(present)), 0)
+
+
+def _values(firsts) -> Any:
+    """An Arrow array's values as a list of str (bytes decoded) or a numpy array (numbers)."""
+    if pa.types.is_binary(firsts.type) or pa.types.is_large_binary(firsts.type):
+        return [v.decode("utf-8", "replace") for v in firsts.to_pylist()]
+    return firsts.to_numpy(zero_copy_only=False)
+
+
+def _first_values(batch, name: str, rows: int, missing) -> np.ndarray:
+    """Each row's first value of a column (`missing` where it has none)."""
+    column = np.full(rows, missing, dtype=object)
+    found = _present_firsts(batch, name)
+    if found is not None and found[0].any():
+        column[found[0]] = _values(found[1])
     return column
 
 
@@ -83,9 +93,12 @@ def distinct_ids(examples_uri: str, split: str, columns: List[str]) -> Dict[str,
     if stored is not None and set(columns) <= set(stored):
         return {c: set(stored[c].tolist()) for c in columns}
     seen: Dict[str, Set[str]] = {c: set() for c in columns}
-    for records in _records(examples_uri, split, 50_000):
-        for name, column in _string_columns(_decode(records), columns, len(records)).items():
-            seen[name].update(column.tolist())
+    for records in _records(examples_uri, split, READ_BATCH):
+        batch = _decode(records)
+        for name in columns:
+            found = _present_firsts(batch, name)
+            if found is not None:  # the distinct values only: far fewer to turn into str
+                seen[name].update(np.asarray(_values(pc.unique(found[1])), dtype=object).astype(str).tolist())
     for values in seen.values():
         values.discard("")
     try:  # a read-only or remote artifact store just means no memo
@@ -95,21 +108,6 @@ def distinct_ids(examples_uri: str, split: str, columns: List[str]) -> Dict[str,
     return seen
 
 
-def _scorer(saved_model_dir: str):
-    """serving_default as a function of serialized tf.Examples -> probabilities."""
-    import tensorflow as tf
-    loaded = tf.saved_model.load(saved_model_dir)
-    fn = loaded.signatures[contracts.SERVING_SIGNATURE]
-    [input_key] = fn.structured_input_signature[1].keys()
-    outputs = list(fn.structured_outputs)
-    output_key = outputs[0] if len(outputs) == 1 else contracts.OUTPUT_KEY
-
-    def score(records: List[bytes]) -> np.ndarray:
-        return fn(**{input_key: tf.constant(records)})[output_key].numpy().reshape(-1)
-    score.keep_alive = loaded  # the signature needs its object graph
-    return score
-
-
 def unseen_ids(columns: Dict[str, np.ndarray], window_ids: Dict[str, Set[str]]) -> Dict[str, np.ndarray]:
     """Per column, the rows whose (present) id the training window never saw."""
     return {name: np.fromiter((v != "" and v not in window_ids.get(name, ()) for v in column.tolist()),
@@ -117,31 +115,24 @@ def unseen_ids(columns: Dict[str, np.ndarray], window_ids: Dict[str, Set[str]]) 
             for name, column in columns.items()}
 
 
-def score_eval_split(examples_uri: str, label: str, new_model: str, baseline_model: Optional[str],
-                     window_ids: Optional[Dict[str, Set[str]]]) -> Dict[str, Any]:
-    """Row by row: the label, both models' probabilities and whether the row is
-    cold (an id the window never saw); and per column, how many rows had an unseen id.
-    One batch at a time, so the ids of a large eval split are never all held."""
-    new = _scorer(new_model)
-    baseline = _scorer(baseline_model) if baseline_model else None
-    parts: Dict[str, List[np.ndarray]] = {"label": [], "new": [], "baseline": [], "cold": []}
-    unseen_count: Dict[str, int] = {name: 0 for name in window_ids or {}}
+def cold_keys(examples_uri: str, categorical: List[str], window_ids: Dict[str, Set[str]]
+              ) -> Tuple[Dict[int, bool], Dict[str, int], int]:
+    """From the eval split's ids alone (no model): whether each row key
+    (`paired_auc_metric.row_key`) is cold, i.e. holds an id the window never saw;
+    per column, how many rows had an unseen id; and how many rows were read."""
+    cold_by_key: Dict[int, bool] = {}
+    unseen_count: Dict[str, int] = {name: 0 for name in window_ids}
+    rows_read = 0
     for records in _records(examples_uri, "eval"):
-        batch = _decode(records)
-        parts["label"].append(_first_values(batch, label, len(records), np.nan).astype(np.float64))
-        parts["new"].append(new(records))
-        if baseline:
-            parts["baseline"].append(baseline(records))
+        columns = _string_columns(_decode(records), categorical, len(records))
         cold = np.zeros(len(records), dtype=bool)
-        if window_ids:
-            for name, unseen in unseen_ids(_string_columns(batch, list(window_ids), len(records)),
-                                           window_ids).items():
-                cold |= unseen
-                unseen_count[name] += int(unseen.sum())
-        parts["cold"].append(cold)
-    out: Dict[str, Any] = {k: np.concatenate(v) for k, v in parts.items() if v}
-    out["unseen_count"] = unseen_count
-    return out
+        for name, unseen in unseen_ids({c: columns[c] for c in window_ids}, window_ids).items():
+            cold |= unseen
+            unseen_count[name] += int(unseen.sum())
+        for values, is_cold in zip(zip(*(columns[c].tolist() for c in categorical)), cold.tolist()):
+            cold_by_key[paired_auc_metric.row_key(values)] = is_cold
+        rows_read += len(records)
+    return cold_by_key, unseen_count, rows_read
 
 
 def _copy_blessing_properties(source: types.Artifact, target: types.Artifact) -> None:
@@ -166,6 +157,8 @@ class PairedAucGateSpec(types.ComponentSpec):
         "model": ChannelParameter(type=standard_artifacts.Model),
         "baseline_model": ChannelParameter(type=standard_artifacts.Model, optional=True),
         "evaluator_blessing": ChannelParameter(type=standard_artifacts.ModelBlessing),
+        # The Evaluator's metrics, with both models' per-row scores (paired_auc_metric).
+        "evaluation": ChannelParameter(type=standard_artifacts.ModelEvaluation),
         # The training window; its newest span (this run's) is the one whose eval split is scored. Not a
         # second input for that span: the same artifact under two keys is a duplicate ml-metadata event.
         "training_examples": ChannelParameter(type=standard_artifacts.Examples),
@@ -180,8 +173,8 @@ class PairedAucGateSpec(types.ComponentSpec):
 
 class Executor(base_executor.BaseExecutor):
     def Do(self, input_dict, output_dict, exec_properties) -> None:
-        [model] = input_dict["model"]
         [evaluator_blessing] = input_dict["evaluator_blessing"]
+        [evaluation_in] = input_dict["evaluation"]
         baseline = (input_dict.get("baseline_model") or [None])[0]
         window = input_dict["training_examples"]
         examples = newest_span(window)
@@ -191,15 +184,21 @@ class Executor(base_executor.BaseExecutor):
         max_auc_drop = float(exec_properties["max_auc_drop"])
 
         # The ids Transform and the Trainer saw: the window's train splits.
-        window_ids: Dict[str, Set[str]] = {c: set() for c in spec["categorical"]}
+        categorical = list(spec["categorical"])
+        window_ids: Dict[str, Set[str]] = {c: set() for c in categorical}
         for artifact in window:
-            for name, ids in distinct_ids(artifact.uri, "train", list(spec["categorical"])).items():
+            for name, ids in distinct_ids(artifact.uri, "train", categorical).items():
                 window_ids[name] |= ids
-        scored = score_eval_split(
-            examples.uri, spec["label"], os.path.join(model.uri, contracts.SERVING_MODEL_DIR),
-            os.path.join(baseline.uri, contracts.SERVING_MODEL_DIR) if baseline else None, window_ids)
-        unseen_count = scored.pop("unseen_count")
-        rows_read = len(scored["label"])
+        # Both models' scores of the eval rows, from the Evaluator's own pass (no second scoring).
+        payload = evaluation_results.overall_bytes_metric(evaluation_in.uri, paired_auc_metric.NAME)
+        if payload is None:
+            raise RuntimeError(f"the Evaluator's output {evaluation_in.uri} has no {paired_auc_metric.NAME} "
+                               "metric: its eval_config needs paired_auc_metric.metric_config")
+        scored = paired_auc_metric.read(payload)
+        cold_by_key, unseen_count, rows_read = cold_keys(examples.uri, categorical, window_ids)
+        scored["cold"] = np.fromiter((cold_by_key[k] for k in scored.pop("key").tolist()), dtype=bool,
+                                     count=len(scored["label"]))
+        metric_result = scored.pop("result")
         labelled = ~np.isnan(scored["label"])  # a row without a label cannot be scored
         scored = {k: v[labelled] for k, v in scored.items()}
         cold = scored["cold"]
@@ -207,11 +206,11 @@ class Executor(base_executor.BaseExecutor):
         paired = None
         change_ok, why = paired_auc.change_gate(None, max_auc_drop)
         if "baseline" in scored:
-            try:
-                paired = paired_auc.delong(labels, scored["new"], scored["baseline"])
+            if metric_result["paired"]:
+                paired = paired_auc.PairedAuc(**metric_result["paired"])
                 change_ok, why = paired_auc.change_gate(paired, max_auc_drop)
-            except ValueError as e:  # too few clicks to compare; the AUC floor still applies
-                why = f"no comparison with the baseline: {e}"
+            else:  # too few clicks to compare; the AUC floor still applies
+                why = f"no comparison with the baseline: {metric_result['error']}"
         floor_ok = bool(evaluator_blessing.get_int_custom_property("blessed"))
         blessed = floor_ok and change_ok
         result = {
@@ -249,10 +248,10 @@ class PairedAucGate(base_component.BaseComponent):
     SPEC_CLASS = PairedAucGateSpec
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
 
-    def __init__(self, model, evaluator_blessing, training_examples, max_auc_drop: float, feature_spec_json: str,
-                 baseline_model=None):
+    def __init__(self, model, evaluator_blessing, evaluation, training_examples, max_auc_drop: float,
+                 feature_spec_json: str, baseline_model=None):
         super().__init__(spec=PairedAucGateSpec(
-            model=model, baseline_model=baseline_model, evaluator_blessing=evaluator_blessing,
+            model=model, baseline_model=baseline_model, evaluator_blessing=evaluator_blessing, evaluation=evaluation,
             training_examples=training_examples, max_auc_drop=max_auc_drop, feature_spec_json=feature_spec_json,
             **{GATE_BLESSING: types.Channel(type=standard_artifacts.ModelBlessing),
                GATE_EVALUATION: types.Channel(type=standard_artifacts.ModelEvaluation)}))

@@ -46,3 +46,14 @@ def validation_failures(evaluation_uri: str) -> list:
             reasons.append(f"{f.metric_key.name}{' (change vs baseline)' if f.metric_key.is_diff else ''}: "
                            f"{f.message or ''} value={f.metric_value.double_value.value:.4f}".strip())
     return reasons
+
+
+def overall_bytes_metric(evaluation_uri: str, name: str) -> Any:
+    """The overall slice's bytes value of a metric (a custom metric's payload), or None."""
+    for metrics_for_slice in tfma.load_metrics(evaluation_uri):
+        if metrics_for_slice.slice_key.single_slice_keys:
+            continue
+        for kv in metrics_for_slice.metric_keys_and_values:
+            if kv.key.name == name and kv.value.WhichOneof("type") == "bytes_value":
+                return kv.value.bytes_value
+    return None

@@ -144,6 +144,17 @@ def test_serve_from_the_bucket_answers_the_in_process_probabilities(server, push
     np.testing.assert_allclose(_predict(server["url"], pushed["rows"]), in_process, rtol=1e-5, atol=1e-7)
 
 
+def test_serve_runs_on_jemalloc_in_its_own_process(server):
+    # The answers above came from it; it re-executed itself (same pid) with the allocator preloaded.
+    from deepfm_tfx.serving import server as model_server
+    library = next((p for p in model_server.JEMALLOC_PATHS if os.path.exists(p)), None)
+    if library is None:
+        pytest.skip("libjemalloc2 is not installed here")
+    with open(f"/proc/{server['process'].pid}/maps") as f:
+        mapped = {os.path.realpath(line.split()[-1]) for line in f if "/" in line}
+    assert os.path.realpath(library) in mapped
+
+
 def test_serve_answers_through_ten_seconds_of_the_store_away_then_loads_a_canary(s3, server, pushed, in_process,
                                                                                  tmp_path):
     answers, failures = [], []

@@ -89,6 +89,45 @@ def test_the_change_gate_blocks_only_a_drop_beyond_noise():
     assert paired_auc.change_gate(None, max_auc_drop=0.01)[0]
 
 
+def test_the_evaluators_paired_metric_keeps_both_models_rows_and_their_interval():
+    # The Evaluator's PairedAucRows metric, fed as TFMA feeds it (two model specs, each example's
+    # extracts, partial accumulators merged), gives PairedAucGate the same interval as scoring the rows itself.
+    import tensorflow_model_analysis as tfma
+    from deepfm_tfx.components import paired_auc_metric
+
+    eval_config = tfma.EvalConfig(model_specs=[tfma.ModelSpec(name="candidate", label_key="label"),
+                                               tfma.ModelSpec(name="baseline", label_key="label", is_baseline=True)])
+    [computation] = paired_auc_metric.PairedAucRows(categorical=["C1", "C2"]).computations(
+        eval_config=eval_config, model_names=["candidate", "baseline"], output_names=[""])
+    rng = np.random.default_rng(5)
+    y = (rng.random(400) < 0.3).astype(float)
+    new, old = rng.normal(y, 1.0), rng.normal(y * 0.5, 1.0)
+    ids = [(f"a{i % 7}".encode(), b"" if i % 5 else b"z") for i in range(400)]
+    [preprocessor], combiner = computation.preprocessors, computation.combiner
+    parts = []
+    for half in (range(0, 150), range(150, 400)):
+        accumulator = combiner.create_accumulator()
+        for i in half:
+            features = {"C1": np.array([ids[i][0]], dtype=object),
+                        "C2": np.array([ids[i][1]] if ids[i][1] else [], dtype=object)}
+            # Labels per model or shared, a prediction as an output dict or an array: TFMA gives either.
+            labels = {"candidate": np.array([y[i]]), "baseline": np.array([y[i]])} if i % 2 else np.array([y[i]])
+            extracts = {"labels": labels, "features": features, "predictions": {
+                "candidate": {"click_probability": np.array([new[i]], np.float32)}, "baseline": np.array([old[i]])}}
+            accumulator = combiner.add_inputs(accumulator, preprocessor.process(extracts))
+        parts.append(accumulator)
+    [(key, value)] = combiner.extract_output(combiner.merge_accumulators(parts)).items()
+    assert key.name == paired_auc_metric.NAME and key.model_name == "candidate"
+    rows = paired_auc_metric.read(value)
+    np.testing.assert_array_equal(rows["label"], y)
+    np.testing.assert_allclose(rows["baseline"], old, rtol=1e-6)
+    expected = paired_auc.delong(y > 0.5, new.astype(np.float32), old.astype(np.float32))
+    assert rows["result"]["paired"] == pytest.approx(expected.to_dict())
+    # A missing id reads as "" in both the metric and the gate's decoder, so the keys agree.
+    assert rows["key"][1] == paired_auc_metric.row_key(["a1", ""])
+    assert rows["key"][5] == paired_auc_metric.row_key(["a5", "z"]) != rows["key"][1]
+
+
 # --- a real small run -----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -546,3 +546,33 @@ def test_models_config_is_tf_servings_proto_with_labels(pushed):
     assert entry.name == MODEL and entry.base_path == f"/models/{MODEL}" and entry.model_platform == "tensorflow"
     assert set(entry.version_labels) == {"stable", "canary"}
     assert set(entry.version_labels.values()) <= set(entry.model_version_policy.specific.versions)
+
+
+def test_the_features_signatures_columns_become_what_parse_example_gives_the_same_rows():
+    from deepfm_tfx.trainer_modules import serving
+    spec = feature_spec.FeatureSpec(name="t", label="label", categorical=["C1", "C2", "C3"], numerical=["I1", "I2"],
+                                    multivalent=[])
+    raw_spec = {"C1": tf.io.VarLenFeature(tf.string), "C2": tf.io.VarLenFeature(tf.string),
+                "C3": tf.io.VarLenFeature(tf.string), "I1": tf.io.VarLenFeature(tf.float32),
+                "I2": tf.io.VarLenFeature(tf.int64)}
+    rows = [{"C1": b"a", "C2": b"x", "I1": 1.5, "I2": 7}, {"C2": b"y"}, {"C1": b"c", "I1": 0.0}]
+    examples = []
+    for row in rows:
+        example = tf.train.Example()
+        for name, value in row.items():
+            feature = example.features.feature[name]
+            getattr(feature, {bytes: "bytes_list", float: "float_list", int: "int64_list"}[type(value)]).value.append(value)
+        examples.append(example.SerializeToString())
+    parsed = tf.io.parse_example(examples, raw_spec)
+    # C3 left out entirely (zero rows), missing values as "" and NaN, the int64 feature sent as float32.
+    columns = {"C1": tf.constant([r.get("C1", b"") for r in rows]), "C2": tf.constant([r.get("C2", b"") for r in rows]),
+               "C3": tf.constant([], tf.string), "I1": tf.constant([r.get("I1", math.nan) for r in rows], tf.float32),
+               "I2": tf.constant([r.get("I2", math.nan) for r in rows], tf.float32)}
+    given = serving.raw_features_from_columns(columns, raw_spec, spec)
+    for name in raw_spec:
+        want, got = parsed[name], given[name]
+        assert got.dtype == want.dtype, name
+        np.testing.assert_array_equal(got.indices.numpy(), want.indices.numpy(), err_msg=name)
+        np.testing.assert_array_equal(got.values.numpy(), want.values.numpy(), err_msg=name)
+        assert got.dense_shape.numpy()[0] == want.dense_shape.numpy()[0] == len(rows), name
+

@@ -8,9 +8,9 @@ index the model's fused embedding table directly.
 Frequency admission (spec `min_count`, per field `min_count_per_field`): an id
 seen fewer than min_count times in the Transform window shares its field's
 rare row, placed after the table (id = table size + the field's place among
-admitted fields). The counts are a vocabulary analyzer over each token's
-field-tagged 52-bit hash, so they come from the whole window (and its analyzer
-cache), and the lookup is in the transform graph that both trainers, the
+admitted fields). The counts are an analyzer over each token's field-tagged
+52-bit hash (key_counts.py: tft.vocabulary's file, counted with numpy), so they
+come from the whole window (and its analyzer cache), and the lookup is in the transform graph that both trainers, the
 Evaluator and every server run. Admitted ids keep their hashed id, so weeks
 stay warm-startable.
 
@@ -75,6 +75,7 @@ def _lookup_counted(keys: tf.Tensor, vocabulary_path):
 
 def _admitted(spec: FeatureSpec, values: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
     """Per admitted field, a bool per token: seen at least its min_count times in the window."""
+    from deepfm_tfx.trainer_modules import key_counts  # Beam: only where Transform runs
     place = {name: i for i, name in enumerate(spec.id_fields)}
     admitted = {}
     for min_count, fields in admission_groups(spec).items():
@@ -82,9 +83,8 @@ def _admitted(spec: FeatureSpec, values: Dict[str, tf.Tensor]) -> Dict[str, tf.T
         # One total key per token: its count is the field's occurrences, for the rare-row share.
         totals = [tf.fill(tf.shape(keys[f]), tf.constant(place[f] << ADMISSION_FIELD_BITS | ADMISSION_TOTAL_KEY,
                                                            tf.int64)) for f in fields]
-        vocabulary = tft.vocabulary(tf.concat([keys[f] for f in fields] + totals, axis=0),
-                                    frequency_threshold=min_count, store_frequency=True,
-                                    vocab_filename=f"{ADMITTED_IDS_ASSET_PREFIX}{min_count}")
+        vocabulary = key_counts.counted_vocabulary(tf.concat([keys[f] for f in fields] + totals, axis=0),
+                                                   min_count, f"{ADMITTED_IDS_ASSET_PREFIX}{min_count}")
         for f in fields:
             admitted[f] = tft.apply_vocabulary(keys[f], vocabulary, lookup_fn=_lookup_counted) >= 0
     return admitted

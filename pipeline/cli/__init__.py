@@ -68,12 +68,14 @@ def _command_of(argv: List[str]) -> Optional[str]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    own_process = argv is None  # a command may re-exec itself (serve: its allocator) only then
     argv = sys.argv[1:] if argv is None else argv
     from deepfm_tfx.pipeline import console
     console.silence_before_imports("--verbose" in argv)
 
     parser = build_parser(argv)
     args = parser.parse_args(argv)
+    args.own_process = own_process
     from deepfm_tfx import object_store
     try:
         code = args.func(args)

@@ -49,6 +49,7 @@ def _run(args) -> int:
     from deepfm_tfx.experiments.router import ExperimentRouter
     from deepfm_tfx.serving import server
 
+    server.reexec_with_allocator(args)  # before the router or TensorFlow set anything up
     try:
         token = outcome_token(args.outcomes_token_file)
     except (OSError, ValueError) as e:
