@@ -1,10 +1,15 @@
-"""The storage section: the model repository in an S3 bucket against the same in a folder.
+"""The storage section: the model repository in an S3 bucket against the same in a folder, and
+a whole run with its pipeline root in the bucket against the same run on local disk.
 
 The default Keras run's pushed SavedModel is pushed into a folder repository
 and into `s3://` on moto's S3 server (started here on 127.0.0.1, so the
 figures are of loopback and moto, not of a network or of AWS), then loaded
 the way `deepfm-tfx serve` loads it: from the bucket, downloaded into an
 empty cache first; then the TF Session and the warmup requests.
+
+Then `deepfm-tfx run` twice on the same generated rows with the same flags:
+data, pipeline root and repository in folders, then all three in the bucket
+(TensorFlow through tensorflow-io, Beam through boto3).
 """
 from __future__ import annotations
 
@@ -72,8 +77,40 @@ def _measure(repo: str, saved_model: str, workdir: str) -> Dict[str, List[float]
     return out
 
 
+RUN_FLAGS = ["--trainer", "keras", "--train-steps", "100", "--eval-steps", "5", "--min-auc", "0.5"]
+
+
+def _run_seconds(data: str, root: str, repo: str, env: Dict[str, str]) -> float:
+    started = time.perf_counter()
+    proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "deepfm-tfx"), "run", "--data", data,
+                           "--pipeline-root", root, "--model-repository", repo, "--quiet", *RUN_FLAGS],
+                          env=env, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"deepfm-tfx run --pipeline-root {root} exited {proc.returncode}: {proc.stderr[-2000:]}")
+    return time.perf_counter() - started
+
+
+def _runs(rows: int, workdir: str) -> Dict[str, float]:
+    import boto3
+
+    from deepfm_tfx.synthetic import generator
+
+    data = os.path.join(workdir, "data")
+    generator.generate(data, rows=rows, spans=1, seed=7)
+    client = boto3.session.Session().client("s3")
+    for folder, _, files in os.walk(data):
+        for name in files:
+            path = os.path.join(folder, name)
+            client.upload_file(path, "bench", "data/" + os.path.relpath(path, data))
+    env = dict(os.environ, XDG_CACHE_HOME=os.path.join(workdir, "cache"), TF_CPP_MIN_LOG_LEVEL="3")
+    return {"local disk": _run_seconds(data, os.path.join(workdir, "pipeline"), os.path.join(workdir, "run-repo"), env),
+            "s3 (moto, loopback)": _run_seconds("s3://bench/data", "s3://bench/pipeline", "s3://bench/run-repo", env)}
+
+
 def add_arguments(p) -> None:
     p.add_argument("--storage-saved-model", help="measure this SavedModel instead of the default Keras run's")
+    p.add_argument("--storage-run-rows", type=int, default=20_000,
+                   help="rows of the run timed with its pipeline root on local disk and in the bucket (0: skip)")
 
 
 def run(args, shared: Dict[str, Any]) -> Dict[str, Any]:
@@ -87,6 +124,9 @@ def run(args, shared: Dict[str, Any]) -> Dict[str, Any]:
         for name, repo in (("folder", os.path.join(workdir, "repo")), ("s3 (moto, loopback)", "s3://bench/repo")):
             times = _measure(repo, saved_model, workdir)
             result["targets"][name] = {k: round(median(v), 3) for k, v in times.items()}
+        if args.storage_run_rows:
+            result["run_rows"] = args.storage_run_rows
+            result["run_seconds"] = {k: round(v, 1) for k, v in _runs(args.storage_run_rows, workdir).items()}
     finally:
         moto.send_signal(signal.SIGTERM)
         moto.wait()
@@ -97,3 +137,8 @@ def show(res: Dict[str, Any]) -> None:
     rows = [[name, r["push_s"], r["download_s"], r["load_and_warm_s"]] for name, r in res["targets"].items()]
     print(table(["repository", "push s", "download s", "TF load + warmup s"], rows,
                 title=f"\nStorage: a {res['saved_model_mb']} MB SavedModel, medians of {res['repeats']}"))
+    if res.get("run_seconds"):
+        local = res["run_seconds"]["local disk"]
+        print(table(["data, pipeline root, repository", "deepfm-tfx run s", "vs local disk"],
+                    [[name, s, f"{s / local:.2f}x"] for name, s in res["run_seconds"].items()],
+                    title=f"\nA whole run, {res['run_rows']:,} rows, {' '.join(RUN_FLAGS)}, once each"))

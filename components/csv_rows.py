@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import math
 import os
 import re
@@ -45,10 +46,38 @@ _NON_FINITE = re.compile(r"[ \t]*[+-]?(nan|inf|infinity)[ \t]*", re.IGNORECASE)
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
 
 
+class _RemoteFile(io.RawIOBase):
+    """A TFX fileio (tf.io.gfile) file as a Python raw stream: Arrow and gzip need `closed`
+    and `readinto`, which GFile lacks."""
+
+    def __init__(self, f):
+        super().__init__()
+        self._f = f
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self._f.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._f.close()
+        super().close()
+
+
 def open_raw(path: str) -> BinaryIO:
+    if path.startswith("s3://"):
+        # boto3, not tensorflow-io: the id survey and the data checks read here in the process that
+        # parses the Airflow DAG, and a task process forked from one that used tensorflow-io's S3
+        # client hangs in it.
+        from deepfm_tfx import object_store
+        return io.BufferedReader(_RemoteFile(object_store.open_object(path)), buffer_size=1 << 20)
     if "://" in path:
         from tfx.dsl.io import fileio  # remote filesystems only: TFX's import costs seconds
-        return fileio.open(path, "rb")
+        return io.BufferedReader(_RemoteFile(fileio.open(path, "rb")), buffer_size=1 << 20)
     return open(path, "rb")
 
 

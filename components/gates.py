@@ -4,8 +4,6 @@ Each gate's check is a plain function, so the week's final step
 (pipeline/week_end.py) can name the reason on orchestrators that keep only a
 failed task's state, not its exception (Airflow, Kubeflow).
 """
-import glob
-import os
 from typing import Optional
 
 from tfx.dsl.component.experimental.annotations import InputArtifact
@@ -13,6 +11,7 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 from tensorflow_metadata.proto.v0 import anomalies_pb2
 
+from deepfm_tfx import artifact_files
 from deepfm_tfx.contracts import DRIFT_SKEW_GATE, EXAMPLE_VALIDATOR_GATE
 
 _SCHEMA_DIFF = "SchemaDiff.pb"
@@ -30,11 +29,10 @@ class GateFailed(RuntimeError):
 def describe_anomalies(anomalies_uri: str) -> list:
     """'split: feature: description' lines for every anomaly ExampleValidator wrote under anomalies_uri."""
     lines = []
-    for path in sorted(glob.glob(os.path.join(anomalies_uri, "Split-*", _SCHEMA_DIFF))):
-        split = os.path.basename(os.path.dirname(path))[len("Split-"):]
+    for path in artifact_files.glob(artifact_files.join(anomalies_uri, "Split-*", _SCHEMA_DIFF)):
+        split = path.rstrip("/").split("/")[-2][len("Split-"):]
         anomalies = anomalies_pb2.Anomalies()
-        with open(path, "rb") as f:
-            anomalies.ParseFromString(f.read())
+        anomalies.ParseFromString(artifact_files.read_bytes(path))
         for feature, info in sorted(anomalies.anomaly_info.items()):
             lines.append(f"{split}: {feature}: {info.short_description} ({info.description})")
         if anomalies.HasField("dataset_anomaly_info"):

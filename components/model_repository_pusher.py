@@ -26,7 +26,8 @@ from tfx.dsl.components.base import base_component, base_executor, executor_spec
 from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
-from deepfm_tfx import contracts, evaluation_results, model_repository, saved_model_check, training_info
+from deepfm_tfx import (artifact_files, contracts, evaluation_results, model_repository, object_store, saved_model_check,
+                        training_info)
 from deepfm_tfx.spans import partition_of, span_of
 
 WARMUP_ROWS = 256  # real rows replayed at load; TF Serving allows at most 1000 records
@@ -160,8 +161,23 @@ class ModelRepositoryPusherSpec(types.ComponentSpec):
     OUTPUTS = {"pushed_model": ChannelParameter(type=standard_artifacts.PushedModel)}
 
 
+def _local_model(saved_model_dir: str, scratch: str) -> str:
+    """The SavedModel as a local folder: the repository copies files, and the warmup and latency
+    checks load it. A Trainer output in a bucket is downloaded first."""
+    if not object_store.is_url(saved_model_dir):
+        return saved_model_dir
+    local = os.path.join(scratch, contracts.SERVING_MODEL_DIR)
+    artifact_files.copy_tree(saved_model_dir, local)
+    return local
+
+
 class Executor(base_executor.BaseExecutor):
     def Do(self, input_dict, output_dict, exec_properties) -> None:
+        import tempfile
+        with tempfile.TemporaryDirectory() as scratch:
+            self._push(input_dict, output_dict, exec_properties, scratch)
+
+    def _push(self, input_dict, output_dict, exec_properties, scratch: str) -> None:
         [model] = input_dict["model"]
         [blessing] = input_dict["model_blessing"]
         [evaluation] = input_dict["evaluation"]
@@ -190,7 +206,7 @@ class Executor(base_executor.BaseExecutor):
                 warm_started=info.get("warm_started", False), base_model=info.get("base_model"),
                 train_steps=info.get("train_steps"), source_model=model.uri,
                 **{k: info.get(k) for k in RECORDED_TRAINING_INFO})
-            saved_model = os.path.join(model.uri, contracts.SERVING_MODEL_DIR)
+            saved_model = _local_model(os.path.join(model.uri, contracts.SERVING_MODEL_DIR), scratch)
             extra = warmup_file(saved_model, name, eval_rows(examples, WARMUP_ROWS),
                                 exec_properties.get("feature_spec_json") or "")
             latency_budget = float(exec_properties.get("latency_budget_ms") or 0)

@@ -33,7 +33,7 @@ from tfx.dsl.components.base import base_component, base_executor, executor_spec
 from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
-from deepfm_tfx import evaluation_results, paired_auc
+from deepfm_tfx import artifact_files, evaluation_results, paired_auc
 from deepfm_tfx.components import paired_auc_metric
 from deepfm_tfx.spans import span_of
 
@@ -88,11 +88,10 @@ def _string_columns(batch, columns: List[str], rows: int) -> Dict[str, np.ndarra
 
 def distinct_ids(examples_uri: str, split: str, columns: List[str]) -> Dict[str, Set[str]]:
     """The distinct values of each column in an ingested split (memoized beside it)."""
-    memo = os.path.join(examples_uri, IDS_MEMO.format(split=split))
-    if os.path.exists(memo):
-        with np.load(memo, allow_pickle=False) as stored:
-            if set(columns) <= set(stored.files):
-                return {c: set(stored[c].tolist()) for c in columns}
+    memo = artifact_files.join(examples_uri, IDS_MEMO.format(split=split))
+    stored = artifact_files.load_npz(memo)
+    if stored is not None and set(columns) <= set(stored):
+        return {c: set(stored[c].tolist()) for c in columns}
     seen: Dict[str, Set[str]] = {c: set() for c in columns}
     for records in _records(examples_uri, split, READ_BATCH):
         batch = _decode(records)
@@ -103,8 +102,7 @@ def distinct_ids(examples_uri: str, split: str, columns: List[str]) -> Dict[str,
     for values in seen.values():
         values.discard("")
     try:  # a read-only or remote artifact store just means no memo
-        np.savez(memo + ".tmp.npz", **{c: np.array(sorted(v), dtype=str) for c, v in seen.items()})
-        os.replace(memo + ".tmp.npz", memo)
+        artifact_files.save_npz(memo, **{c: np.array(sorted(v), dtype=str) for c, v in seen.items()})
     except OSError:
         pass
     return seen
@@ -228,21 +226,17 @@ class Executor(base_executor.BaseExecutor):
             "window_spans": sorted(span_of(a) for a in window),
             "baseline_model": baseline.uri if baseline else None,
         }
-        os.makedirs(evaluation.uri, exist_ok=True)
         arrays = {"label": labels.astype(np.int8), "new": scored["new"].astype(np.float32),
                   "cold": cold}
         if "baseline" in scored:
             arrays["baseline"] = scored["baseline"].astype(np.float32)
-        np.savez_compressed(os.path.join(evaluation.uri, PREDICTIONS), **arrays)
-        with open(os.path.join(evaluation.uri, RESULT), "w") as f:
-            json.dump(result, f, indent=2)
+        artifact_files.save_npz(artifact_files.join(evaluation.uri, PREDICTIONS), compressed=True, **arrays)
+        artifact_files.write_text(artifact_files.join(evaluation.uri, RESULT), json.dumps(result, indent=2))
 
         _copy_blessing_properties(evaluator_blessing, blessing)
         blessing.set_int_custom_property("blessed", int(blessed))
         blessing.set_string_custom_property("change_gate", why[:1000])
-        os.makedirs(blessing.uri, exist_ok=True)
-        with open(os.path.join(blessing.uri, "BLESSED" if blessed else "NOT_BLESSED"), "w"):
-            pass
+        artifact_files.write_bytes(artifact_files.join(blessing.uri, "BLESSED" if blessed else "NOT_BLESSED"), b"")
 
 
 def newest_span(artifacts: List[Any]) -> Any:

@@ -152,6 +152,10 @@ class Store:
                 return found
             token = r["NextContinuationToken"]
 
+    def check(self) -> None:
+        """One small request: StoreError if the store cannot be reached or the bucket is not there."""
+        self._call("list_objects_v2", "", Prefix=self.key() + "/" if self.prefix else "", MaxKeys=1)
+
     def upload_file(self, local: str, relative: str) -> None:
         from boto3.exceptions import S3UploadFailedError
         from botocore.exceptions import BotoCoreError, ClientError
@@ -169,6 +173,19 @@ class Store:
             self._s3.download_file(self.bucket, self.key(relative), local)
         except (BotoCoreError, ClientError) as e:
             raise StoreError(f"{self.display(relative)}: download failed: {e}") from None
+
+
+def open_object(url: str):
+    """A streaming read of the object at `scheme://bucket/key` through boto3 (read(n), close())."""
+    scheme, bucket, key = split_url(url)
+    store = Store(f"{scheme}://{bucket}")
+    try:
+        return store._s3.get_object(Bucket=bucket, Key=key)["Body"]
+    except Exception as e:  # noqa: BLE001 - botocore's errors, as the store's
+        code = getattr(e, "response", {}).get("Error", {}).get("Code", "")
+        if code in ("NoSuchKey", "404", "NotFound"):
+            raise FileNotFoundError(url) from None
+        raise StoreError(f"{url}: {code or e}") from None
 
 
 def _alive_here(lease: Dict) -> bool:
@@ -260,6 +277,53 @@ class Lease:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+_TF_FILESYSTEM = False
+
+
+def register_tf_filesystem() -> None:
+    """Makes `s3://` a path for tf.io.gfile, hence for TFX's fileio, TFT, TFMA and the Trainer.
+
+    tensorflow-io's S3 filesystem registers itself on import. It reads its own
+    variables (S3_ENDPOINT, S3_USE_HTTPS, AWS_REGION), set here from the
+    standard AWS ones, so AWS_ENDPOINT_URL alone points TensorFlow, boto3 and
+    Beam's S3 filesystem (boto3 too) at the same store. A process that called
+    this must end through exit_process: tensorflow-io aborts at interpreter
+    exit ("pure virtual method called", exit code 134) after work that succeeded.
+    """
+    global _TF_FILESYSTEM
+    if _TF_FILESYSTEM:
+        return
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        os.environ.setdefault("S3_ENDPOINT", endpoint)
+        os.environ.setdefault("S3_USE_HTTPS", "0" if endpoint.startswith("http://") else "1")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        os.environ.setdefault("AWS_REGION", region)
+    import tensorflow_io  # noqa: F401 - registers s3:// for tf.io.gfile
+
+    _TF_FILESYSTEM = True
+
+
+def tf_filesystem_registered() -> bool:
+    return _TF_FILESYSTEM
+
+
+def exit_process(code: int) -> None:
+    """Ends this process with `code` now: flushed, without the interpreter's teardown, where
+    tensorflow-io's S3 filesystem would abort and turn a success into exit code 134."""
+    import logging
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    logging.shutdown()
+    os._exit(code)
 
 
 def walk_files(folder: str) -> Iterator[str]:

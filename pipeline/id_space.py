@@ -27,7 +27,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from deepfm_tfx import spans
+from deepfm_tfx import artifact_files, object_store, spans
 from deepfm_tfx.contracts import ADMISSION_FIELD_BITS, ADMISSION_TOTAL_KEY, ADMITTED_IDS_ASSET_PREFIX
 from deepfm_tfx.errors import DataError
 from deepfm_tfx.schemas.feature_spec import FeatureSpec
@@ -133,14 +133,35 @@ def _newest_files(data_root: str, spec: FeatureSpec) -> Optional[list]:
     return sorted(glob.glob(os.path.join(folder, spec.file_pattern))) or None
 
 
+def newest_objects(data_root: str, spec: FeatureSpec) -> Optional[list]:
+    """[url, size, ETag] of the newest span's files in a bucket, from one listing."""
+    import fnmatch
+
+    from deepfm_tfx import object_store
+
+    try:
+        objects = object_store.Store(data_root).list()
+    except (OSError, ValueError):
+        return None
+    folders = {k.split("/", 1)[0] for k in objects if "/" in k}
+    if spec.partitions:  # ISO dates sort as dates
+        dated = sorted(f for f in folders if f.startswith(spec.partitions + "=") and not f.endswith(spans.HIVE_NULL))
+        newest = dated[-1] if dated else None
+    else:
+        found = [(int(m.group(1)), f) for f in folders if (m := spans.SPAN_FOLDER.fullmatch(f))]
+        newest = max(found)[1] if found else None
+    pattern = f"{newest}/{spec.file_pattern}" if newest else spec.file_pattern
+    return [[f"{data_root.rstrip('/')}/{k}", size, tag] for k, (size, tag) in sorted(objects.items())
+            if fnmatch.fnmatchcase(k, pattern)] or None
+
+
 def _signature(files: Sequence[str]) -> list:
     return [[os.path.abspath(f), os.path.getsize(f), int(os.path.getmtime(f))] for f in files]
 
 
 def _read(path: str) -> Dict:
     try:
-        with open(path) as f:
-            return json.load(f)
+        return json.loads(artifact_files.read_text(path))
     except (OSError, ValueError):
         return {}
 
@@ -151,16 +172,18 @@ def resolve(spec: FeatureSpec, data_root: str, pipeline_root: Optional[str] = No
     needs_buckets = spec.categorical_encoding == "hash" and spec.hash_buckets is None
     if not needs_buckets and not spec.slices:
         return spec
-    record_path = os.path.join(pipeline_root, RECORD) if pipeline_root and "://" not in pipeline_root else None
+    record_path = artifact_files.join(pipeline_root, RECORD) if pipeline_root else None
     record = _read(record_path) if record_path else {}
-    files = _newest_files(data_root, spec)
+    in_store = newest_objects(data_root, spec) if object_store.is_url(data_root) else None
+    files = [f[0] for f in in_store] if in_store else None if object_store.is_url(data_root) else \
+        _newest_files(data_root, spec)
     if files is None:
         if not needs_buckets:
             return spec
         buckets = record.get("hash_buckets") or UNREADABLE_DEFAULT
         print(f"deepfm-tfx: cannot read {data_root} here to count its ids; hash_buckets {buckets:,}", flush=True)
         return dataclasses.replace(spec, hash_buckets=buckets)
-    signature = _signature(files)
+    signature = in_store or _signature(files)
     min_counts = {name: spec.min_count_of(name) for name in spec.id_fields}
     same_admission = record.get("min_counts") == min_counts
     if record.get("files") == signature and same_admission and set(record.get("slice_values", {})) == set(spec.slices):
@@ -181,12 +204,10 @@ def resolve(spec: FeatureSpec, data_root: str, pipeline_root: Optional[str] = No
     recorded = (same_admission and record.get("hash_buckets")) or 0
     buckets = recorded if buckets_for(ids, FACTOR / GROWTH_SLACK) <= recorded else max(buckets_for(ids), recorded)
     if record_path:
-        os.makedirs(pipeline_root, exist_ok=True)
-        with open(record_path + ".tmp", "w") as f:
-            json.dump({"hash_buckets": buckets, "distinct_ids": sum(f["seen"] for f in fields.values()),
-                       "admitted_ids": table_ids(spec, fields), "fields": fields, "min_counts": min_counts,
-                       "slice_values": slice_values, "files": signature}, f, indent=2)
-        os.replace(record_path + ".tmp", record_path)
+        artifact_files.write_text(record_path, json.dumps(
+            {"hash_buckets": buckets, "distinct_ids": sum(f["seen"] for f in fields.values()),
+             "admitted_ids": table_ids(spec, fields), "fields": fields, "min_counts": min_counts,
+             "slice_values": slice_values, "files": signature}, indent=2))
     return dataclasses.replace(spec, hash_buckets=buckets)
 
 
@@ -203,9 +224,9 @@ def admission(transform_graph: str, spec: FeatureSpec) -> Dict[str, Dict[str, fl
     own = dict(admitted)
     total = dict(admitted)
     assets = os.path.join(transform_graph, "transform_fn", "assets")
-    for path in glob.glob(os.path.join(assets, ADMITTED_IDS_ASSET_PREFIX + "*")):
-        with open(path) as f:
-            for line in f:
+    for path in artifact_files.glob(os.path.join(assets, ADMITTED_IDS_ASSET_PREFIX + "*")):
+        for line in artifact_files.read_text(path).splitlines():
+            if line.strip():
                 count, key = line.split()
                 field = fields[int(key) >> ADMISSION_FIELD_BITS]
                 if field not in admitted:

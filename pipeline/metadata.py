@@ -6,15 +6,17 @@ from typing import Optional
 from ml_metadata.proto import metadata_store_pb2
 from tfx.orchestration import metadata
 
+from deepfm_tfx import object_store
 from deepfm_tfx.errors import ConfigError
 
 
 def connection_config(url: Optional[str], pipeline_root: str) -> metadata_store_pb2.ConnectionConfig:
-    """`None` -> <pipeline_root>/metadata.sqlite; or mysql://user:pass@host:port/db."""
+    """`None` -> <pipeline_root>/metadata.sqlite (for a root in an object store, where SQLite cannot
+    live: sqlite_beside_store(pipeline_root)); or mysql://user:pass@host:port/db."""
     if not url:
-        path = os.path.join(pipeline_root, "metadata.sqlite")
-        os.makedirs(pipeline_root, exist_ok=True)
-        return metadata.sqlite_metadata_connection_config(path)
+        folder = sqlite_beside_store(pipeline_root) if object_store.is_url(pipeline_root) else pipeline_root
+        os.makedirs(folder, exist_ok=True)
+        return metadata.sqlite_metadata_connection_config(os.path.join(folder, "metadata.sqlite"))
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme == "sqlite" and parsed.path:
         return metadata.sqlite_metadata_connection_config(parsed.path)
@@ -34,6 +36,14 @@ def connection_config(url: Optional[str], pipeline_root: str) -> metadata_store_
         host=parsed.hostname, port=port or 3306, database=parsed.path.strip("/"),
         username=urllib.parse.unquote(parsed.username or ""),
         password=urllib.parse.unquote(parsed.password or ""))
+
+
+def sqlite_beside_store(pipeline_root: str) -> str:
+    """This machine's folder for the SQLite ml-metadata of a pipeline root in a bucket:
+    $XDG_CACHE_HOME/deepfm-tfx/<scheme>/<bucket>/<prefix> (default ~/.cache)."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    scheme, bucket, prefix = object_store.split_url(pipeline_root)
+    return os.path.join(cache, "deepfm-tfx", scheme, bucket, *[p for p in prefix.split("/") if p])
 
 
 def redacted(url: str) -> str:

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional
 from ml_metadata import errors, metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from deepfm_tfx import evaluation_results
+from deepfm_tfx import artifact_files, evaluation_results
 from deepfm_tfx.contracts import EVALUATOR_GATE, LATENCY_GATE, PAIRED_AUC_GATE, TRAINER_KEY
 from deepfm_tfx.synthetic import generator
 from deepfm_tfx import training_info
@@ -124,15 +124,13 @@ def _custom(artifact, key: str) -> Any:
 def evaluated_columns(examples_uri: str, split: str = "eval", chunk_rows: int = 50_000):
     """Raw columns and labels of an ExampleGen split, as written, `chunk_rows` at a
     time: numbers as float (NaN = missing), ids as str ("" = missing)."""
-    import glob
-
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
     import tensorflow as tf
     from tfx_bsl.coders import example_coder
 
-    files = sorted(glob.glob(os.path.join(examples_uri, f"Split-{split}", "*.gz")))
+    files = artifact_files.glob(os.path.join(examples_uri, f"Split-{split}", "*.gz"))
     decoder = example_coder.ExamplesToRecordBatchDecoder()
     for records in tf.data.TFRecordDataset(files, compression_type="GZIP").batch(chunk_rows):
         batch = decoder.DecodeBatch(list(records.numpy()))
@@ -168,16 +166,13 @@ def bayes_of_evaluated_rows(report: Dict[str, Any], examples_uri: Optional[str])
     Evaluator scored: the whole span's differ from them by sampling noise."""
     result = dict(report, bayes_auc_span=report.get("bayes_auc"), bayes_rows="span")
     memo = os.path.join(examples_uri, BAYES_MEMO) if examples_uri else None
-    if memo and os.path.exists(memo):  # a cached re-run: same rows, same answer
-        with open(memo) as f:
-            return dict(result, **json.load(f))
+    if memo and artifact_files.exists(memo):  # a cached re-run: same rows, same answer
+        return dict(result, **json.loads(artifact_files.read_text(memo)))
     if examples_uri:
         rows = generator.bayes_of_rows(report, evaluated_columns(examples_uri))
         if rows:
             result.update(rows)
-            with open(memo + ".tmp", "w") as f:
-                json.dump(rows, f)
-            os.replace(memo + ".tmp", memo)
+            artifact_files.write_text(memo, json.dumps(rows))
     return result
 
 
@@ -185,10 +180,9 @@ def _paired_result(gate_outputs: Dict[str, list]) -> Optional[Dict[str, Any]]:
     """PairedAucGate's verdict and figures (paired_auc.json), if it ran."""
     evaluation = gate_outputs.get("ModelEvaluation")
     path = os.path.join(evaluation[0].uri, "paired_auc.json") if evaluation else None
-    if not path or not os.path.exists(path):
+    if not path or not artifact_files.exists(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(artifact_files.read_text(path))
 
 
 def build(executions: List[Dict[str, Any]], trainer: str,

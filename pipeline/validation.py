@@ -71,6 +71,15 @@ def _file_to_write(flag: str, path: Optional[str]) -> None:
     _folder(flag, os.path.dirname(os.path.abspath(path)))
 
 
+def _bucket(flag: str, url: str) -> None:
+    """The store answers and the bucket exists, before any component writes there."""
+    from deepfm_tfx import object_store
+    try:
+        object_store.Store(url).check()
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{flag} {url}: {e}") from None
+
+
 def _repository(config: configs.RunConfig) -> None:
     repo = config.model_repository
     if model_repository.is_store(repo):
@@ -144,15 +153,16 @@ def validate(config: configs.RunConfig, *, paths: bool = True, connect: bool = T
         metadata.connection_config(config.metadata, config.pipeline_root)  # raises ConfigError if malformed
     if not paths:
         return
-    if model_repository.is_store(config.pipeline_root):  # a cluster's own paths (Kubeflow's gs://) are not checked
-        raise ConfigError(f"--pipeline-root {config.pipeline_root}: a local run cannot keep its pipeline root in an "
-                          f"object store yet; keep it on local disk or a mounted volume (docs/object-storage.md)")
     if not os.path.isfile(config.features):
         raise ConfigError(f"--features {config.features}: no such file")
     if not model_repository.is_store(config.data or ""):  # a bucket is mirrored when the run starts
         _folder("--data", config.data, must_exist=True)
-    _folder("--pipeline-root", config.pipeline_root)
-    _file_to_write("--summary", config.summary_path if config.summary else None)
+    if model_repository.is_store(config.pipeline_root):
+        _bucket("--pipeline-root", config.pipeline_root)
+    else:
+        _folder("--pipeline-root", config.pipeline_root)
+    if not model_repository.is_store(config.summary_path):
+        _file_to_write("--summary", config.summary_path if config.summary else None)
     _repository(config)
     if connect:
         metadata.check_connection(config.metadata, config.pipeline_root)
@@ -168,7 +178,6 @@ def check_data(data_root: str, spec) -> Tuple[str, Optional[int]]:
 
     from deepfm_tfx import spans
     from deepfm_tfx.errors import DataError
-    from deepfm_tfx.pipeline.pipeline import splits
 
     if not os.path.isdir(data_root):
         what = "is not a directory" if os.path.exists(data_root) else "data directory does not exist"
@@ -188,7 +197,42 @@ def check_data(data_root: str, spec) -> Tuple[str, Optional[int]]:
     else:
         where = os.path.join(data_root, spec.file_pattern)
         layout = spec.file_pattern, None
-    files = sorted(glob.glob(where))
+    _check_rows(sorted(glob.glob(where)), spec, where)
+    return layout
+
+
+def _check_rows(files, spec, where: str) -> None:
+    from deepfm_tfx.pipeline.pipeline import splits
+
     rows.check_files(files, spec, where)
     hash_splits.check_counts(hash_splits.count_splits(files, spec, splits()), where)
+
+
+def store_layout(url: str, spec) -> Tuple[str, Optional[int]]:
+    """check_data for data read in place from a bucket (TensorFlow's S3 filesystem registered):
+    the pattern and newest span from one listing, then the newest span's rows, read as ExampleGen
+    will read them, so a bad value is one error line before any component starts."""
+    from deepfm_tfx import object_store, spans
+    from deepfm_tfx.errors import DataError
+    from deepfm_tfx.pipeline import id_space
+
+    try:
+        keys = [k for k in object_store.Store(url).list() if k and not k.endswith("/")]
+    except (OSError, ValueError) as e:
+        raise DataError(f"{url}: {e}") from None
+    if not keys:
+        raise DataError(f"{url}: no objects under it")
+    folders = {k.split("/", 1)[0] for k in keys if "/" in k}
+    if spec.partitions:
+        dated = sorted(f for f in folders if f.startswith(spec.partitions + "="))
+        if not dated:
+            raise DataError(f"{url}: holds no {spec.partitions}=<YYYY-MM-DD>/ partition folders, which "
+                            f"feature spec '{spec.name}' names with 'partitions: {spec.partitions}'")
+        layout = spans.input_pattern(spec.file_pattern, spec.partitions), None
+    else:
+        found = [int(m.group(1)) for f in folders if (m := spans.SPAN_FOLDER.fullmatch(f))]
+        layout = (spans.input_pattern(spec.file_pattern), max(found)) if found else (spec.file_pattern, None)
+    newest = [f[0] for f in id_space.newest_objects(url, spec) or []]
+    where = newest[0].rsplit("/", 1)[0] + "/" + spec.file_pattern if newest else f"{url}/{spec.file_pattern}"
+    _check_rows(newest, spec, where)
     return layout

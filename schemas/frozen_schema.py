@@ -56,12 +56,13 @@ def freeze(inferred_schema_uri: str, spec: FeatureSpec, pipeline_root: str) -> O
     """Writes the inferred schema with thresholds as the frozen one; None if one exists."""
     from tfx.utils import io_utils
 
+    from google.protobuf import text_format
+
+    from deepfm_tfx import artifact_files
+
     target = path(pipeline_root)
-    if os.path.exists(target):
+    if artifact_files.exists(target):
         return None
     schema = io_utils.SchemaReader().read(io_utils.get_only_uri_in_dir(inferred_schema_uri))
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    tmp = target + ".tmp"
-    io_utils.write_pbtxt_file(tmp, with_thresholds(schema, spec))
-    os.replace(tmp, target)
+    artifact_files.write_text(target, text_format.MessageToString(with_thresholds(schema, spec)))
     return target

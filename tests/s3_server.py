@@ -45,6 +45,13 @@ class S3Server:
             self._client = boto3.session.Session().client("s3", endpoint_url=self.endpoint)
         return self._client
 
+    def upload_folder(self, folder: str, prefix: str) -> None:
+        """Every file under `folder` into s3://BUCKET/prefix/, at the same relative path."""
+        for root, _, files in os.walk(folder):
+            for name in files:
+                path = os.path.join(root, name)
+                self.client().upload_file(path, BUCKET, f"{prefix}/" + os.path.relpath(path, folder))
+
     def keys(self, prefix: str):
         """Every key under s3://BUCKET/prefix, relative to it."""
         paginator = self.client().get_paginator("list_objects_v2")

@@ -220,11 +220,11 @@ def test_an_expired_lease_is_taken_over_once_and_its_old_holder_must_stop(s3):
     assert store.read(".lease") is None
 
 
-def test_a_pipeline_root_in_a_store_or_empty_data_in_one_is_refused_in_one_line(s3, tmp_path, capsys, monkeypatch):
+def test_a_pipeline_root_in_no_bucket_or_empty_data_in_one_is_refused_in_one_line(s3, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert cli.main(["run", "--pipeline-root", "s3://bucket/pipeline", "--model-repository", "repo"]) == 2
+    assert cli.main(["run", "--pipeline-root", "s3://no-such-bucket/pipeline", "--model-repository", "repo"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: --pipeline-root s3://bucket/pipeline: a local run cannot keep its pipeline root in")
+    assert err.startswith("error: --pipeline-root s3://no-such-bucket/pipeline: ") and "NoSuchBucket" in err
     assert len(err.splitlines()) == 1 and os.listdir(tmp_path) == []  # no local folder named s3:
     assert cli.main(["run", "--data", s3.url("no-data"), "--pipeline-root", "pipeline", "--model-repository",
                      "repo"]) == 2

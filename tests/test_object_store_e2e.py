@@ -1,6 +1,6 @@
-"""A real pipeline run reading its data from an S3 bucket and pushing into it (moto's server
-on loopback), then `deepfm-tfx serve` answering from the bucket: the in-process probabilities, through
-10 s of the store being away, a canary pushed afterwards, and a true exit code."""
+"""A real pipeline run with its data, its pipeline root and its model repository in an S3 bucket
+(moto's server on loopback), then `deepfm-tfx serve` answering from the bucket: the in-process
+probabilities, through 10 s of the store being away, a canary pushed afterwards, and true exit codes."""
 import base64
 import json
 import os
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import s3_server
-from deepfm_tfx import contracts, model_repository
+from deepfm_tfx import contracts, model_repository, object_store
 from deepfm_tfx.components.example_encoder import request_examples
 from deepfm_tfx.pipeline import configs
 from deepfm_tfx.schemas import feature_spec
@@ -37,30 +37,38 @@ def s3():
 
 @pytest.fixture(scope="module")
 def pushed(s3, tmp_path_factory):
-    """`deepfm-tfx run` (Keras, small data) with its data in s3://<bucket>/data and its repository in
-    s3://<bucket>/repository."""
+    """`deepfm-tfx run` (Keras, small data) with its data in s3://<bucket>/data, its pipeline root in
+    s3://<bucket>/pipeline and its repository in s3://<bucket>/repository."""
     tmp = tmp_path_factory.mktemp("store")
     data = str(tmp / "data")
     generator.generate(data, rows=3000, spans=1, seed=5)
-    for folder, _, files in os.walk(data):  # the data lives in the bucket; the run mirrors it
-        for name in files:
-            path = os.path.join(folder, name)
-            s3.client().upload_file(path, s3_server.BUCKET, "data/" + os.path.relpath(path, data))
+    s3.upload_folder(data, "data")
     repo, summary_path = s3.url("repository"), str(tmp / "summary.json")
-    # The CLI in its own process: its exit code must be the run's, after using the store.
+    # The CLI in its own process, as TensorFlow's S3 filesystem is registered in it: its exit code must be
+    # the run's, not tensorflow-io's abort at exit. ml-metadata is SQLite, beside the store on this machine.
     run = subprocess.run(
-        [os.path.join(os.path.dirname(sys.executable), "deepfm-tfx"), "run", "--data", s3.url("data"), "--pipeline-root",
-         str(tmp / "pipeline"), "--model-repository", repo, "--trainer", "keras", "--train-steps", "40",
+        [DEEPFM_TFX, "run", "--data", s3.url("data"), "--pipeline-root", s3.url("pipeline"),
+         "--model-repository", repo, "--trainer", "keras", "--train-steps", "40",
          "--eval-steps", "2", "--min-auc", "0.5", "--batch-size", "256", "--dnn-units", "16",
-         "--summary", summary_path], capture_output=True, text=True, timeout=900)
+         "--summary", summary_path], capture_output=True, text=True, timeout=900,
+        env=dict(os.environ, XDG_CACHE_HOME=str(tmp / "cache")))
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    assert not re.search(r"pure virtual|Traceback", run.stderr), run.stderr[-3000:]
     with open(summary_path) as f:
         summary = json.load(f)
     record = model_repository.read_record(repo, MODEL, summary["pushed_version"])
+    # The Trainer's output is in the bucket: fetched with boto3, as this test process must not register
+    # tensorflow-io (pytest would then end with its abort).
+    trainer_output = str(tmp / "trainer-output")
+    object_store.mirror(f"{record['source_model']}/{contracts.SERVING_MODEL_DIR}", trainer_output)
     spec = feature_spec.load(feature_spec.DEFAULT_SPEC)
-    return {"repo": repo, "version": summary["pushed_version"], "summary": summary,
-            "trainer_output": os.path.join(record["source_model"], contracts.SERVING_MODEL_DIR),
+    return {"repo": repo, "version": summary["pushed_version"], "summary": summary, "tmp": tmp,
+            "source_model": record["source_model"], "trainer_output": trainer_output,
             "rows": request_examples([os.path.join(data, "span-1", "part-000.csv")], spec, 50)}
+
+
+DEEPFM_TFX = os.path.join(os.path.dirname(sys.executable), "deepfm-tfx")
+
 
 
 @pytest.fixture(scope="module")
@@ -111,9 +119,19 @@ def in_process(pushed):
     return out[contracts.OUTPUT_KEY].numpy()
 
 
-def test_the_run_read_its_data_from_the_bucket_and_pushed_into_it(s3, pushed):
+def test_the_run_read_its_data_in_place_wrote_its_pipeline_root_and_pushed_into_the_bucket(s3, pushed):
     summary = pushed["summary"]
-    assert summary["data_root"].endswith("staged-data") and summary["span"] == 1
+    assert summary["data_root"] == s3.url("data") and summary["span"] == 1  # read in place, no mirror
+    pipeline = s3.keys("pipeline")
+    assert not any(k.startswith("staged-data/") for k in pipeline)
+    assert pushed["source_model"].startswith(s3.url("pipeline") + "/Trainer/model/")
+    for produced in ("SpecCsvExampleGen/examples/", "Transform/transform_graph/", "Evaluator/evaluation/",
+                     "PairedAucGate/", "report.html"):
+        assert any(k.startswith(produced) for k in pipeline), produced
+    assert summary["change_gate"] and summary["auc"] > 0.5  # the gate's verdict, read back from the bucket
+    assert os.path.isfile(os.path.join(pushed["tmp"], "cache", "deepfm-tfx", "s3", s3_server.BUCKET, "pipeline",
+                                       "metadata.sqlite"))
+    assert not os.path.exists("s3:")  # nothing written to a local folder named after the URL
     assert summary["pushed"] and summary["pushed_path"] == f"{pushed['repo']}/{MODEL}/{pushed['version']}"
     assert model_repository.serving_version(pushed["repo"], MODEL) == pushed["version"]
     keys = s3.keys("repository")
@@ -171,3 +189,18 @@ def test_serve_stops_with_a_true_exit_code(server):
     assert process.wait(timeout=120) == 0, _tail(server["log"])
     log = _tail(server["log"])
     assert "stopping" in log and not re.search(r"pure virtual|Traceback", log)
+
+
+def test_a_run_failing_on_a_bad_row_in_the_bucket_exits_with_its_code_not_an_abort(s3, tmp_path):
+    """The run reads the data in place through tensorflow-io and refuses a bad file in one line: the
+    CLI's exit code is the refusal's (2), not tensorflow-io's abort at exit (134)."""
+    s3.client().put_object(Bucket=s3_server.BUCKET, Key="bad-data/span-1/part-000.csv", Body=b"1\t2\n" * 5)
+    run = subprocess.run(
+        [DEEPFM_TFX, "run", "--data", s3.url("bad-data"), "--pipeline-root", s3.url("bad-pipeline"),
+         "--model-repository", s3.url("bad-repository"), "--quiet"], capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache")))
+    assert run.returncode == contracts.EXIT_BAD_INPUT, (run.returncode, run.stderr[-3000:])
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "bad-data/span-1/part-000.csv" in last, run.stderr[-3000:]
+    assert not re.search(r"pure virtual|Traceback", run.stderr)
+    assert s3.keys("bad-repository") == []

@@ -76,7 +76,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     args.own_process = own_process
-    return args.func(args)
+    from deepfm_tfx import object_store
+    try:
+        code = args.func(args)
+    except BaseException as e:
+        if not object_store.tf_filesystem_registered():
+            raise
+        if isinstance(e, SystemExit):
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        else:
+            import traceback
+            traceback.print_exc()
+            code = 1
+    if object_store.tf_filesystem_registered():
+        object_store.exit_process(code)  # tensorflow-io would abort at the interpreter's exit
+    return code
 
 
 def build_parser(argv: List[str], configure_all: bool = False) -> argparse.ArgumentParser:

@@ -123,10 +123,16 @@ def create_dag(settings: Optional[AirflowSettings] = None):
     from deepfm_tfx.pipeline.pipeline import create_pipeline_from_config
     from deepfm_tfx.schemas import feature_spec
 
+    from deepfm_tfx import object_store
+
     settings = settings or settings_from_env()
     config = settings.run
     # A bad setting fails the DAG's import, where Airflow shows it, not a task a week later.
     validation.validate(config, paths=False, connect=False)
+    if any(object_store.is_url(p or "") for p in (config.pipeline_root, config.data)):
+        # Each task process parses this file, then runs its component here. Airflow ends its forked
+        # task processes with os._exit, so tensorflow-io's abort at exit never reaches a task's state.
+        object_store.register_tf_filesystem()
     spec = feature_spec.load(config.features)
     # Weekly data arrives as span-<N>/ (or Hive dt=<date>/) folders; ExampleGen takes the newest at run time.
     pipeline = create_pipeline_from_config(
@@ -221,6 +227,20 @@ def drop_postgres_metadata_db(*, host: str = "127.0.0.1", port: int = 5432, admi
             cur.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(user)))
     finally:
         conn.close()
+
+
+def celery_environment(broker_url: str, sql_alchemy_conn: str, queue: str = "default") -> Dict[str, str]:
+    """The AIRFLOW__* variables, beside airflow_environment's, for the CeleryExecutor: the broker
+    (e.g. redis://host:6379/0), task results in Airflow's own database, and the queue the DAG's tasks
+    go to (`airflow celery worker -q <queue>`)."""
+    return {
+        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+        "AIRFLOW__CELERY__BROKER_URL": broker_url,
+        "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + sql_alchemy_conn.replace("+psycopg2", ""),
+        "AIRFLOW__OPERATORS__DEFAULT_QUEUE": queue,
+        # One task at a time per worker: a TFX component takes the worker's cores.
+        "AIRFLOW__CELERY__WORKER_CONCURRENCY": "1",
+    }
 
 
 def airflow_environment(airflow_home: str, dags_folder: str, sql_alchemy_conn: str) -> Dict[str, str]:

@@ -39,19 +39,21 @@ def ensure_default_data(config: configs.RunConfig) -> None:
 
 
 def absolute(config: configs.RunConfig) -> configs.RunConfig:
-    return dataclasses.replace(
-        config, data=os.path.abspath(config.data_root), pipeline_root=os.path.abspath(config.pipeline_root),
-        model_repository=(config.model_repository if model_repository.is_store(config.model_repository)
-                          else os.path.abspath(config.model_repository)))
+    def path(p: str) -> str:
+        return p if model_repository.is_store(p) else os.path.abspath(p)
+    return dataclasses.replace(config, data=path(config.data_root), pipeline_root=path(config.pipeline_root),
+                               model_repository=path(config.model_repository))
 
 
 STAGED_DATA = "staged-data"
 
 
 def stage_data(config: configs.RunConfig) -> configs.RunConfig:
-    """--data in an object store, mirrored into <pipeline root>/staged-data first: the data checks,
-    ExampleGen and its input fingerprint read local files."""
-    if not model_repository.is_store(config.data or ""):
+    """--data in an object store with the pipeline root on local disk, mirrored into
+    <pipeline root>/staged-data first: the data checks, ExampleGen and its input fingerprint read
+    local files, and TensorFlow needs no S3 filesystem. With the pipeline root in a store too,
+    ExampleGen reads the data in place."""
+    if not model_repository.is_store(config.data or "") or model_repository.is_store(config.pipeline_root):
         return config
     folder = os.path.join(config.pipeline_root, STAGED_DATA)
     try:
@@ -67,10 +69,16 @@ def stage_data(config: configs.RunConfig) -> configs.RunConfig:
 def run(config: configs.RunConfig) -> Dict[str, Any]:
     """Runs one week; returns its summary or raises RunFailed with it."""
     validation.validate(config)
+    if model_repository.is_store(config.pipeline_root):
+        # LocalDagRunner runs every component, the Trainer and Beam (in memory) in this process.
+        object_store.register_tf_filesystem()
     config = stage_data(config)
     spec = feature_spec.load(config.features)
     ensure_default_data(config)
-    input_pattern, _ = validation.check_data(config.data_root, spec)
+    if model_repository.is_store(config.data_root):
+        input_pattern, _ = validation.store_layout(config.data_root, spec)
+    else:
+        input_pattern, _ = validation.check_data(config.data_root, spec)
     connection = metadata.connection_config(config.metadata, config.pipeline_root)
     config = absolute(config)
     pipeline = create_pipeline_from_config(config, spec, input_pattern, metadata_connection_config=connection)

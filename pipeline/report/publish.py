@@ -16,13 +16,12 @@ all-digit folders, so it ignores the repository's `runs/` and report files.
 from __future__ import annotations
 
 import datetime
-import glob
 import json
 import os
 import shutil
 from typing import Any, Dict, List, Optional
 
-from deepfm_tfx import model_repository
+from deepfm_tfx import artifact_files, model_repository, object_store
 from deepfm_tfx.contracts import TRAINER_KEY
 from deepfm_tfx.pipeline.report import html
 
@@ -34,11 +33,7 @@ RUNS = "runs"
 
 
 def _atomic_write(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    artifact_files.write_text(path, text)
 
 
 def run_name(summary: Dict[str, Any], finished: datetime.datetime) -> str:
@@ -117,10 +112,9 @@ def version_report_path(repo: str, model: str, version: int) -> str:
 
 def _reports(pipeline_root: str) -> List[Dict[str, Any]]:
     found = []
-    for path in sorted(glob.glob(os.path.join(pipeline_root, REPORTS, "*.json"))):
+    for path in artifact_files.glob(os.path.join(pipeline_root, REPORTS, "*.json")):
         try:
-            with open(path) as f:
-                found.append(json.load(f))
+            found.append(json.loads(artifact_files.read_text(path)))
         except (OSError, ValueError):
             continue
     return found
@@ -153,11 +147,16 @@ def _get(report: Dict[str, Any], path) -> Optional[float]:
 
 def refresh_tensorboard(pipeline_root: str) -> str:
     """Rebuilds <pipeline_root>/tensorboard from the stored reports; returns its path."""
-    import tensorflow as tf
-
     folder = os.path.join(pipeline_root, TENSORBOARD)
-    os.makedirs(folder, exist_ok=True)
     reports = _reports(pipeline_root)
+    if not object_store.is_url(pipeline_root):  # a bucket has no links: the weekly series only
+        _link_model_runs(folder, reports)
+    _weekly_series(os.path.join(folder, WEEKLY), reports)
+    return folder
+
+
+def _link_model_runs(folder: str, reports: List[Dict[str, Any]]) -> None:
+    os.makedirs(folder, exist_ok=True)
     wanted = {}
     for report in reports:
         name, target = report.get("tensorboard_run"), report.get("model_run_dir")
@@ -171,13 +170,21 @@ def refresh_tensorboard(pipeline_root: str) -> str:
         if not os.path.lexists(os.path.join(folder, name)):
             os.symlink(target, os.path.join(folder, name), target_is_directory=True)
 
+
+
+def _weekly_series(weekly: str, reports: List[Dict[str, Any]]) -> None:
+    import tensorflow as tf
+
     newest_per_span: Dict[int, Dict[str, Any]] = {}
     for report in reports:  # oldest first: a re-run of a week replaces its point
         span = report.get("summary", {}).get("span")
         if span is not None:
             newest_per_span[int(span)] = report
-    weekly = os.path.join(folder, WEEKLY)
-    shutil.rmtree(weekly, ignore_errors=True)
+    if object_store.is_url(weekly):
+        if tf.io.gfile.exists(weekly):
+            tf.io.gfile.rmtree(weekly)
+    else:
+        shutil.rmtree(weekly, ignore_errors=True)
     for run, tags in _WEEKLY.items():
         writer = tf.summary.create_file_writer(os.path.join(weekly, run))
         with writer.as_default():
@@ -187,5 +194,4 @@ def refresh_tensorboard(pipeline_root: str) -> str:
                     if value is not None:
                         tf.summary.scalar(tag, value, step=span)
         writer.close()
-    return folder
 

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from deepfm_tfx import evaluation_results, paired_auc
+from deepfm_tfx import artifact_files, evaluation_results, object_store, paired_auc
 from deepfm_tfx.contracts import EVALUATOR_GATE, EXAMPLE_VALIDATOR_GATE, PAIRED_AUC_GATE
 
 ROC_POINTS = 300
@@ -81,12 +81,10 @@ def _slice_metrics(labels: np.ndarray, new: np.ndarray, baseline: Optional[np.nd
 
 def predictions_sections(gate_uri: Optional[str]) -> Dict[str, Any]:
     """ROC, calibration, the paired comparison and the cold-id slice, from PairedAucGate's output."""
-    if not gate_uri or not os.path.exists(os.path.join(gate_uri, "predictions.npz")):
+    arrays = artifact_files.load_npz(os.path.join(gate_uri, "predictions.npz")) if gate_uri else None
+    if arrays is None:
         return {}
-    with open(os.path.join(gate_uri, "paired_auc.json")) as f:
-        gate = json.load(f)
-    with np.load(os.path.join(gate_uri, "predictions.npz")) as stored:
-        arrays = {k: stored[k] for k in stored.files}
+    gate = json.loads(artifact_files.read_text(os.path.join(gate_uri, "paired_auc.json")))
     labels, new = arrays["label"].astype(np.int64), arrays["new"].astype(np.float64)
     baseline = arrays["baseline"].astype(np.float64) if "baseline" in arrays else None
     cold = arrays["cold"].astype(bool)
@@ -171,7 +169,12 @@ def scalar_events(folder: str) -> Dict[str, Dict[str, List[Tuple[int, float]]]]:
     """{subfolder: {tag: [(step, value)]}} of every TF event file under folder."""
     import tensorflow as tf
     out: Dict[str, Dict[str, List[Tuple[int, float]]]] = {}
-    for path in sorted(glob.glob(os.path.join(folder, "**", "events.out.tfevents.*"), recursive=True)):
+    if object_store.is_url(folder):
+        paths = sorted(os.path.join(d, name) for d, _, files in tf.io.gfile.walk(folder) for name in files
+                       if name.startswith("events.out.tfevents."))
+    else:
+        paths = sorted(glob.glob(os.path.join(folder, "**", "events.out.tfevents.*"), recursive=True))
+    for path in paths:
         run = os.path.relpath(os.path.dirname(path), folder)
         run = "" if run == "." else run
         tags = out.setdefault(run, {})
@@ -193,7 +196,7 @@ def scalar_events(folder: str) -> Dict[str, Dict[str, List[Tuple[int, float]]]]:
 
 def training_curves(model_run_uri: Optional[str]) -> Dict[str, Dict[str, List[Tuple[int, float]]]]:
     """{"loss": {"training": [...], "validation": [...]}, "AUC": {...}}."""
-    if not model_run_uri or not os.path.isdir(model_run_uri):
+    if not model_run_uri or not artifact_files.isdir(model_run_uri):
         return {}
     out: Dict[str, Dict[str, List[Tuple[int, float]]]] = {}
     for run, tags in scalar_events(model_run_uri).items():
@@ -211,11 +214,12 @@ def training_curves(model_run_uri: Optional[str]) -> Dict[str, Dict[str, List[Tu
 def _statistics(uri: str, split: str):
     from tensorflow_metadata.proto.v0 import statistics_pb2
     path = os.path.join(uri, f"Split-{split}", "FeatureStats.pb")
-    if not os.path.exists(path):
+    try:
+        data = artifact_files.read_bytes(path)
+    except OSError:
         return None
     stats = statistics_pb2.DatasetFeatureStatisticsList()
-    with open(path, "rb") as f:
-        stats.ParseFromString(f.read())
+    stats.ParseFromString(data)
     return stats
 
 
@@ -253,7 +257,7 @@ def data_summary(statistics_uri: Optional[str], label: Optional[str]) -> Dict[st
 
 def anomalies(anomalies_uri: Optional[str]) -> Optional[List[str]]:
     """ExampleValidator's findings per split, or None when it did not run."""
-    if not anomalies_uri or not os.path.isdir(anomalies_uri):
+    if not anomalies_uri or not artifact_files.isdir(anomalies_uri):
         return None
     from deepfm_tfx.components.gates import describe_anomalies
     return describe_anomalies(anomalies_uri)
@@ -264,8 +268,7 @@ def _schema(schema_uri: str):
     from google.protobuf import text_format
     path = os.path.join(schema_uri, "schema.pbtxt")
     schema = schema_pb2.Schema()
-    with open(path) as f:
-        text_format.Parse(f.read(), schema)
+    text_format.Parse(artifact_files.read_text(path), schema)
     return schema
 
 
