@@ -80,7 +80,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         code = args.func(args)
     except BaseException as e:
-        if not object_store.tf_filesystem_registered():
+        # Only a process of its own is ended here: a caller of main(argv) keeps its interpreter.
+        if not (own_process and object_store.tf_filesystem_registered()):
             raise
         if isinstance(e, SystemExit):
             code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
@@ -88,7 +89,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             import traceback
             traceback.print_exc()
             code = 1
-    if object_store.tf_filesystem_registered():
+    if own_process and object_store.tf_filesystem_registered():
         object_store.exit_process(code)  # tensorflow-io would abort at the interpreter's exit
     return code
 
