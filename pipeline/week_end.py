@@ -22,7 +22,7 @@ import sys
 import urllib.request
 from typing import Any, Dict, List, Optional, Tuple
 
-from deepfm_tfx import model_repository, object_store
+from deepfm_tfx import artifact_files, model_repository
 from deepfm_tfx.contracts import (DATA_GATES, EVALUATOR_GATE, EXIT_BAD_INPUT, EXIT_ERROR, EXIT_GATE, EXIT_OK,
                                   LATENCY_GATE)
 from deepfm_tfx.errors import DataError
@@ -220,17 +220,8 @@ def finish_week(config: configs.RunConfig, spec: feature_spec.FeatureSpec, conne
         summary["notified"] = failed is None
         if failed:
             summary["notify_error"] = failed
-    text = json.dumps(summary, indent=2, default=str)
-    if object_store.is_url(config.summary_path):  # one PUT: a reader sees the old summary or the new one
-        from tfx.dsl.io import fileio
-        with fileio.open(config.summary_path, "w") as f:
-            f.write(text)
-    else:
-        os.makedirs(os.path.dirname(os.path.abspath(config.summary_path)), exist_ok=True)
-        tmp = f"{config.summary_path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, config.summary_path)
+    # One PUT in a store, a side file renamed into place on disk: readers see the old summary or the new.
+    artifact_files.write_text(config.summary_path, json.dumps(summary, indent=2, default=str))
     return summary, exit_code
 
 

@@ -32,10 +32,6 @@ WEEKLY = "weekly"
 RUNS = "runs"
 
 
-def _atomic_write(path: str, text: str) -> None:
-    artifact_files.write_text(path, text)
-
-
 def run_name(summary: Dict[str, Any], finished: datetime.datetime) -> str:
     span = summary.get("span")
     return (f"{finished.strftime('%Y%m%d-%H%M%S')}-span{span if span is not None else 'none'}-"
@@ -88,18 +84,18 @@ def publish(report: Dict[str, Any], *, pipeline_root: str, model_repository_dir:
     page = html.run_page(report)
     data = json.dumps(report, indent=1, default=str)
     paths: Dict[str, Optional[str]] = {"report": os.path.join(pipeline_root, LATEST), "version_report": None}
-    _atomic_write(os.path.join(pipeline_root, REPORTS, f"{name}.json"), data)
-    _atomic_write(os.path.join(pipeline_root, REPORTS, f"{name}.html"), page)
-    _atomic_write(paths["report"], page)
+    artifact_files.write_text(os.path.join(pipeline_root, REPORTS, f"{name}.json"), data)
+    artifact_files.write_text(os.path.join(pipeline_root, REPORTS, f"{name}.html"), page)
+    artifact_files.write_text(paths["report"], page)
     model_dir = os.path.join(model_repository_dir, model_name)
     if os.path.isdir(model_dir):  # a repository in an object store gets no run pages (docs/object-storage.md)
-        _atomic_write(os.path.join(model_dir, RUNS, f"{name}.json"),
+        artifact_files.write_text(os.path.join(model_dir, RUNS, f"{name}.json"),
                       json.dumps(run_entry(report, name), indent=1, default=str))
-        _atomic_write(os.path.join(model_dir, RUNS, f"{name}.html"), page)
+        artifact_files.write_text(os.path.join(model_dir, RUNS, f"{name}.html"), page)
         if summary.get("pushed") and summary.get("pushed_version"):
             paths["version_report"] = version_report_path(model_repository_dir, model_name,
                                                           int(summary["pushed_version"]))
-            _atomic_write(paths["version_report"], page)
+            artifact_files.write_text(paths["version_report"], page)
     refresh_tensorboard(pipeline_root)
     return paths
 
@@ -169,7 +165,6 @@ def _link_model_runs(folder: str, reports: List[Dict[str, Any]]) -> None:
     for name, target in wanted.items():
         if not os.path.lexists(os.path.join(folder, name)):
             os.symlink(target, os.path.join(folder, name), target_is_directory=True)
-
 
 
 def _weekly_series(weekly: str, reports: List[Dict[str, Any]]) -> None:
