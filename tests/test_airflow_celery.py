@@ -8,6 +8,7 @@ TMPDIR, its own copy of the DAG file): what one worker writes, the next task
 on the other finds only in the bucket or the databases.
 """
 import glob
+import json
 import os
 import re
 import secrets
@@ -21,7 +22,7 @@ import pytest
 import s3_server
 import weekly_scenario as scenario
 from test_mysql_metadata import mysql_url  # noqa: F401 - a fresh MariaDB database for ml-metadata
-from deepfm_tfx import model_repository
+from deepfm_tfx import model_repository, object_store
 from deepfm_tfx.pipeline.orchestrators import airflow
 from deepfm_tfx.synthetic import generator
 
@@ -145,7 +146,9 @@ def test_one_weekly_run_on_two_celery_workers_sharing_only_a_bucket_and_the_data
             repo = s3.url("repository")
             versions = model_repository.versions(repo, "deepfm")
             assert len(versions) == 1 and model_repository.serving_version(repo, "deepfm") == versions[0]
-            assert "summary.json" in s3.keys("pipeline")
+            summary = json.loads(object_store.Store(s3.url("pipeline")).read("summary.json"))
+            assert summary["pushed"] and summary["pushed_version"] == versions[0]
+            assert summary["auc"] > 0.5  # the Evaluator's verdict on the week, read back from the bucket
     finally:
         for process in processes:
             _stop(process)
