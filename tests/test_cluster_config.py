@@ -1,4 +1,6 @@
 """--cluster: what it accepts, and one error line for what it does not."""
+import os
+
 import pytest
 
 from deepfm_tfx.errors import ConfigError
@@ -48,3 +50,30 @@ def test_last_checkpoint_step_is_read_from_the_state_file(tmp_path):
     (tmp_path / "checkpoint").write_text('model_checkpoint_path: "/x/model.ckpt-250"\n'
                                          'all_model_checkpoint_paths: "/x/model.ckpt-200"\n')
     assert local_cluster.last_checkpoint_step(str(tmp_path)) == 250
+
+
+def test_two_threads_writing_a_tasks_progress_never_fail(tmp_path):
+    """The Keras coordinator's progress thread and its main thread both write a worker's progress file;
+    with one shared side file, one's os.replace found nothing and the coordinator exited 1 after
+    training (a CI run's "chief died near step 1000")."""
+    import json
+    import threading
+
+    from deepfm_tfx.trainer_modules import cluster_training
+    path, errors = str(tmp_path / "worker0.json"), []
+
+    def write():
+        try:
+            for i in range(2000):
+                cluster_training.write_progress(path, i, i)
+        except OSError as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=write) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and os.listdir(tmp_path) == ["worker0.json"]
+    with open(path) as f:
+        assert json.load(f) == {"steps": 1999, "global_step": 1999}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import time
 from typing import Dict, Tuple
 
@@ -75,9 +76,12 @@ def progress_path(task: dict, name: str) -> str:
 
 def write_progress(path: str, steps: int, global_step: int) -> None:
     """A task's steps and the cluster's step it saw, replaced atomically for the launcher to read."""
-    with open(path + ".tmp", "w") as f:
+    # A side file of this process and thread: two writers of one side file made a coordinator fail
+    # its run after training (one replaced it, the other's os.replace found nothing).
+    side = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+    with open(side, "w") as f:
         json.dump({"steps": int(steps), "global_step": int(global_step)}, f)
-    os.replace(path + ".tmp", path)
+    os.replace(side, path)
 
 
 def write_table_shards(task: dict, shards: Dict[str, dict]) -> None:

@@ -227,6 +227,7 @@ class _ClusterProgress(threading.Thread):
     def __exit__(self, *exc_info):
         self.done.set()
         self.join()
+        self.write()  # the final counts, once the thread no longer writes the same files
 
 
 def run_coordinator(task: dict) -> None:
@@ -271,10 +272,9 @@ def run_coordinator(task: dict) -> None:
         left = fn_args.train_steps - step
         epochs = -(-left // config.checkpoint_every(fn_args.train_steps))
         with _ClusterProgress(task, coordinator, max(int(config.steps_per_execution), 1), step,
-                              end=step + epochs * -(-left // epochs)) as progress_files:
+                              end=step + epochs * -(-left // epochs)):
             model.fit(tf.keras.utils.experimental.DatasetCreator(dataset_fn), steps_per_epoch=-(-left // epochs),
                       epochs=epochs, verbose=0, callbacks=[_SaveEachEpoch(manager)])
-            progress_files.write()
 
 
 class _SaveEachEpoch(tf.keras.callbacks.Callback):
