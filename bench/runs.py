@@ -176,15 +176,16 @@ class DefaultRuns(dict):
 
 
 def transform_output(pipeline_root: str) -> Dict[str, str]:
-    """The newest Transform execution's transformed examples and graph."""
-    def newest(kind):
-        dirs = [d for d in glob.glob(os.path.join(pipeline_root, "Transform", kind, "*")) if os.path.isdir(d)]
+    """The newest run's examples, as the Trainer reads them (ExampleGen's, through the
+    transform graph), and the newest Transform's graph."""
+    def newest(component, kind):
+        dirs = [d for d in glob.glob(os.path.join(pipeline_root, component, kind, "*")) if os.path.isdir(d)]
         if not dirs:
-            raise FileNotFoundError(f"no Transform {kind} under {pipeline_root}")
+            raise FileNotFoundError(f"no {component} {kind} under {pipeline_root}")
         return max(dirs, key=lambda d: int(os.path.basename(d)) if os.path.basename(d).isdigit() else -1)
-    examples = newest("transformed_examples")
+    examples = newest("SpecCsvExampleGen", "examples")
     return {"train": os.path.join(examples, "Split-train", "*"), "eval": os.path.join(examples, "Split-eval", "*"),
-            "graph": newest("transform_graph"), "num_ids": trained_num_ids(pipeline_root)}
+            "graph": newest("Transform", "transform_graph"), "num_ids": trained_num_ids(pipeline_root)}
 
 
 def trained_num_ids(pipeline_root: str) -> Optional[int]:

@@ -1,6 +1,6 @@
-"""The Transform output of a default run, read the ways the trainer section's
-contenders consume it: TFRecords (as the trainers do) or in-memory numpy (as
-DeepCTR is fed). Only public TF/TFX APIs."""
+"""A default run's examples through its transform graph, read the ways the trainer
+section's contenders consume them: TFRecords (as the trainers do) or in-memory numpy
+(as DeepCTR is fed). Only public TF/TFX APIs."""
 from __future__ import annotations
 
 from typing import Dict, Optional
@@ -38,13 +38,14 @@ def trainer_inputs(graph_dir: str, num_ids: Optional[int] = None, **config):
 
 
 def load_numpy(files: str, inputs, limit: Optional[int] = None):
-    """A split of the Transform output as in-memory arrays (features dict, labels)."""
+    """A split through the transform graph as in-memory arrays (features dict, labels)."""
     import numpy as np
     from tfx_bsl.public import tfxio
-    ds = data_accessor().tf_dataset_factory(
-        files, tfxio.TensorFlowDatasetOptions(batch_size=8192, num_epochs=1, shuffle=False,
-                                              label_key=inputs.spec.label),
-        inputs.transform_output.transformed_metadata.schema)
+
+    from deepfm_tfx.trainer_modules import training_setup
+    ds = training_setup.transformed_batches(data_accessor().tf_dataset_factory(
+        files, tfxio.TensorFlowDatasetOptions(batch_size=8192, num_epochs=1, shuffle=False),
+        inputs.transform_output.raw_metadata.schema), inputs)
     feats: Dict[str, list] = {}
     labels = []
     for x, y in ds:

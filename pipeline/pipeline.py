@@ -17,7 +17,7 @@ import tensorflow_data_validation as tfdv
 import tensorflow_model_analysis as tfma
 from ml_metadata.proto import metadata_store_pb2
 # Not `tfx.v1`: it imports every Google Cloud extension (8 s per process start).
-from tfx.components import Evaluator, ExampleValidator, StatisticsGen, Trainer
+from tfx.components import Evaluator, ExampleValidator, StatisticsGen, Trainer, Transform
 from tfx.components.schema_gen.import_schema_gen.component import ImportSchemaGen
 from tfx.dsl.components.common.resolver import Resolver
 from tfx.dsl.input_resolution.strategies.latest_artifact_strategy import LatestArtifactStrategy
@@ -39,7 +39,6 @@ from deepfm_tfx.components.span_window import (EarlierBlessedModelStrategy, Earl
 from deepfm_tfx.components.model_repository_pusher import ModelRepositoryPusher
 from deepfm_tfx.components import paired_auc_metric
 from deepfm_tfx.components.paired_auc_gate import GATE_BLESSING, PairedAucGate
-from deepfm_tfx.components.window_transform import WindowTransform
 from deepfm_tfx.pipeline import configs
 from deepfm_tfx.schemas import frozen_schema
 from deepfm_tfx.schemas.feature_spec import FeatureSpec
@@ -197,13 +196,16 @@ def create_pipeline(
         cache=Channel(type=standard_artifacts.TransformCache),
     ).with_id("latest_transform_cache")
     transform_cache.add_upstream_node(example_gen)  # it needs to know the newest span
-    transform = WindowTransform(
+    transform = Transform(
         examples=training_examples, schema=schema_gen.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN, custom_config={FEATURE_SPEC_KEY: spec_dict},
         # Spans analysed in an earlier run are not analysed again.
         analyzer_cache=transform_cache.outputs["cache"],
         # Statistics of the transformed data cost a full TFDV pass we never read.
-        disable_statistics=True).with_id("Transform")
+        disable_statistics=True,
+        # The Trainer applies the transform graph to the window's examples itself
+        # (training_setup.transformed_batches): writing them transformed cost more than analysing.
+        materialize=False).with_id("Transform")
     transform.add_upstream_node(anomaly_gate)
     transform.add_upstream_node(drift_gate)
 
@@ -220,7 +222,7 @@ def create_pipeline(
 
     trainer_component = Trainer(
         run_fn=RUN_FNS[trainer],
-        examples=transform.outputs["transformed_examples"],
+        examples=training_examples,
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
         base_model=latest_blessed.outputs["model"] if warm_start else None,

@@ -32,7 +32,7 @@ PIPELINE_UPSTREAM = {
     "AnomalyGate": {"ExampleValidator"},
     "DriftGate": {"StatisticsGen", "ImportSchemaGen", "previous_statistics"},
     "Transform": {"training_window", "ImportSchemaGen", "AnomalyGate", "DriftGate", "latest_transform_cache"},
-    "Trainer": {"Transform", "ImportSchemaGen"},  # plus latest_blessed_model_resolver with --warm-start
+    "Trainer": {"training_window", "Transform", "ImportSchemaGen"},  # plus latest_blessed_model_resolver with --warm-start
     "Evaluator": {"SpecCsvExampleGen", "Trainer", "latest_blessed_model_resolver"},
     "PairedAucGate": {"Trainer", "latest_blessed_model_resolver", "Evaluator", "training_window"},
     "ModelRepositoryPusher": {"Trainer", "Evaluator", "PairedAucGate", "training_window"},

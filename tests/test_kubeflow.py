@@ -270,7 +270,7 @@ def test_v2_differences_name_every_node_that_differs_and_nothing_else():
         assert d.v2_strategy == (v2_nodes[name][0] if name in v2_nodes else "")
     # Apart from the resolvers, only what read the dropped window changed: it reads ExampleGen instead.
     rewired = {n for n in v2_nodes if v1_nodes[n][1] != v2_nodes[n][1]}
-    assert rewired == {"Transform", "PairedAucGate", "ModelRepositoryPusher"}
+    assert rewired == {"Transform", "Trainer", "PairedAucGate", "ModelRepositoryPusher"}
     for n in rewired:
         assert {k: {"SpecCsvExampleGen" if p == "training_window" else p for p in producers}
                 for k, producers in v1_nodes[n][1].items()} == v2_nodes[n][1]

@@ -48,9 +48,10 @@ def field_layout(spec: FeatureSpec, transform_output: tft.TFTransformOutput) -> 
         num_ids=preprocessing.num_ids(spec, vocabulary))
 
 
-# Parsed batches take about this many times the bytes of the gzipped Transform
-# output (measured on the criteo profile: 268 B parsed per example); an
-# overestimate only means caching less often.
+# Parsed batches take about this many times the bytes of the gzipped examples
+# (measured on the criteo profile: 268 B parsed per example, the raw and the
+# transformed files about the same size); an overestimate only means caching
+# less often.
 PARSED_OVER_COMPRESSED = 4
 CACHE_MAX_BYTES = 2 << 30
 CACHE_SHUFFLE_BATCHES = 256
@@ -62,35 +63,53 @@ def _files_bytes(file_pattern) -> int:
 
 
 def cache_in_memory(file_pattern, config: TrainingConfig) -> bool:
-    """Whether the training split's parsed batches are kept in memory after the first pass."""
+    """Whether the training split's transformed batches are kept in memory after the first pass."""
     if config.input_cache != "auto":
         return config.input_cache == "memory"
     budget = min(CACHE_MAX_BYTES, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4)
     return _files_bytes(file_pattern) * PARSED_OVER_COMPRESSED <= budget
 
 
-def make_dataset(file_pattern, data_accessor, inputs: TrainerInputs, batch_size: int,
-                 train: bool = False) -> tf.data.Dataset:
-    """(features, label) batches of the Transform output, repeated, prefetched.
+def transformed_batches(raw: tf.data.Dataset, inputs: TrainerInputs, transform_layer=None) -> tf.data.Dataset:
+    """Batches of raw features through the Transform graph, as (features, label).
 
-    The training split is parsed once and then served from memory when it fits
-    (`input_cache`): reading and parsing gzipped tf.Examples costs more than a
-    training step. Later passes reshuffle the cached batches' order.
+    Transform only analyses; the Trainer applies its graph. Materialising
+    transformed examples was about 60% of Transform's time at 500k rows (a
+    second Beam pass that encodes, writes and compresses every row), where
+    this costs a few CPU seconds per pass (docs/performance.md).
+    """
+    layer = transform_layer or inputs.transform_output.transform_features_layer()
+    label = inputs.spec.label
+
+    def transform(features):
+        transformed = layer(features)
+        return transformed, transformed.pop(label)
+    return raw.map(transform, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def make_dataset(file_pattern, data_accessor, inputs: TrainerInputs, batch_size: int,
+                 train: bool = False, transform_layer=None) -> tf.data.Dataset:
+    """(features, label) batches of ExampleGen's examples through the Transform graph, repeated, prefetched.
+
+    The training split is read and transformed once and then served from
+    memory when it fits (`input_cache`): reading, parsing and transforming
+    gzipped tf.Examples costs more than a training step. Later passes
+    reshuffle the cached batches' order.
     """
     cache = train and cache_in_memory(file_pattern, inputs.config)
-    dataset = data_accessor.tf_dataset_factory(
+    raw = data_accessor.tf_dataset_factory(
         file_pattern,
-        tfxio.TensorFlowDatasetOptions(batch_size=batch_size, label_key=inputs.spec.label,
-                                       shuffle_buffer_size=10_000, sloppy_ordering=True,
+        tfxio.TensorFlowDatasetOptions(batch_size=batch_size, shuffle_buffer_size=10_000, sloppy_ordering=True,
                                        num_epochs=1 if cache else None, drop_final_batch=cache),
-        inputs.transform_output.transformed_metadata.schema)
+        inputs.transform_output.raw_metadata.schema)
+    dataset = transformed_batches(raw, inputs, transform_layer)
     if cache:
         dataset = dataset.cache().shuffle(CACHE_SHUFFLE_BATCHES, reshuffle_each_iteration=True).repeat()
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 def file_data_accessor() -> DataAccessor:
-    """What TFX's DataAccessor gives run_fn for the Transform output (gzipped tf.Example
+    """What TFX's DataAccessor gives run_fn for ExampleGen's output (gzipped tf.Example
     TFRecords), for a cluster task, which runs outside TFX."""
     def dataset(file_pattern, options, schema):
         return tfxio.TFExampleRecord(file_pattern=file_pattern, schema=schema,

@@ -46,8 +46,8 @@ class V2Difference(NamedTuple):
 # it, the README repeats it, tests/test_kubeflow.py checks it against both builds.
 V2_DIFFERENCES = (
     V2Difference("training_window", "RollingSpanWindowStrategy", "",
-                 "Transform, PairedAucGate and the pusher read SpecCsvExampleGen's output, so the model trains "
-                 "on the newest span only (--window-spans has no effect) and a cold id is one that span lacks"),
+                 "Transform, the Trainer, PairedAucGate and the pusher read SpecCsvExampleGen's output, so the "
+                 "model trains on the newest span only (--window-spans has no effect) and a cold id is one that span lacks"),
     V2Difference("latest_blessed_model_resolver", "EarlierBlessedModelStrategy", "LatestBlessedModelStrategy",
                  "the warm start and the Evaluator's baseline are the newest blessed model; on a re-run of a "
                  "week that is the week's own model, so the re-run retrains instead of coming from the cache"),
