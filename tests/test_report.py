@@ -89,6 +89,34 @@ def test_the_change_gate_blocks_only_a_drop_beyond_noise():
     assert paired_auc.change_gate(None, max_auc_drop=0.01)[0]
 
 
+def test_distinct_ids_are_each_rows_first_value_of_bytes_and_int_columns(tmp_path):
+    """What PairedAucGate counts as seen by the window: each row's first value per column, as the eval
+    side compares them (bytes decoded, ints as text), missing or empty values not counted."""
+    import tensorflow as tf
+
+    from deepfm_tfx.components import paired_auc_gate
+
+    def example(**columns):
+        features = {}
+        for name, values in columns.items():
+            if values and isinstance(values[0], int):
+                features[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+            else:
+                features[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[v.encode() for v in values]))
+        return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+
+    split = tmp_path / "Split-train"
+    split.mkdir()
+    rows = [example(C1=["a"], user=[7]), example(C1=["b", "z"], user=[7, 8]), example(user=[9]),
+            example(C1=[""]), example(C1=["é"])]
+    with tf.io.TFRecordWriter(str(split / "data.gz"), options="GZIP") as writer:
+        for row in rows:
+            writer.write(row)
+    want = {"C1": {"a", "b", "é"}, "user": {"7", "9"}}
+    assert paired_auc_gate.distinct_ids(str(tmp_path), "train", ["C1", "user"]) == want
+    assert paired_auc_gate.distinct_ids(str(tmp_path), "train", ["C1", "user"]) == want  # from the memo
+
+
 def test_the_evaluators_paired_metric_keeps_both_models_rows_and_their_interval():
     # The Evaluator's PairedAucRows metric, fed as TFMA feeds it (two model specs, each example's
     # extracts, partial accumulators merged), gives PairedAucGate the same interval as scoring the rows itself.
