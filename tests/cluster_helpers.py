@@ -7,8 +7,11 @@ import signal
 import threading
 import time
 
+import pytest
+
 from deepfm_tfx import training_info
 from deepfm_tfx.pipeline import configs
+from deepfm_tfx.pipeline.orchestrators import local
 from deepfm_tfx.trainer_modules import local_cluster
 
 TRAIN_STEPS, BATCH = 400, 128
@@ -86,3 +89,41 @@ def trained_info(pipeline_root):
     done = [d for d in glob.glob(os.path.join(pipeline_root, "Trainer", "model", "*"))
             if os.path.exists(training_info.path_in(d))]
     return [training_info.read(d) for d in sorted(done, key=lambda d: int(os.path.basename(d)))]
+
+
+def kill_after_checkpoint(pipeline_root, after_step):
+    """Ready once the resume folder holds a checkpoint past `after_step`; returns its step."""
+    def ready(_work_dir):
+        steps = [s for s in checkpoint_steps(pipeline_root) if s > after_step]
+        return steps[-1] if steps else None
+    return ready
+
+
+def ps_then_chief_killed(config, train_steps):
+    """Runs `config` twice, killing ps0 then the chief once a new checkpoint is saved: each run fails
+    naming the task and the checkpoint the next run resumes from. Returns that checkpoint's step."""
+    resumed_at = 0
+    for task in ("ps0", "chief"):
+        killer = Killer(task, kill_after_checkpoint(config.pipeline_root, resumed_at))
+        killer.start()
+        with pytest.raises(local.RunFailed) as failed:
+            local.run(config)
+        killer.join()
+        assert killer.killed, f"{task} was not killed"
+        error = failed.value.summary["error"]
+        assert f"the training cluster's {task} died (killed by SIGKILL)" in error
+        saved = checkpoint_steps(config.pipeline_root)[-1]
+        assert f"resumes from the last checkpoint (step {saved})" in error
+        assert resumed_at < saved < train_steps
+        resumed_at = saved
+    return resumed_at
+
+
+def check_resumed(info, resumed_at, train_steps, log_text):
+    """The rerun's Trainer started at the checkpoint the failed runs left, not at step 0."""
+    # Workers train asynchronously: the chief names a checkpoint by the step it read, and another
+    # worker's steps can land before the variables are written, so the step inside may be a few ahead.
+    assert resumed_at <= info["resumed_from_step"] <= resumed_at + 10
+    assert info["global_step_start"] == info["resumed_from_step"]
+    assert info["global_step_end"] >= train_steps
+    assert f"resuming from the checkpoint at step {info['resumed_from_step']}" in log_text

@@ -1,10 +1,15 @@
 """The Keras trainer on TF's parameter-server runtime (ParameterServerStrategy, its ClusterCoordinator
 on the chief task, 2 workers, 2 parameter servers on loopback) trains the model a single process
 trains: same AUC within 0.01, the id tables sharded across the parameter servers, the single-machine
-SavedModel exported; and a worker killed with SIGKILL mid-training is restarted and the run finishes."""
+SavedModel exported. A parameter server or the chief (the coordinator) killed with SIGKILL fails the
+run with a clear message, and the rerun resumes from the last checkpoint, not step 0; a worker killed
+with SIGKILL mid-training is restarted and the run finishes."""
+import logging
+
 import pytest
 
-from cluster_helpers import Killer, run_config as helpers_run_config, task_steps, trained_info
+from cluster_helpers import Killer, check_resumed, ps_then_chief_killed, run_config as helpers_run_config, \
+    task_steps, trained_info
 from deepfm_tfx.pipeline.orchestrators import local
 from deepfm_tfx.synthetic import generator
 from test_cluster_estimator import AUC_TOLERANCE, check_the_single_machine_export
@@ -54,17 +59,26 @@ def test_keras_cluster_export_is_the_single_machine_model(runs):
     check_the_single_machine_export(root, single, clustered)
 
 
-def test_a_worker_killed_mid_training_is_restarted_and_the_run_finishes(runs):
+def test_ps_then_chief_killed_fail_the_run_and_the_rerun_resumes_through_a_killed_worker(runs, caplog):
+    """The fault scenario on this module's pipeline root: only the Trainer and what follows run again."""
     root, single, _, _ = runs
+    # Another checkpoint frequency: the Trainer runs again, its inputs otherwise unchanged.
+    config = run_config(root, str(root / "data"), cluster=CLUSTER, checkpoint_every_steps=50)
+    finished_before = len(trained_info(config.pipeline_root))
+    resumed_at = ps_then_chief_killed(config, TRAIN_STEPS)
+
     killer = Killer("worker1", lambda work_dir: (task_steps(work_dir, "worker1").get("steps", 0) >= 100 or None)
                     and task_steps(work_dir, "worker1"))
     killer.start()
-    # Another checkpoint frequency: the Trainer runs again, its inputs otherwise unchanged.
-    summary = local.run(run_config(root, str(root / "data"), cluster=CLUSTER, checkpoint_every_steps=500))
+    with caplog.at_level(logging.INFO, logger="deepfm_tfx.progress"):
+        summary = local.run(config)
     killer.join()
     assert killer.killed and killer.killed["global_step"] < TRAIN_STEPS  # killed mid-training
-    info = trained_info(str(root / "pipeline"))[-1]
+    finished = trained_info(config.pipeline_root)
+    assert len(finished) == finished_before + 1  # the failed runs' Trainers finished nothing
+    info = finished[-1]
+    check_resumed(info, resumed_at, TRAIN_STEPS, caplog.text)
     # The launcher started it again; ClusterCoordinator re-ran its unfinished steps and used it again.
     assert info["cluster_restarts"] == {"worker1": 1}, info["cluster_restarts"]
-    assert info["global_step_end"] >= TRAIN_STEPS and summary["pushed"]
+    assert summary["pushed"] and summary["auc"] > 0.6
     assert abs(summary["auc"] - single["auc"]) <= AUC_TOLERANCE, (summary["auc"], single["auc"])
