@@ -77,3 +77,40 @@ def test_two_threads_writing_a_tasks_progress_never_fail(tmp_path):
     assert errors == [] and os.listdir(tmp_path) == ["worker0.json"]
     with open(path) as f:
         assert json.load(f) == {"steps": 1999, "global_step": 1999}
+
+
+def test_a_task_dies_with_the_process_that_started_it_and_an_orphan_exits(tmp_path):
+    """PR_SET_DEATHSIG, set by the task itself after exec (not in a preexec_fn, which ran Python in a
+    fork of the Trainer's threads): SIGKILL the starter, the task goes; a task whose starter is already
+    gone exits at once."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    task = ("import sys, time; from deepfm_tfx.trainer_modules import local_cluster; "
+            "local_cluster.die_with_parent(); print('ready', flush=True); time.sleep(120)")
+    starter = ("import os, subprocess, sys, time; from deepfm_tfx.trainer_modules import local_cluster; "
+               f"env = dict(os.environ, **{{local_cluster.PARENT_PID_ENV: str(os.getpid())}}); "
+               f"p = subprocess.Popen([sys.executable, '-c', {task!r}], env=env, stdout=subprocess.PIPE, text=True); "
+               "p.stdout.readline(); print(p.pid, flush=True); time.sleep(120)")
+    parent = subprocess.Popen([sys.executable, "-c", starter], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{child}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":  # reaped by init shortly
+                    break
+        except FileNotFoundError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(child, signal.SIGKILL)
+        raise AssertionError("the task outlived the process that started it")
+
+    orphan = subprocess.run([sys.executable, "-c", task], env=dict(os.environ, **{local_cluster.PARENT_PID_ENV: "1"}),
+                            capture_output=True, text=True, timeout=60)
+    assert orphan.returncode == 1 and "ready" not in orphan.stdout

@@ -15,6 +15,8 @@ from deepfm_tfx.contracts import TRAINER_KEY
 
 
 def main(argv) -> int:
+    from deepfm_tfx.trainer_modules import local_cluster
+    local_cluster.die_with_parent()  # first: the task must not outlive a killed Trainer
     with open(argv[1]) as f:
         task_config = json.load(f)
     tf_config = json.loads(os.environ["TF_CONFIG"])

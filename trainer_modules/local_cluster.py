@@ -80,12 +80,29 @@ def task_name(kind: str, index: int) -> str:
     return CHIEF if kind == CHIEF else f"{kind}{index}"
 
 
-def _die_with_parent() -> None:
-    # Linux: the task gets SIGKILL when the Trainer's thread that started it dies.
+# The Trainer's pid, for the task to check it is still its parent once it has asked to die with it.
+PARENT_PID_ENV = "DEEPFM_TFX_CLUSTER_PARENT_PID"
+
+
+def die_with_parent() -> None:
+    """Linux: this task gets SIGKILL when the Trainer's thread that started it dies.
+
+    Called by the task itself after exec, not as Popen's preexec_fn: running
+    Python in the forked child of the Trainer, whose Beam and gRPC threads are
+    live, aborted a task at start now and then (gRPC's "epoll_wait error: Bad
+    file descriptor", SIGABRT), and Python's docs call preexec_fn unsafe with
+    threads. If the Trainer died before the call, the task is an orphan already
+    and exits.
+    """
+    expected = os.environ.get(PARENT_PID_ENV)
+    if not expected:  # not started by LocalCluster (a TFJob's pod): the pod's lifetime is the operator's
+        return
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_DEATHSIG
     except OSError:
-        pass
+        return
+    if os.getppid() != int(expected):
+        os._exit(1)
 
 
 def _how(returncode: int) -> str:
@@ -130,12 +147,12 @@ class LocalCluster:
     def _start(self, task: _Task) -> None:
         env = dict(os.environ)
         env["TF_CONFIG"] = json.dumps({"cluster": self.spec, "task": {"type": task.kind, "index": task.index}})
+        env[PARENT_PID_ENV] = str(os.getpid())
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         task.log = os.path.join(self.work_dir, f"{task.name}.log")
         with open(task.log, "ab") as log:
             task.process = subprocess.Popen([sys.executable, "-m", TASK_MODULE, self.config_file], env=env,
-                                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            preexec_fn=_die_with_parent)
+                                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     def pid(self, name: str) -> int:
         """The process id of a task, e.g. "worker1" (the fault tests kill it)."""
