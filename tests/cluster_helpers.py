@@ -2,6 +2,7 @@
 local training cluster the Trainer started in this process."""
 import glob
 import json
+import logging
 import os
 import signal
 import threading
@@ -127,3 +128,22 @@ def check_resumed(info, resumed_at, train_steps, log_text):
     assert info["global_step_start"] == info["resumed_from_step"]
     assert info["global_step_end"] >= train_steps
     assert f"resuming from the checkpoint at step {info['resumed_from_step']}" in log_text
+
+
+def faults_then_killed_worker(config, train_steps, worker_steps, caplog):
+    """The fault scenario on a world's pipeline root (only the Trainer and what follows run again):
+    ps0 then the chief killed (ps_then_chief_killed), then a rerun resuming from their checkpoint with
+    worker1 killed once it ran `worker_steps` steps. Returns the rerun's summary and training_info."""
+    finished_before = len(trained_info(config.pipeline_root))
+    resumed_at = ps_then_chief_killed(config, train_steps)
+    killer = Killer("worker1", lambda work_dir: (task_steps(work_dir, "worker1").get("steps", 0) >= worker_steps
+                                                 or None) and task_steps(work_dir, "worker1"))
+    killer.start()
+    with caplog.at_level(logging.INFO, logger="deepfm_tfx.progress"):
+        summary = local.run(config)
+    killer.join()
+    assert killer.killed and killer.killed["global_step"] < train_steps  # killed mid-training
+    finished = trained_info(config.pipeline_root)
+    assert len(finished) == finished_before + 1  # the failed runs' Trainers finished nothing
+    check_resumed(finished[-1], resumed_at, train_steps, caplog.text)
+    return summary, finished[-1]

@@ -3,15 +3,13 @@ model a single process trains: same AUC within 0.01, the id tables split across 
 servers, a servable export without cluster ops. A parameter server or the chief killed with SIGKILL
 fails the run with a clear message, the rerun resumes from the last checkpoint, not step 0, and it
 survives a worker killed with SIGKILL."""
-import logging
 import os
 
 import numpy as np
 import pytest
 from tensorflow.core.protobuf import saved_model_pb2
 
-from cluster_helpers import Killer, check_resumed, ps_then_chief_killed, run_config as helpers_run_config, \
-    task_steps, trained_info
+from cluster_helpers import faults_then_killed_worker, run_config as helpers_run_config, trained_info
 from deepfm_tfx import saved_model_check
 from deepfm_tfx.pipeline.orchestrators import local
 from deepfm_tfx.synthetic import generator
@@ -93,20 +91,7 @@ def test_ps_then_chief_killed_fail_the_run_and_the_rerun_resumes_through_a_kille
     root, single, _, _ = runs
     # Another checkpoint frequency: the Trainer runs again, its inputs otherwise unchanged.
     config = run_config(root, str(root / "data"), cluster="workers=2,ps=2", checkpoint_every_steps=50)
-    finished_before = len(trained_info(config.pipeline_root))
-    resumed_at = ps_then_chief_killed(config, TRAIN_STEPS)
-
-    killer = Killer("worker1", lambda work_dir: (task_steps(work_dir, "worker1").get("steps", 0) >= 20 or None)
-                    and task_steps(work_dir, "worker1"))
-    killer.start()
-    with caplog.at_level(logging.INFO, logger="deepfm_tfx.progress"):
-        summary = local.run(config)
-    killer.join()
-    assert killer.killed and killer.killed["global_step"] < TRAIN_STEPS  # killed mid-training
-    finished = trained_info(config.pipeline_root)
-    assert len(finished) == finished_before + 1  # the failed runs' Trainers finished nothing
-    info = finished[-1]
-    check_resumed(info, resumed_at, TRAIN_STEPS, caplog.text)
+    summary, info = faults_then_killed_worker(config, TRAIN_STEPS, 20, caplog)
     # The killed worker was started again (only workers ever are); its log stays for the reason.
     assert info["cluster_restarts"].get("worker1", 0) >= 1, info["cluster_restarts"]
     assert set(info["cluster_restarts"]) <= {"worker0", "worker1"} and os.path.isdir(info["cluster_logs"])

@@ -4,12 +4,9 @@ trains: same AUC within 0.01, the id tables sharded across the parameter servers
 SavedModel exported. A parameter server or the chief (the coordinator) killed with SIGKILL fails the
 run with a clear message, and the rerun resumes from the last checkpoint, not step 0; a worker killed
 with SIGKILL mid-training is restarted and the run finishes."""
-import logging
-
 import pytest
 
-from cluster_helpers import Killer, check_resumed, ps_then_chief_killed, run_config as helpers_run_config, \
-    task_steps, trained_info
+from cluster_helpers import faults_then_killed_worker, run_config as helpers_run_config, trained_info
 from deepfm_tfx.pipeline.orchestrators import local
 from deepfm_tfx.synthetic import generator
 from test_cluster_estimator import AUC_TOLERANCE, check_the_single_machine_export
@@ -64,20 +61,7 @@ def test_ps_then_chief_killed_fail_the_run_and_the_rerun_resumes_through_a_kille
     root, single, _, _ = runs
     # Another checkpoint frequency: the Trainer runs again, its inputs otherwise unchanged.
     config = run_config(root, str(root / "data"), cluster=CLUSTER, checkpoint_every_steps=50)
-    finished_before = len(trained_info(config.pipeline_root))
-    resumed_at = ps_then_chief_killed(config, TRAIN_STEPS)
-
-    killer = Killer("worker1", lambda work_dir: (task_steps(work_dir, "worker1").get("steps", 0) >= 100 or None)
-                    and task_steps(work_dir, "worker1"))
-    killer.start()
-    with caplog.at_level(logging.INFO, logger="deepfm_tfx.progress"):
-        summary = local.run(config)
-    killer.join()
-    assert killer.killed and killer.killed["global_step"] < TRAIN_STEPS  # killed mid-training
-    finished = trained_info(config.pipeline_root)
-    assert len(finished) == finished_before + 1  # the failed runs' Trainers finished nothing
-    info = finished[-1]
-    check_resumed(info, resumed_at, TRAIN_STEPS, caplog.text)
+    summary, info = faults_then_killed_worker(config, TRAIN_STEPS, 100, caplog)
     # The launcher started it again; ClusterCoordinator re-ran its unfinished steps and used it again.
     assert info["cluster_restarts"] == {"worker1": 1}, info["cluster_restarts"]
     assert summary["pushed"] and summary["auc"] > 0.6
