@@ -63,7 +63,10 @@ def eval_config(label: str, min_auc: float, slices: Sequence[str] = (), categori
     auc_threshold = tfma.MetricThreshold(
         value_threshold=tfma.GenericValueThreshold(lower_bound={"value": min_auc}))
     return tfma.EvalConfig(
-        model_specs=[tfma.ModelSpec(signature_name=SERVING_SIGNATURE, label_key=label)],
+        # tf_generic: scored through its signature alone. Left unset, TFMA loads a Keras export twice
+        # more, with Keras (to find its type, then for its compiled metrics, which nothing reads):
+        # 7.6 -> 5.8 s of a small run's Evaluator.
+        model_specs=[tfma.ModelSpec(signature_name=SERVING_SIGNATURE, label_key=label, model_type=tfma.TF_GENERIC)],
         slicing_specs=[tfma.SlicingSpec()] + [tfma.SlicingSpec(feature_keys=[column]) for column in slices],
         metrics_specs=[tfma.MetricsSpec(metrics=[
             tfma.MetricConfig(class_name="ExampleCount"),

@@ -130,20 +130,37 @@ def check_resumed(info, resumed_at, train_steps, log_text):
     assert f"resuming from the checkpoint at step {info['resumed_from_step']}" in log_text
 
 
-def faults_then_killed_worker(config, train_steps, worker_steps, caplog):
-    """The fault scenario on a world's pipeline root (only the Trainer and what follows run again):
-    ps0 then the chief killed (ps_then_chief_killed), then a rerun resuming from their checkpoint with
-    worker1 killed once it ran `worker_steps` steps. Returns the rerun's summary and training_info."""
+class _Lines(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+def faults_then_killed_worker(config, train_steps, worker_steps):
+    """A world's cluster runs, on its pipeline root (only the Trainer and what follows run again): ps0
+    then the chief killed (ps_then_chief_killed), then the run that finishes, resuming from their
+    checkpoint with worker1 killed once it ran `worker_steps` steps. Returns that run's summary and
+    training_info."""
     finished_before = len(trained_info(config.pipeline_root))
     resumed_at = ps_then_chief_killed(config, train_steps)
     killer = Killer("worker1", lambda work_dir: (task_steps(work_dir, "worker1").get("steps", 0) >= worker_steps
                                                  or None) and task_steps(work_dir, "worker1"))
     killer.start()
-    with caplog.at_level(logging.INFO, logger="deepfm_tfx.progress"):
+    logger, lines = logging.getLogger("deepfm_tfx.progress"), _Lines()  # a module fixture has no caplog
+    level = logger.level
+    logger.addHandler(lines)
+    logger.setLevel(logging.INFO)
+    try:
         summary = local.run(config)
+    finally:
+        logger.removeHandler(lines)
+        logger.setLevel(level)
     killer.join()
     assert killer.killed and killer.killed["global_step"] < train_steps  # killed mid-training
     finished = trained_info(config.pipeline_root)
     assert len(finished) == finished_before + 1  # the failed runs' Trainers finished nothing
-    check_resumed(finished[-1], resumed_at, train_steps, caplog.text)
+    check_resumed(finished[-1], resumed_at, train_steps, "\n".join(lines.lines))
     return summary, finished[-1]

@@ -113,3 +113,18 @@ def test_a_non_finite_statistic_fails_the_transform_naming_the_column(monkeypatc
     monkeypatch.setattr(sys.modules[__name__], "_rows", lambda: _numeric_rows([1.0, float("nan"), 3.0, 4.0]))
     with pytest.raises(Exception, match=r"z-score mean of numeric column 'I1' is not finite"):
         _run(SPEC)
+
+
+def test_the_fused_dense_columns_equal_the_per_field_ones_and_refuse_a_second_value():
+    # Field 2 has no value in the batch, so its dense shape is [3, 0]: it must not shift field 3's column.
+    columns = [tf.SparseTensor([[0, 0], [2, 0]], [b"a", b"b"], [3, 1]),
+               tf.SparseTensor(tf.zeros([0, 2], tf.int64), tf.constant([], tf.string), [3, 0]),
+               tf.SparseTensor([[1, 0]], [b"c"], [3, 1])]
+    dense, present = preprocessing.dense_columns(columns, b"", tf.string)
+    per_field = np.stack([preprocessing._dense_column(c, b"").numpy() for c in columns], axis=1)
+    np.testing.assert_array_equal(dense.numpy(), per_field)
+    np.testing.assert_array_equal(present.numpy(), [[True, False, False], [False, False, True], [True, False, False]])
+    tokens = preprocessing.categorical_tokens({"C1": columns[0], "C2": columns[1], "C3": columns[2]}, ["C1", "C2", "C3"])
+    assert tokens.numpy()[0].tolist() == [b"C1=a", b"C2=", b"C3="]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="more than one value"):
+        preprocessing.dense_columns([tf.SparseTensor([[0, 0], [0, 1]], [b"a", b"b"], [1, 2])], b"", tf.string)

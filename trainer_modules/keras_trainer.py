@@ -87,15 +87,17 @@ def restore(model: tf.keras.Model, manager: tf.train.CheckpointManager, first_ba
 def run_fn(fn_args: FnArgs) -> None:
     inputs = training_setup.load_inputs(fn_args)
     config = inputs.config
+    # One Transform layer for training, validation and the export: each one loads the transform graph.
+    layer = inputs.transform_output.transform_features_layer()
     train = training_setup.make_dataset(fn_args.train_files, fn_args.data_accessor, inputs, config.batch_size,
-                                        train=True)
+                                        train=True, transform_layer=layer)
     warm_from, note = training_setup.warm_start_source(fn_args, inputs)
     resume_dir = resume.resume_dir(fn_args.model_run_dir, inputs.trainer, fn_args.custom_config[TRAINING_KEY],
                                    fn_args.train_steps, fn_args.train_files, fn_args.transform_output, warm_from)
     if config.cluster:
         model, measured = _train_on_cluster(fn_args, inputs, resume_dir, warm_from, next(iter(train))[0])
     else:
-        model, measured = _train_here(fn_args, inputs, resume_dir, warm_from, train)
+        model, measured = _train_here(fn_args, inputs, resume_dir, warm_from, train, layer)
     measured["warm_start_slots"] = config.warm_start_slots if warm_from else None
     training_setup.write_training_info(fn_args, inputs, warm_from, note, **measured)
     # The slots (2x the tables with Adam) only serve a later "carry" warm start;
@@ -103,15 +105,16 @@ def run_fn(fn_args: FnArgs) -> None:
     # A cluster's slots are per table shard: its export carries none.
     model.save(fn_args.serving_model_dir, save_format="tf",
                include_optimizer=config.warm_start_slots == "carry" and not config.cluster,
-               signatures=serving.keras_signatures(model, inputs.transform_output, inputs.spec))
+               signatures=serving.keras_signatures(model, inputs.transform_output, inputs.spec, layer))
     resume.finished(resume_dir)
 
 
-def _train_here(fn_args, inputs, resume_dir, warm_from, train):
+def _train_here(fn_args, inputs, resume_dir, warm_from, train, transform_layer):
     """One process (or MirroredStrategy over its GPUs): model.fit; returns the model and its record."""
     config = inputs.config
     strategy = training_setup.distribution_strategy(config.distribution) or tf.distribute.get_strategy()
-    evaluation = training_setup.make_dataset(fn_args.eval_files, fn_args.data_accessor, inputs, config.batch_size)
+    evaluation = training_setup.make_dataset(fn_args.eval_files, fn_args.data_accessor, inputs, config.batch_size,
+                                             transform_layer=transform_layer)
     with strategy.scope():
         model = build_model(inputs, fn_args.train_steps)
         manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model, optimizer=model.optimizer),
