@@ -58,9 +58,10 @@ def test_each_parameter_server_holds_a_shard_of_each_table(runs):
         assert sum(s["shape"][0] for s in parts.values()) == info["num_ids"]
         assert all(s["shape"] == [info["num_ids"] // 2, dim] for s in parts.values())
     # The chief and both workers trained; their steps add up to this run's (it resumed at a checkpoint),
-    # less the killed worker's last few: a task writes its count every 0.25 s.
+    # less what the killed worker ran after its count was last written (every 0.25 s; a run here has
+    # missed 1 step, a loaded machine runs fewer steps in that time than an idle one).
     assert set(info["cluster_steps"]) == {"chief", "worker0", "worker1"}
-    assert sum(info["cluster_steps"].values()) >= TRAIN_STEPS - info["resumed_from_step"] - 10
+    assert sum(info["cluster_steps"].values()) >= 0.9 * (TRAIN_STEPS - info["resumed_from_step"])
 
 
 def test_export_is_the_single_machine_model(runs):
