@@ -95,7 +95,7 @@ def run_fn(fn_args: FnArgs) -> None:
     resume_dir = resume.resume_dir(fn_args.model_run_dir, inputs.trainer, fn_args.custom_config[TRAINING_KEY],
                                    fn_args.train_steps, fn_args.train_files, fn_args.transform_output, warm_from)
     if config.cluster:
-        model, measured = _train_on_cluster(fn_args, inputs, resume_dir, warm_from, next(iter(train))[0])
+        model, measured = _train_on_cluster(fn_args, inputs, resume_dir, warm_from, next(iter(train))[0], layer)
     else:
         model, measured = _train_here(fn_args, inputs, resume_dir, warm_from, train, layer)
     measured["warm_start_slots"] = config.warm_start_slots if warm_from else None
@@ -145,7 +145,7 @@ def _train_here(fn_args, inputs, resume_dir, warm_from, train, transform_layer):
 
 # --- on a cluster: ParameterServerStrategy, its coordinator on the chief task ----------------------
 
-def _train_on_cluster(fn_args, inputs, resume_dir, warm_from, first_batch):
+def _train_on_cluster(fn_args, inputs, resume_dir, warm_from, first_batch, transform_layer):
     """The local cluster (or a TFJob) trains; this process then loads its last checkpoint into the
     single-machine model: one variable per table, no device placements, the same signatures."""
     config = inputs.config
@@ -158,7 +158,8 @@ def _train_on_cluster(fn_args, inputs, resume_dir, warm_from, first_batch):
         .assert_existing_objects_matched()
     # The validation the cluster did not run, logged for TensorBoard; it also builds the loss and AUC
     # trackers, so the export holds the same variables as a single process's.
-    model.evaluate(training_setup.make_dataset(fn_args.eval_files, fn_args.data_accessor, inputs, config.batch_size),
+    model.evaluate(training_setup.make_dataset(fn_args.eval_files, fn_args.data_accessor, inputs, config.batch_size,
+                                               transform_layer=transform_layer),
                    steps=fn_args.eval_steps, verbose=0,
                    callbacks=[tensorboard_callback(fn_args.model_run_dir, config)])
     step_end = local_cluster.last_checkpoint_step(resume_dir) or 0

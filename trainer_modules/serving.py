@@ -97,9 +97,9 @@ def raw_features_from_columns(columns: Dict[str, tf.Tensor], feature_spec: Dict,
 
 
 def keras_signatures(model: tf.keras.Model, transform_output: tft.TFTransformOutput, spec: FeatureSpec,
-                     transform_layer=None) -> Dict:
+                     transform_layer) -> Dict:
     # Tracked on the model so the Transform assets are saved with it.
-    model.tft_layer = transform_layer or transform_output.transform_features_layer()
+    model.tft_layer = transform_layer
     feature_spec = raw_feature_spec(transform_output, spec.label)
     specs = features_input_specs(feature_spec)
     names = list(specs)
