@@ -26,8 +26,6 @@ import os
 from typing import Any, Dict, Iterator, List, Set, Tuple
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 from tfx import types
 from tfx.dsl.components.base import base_component, base_executor, executor_spec
 from tfx.types import standard_artifacts
@@ -54,36 +52,6 @@ def _records(examples_uri: str, split: str, batch: int = READ_BATCH) -> Iterator
 def _decode(records: List[bytes]):
     from tfx_bsl.coders import example_coder
     return example_coder.ExamplesToRecordBatchDecoder().DecodeBatch(records)
-
-
-def _present_firsts(batch, name: str):
-    """(which rows have a value, their first values as an Arrow array); None when the column is absent."""
-    if name not in batch.schema.names:
-        return None
-    cells = batch.column(name)
-    present = pc.list_value_length(cells).fill_null(0).to_numpy(zero_copy_only=False) >= 1
-    return present, pc.list_element(cells.filter(pa.array(present)), 0)
-
-
-def _values(firsts) -> Any:
-    """An Arrow array's values as a list of str (bytes decoded) or a numpy array (numbers)."""
-    if pa.types.is_binary(firsts.type) or pa.types.is_large_binary(firsts.type):
-        return [v.decode("utf-8", "replace") for v in firsts.to_pylist()]
-    return firsts.to_numpy(zero_copy_only=False)
-
-
-def _first_values(batch, name: str, rows: int, missing) -> np.ndarray:
-    """Each row's first value of a column (`missing` where it has none)."""
-    column = np.full(rows, missing, dtype=object)
-    found = _present_firsts(batch, name)
-    if found is not None and found[0].any():
-        column[found[0]] = _values(found[1])
-    return column
-
-
-def _string_columns(batch, columns: List[str], rows: int) -> Dict[str, np.ndarray]:
-    """Each column's value per row as str ("" = missing)."""
-    return {name: _first_values(batch, name, rows, "").astype(str) for name in columns}
 
 
 def _column_dtypes(files: List[str], columns: List[str], probe: int = 1000) -> Dict[str, Any]:
@@ -160,13 +128,13 @@ def cold_keys(examples_uri: str, categorical: List[str], window_ids: Dict[str, S
     unseen_count: Dict[str, int] = {name: 0 for name in window_ids}
     rows_read = 0
     for records in _records(examples_uri, "eval"):
-        columns = _string_columns(_decode(records), categorical, len(records))
+        columns = paired_auc_metric.string_columns(_decode(records), categorical, len(records))
         cold = np.zeros(len(records), dtype=bool)
         for name, unseen in unseen_ids({c: columns[c] for c in window_ids}, window_ids).items():
             cold |= unseen
             unseen_count[name] += int(unseen.sum())
-        for values, is_cold in zip(zip(*(columns[c].tolist() for c in categorical)), cold.tolist()):
-            cold_by_key[paired_auc_metric.row_key(values)] = is_cold
+        for key, is_cold in zip(paired_auc_metric.row_keys(columns, categorical, len(records)), cold.tolist()):
+            cold_by_key[key] = is_cold
         rows_read += len(records)
     return cold_by_key, unseen_count, rows_read
 

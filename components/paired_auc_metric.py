@@ -14,10 +14,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Set
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import tensorflow_model_analysis as tfma
 from tensorflow_model_analysis import constants
 from tensorflow_model_analysis.metrics import metric_types, metric_util
@@ -26,12 +28,90 @@ from tensorflow_model_analysis.utils import model_util
 from deepfm_tfx import paired_auc
 
 NAME = "paired_auc_rows"
+# The extract custom_extractors adds: each row's key.
+ROW_KEY = "paired_auc_row_key"
+_FEATURES_STAGE = "ExtractFeatures"  # TFMA's FeaturesExtractor, which decodes the Arrow batch
 
 
 def row_key(values: Iterable[str]) -> int:
     """A row's categorical ids (first value per column, "" when missing) as a 64-bit key."""
     digest = hashlib.blake2b("\x1f".join(values).encode("utf-8", "surrogatepass"), digest_size=8).digest()
     return int.from_bytes(digest, "little")
+
+
+def _present_firsts(batch: pa.RecordBatch, name: str):
+    """(which rows have a value, their first values as an Arrow array); None when the column is absent."""
+    if name not in batch.schema.names or pa.types.is_null(batch.schema.field(name).type):
+        return None  # absent, or decoded without a schema and empty in every row of the batch
+    cells = batch.column(name)
+    present = pc.list_value_length(cells).fill_null(0).to_numpy(zero_copy_only=False) >= 1
+    return present, pc.list_element(cells.filter(pa.array(present)), 0)
+
+
+def _values(firsts: pa.Array) -> Any:
+    """An Arrow array's values as a list of str (bytes decoded) or a numpy array (numbers)."""
+    if pa.types.is_binary(firsts.type) or pa.types.is_large_binary(firsts.type):
+        return [v.decode("utf-8", "replace") for v in firsts.to_pylist()]
+    return firsts.to_numpy(zero_copy_only=False)
+
+
+def string_columns(batch: pa.RecordBatch, columns: List[str], rows: int) -> Dict[str, np.ndarray]:
+    """Each column's first value per row of decoded tf.Examples, as str ("" = missing)."""
+    out = {}
+    for name in columns:
+        column = np.full(rows, "", dtype=object)
+        found = _present_firsts(batch, name)
+        if found is not None and found[0].any():
+            column[found[0]] = _values(found[1])
+        out[name] = column.astype(str)
+    return out
+
+
+def row_keys(columns: Dict[str, np.ndarray], categorical: List[str], rows: int) -> List[int]:
+    """row_key of each row, from string_columns."""
+    if not categorical:
+        return [row_key(())] * rows
+    return [row_key(values) for values in zip(*(columns[c].tolist() for c in categorical))]
+
+
+def _slim(categorical: List[str], keep: Set[str]):
+    """A batch's extracts with each row's key added, and only the columns in `keep` left to decode
+    beside the serialized rows (which the model scores)."""
+    def slim(extracts):
+        batch = extracts.get(constants.ARROW_RECORD_BATCH_KEY)
+        if batch is None:  # not read through TFXIO: left whole, the metric keys rows from the features
+            return extracts
+        extracts = dict(extracts)
+        rows = batch.num_rows
+        extracts[ROW_KEY] = np.array(row_keys(string_columns(batch, categorical, rows), categorical, rows),
+                                     dtype=np.uint64)
+        names = [name for name in batch.schema.names if name in keep or name == constants.ARROW_INPUT_COLUMN]
+        extracts[constants.ARROW_RECORD_BATCH_KEY] = pa.RecordBatch.from_arrays(
+            [batch.column(name) for name in names], names=names)
+        return extracts
+    return slim
+
+
+def custom_extractors(eval_shared_model, eval_config, tensor_adapter_config):
+    """The Evaluator's extractors (TFX's Evaluator calls this by name, from its module_path):
+    TFMA's own, after a first step that keys each row and keeps only the columns the labels and
+    slices need. The model scores the serialized rows, and no metric reads a feature, yet TFMA
+    decoded all 40 columns and split them row by row: a quarter of the Evaluator's CPU."""
+    categorical: List[str] = []
+    for spec in eval_config.metrics_specs:
+        for metric in spec.metrics:
+            if metric.class_name == PairedAucRows.__name__:
+                categorical = json.loads(metric.config or "{}").get("categorical", [])
+    keep = {key for s in eval_config.slicing_specs for key in [*s.feature_keys, *s.feature_values]}
+    for model in eval_config.model_specs:
+        keep |= {model.label_key, *model.label_keys.values(), model.example_weight_key,
+                 *model.example_weight_keys.values()} - {""}
+    extractors = tfma.default_extractors(eval_shared_model=eval_shared_model, eval_config=eval_config,
+                                         tensor_adapter_config=tensor_adapter_config)
+    at = next(i for i, e in enumerate(extractors) if e.stage_name == _FEATURES_STAGE)
+    slim = tfma.extractors.Extractor(stage_name="KeyRowsAndKeepNeededColumns",
+                                     ptransform=beam.Map(_slim(categorical, keep)))
+    return extractors[:at] + [slim] + extractors[at:]
 
 
 def _first_value(value: Any) -> str:
@@ -89,8 +169,12 @@ class _PairedRow(metric_types.Preprocessor):
         label, new = self._label_and_prediction(extracts, self._model_name)
         baseline = (self._label_and_prediction(extracts, self._baseline_model_name)[1]
                     if self._baseline_model_name is not None else float("nan"))
-        features = extracts.get(constants.FEATURES_KEY) or {}
-        yield label, new, baseline, row_key([_first_value(features.get(name)) for name in self._categorical])
+        if ROW_KEY in extracts:
+            key = int(np.asarray(extracts[ROW_KEY]).reshape(-1)[0])
+        else:  # TFMA's own extractors, without custom_extractors
+            features = extracts.get(constants.FEATURES_KEY) or {}
+            key = row_key([_first_value(features.get(name)) for name in self._categorical])
+        yield label, new, baseline, key
 
 
 class _Rows:

@@ -73,7 +73,8 @@ def eval_config(label: str, min_auc: float, slices: Sequence[str] = (), categori
             # The floor judges the whole eval split; a small slice's AUC is too noisy to block on.
             tfma.MetricConfig(class_name="AUC", per_slice_thresholds=[
                 tfma.PerSliceMetricThreshold(slicing_specs=[tfma.SlicingSpec()], threshold=auc_threshold)]),
-            tfma.MetricConfig(class_name="BinaryCrossentropy"),
+            # TFMA's own (numpy per batch), not Keras's BinaryCrossentropy through a TF graph: the same value.
+            tfma.MetricConfig(class_name="BinaryCrossEntropy"),
             tfma.MetricConfig(class_name="Calibration"),
             tfma.MetricConfig(class_name="MeanLabel"),
             tfma.MetricConfig(class_name="MeanPrediction"),
@@ -238,7 +239,8 @@ def create_pipeline(
         model=trainer_component.outputs["model"],
         baseline_model=latest_blessed.outputs["model"],
         example_splits=["eval"],
-        eval_config=eval_config(spec.label, min_auc, spec.slices, spec.categorical))
+        eval_config=eval_config(spec.label, min_auc, spec.slices, spec.categorical),
+        module_path=paired_auc_metric.__name__)  # its custom_extractors
     paired_auc_gate = PairedAucGate(
         model=trainer_component.outputs["model"],
         baseline_model=latest_blessed.outputs["model"],

@@ -205,7 +205,7 @@ def _check_rows(files, spec, where: str) -> None:
     from deepfm_tfx.pipeline.pipeline import splits
 
     rows.check_files(files, spec, where)
-    hash_splits.check_counts(hash_splits.count_splits(files, spec, splits()), where)
+    hash_splits.check_splits(files, spec, splits(), where)
 
 
 def store_layout(url: str, spec) -> Tuple[str, Optional[int]]:
