@@ -22,7 +22,7 @@ Outputs, keyed by the raw column names:
   label        -> int64 [batch]
 """
 import contextlib
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -75,25 +75,42 @@ def _lookup_counted(keys: tf.Tensor, vocabulary_path):
     return table.lookup(keys), table.size()
 
 
-def _admission_vocabularies(spec: FeatureSpec, values: Dict[str, tf.Tensor]) -> Dict[int, Tuple[List[str], Any]]:
-    """min_count -> (its fields, the vocabulary of their counted keys): the admission analyzers."""
+class _Group(NamedTuple):
+    """The admitted fields of one min_count, their keys hashed once for the analyzer and the lookups."""
+    columns: List[int]  # its categorical fields' columns in the [batch, fields] tokens
+    keys: Optional[tf.Tensor]  # their keys, [batch, len(columns)]
+    multi: Dict[str, tf.Tensor]  # a multivalent field's keys, one per token
+    vocabulary: Any  # the keys seen at least min_count times in the window, with their counts
+
+
+def _admission(spec: FeatureSpec, names: Sequence[str], tokens: Optional[tf.Tensor],
+               multi: Dict[str, tf.SparseTensor]) -> List[_Group]:
+    """One counting analyzer per min_count over its fields' keys, and the keys themselves."""
     from deepfm_tfx.trainer_modules import key_counts  # Beam: only where Transform runs
     place = {name: i for i, name in enumerate(spec.id_fields)}
-    vocabularies = {}
+
+    def totals(field_index, keys):  # one total key per token: its count is the field's occurrences
+        return tf.broadcast_to(tf.constant(field_index << ADMISSION_FIELD_BITS | ADMISSION_TOTAL_KEY, tf.int64),
+                               tf.shape(keys))
+    groups = []
     for min_count, fields in admission_groups(spec).items():
-        keys = {f: admission_keys(place[f], values[f]) for f in fields}
-        # One total key per token: its count is the field's occurrences, for the rare-row share.
-        totals = [tf.fill(tf.shape(keys[f]), tf.constant(place[f] << ADMISSION_FIELD_BITS | ADMISSION_TOTAL_KEY,
-                                                           tf.int64)) for f in fields]
-        vocabularies[min_count] = (fields, key_counts.counted_vocabulary(
-            tf.concat([keys[f] for f in fields] + totals, axis=0), min_count, f"{ADMITTED_IDS_ASSET_PREFIX}{min_count}"))
-    return vocabularies
+        columns = [i for i, n in enumerate(names) if n in fields]
+        keys, counted = None, []
+        if columns:
+            group = tokens if columns == list(range(len(names))) else tf.gather(tokens, columns, axis=1)
+            field_index = np.array([place[names[i]] for i in columns], np.int64)
+            keys = admission_keys(field_index, group)
+            counted += [keys, totals(field_index, keys)]
+        multi_keys = {f: admission_keys(place[f], multi[f].values) for f in fields if f in multi}
+        for f, k in multi_keys.items():
+            counted += [k, totals(place[f], k)]
+        vocabulary = key_counts.counted_vocabulary(tf.concat([tf.reshape(c, [-1]) for c in counted], axis=0),
+                                                   min_count, f"{ADMITTED_IDS_ASSET_PREFIX}{min_count}")
+        groups.append(_Group(columns, keys, multi_keys, vocabulary))
+    return groups
 
 
-def _admitted(spec: FeatureSpec, vocabularies, field: str, tokens: tf.Tensor) -> tf.Tensor:
-    """A bool per token of one field: seen at least its min_count times in the window."""
-    vocabulary = next(v for fields, v in vocabularies.values() if field in fields)
-    keys = admission_keys(spec.id_fields.index(field), tokens)
+def _is_admitted(keys: tf.Tensor, vocabulary) -> tf.Tensor:
     return tft.apply_vocabulary(keys, vocabulary, lookup_fn=_lookup_counted) >= 0
 
 
@@ -146,23 +163,20 @@ def categorical_tokens(inputs: Dict[str, Any], names: Sequence[str]) -> tf.Tenso
     return tf.strings.join([tf.broadcast_to(prefixes, tf.shape(dense)), dense])
 
 
-def categorical_ids(spec: FeatureSpec, names: Sequence[str], tokens: tf.Tensor, to_ids, vocabularies,
+def categorical_ids(spec: FeatureSpec, names: Sequence[str], tokens: tf.Tensor, to_ids, groups: List[_Group],
                     table_rows: Any) -> Dict[str, tf.Tensor]:
-    """{field: int64 id [batch]} for the [batch, fields] tokens: one id lookup, and per
-    admission group one key hash and one table lookup, for all the fields."""
+    """{field: int64 id [batch]} for the [batch, fields] tokens: one id lookup, and one table
+    lookup per admission group, for all the fields."""
     ids = to_ids(tokens)
     column = {}  # field -> its column in `admitted`; 0: always admitted
     parts = [tf.fill(tf.stack([tf.shape(tokens)[0], 1]), True)]
     width = 1
-    for fields, vocabulary in vocabularies.values():
-        cols = [i for i, n in enumerate(names) if n in fields]
-        if not cols:
+    for group in groups:
+        if not group.columns:
             continue
-        group = tokens if cols == list(range(len(names))) else tf.gather(tokens, cols, axis=1)
-        keys = admission_keys(np.array([spec.id_fields.index(names[i]) for i in cols], np.int64), group)
-        parts.append(tft.apply_vocabulary(keys, vocabulary, lookup_fn=_lookup_counted) >= 0)
-        column.update({names[i]: width + k for k, i in enumerate(cols)})
-        width += len(cols)
+        parts.append(_is_admitted(group.keys, group.vocabulary))
+        column.update({names[i]: width + k for k, i in enumerate(group.columns)})
+        width += len(group.columns)
     if column:
         if len(parts) == 2 and width == len(names) + 1:  # one group, every field, in order
             admitted = parts[1]
@@ -240,22 +254,22 @@ def preprocessing_fn(inputs: Dict[str, Any], custom_config: Dict[str, Any]) -> D
             frequency_threshold=spec.vocabulary_min_count, vocab_filename=VOCABULARY)
         to_ids = lambda t: tft.apply_vocabulary(t, vocabulary, num_oov_buckets=spec.oov_buckets)  # noqa: E731
 
-    vocabularies = _admission_vocabularies(spec, {**{n: tokens[:, i] for i, n in enumerate(names)},
-                                                  **{n: t.values for n, t in multi.items()}})
-    if vocabularies and spec.categorical_encoding != "hash":
+    groups = _admission(spec, names, tokens, multi)
+    if groups and spec.categorical_encoding != "hash":
         table_rows = tf.cast(tft.experimental.get_vocabulary_size_by_name(VOCABULARY), tf.int64) + spec.oov_buckets
 
-    def admit(name: str, ids: tf.Tensor, tokens: tf.Tensor) -> tf.Tensor:
-        if name not in spec.admitted_fields:
+    def admit(name: str, ids: tf.Tensor) -> tf.Tensor:
+        group = next((g for g in groups if name in g.multi), None)
+        if group is None:
             return ids
         rare = table_rows + spec.admitted_fields.index(name)
-        return tf.where(_admitted(spec, vocabularies, name, tokens), ids, tf.cast(rare, tf.int64))
+        return tf.where(_is_admitted(group.multi[name], group.vocabulary), ids, tf.cast(rare, tf.int64))
 
     if names:
-        outputs.update(categorical_ids(spec, names, tokens, to_ids, vocabularies, table_rows))
+        outputs.update(categorical_ids(spec, names, tokens, to_ids, groups, table_rows))
     for m in spec.multivalent:
         ids = to_ids(multi[m.name])
-        ids = tf.SparseTensor(ids.indices, admit(m.name, ids.values, multi[m.name].values), ids.dense_shape)
+        ids = tf.SparseTensor(ids.indices, admit(m.name, ids.values), ids.dense_shape)
         batch = ids.dense_shape[0]
         kept = tf.sparse.slice(ids, [0, 0], [batch, m.max_length])  # drop tokens past max_length
         kept = tf.SparseTensor(kept.indices, kept.values, [batch, m.max_length])
