@@ -61,13 +61,21 @@ def split_file(path: str, spec: FeatureSpec, splits: Sequence[Split],
 Counts = Dict[str, Dict[int, int]]  # split name -> label -> rows
 
 
+def _count(counts: Counts, batch: pa.RecordBatch, spec: FeatureSpec, splits: Sequence[Split]) -> None:
+    """Adds one batch's rows to each split's label counts."""
+    which = split_indices(example_encoder.encode(batch, spec), batch, spec, splits)
+    labels = batch.column(spec.label).to_numpy(zero_copy_only=False)
+    for i, split in enumerate(splits):
+        for y in csv_rows.LABELS:
+            counts[split.name][y] += int(np.count_nonzero((which == i) & (labels == y)))
+
+
 def count_splits(files: Sequence[str], spec: FeatureSpec, splits: Sequence[Split]) -> Counts:
     """Reads every row (so every bad value is found) and counts each split's labels."""
     counts: Counts = {s.name: {y: 0 for y in csv_rows.LABELS} for s in splits}
     for path in files:
-        for i, _, labels in split_file(path, spec, splits, shuffle=False):
-            for y in csv_rows.LABELS:
-                counts[splits[i].name][y] += int(np.count_nonzero(labels == y))
+        for batch in rows.read_batches(path, spec):
+            _count(counts, batch, spec, splits)
     return counts
 
 
@@ -86,21 +94,27 @@ def _distinct_per_label(batch: pa.RecordBatch, label: str) -> Dict[int, int]:
 
 
 def check_splits(files: Sequence[str], spec: FeatureSpec, splits: Sequence[Split], where: str) -> None:
-    """Refuses a bad value, or a span too small to split (check_counts). The splits are counted
-    exactly only where chance could leave one short: when no batch alone holds enough distinct
-    rows of each label to make that impossible, or with a split_key, which sends whole groups
-    of rows to one split."""
+    """Refuses a bad value, or a span too small to split (check_counts), in one read. The splits
+    are counted exactly only where chance could leave one short: until one batch alone holds
+    enough distinct rows of each label to make that impossible, and always with a split_key,
+    which sends whole groups of rows to one split."""
     smallest = min(s.hash_buckets for s in splits) / sum(s.hash_buckets for s in splits)
     need = SURE_ROWS_PER_LABEL / smallest
     # The most distinct rows of each label in any one batch: a lower bound on the span's.
     seen = {y: 0 for y in csv_rows.LABELS}
+    counts: Counts = {s.name: {y: 0 for y in csv_rows.LABELS} for s in splits}
+
+    def sure() -> bool:
+        return not spec.split_key and min(seen.values()) >= need
     for path in files:
-        for batch in rows.read_batches(path, spec):
-            if not spec.split_key and min(seen.values()) < need:
+        for batch in rows.read_batches(path, spec):  # read on when sure: a bad value is still found
+            if not spec.split_key and not sure():
                 for y, n in _distinct_per_label(batch, spec.label).items():
                     seen[y] = max(seen[y], n)
-    if spec.split_key or min(seen.values()) < need:
-        check_counts(count_splits(files, spec, splits), where)
+            if not sure():  # so, never sure, every batch was counted
+                _count(counts, batch, spec, splits)
+    if not sure():
+        check_counts(counts, where)
 
 
 def check_counts(counts: Counts, where: str) -> None:
