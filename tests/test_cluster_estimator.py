@@ -37,7 +37,7 @@ def runs(tmp_path_factory):
     single = local.run(run_config(root, str(root / "data")))
     # Checkpoints every 50 steps: the kills come early, and the Trainer re-runs (its inputs otherwise unchanged).
     config = run_config(root, str(root / "data"), cluster=CLUSTER, checkpoint_every_steps=50)
-    clustered, info = faults_then_killed_worker(config, TRAIN_STEPS, 20)
+    clustered, info = faults_then_killed_worker(config, TRAIN_STEPS, 20, paused=("worker0", "worker1"))
     return root, single, clustered, info
 
 
