@@ -36,8 +36,10 @@ def runs(tmp_path_factory):
     generator.generate(str(root / "data"), rows=40000, spans=1, seed=5)  # 4,000 eval rows: AUC noise below 0.01
     single = local.run(run_config(root, str(root / "data")))
     # Checkpoints every 50 steps: the kills come early, and the Trainer re-runs (its inputs otherwise unchanged).
+    # Each start's first checkpoint comes within a few intervals, busy cores or not: workers wait for the
+    # chief's first step (they ran 431 to 1,002 steps ahead of it before).
     config = run_config(root, str(root / "data"), cluster=CLUSTER, checkpoint_every_steps=50)
-    clustered, info = faults_then_killed_worker(config, TRAIN_STEPS, 20, paused=("worker0", "worker1"))
+    clustered, info = faults_then_killed_worker(config, TRAIN_STEPS, 20, first_checkpoint_within=200)
     return root, single, clustered, info
 
 

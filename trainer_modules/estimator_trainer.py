@@ -204,6 +204,27 @@ class _RecordTableShards(tf.compat.v1.train.SessionRunHook):
             and not contracts.is_slot_name(v.op.name) and "/Adam" not in v.op.name})
 
 
+class _AfterTheChiefsFirstStep(tf.compat.v1.train.SessionRunHook):
+    """A worker trains once the global step has moved since it joined. At a (re)start the chief writes
+    its graph and fills its input pipeline before its first step, and its checkpoints come only from
+    its own steps: workers that ran meanwhile outran the checkpoint interval (431 steps, once all
+    1,002, with the cores busy), so a parameter server lost then took all of it."""
+
+    def __init__(self, max_steps: int, timeout_secs: float = 300.0):
+        self.max_steps, self.timeout_secs = max_steps, timeout_secs
+
+    def begin(self):
+        self._global_step = tf.compat.v1.train.get_global_step()
+
+    def after_create_session(self, session, coord):
+        joined = session.run(self._global_step)
+        deadline = time.monotonic() + self.timeout_secs  # a lost chief fails the run; this only bounds the wait
+        while joined < self.max_steps and time.monotonic() < deadline:
+            if session.run(self._global_step) > joined:
+                return
+            time.sleep(0.1)
+
+
 def run_cluster_task(task: dict) -> None:
     """A chief's or a worker's part (cluster_task.py); TF_CONFIG names the task."""
     fn_args = cluster_training.task_fn_args(task)
@@ -216,6 +237,8 @@ def run_cluster_task(task: dict) -> None:
     hooks = [_TaskProgress(cluster_training.progress_path(task, name))]
     if run_config.is_chief:
         hooks.append(_RecordTableShards(task))
+    else:
+        hooks.append(_AfterTheChiefsFirstStep(fn_args.train_steps))
     tf.estimator.train_and_evaluate(
         estimator,
         tf.estimator.TrainSpec(_input_fn(fn_args, inputs, fn_args.train_files, train=True),
