@@ -43,12 +43,10 @@ def split_indices(examples: pa.Array, batch: pa.RecordBatch, spec: FeatureSpec,
     return np.searchsorted(ends, buckets, side="right")
 
 
-def split_file(path: str, spec: FeatureSpec, splits: Sequence[Split],
-               shuffle: bool = True) -> Iterator[Tuple[int, List[bytes], np.ndarray]]:
-    """Per Arrow block: (split index, its serialized Examples, their labels) for each split."""
+def split_file(path: str, spec: FeatureSpec, splits: Sequence[Split]) -> Iterator[Tuple[int, List[bytes], np.ndarray]]:
+    """Per Arrow block, shuffled: (split index, its serialized Examples, their labels) for each split."""
     for block, batch in enumerate(rows.read_batches(path, spec)):
-        if shuffle:
-            batch = csv_rows.shuffled(batch, path, block)
+        batch = csv_rows.shuffled(batch, path, block)
         examples = example_encoder.encode(batch, spec)
         which = split_indices(examples, batch, spec, splits)
         labels = batch.column(spec.label).to_numpy(zero_copy_only=False)
