@@ -135,3 +135,56 @@ def test_estimator_run_pushes_a_model_with_the_same_signature(tmp_path_factory, 
     servable = Servable(config.model_name, 1, summary["pushed_path"]).load()
     np.testing.assert_allclose(servable.signature("features").run(feeds, batch=False)["click_probability"],
                                est_probs, rtol=1e-5, atol=1e-7)
+
+
+def test_statistics_on_local_workers_equal_one_process(keras_run, tmp_path, monkeypatch):
+    """A span big enough for Beam's local workers (here: any span) gets the statistics one process gives."""
+    import glob
+    import tensorflow_data_validation as tfdv
+    from tfx.components.statistics_gen import executor as tfx_statistics
+    from tfx.types import artifact_utils, standard_artifacts
+    from deepfm_tfx.components import beam_workers
+    from deepfm_tfx.pipeline.pipeline import statistics_options
+
+    config = keras_run[0]
+    examples = standard_artifacts.Examples()
+    examples.uri = glob.glob(os.path.join(config.pipeline_root, "SpecCsvExampleGen", "examples", "*"))[0]
+    examples.split_names = artifact_utils.encode_split_names(["train", "eval"])
+    properties = {"stats_options_json": statistics_options().to_json(), "exclude_splits": "[]"}
+    monkeypatch.setattr(beam_workers, "MIN_BYTES", 0)
+    monkeypatch.setattr(beam_workers, "usable_cpus", lambda: 2)
+    stats = {}
+    for name, executor in (("workers", beam_workers.StatisticsExecutor()), ("one", tfx_statistics.Executor())):
+        out = standard_artifacts.ExampleStatistics()
+        out.uri = str(tmp_path / name)
+        executor.Do({"examples": [examples]}, {"statistics": [out]}, properties)
+        stats[name] = {split: tfdv.load_stats_binary(os.path.join(out.uri, f"Split-{split}", "FeatureStats.pb"))
+                       for split in ("train", "eval")}
+    assert beam_workers.workers([], beam_workers.local_bytes([examples]), 2) == 2  # so workers ran
+    for split in ("train", "eval"):
+        ours, theirs = (stats[k][split].datasets[0] for k in ("workers", "one"))
+        assert ours.num_examples == theirs.num_examples > 100
+        ours = {f.path.step[0]: f for f in ours.features}
+        theirs = {f.path.step[0]: f for f in theirs.features}
+        assert set(ours) == set(theirs)
+        for name, feature in theirs.items():
+            if feature.HasField("num_stats"):
+                assert ours[name].num_stats.mean == pytest.approx(feature.num_stats.mean, rel=1e-9)
+                assert ours[name].num_stats.num_zeros == feature.num_stats.num_zeros
+                assert ours[name].num_stats.common_stats.num_missing == feature.num_stats.common_stats.num_missing
+            else:
+                assert ours[name].string_stats.common_stats.num_non_missing == \
+                    feature.string_stats.common_stats.num_non_missing
+                # Sketches merged across workers: estimates, close to one process's.
+                assert ours[name].string_stats.unique == pytest.approx(feature.string_stats.unique, rel=0.05)
+                assert ours[name].string_stats.top_values[0].value == feature.string_stats.top_values[0].value
+
+
+def test_local_workers_only_for_a_big_local_span_and_beams_own_choice_wins():
+    from deepfm_tfx.components.beam_workers import MAX_WORKERS, MIN_BYTES, workers
+    assert workers([], MIN_BYTES, 2) == 2 and workers([], MIN_BYTES, 64) == MAX_WORKERS
+    assert workers([], MIN_BYTES - 1, 2) == 0  # small: starting the workers would cost more
+    assert workers([], None, 2) == 0  # in an object store: Beam's default
+    assert workers([], MIN_BYTES, 1) == 0
+    assert workers(["--direct_num_workers=3"], MIN_BYTES, 2) == 0
+    assert workers(["--runner=DataflowRunner"], MIN_BYTES, 2) == 0
