@@ -27,6 +27,18 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
     assert digest(tmp_path / "a") != digest(tmp_path / "c")
 
 
+@pytest.mark.parametrize("profile", ["small", "criteo"])
+def test_files_written_by_worker_processes_are_the_bytes_of_one_process(tmp_path, monkeypatch, profile):
+    # Several files per span, so the worker processes write them; a planted broken and shuffled week too.
+    monkeypatch.setattr(generator, "_ROWS_PER_FILE", 700)
+    options = dict(rows=2000, spans=3, seed=4, shuffle_labels_span=2, broken_column_span=3, profile=profile)
+    parallel = generator.generate(str(tmp_path / "parallel"), **options)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    serial = generator.generate(str(tmp_path / "serial"), **options)
+    assert len(os.listdir(tmp_path / "serial" / "span-2")) == 3 + 1  # three files and bayes.json
+    assert digest(tmp_path / "parallel") == digest(tmp_path / "serial") and parallel == serial
+
+
 def test_later_span_does_not_depend_on_how_many_were_generated(tmp_path):
     generator.generate(str(tmp_path / "all"), rows=1000, spans=3, seed=1)
     generator.generate(str(tmp_path / "only3"), rows=1000, spans=1, seed=1, first_span=3)
