@@ -82,17 +82,21 @@ class _LocalWorkers:
         n = workers(self._beam_pipeline_args, self._input_bytes, usable_cpus())
         if not n or self._make_beam_pipeline_fn is not None:
             return super()._make_beam_pipeline()
-        import apache_beam as beam
-        from apache_beam.options.pipeline_options import PipelineOptions
-        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-        from apache_beam.transforms import environments
-
         logging.info("%s: %d local Beam worker processes", type(self).__name__, n)
-        # What --direct_running_mode=multi_processing does, with our worker main.
-        runner = FnApiRunner(default_environment=environments.SubprocessSDKEnvironment.from_command_string(
-            f"{sys.executable} -m {beam_worker_main.__name__}"))
-        return beam.Pipeline(runner=runner, options=PipelineOptions(
-            list(self._beam_pipeline_args) + [f"--direct_num_workers={n}"]))
+        return local_pipeline(self._beam_pipeline_args, n)
+
+
+def local_pipeline(beam_args: Sequence[str], n: int):
+    """A Beam pipeline on `n` local worker processes: what --direct_running_mode=multi_processing
+    does, with our worker main."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    from apache_beam.transforms import environments
+
+    runner = FnApiRunner(default_environment=environments.SubprocessSDKEnvironment.from_command_string(
+        f"{sys.executable} -m {beam_worker_main.__name__}"))
+    return beam.Pipeline(runner=runner, options=PipelineOptions(list(beam_args) + [f"--direct_num_workers={n}"]))
 
 
 class StatisticsExecutor(_LocalWorkers, statistics_gen_executor.Executor):

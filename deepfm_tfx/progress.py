@@ -3,7 +3,8 @@
 Code that does the work adds to a tally, a running total kept for this
 process: ExampleGen's writer adds the rows of each block it writes
 and each file it finishes (`INGEST`), the console counts the TFRecord rows Beam reads (`READS`,
-StatisticsGen, Transform, Evaluator), the trainers' callback and hook set
+StatisticsGen, Transform, Evaluator; Beam's local worker processes count
+theirs into files the console adds up), the trainers' callback and hook set
 the step, loss and AUC (`TRAINING`). Under `deepfm-tfx run` every component
 runs in the console's process (LocalDagRunner), so its ticker reads these
 tallies and draws them. On Kubeflow or Airflow nobody reads them, so a tally
@@ -259,3 +260,97 @@ def current(since: float) -> Optional[Tally]:
     fresh = [t for t in TALLIES if t.updated_at is not None and t.updated_at >= since]
     return max(fresh, key=lambda t: t.updated_at) if fresh else None
 
+
+
+# --- Beam's TFRecord reads, counted -----------------------------------------------------------------
+
+class _ReadCounter:
+    """Records read, one cell per reading thread: no lock on a path taken per row."""
+
+    def __init__(self):
+        self._local = threading.local()
+        self._cells = []
+
+    def inc(self) -> None:
+        cell = getattr(self._local, "cell", None)
+        if cell is None:
+            cell = self._local.cell = [0]
+            self._cells.append(cell)
+        cell[0] += 1
+
+    def total(self) -> int:
+        return sum(cell[0] for cell in list(self._cells))
+
+
+BEAM_READS = _ReadCounter()
+# A folder where Beam's local worker processes (components/beam_workers.py) each keep their
+# count, in a file named by their pid, for the console to add to this process's.
+WORKER_READS_ENV = "DEEPFM_TFX_WORKER_READS"
+
+
+def count_beam_reads() -> bool:
+    """Counts every TFRecord record Beam reads in this process into BEAM_READS.
+
+    StatisticsGen, Transform and the Evaluator read their examples through
+    tfx_bsl, which reads with Beam's ReadFromTFRecord; DirectRunner's Beam
+    metrics only arrive when a pipeline ends, so this wraps the one function
+    that reads a record. Beam 2.59's private name: if it moves, these
+    components show their elapsed time only (tests/test_progress.py notices).
+    """
+    try:
+        from apache_beam.io import tfrecordio
+        original = tfrecordio._TFRecordUtil.__dict__["read_record"].__func__
+    except (ImportError, AttributeError, KeyError):
+        return False
+    if getattr(original, "counted", False):
+        return True
+
+    def read_record(cls, file_handle):
+        record = original(cls, file_handle)
+        if record is not None:
+            BEAM_READS.inc()
+        return record
+    read_record.counted = True
+    tfrecordio._TFRecordUtil.read_record = classmethod(read_record)
+    return True
+
+
+def worker_reads() -> int:
+    """What the worker processes counted into WORKER_READS_ENV's folder, ended ones included."""
+    folder = os.environ.get(WORKER_READS_ENV)
+    try:
+        names = [name for name in os.listdir(folder) if name.isdigit()] if folder else []
+    except OSError:
+        return 0
+    total = 0
+    for name in names:
+        try:
+            with open(os.path.join(folder, name)) as f:
+                total += int(f.read() or 0)
+        except (OSError, ValueError):
+            pass
+    return total
+
+
+def publish_worker_reads(every: float = 0.5) -> Callable[[], None]:
+    """In a worker process, when the console asked for it: counts its reads and writes the count
+    to its file every `every` seconds. Returns the last write, for the worker's exit."""
+    folder = os.environ.get(WORKER_READS_ENV)
+    if not folder or not os.path.isdir(folder) or not count_beam_reads():
+        return lambda: None
+    path = os.path.join(folder, str(os.getpid()))
+
+    def write() -> None:
+        try:
+            with open(path + ".tmp", "w") as f:
+                f.write(str(BEAM_READS.total()))
+            os.replace(path + ".tmp", path)  # never a half-written number
+        except OSError:
+            pass
+
+    def loop() -> None:
+        while True:
+            time.sleep(every)
+            write()
+    threading.Thread(target=loop, name="deepfm-tfx-worker-reads", daemon=True).start()
+    return write

@@ -37,54 +37,9 @@ def silence_before_imports(verbose: bool) -> None:
         warnings.filterwarnings("ignore")
 
 
-# --- Beam's TFRecord reads, counted ---------------------------------------------------------------
-
-class _ReadCounter:
-    """Records read, one cell per reading thread: no lock on a path taken per row."""
-
-    def __init__(self):
-        self._local = threading.local()
-        self._cells = []
-
-    def inc(self) -> None:
-        cell = getattr(self._local, "cell", None)
-        if cell is None:
-            cell = self._local.cell = [0]
-            self._cells.append(cell)
-        cell[0] += 1
-
-    def total(self) -> int:
-        return sum(cell[0] for cell in list(self._cells))
-
-
-BEAM_READS = _ReadCounter()
-
-
-def count_beam_reads() -> bool:
-    """Counts every TFRecord record Beam reads in this process into BEAM_READS.
-
-    StatisticsGen, Transform and the Evaluator read their examples through
-    tfx_bsl, which reads with Beam's ReadFromTFRecord; DirectRunner's Beam
-    metrics only arrive when a pipeline ends, so this wraps the one function
-    that reads a record. Beam 2.59's private name: if it moves, these
-    components show their elapsed time only (tests/test_progress.py notices).
-    """
-    try:
-        from apache_beam.io import tfrecordio
-        original = tfrecordio._TFRecordUtil.__dict__["read_record"].__func__
-    except (ImportError, AttributeError, KeyError):
-        return False
-    if getattr(original, "counted", False):
-        return True
-
-    def read_record(cls, file_handle):
-        record = original(cls, file_handle)
-        if record is not None:
-            BEAM_READS.inc()
-        return record
-    read_record.counted = True
-    tfrecordio._TFRecordUtil.read_record = classmethod(read_record)
-    return True
+# Kept in deepfm_tfx.progress, where Beam's worker processes count too.
+BEAM_READS = progress.BEAM_READS
+count_beam_reads = progress.count_beam_reads
 
 
 # --- outputs --------------------------------------------------------------------------------------
@@ -212,7 +167,7 @@ class ComponentProgress(logging.Handler):
 
     # What the running component is doing.
     def detail(self, now: Optional[float] = None, final: bool = False) -> Optional[str]:
-        reads = BEAM_READS.total() - self._reads_base
+        reads = BEAM_READS.total() + progress.worker_reads() - self._reads_base
         if reads and reads != progress.READS.values.get("rows"):
             progress.READS.set(rows=reads)
         since = self.started.get(self.current) if self.current is not None else None
@@ -270,7 +225,7 @@ class ComponentProgress(logging.Handler):
         if self.current is not None:  # the previous one raised: TFX logs no "finished" for it
             self._finish(self.current, failed=True)
         progress.reset_all()
-        self._reads_base = BEAM_READS.total()
+        self._reads_base = BEAM_READS.total() + progress.worker_reads()
         self.current = node
         self.started[node] = self._last_line = time.monotonic()
         self.output.started(node)
@@ -360,6 +315,17 @@ def explained(exc: Optional[BaseException]) -> bool:
     return False
 
 
+def _count_worker_reads() -> None:
+    """Gives Beam's local worker processes, which inherit the environment, a folder for their counts."""
+    import shutil
+    import tempfile
+    if os.environ.get(progress.WORKER_READS_ENV):
+        return
+    folder = tempfile.mkdtemp(prefix="deepfm-tfx-reads-")
+    os.environ[progress.WORKER_READS_ENV] = folder
+    atexit.register(shutil.rmtree, folder, True)
+
+
 def configure_logging(verbose: bool, quiet: bool = False, every: Optional[float] = None) -> ComponentProgress:
     """TFX's component lines feed the progress display; the rest of TF, Beam and absl is off unless verbose.
 
@@ -374,6 +340,7 @@ def configure_logging(verbose: bool, quiet: bool = False, every: Optional[float]
     progress.LOGGER.setLevel(logging.WARNING)
     if not quiet:
         count_beam_reads()
+        _count_worker_reads()
     absl_logger = logging.getLogger("absl")
     saved = absl_logger.handlers[:], absl_logger.propagate, absl_logger.level
 

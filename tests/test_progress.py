@@ -170,6 +170,23 @@ def test_beam_reads_are_counted(tmp_path):
     assert console.BEAM_READS.total() - before == 137
 
 
+def test_beam_reads_in_local_worker_processes_are_counted(tmp_path, monkeypatch):
+    """A big span's StatisticsGen and Transform read in Beam's worker processes: their rows still show."""
+    import apache_beam as beam
+    from deepfm_tfx.components import beam_workers
+    path = str(tmp_path / "rows")
+    with beam.Pipeline() as p:
+        _ = p | beam.Create([b"%d" % i for i in range(137)]) | beam.io.WriteToTFRecord(path, num_shards=2)
+    folder = tmp_path / "reads"
+    folder.mkdir()
+    monkeypatch.setenv(progress.WORKER_READS_ENV, str(folder))
+    here = console.BEAM_READS.total()
+    with beam_workers.local_pipeline([], 2) as p:
+        _ = p | beam.io.ReadFromTFRecord(path + "*") | beam.Map(len)
+    assert progress.worker_reads() == 137
+    assert console.BEAM_READS.total() == here and os.listdir(folder)  # read in the workers, not here
+
+
 def _raise_data_error(x):
     raise DataError("span-1/part-000.csv, row 5, column 'I5': expected a number, got 'many'")
 

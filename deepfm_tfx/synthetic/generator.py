@@ -298,14 +298,14 @@ def _write_parts(truth, rng: np.random.Generator, parts: List[Tuple[int, int]], 
     where the file starts, while this process only draws, to find where the next one starts
     (a sixth of the work): the same bytes as one process, in about half the time on 2 cores."""
     paths = [os.path.join(span_dir, f"part-{part:03d}.csv") for part, _ in parts]
+    import multiprocessing
     cpus = min(len(parts), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
-    if cpus < 2:
+    if cpus < 2 or multiprocessing.current_process().daemon:  # a daemon (a Celery task's) may not fork
         for (_, n), path in zip(parts, paths):
             yield _write_part(truth, rng, n, shuffle, broken, path)
         return
     import concurrent.futures
     import copy
-    import multiprocessing
     # spawn: the caller may hold TensorFlow's threads, which a fork would copy mid-flight.
     with concurrent.futures.ProcessPoolExecutor(cpus, mp_context=multiprocessing.get_context("spawn")) as pool:
         pending = []
