@@ -188,3 +188,19 @@ def test_local_workers_only_for_a_big_local_span_and_beams_own_choice_wins():
     assert workers([], MIN_BYTES, 1) == 0
     assert workers(["--direct_num_workers=3"], MIN_BYTES, 2) == 0
     assert workers(["--runner=DataflowRunner"], MIN_BYTES, 2) == 0
+
+
+def test_local_workers_respect_a_containers_cpu_quota(tmp_path):
+    from deepfm_tfx.components.beam_workers import usable_cpus
+    affinity = len(os.sched_getaffinity(0))
+    (tmp_path / "cpu.max").write_text("100000 100000\n")  # a pod limited to one CPU
+    assert usable_cpus(str(tmp_path)) == 1
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert usable_cpus(str(tmp_path)) == affinity
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("150000\n")  # cgroup v1, 1.5 CPUs
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert usable_cpus(str(tmp_path)) == 1
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert usable_cpus(str(tmp_path)) == affinity
