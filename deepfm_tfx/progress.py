@@ -261,7 +261,6 @@ def current(since: float) -> Optional[Tally]:
     return max(fresh, key=lambda t: t.updated_at) if fresh else None
 
 
-
 # --- Beam's TFRecord reads, counted -----------------------------------------------------------------
 
 class _ReadCounter:

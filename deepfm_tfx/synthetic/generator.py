@@ -249,7 +249,8 @@ def generate(out_dir: str, rows: int, spans: int = 1, seed: int = 42, drift: flo
         rng = np.random.default_rng([seed, span])
         span_dir = span_folder(out_dir, span)
         os.makedirs(span_dir, exist_ok=True)
-        parts = [(part, min(_ROWS_PER_FILE, rows - start)) for part, start in enumerate(range(0, rows, _ROWS_PER_FILE))]
+        parts = [(part, min(_ROWS_PER_FILE, rows - start))
+                 for part, start in enumerate(range(0, rows, _ROWS_PER_FILE))]
         all_labels, all_probs = [], []
         for labels, prob in _write_parts(truth, rng, parts, span_dir, shuffle=span == shuffle_labels_span,
                                          broken=span == broken_column_span):
@@ -296,9 +297,10 @@ def _write_parts(truth, rng: np.random.Generator, parts: List[Tuple[int, int]], 
     """(labels, prob) of each file, in order, the files drawn from the span's one stream. With
     several files and CPUs each file is written by a worker process from a copy of the stream
     where the file starts, while this process only draws, to find where the next one starts
-    (a sixth of the work): the same bytes as one process, in about half the time on 2 cores."""
-    paths = [os.path.join(span_dir, f"part-{part:03d}.csv") for part, _ in parts]
+    (a sixth of the work): the same bytes as one process (500k rows: 15.9 s -> 11.9 s on 2
+    cores). At most one file per CPU is in memory, so memory does not grow with the span."""
     import multiprocessing
+    paths = [os.path.join(span_dir, f"part-{part:03d}.csv") for part, _ in parts]
     cpus = min(len(parts), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
     if cpus < 2 or multiprocessing.current_process().daemon:  # a daemon (a Celery task's) may not fork
         for (_, n), path in zip(parts, paths):
@@ -316,6 +318,7 @@ def _write_parts(truth, rng: np.random.Generator, parts: List[Tuple[int, int]], 
             _skip_part(truth, rng, n, shuffle)
         for future in pending:
             yield future.result()
+
 
 def bayes_of_rows(report: Dict, chunks: Iterable[Tuple[Dict[str, np.ndarray], np.ndarray]]) -> Dict[str, float]:
     """The Bayes-optimal AUC and logloss on given rows of a span (e.g. the held-out
