@@ -30,36 +30,13 @@ from tfx.dsl.components.base import executor_spec
 from tfx.types import standard_component_specs
 
 from deepfm_tfx.components import beam_worker_main
+from deepfm_tfx.cpus import usable_cpus
 
 # 32 MB of GZIP tf.Examples is about 200k criteo rows: at 500k the workers saved 9 s of
 # StatisticsGen's 32 on 2 cores; at 3k rows they would cost more than the whole component.
 MIN_BYTES = 32 << 20
 MAX_WORKERS = 4
 _BEAM_OWN = ("--direct_running_mode", "--direct_num_workers", "--runner")
-
-
-def usable_cpus(cgroup: str = "/sys/fs/cgroup") -> int:
-    """CPUs this process may use: its affinity, capped by a container's CPU quota (a Kubeflow pod
-    limited to one CPU on a big node must not start a worker per node CPU)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    for path in (os.path.join(cgroup, "cpu.max"),  # cgroup v2: "<quota> <period>" or "max <period>"
-                 os.path.join(cgroup, "cpu", "cpu.cfs_quota_us")):  # v1, its period beside it
-        try:
-            with open(path) as f:
-                fields = f.read().split()
-            if path.endswith("cfs_quota_us"):
-                with open(os.path.join(os.path.dirname(path), "cpu.cfs_period_us")) as f:
-                    fields.append(f.read().strip())
-            quota, period = fields[0], float(fields[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        if quota not in ("max", "-1") and period > 0:
-            return max(1, min(cpus, int(float(quota) / period)))
-        return cpus
-    return cpus
 
 
 def local_bytes(artifacts: Sequence[types.Artifact]) -> Optional[int]:

@@ -191,7 +191,7 @@ def test_local_workers_only_for_a_big_local_span_and_beams_own_choice_wins():
 
 
 def test_local_workers_respect_a_containers_cpu_quota(tmp_path):
-    from deepfm_tfx.components.beam_workers import usable_cpus
+    from deepfm_tfx.cpus import usable_cpus
     affinity = len(os.sched_getaffinity(0))
     (tmp_path / "cpu.max").write_text("100000 100000\n")  # a pod limited to one CPU
     assert usable_cpus(str(tmp_path)) == 1

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
+from deepfm_tfx.cpus import usable_cpus
 from deepfm_tfx.spans import date_of
 from deepfm_tfx.spans import folder as span_folder
 from deepfm_tfx.synthetic import VERSION  # noqa: F401 (part of this module's contract)
@@ -301,7 +302,7 @@ def _write_parts(truth, rng: np.random.Generator, parts: List[Tuple[int, int]], 
     cores). At most one file per CPU is in memory, so memory does not grow with the span."""
     import multiprocessing
     paths = [os.path.join(span_dir, f"part-{part:03d}.csv") for part, _ in parts]
-    cpus = min(len(parts), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+    cpus = min(len(parts), usable_cpus())
     if cpus < 2 or multiprocessing.current_process().daemon:  # a daemon (a Celery task's) may not fork
         for (_, n), path in zip(parts, paths):
             yield _write_part(truth, rng, n, shuffle, broken, path)
