@@ -5,7 +5,8 @@ these two spend on a big span is decoding tf.Examples, C++ that holds the GIL
 (half of StatisticsGen's time at 500k rows, a third of Transform's): threads do
 not help, worker processes do. Starting them costs a few seconds of imports
 each, more than a small span gains, so only a span of at least MIN_BYTES of
-examples on local disk gets them. Beam's own options win: any
+examples on local disk gets them, and only as many as the CPUs and the memory
+(a container's limits included) hold. Beam's own options win: any
 --direct_running_mode, --direct_num_workers or --runner in the run's Beam args
 leaves the component as Beam would run it.
 
@@ -30,12 +31,16 @@ from tfx.dsl.components.base import executor_spec
 from tfx.types import standard_component_specs
 
 from deepfm_tfx.components import beam_worker_main
-from deepfm_tfx.cpus import usable_cpus
+from deepfm_tfx.machine import available_memory, usable_cpus
 
 # 32 MB of GZIP tf.Examples is about 200k criteo rows: at 500k the workers saved 9 s of
 # StatisticsGen's 32 on 2 cores; at 3k rows they would cost more than the whole component.
 MIN_BYTES = 32 << 20
 MAX_WORKERS = 4
+# A worker's peak resident memory at 500k rows was 0.97 GB in StatisticsGen, 1.49 GB in Transform
+# (TensorFlow, and the analysers' id counts): a pod with a memory limit must not be OOM-killed by
+# its own workers, so each needs this much of what the limit leaves.
+WORKER_BYTES = 3 << 29  # 1.5 GiB
 _BEAM_OWN = ("--direct_running_mode", "--direct_num_workers", "--runner")
 
 
@@ -50,14 +55,20 @@ def local_bytes(artifacts: Sequence[types.Artifact]) -> Optional[int]:
     return total
 
 
-def workers(beam_args: Sequence[str], input_bytes: Optional[int], cpus: int) -> int:
-    """How many local worker processes a component gets: `cpus` (at most MAX_WORKERS), or 0 for
-    Beam's default (a small or remote input, one CPU, or Beam's own choice in `beam_args`)."""
-    if input_bytes is None or input_bytes < MIN_BYTES or cpus < 2:
+def workers(beam_args: Sequence[str], input_bytes: Optional[int], cpus: int,
+            memory: Optional[int] = None) -> int:
+    """How many local worker processes a component gets: one per CPU, at most MAX_WORKERS and at
+    most as many as `memory` bytes hold (None: unknown, no cap); or 0 for Beam's default (a small
+    or remote input, Beam's own choice in `beam_args`, or room for fewer than two: one worker
+    only adds its start to the same work)."""
+    if input_bytes is None or input_bytes < MIN_BYTES:
         return 0
     if any(arg.split("=")[0] in _BEAM_OWN for arg in beam_args):
         return 0
-    return min(cpus, MAX_WORKERS)
+    n = min(cpus, MAX_WORKERS)
+    if memory is not None:
+        n = min(n, memory // WORKER_BYTES)
+    return n if n >= 2 else 0
 
 
 class _LocalWorkers:
@@ -74,7 +85,7 @@ class _LocalWorkers:
         super().Do(input_dict, output_dict, exec_properties)
 
     def _make_beam_pipeline(self):
-        n = workers(self._beam_pipeline_args, self._input_bytes, usable_cpus())
+        n = workers(self._beam_pipeline_args, self._input_bytes, usable_cpus(), available_memory())
         if not n or self._make_beam_pipeline_fn is not None:
             return super()._make_beam_pipeline()
         logging.info("%s: %d local Beam worker processes", type(self).__name__, n)

@@ -153,6 +153,7 @@ def test_statistics_on_local_workers_equal_one_process(keras_run, tmp_path, monk
     properties = {"stats_options_json": statistics_options().to_json(), "exclude_splits": "[]"}
     monkeypatch.setattr(beam_workers, "MIN_BYTES", 0)
     monkeypatch.setattr(beam_workers, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(beam_workers, "available_memory", lambda: 2 * beam_workers.WORKER_BYTES)
     stats = {}
     for name, executor in (("workers", beam_workers.StatisticsExecutor()), ("one", tfx_statistics.Executor())):
         out = standard_artifacts.ExampleStatistics()
@@ -190,8 +191,16 @@ def test_local_workers_only_for_a_big_local_span_and_beams_own_choice_wins():
     assert workers(["--runner=DataflowRunner"], MIN_BYTES, 2) == 0
 
 
+def test_local_workers_fit_in_the_memory_left():
+    from deepfm_tfx.components.beam_workers import MIN_BYTES, WORKER_BYTES, workers
+    assert workers([], MIN_BYTES, 4, 4 * WORKER_BYTES) == 4
+    assert workers([], MIN_BYTES, 4, 3 * WORKER_BYTES - 1) == 2
+    assert workers([], MIN_BYTES, 4, 2 * WORKER_BYTES - 1) == 0  # room for one: no gain, stay in this process
+    assert workers([], MIN_BYTES, 4, None) == 4  # unknown (not Linux): the CPUs decide
+
+
 def test_local_workers_respect_a_containers_cpu_quota(tmp_path):
-    from deepfm_tfx.cpus import usable_cpus
+    from deepfm_tfx.machine import usable_cpus
     affinity = len(os.sched_getaffinity(0))
     (tmp_path / "cpu.max").write_text("100000 100000\n")  # a pod limited to one CPU
     assert usable_cpus(str(tmp_path)) == 1
@@ -204,3 +213,31 @@ def test_local_workers_respect_a_containers_cpu_quota(tmp_path):
     assert usable_cpus(str(tmp_path)) == 1
     (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
     assert usable_cpus(str(tmp_path)) == affinity
+
+
+def test_memory_left_is_the_machines_capped_by_a_containers_limit(tmp_path):
+    from deepfm_tfx.machine import available_memory
+    gib = 1 << 30
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text(f"MemTotal: {64 * gib // 1024} kB\nMemAvailable: {40 * gib // 1024} kB\n")
+    cgroup = tmp_path / "cgroup"
+    cgroup.mkdir()
+    assert available_memory(str(cgroup), str(meminfo)) == 40 * gib  # no cgroup files: the machine's
+    # A pod limited to 4 GiB using 3 GiB, 1 GiB of it inactive page cache the kernel would reclaim first.
+    (cgroup / "memory.max").write_text(f"{4 * gib}\n")
+    (cgroup / "memory.current").write_text(f"{3 * gib}\n")
+    (cgroup / "memory.stat").write_text(f"anon {2 * gib}\ninactive_file {gib}\nactive_file 0\n")
+    assert available_memory(str(cgroup), str(meminfo)) == 2 * gib
+    (cgroup / "memory.max").write_text("max\n")
+    assert available_memory(str(cgroup), str(meminfo)) == 40 * gib
+    for name in ("memory.max", "memory.current", "memory.stat"):
+        (cgroup / name).unlink()
+    v1 = cgroup / "memory"
+    v1.mkdir()
+    (v1 / "memory.limit_in_bytes").write_text(f"{8 * gib}\n")
+    (v1 / "memory.usage_in_bytes").write_text(f"{7 * gib}\n")
+    (v1 / "memory.stat").write_text(f"cache {gib}\ntotal_inactive_file {gib}\n")
+    assert available_memory(str(cgroup), str(meminfo)) == 2 * gib
+    (v1 / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1's "no limit"
+    assert available_memory(str(cgroup), str(meminfo)) == 40 * gib
+    assert available_memory(str(cgroup), str(tmp_path / "none")) is None

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-from deepfm_tfx.cpus import usable_cpus
+from deepfm_tfx.machine import usable_cpus
 from deepfm_tfx.spans import date_of
 from deepfm_tfx.spans import folder as span_folder
 from deepfm_tfx.synthetic import VERSION  # noqa: F401 (part of this module's contract)
