@@ -1,11 +1,18 @@
-"""What this process may use of the machine, a container's limits included: the CPUs and the
-memory that size our worker pools (Beam's local workers, the generator's)."""
+"""What this process may use of the machine, its cgroups' limits included: the CPUs and the
+memory that size our worker pools (Beam's local workers, the generator's).
+
+A limit may sit on this process's own cgroup or on any above it (a Kubeflow pod's container, an
+Airflow worker run as a systemd service with MemoryMax), so every cgroup from this process's up
+to the mount counts, and the tightest wins. /proc/self/cgroup names this process's cgroup; a
+container that mounts its own cgroup as the root shows a path that is not there, and the mount
+is then the cgroup."""
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 CGROUP = "/sys/fs/cgroup"
+PROC_CGROUP = "/proc/self/cgroup"
 # cgroup v1 writes "no limit" as the largest page-aligned int64, not as "max".
 _V1_UNLIMITED = 1 << 60
 
@@ -15,32 +22,58 @@ def _fields(*path: str) -> List[str]:
         return f.read().split()
 
 
-def _quota(cgroup: str) -> Optional[float]:
-    """The CPUs a container's quota allows, or None: no quota, or no cgroup files to say."""
+def _own_paths(proc: str) -> Dict[str, str]:
+    """{controller: this process's cgroup path}; "" is cgroup v2's single hierarchy."""
+    paths: Dict[str, str] = {}
     try:
-        quota, period = _fields(cgroup, "cpu.max")  # cgroup v2: "<quota> <period>" or "max <period>"
+        with open(proc) as f:
+            for line in f:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                for controller in controllers.split(",") if controllers else [""]:
+                    paths[controller] = path
     except (OSError, ValueError):
-        try:  # v1
-            quota, period = _fields(cgroup, "cpu", "cpu.cfs_quota_us")[0], _fields(cgroup, "cpu", "cpu.cfs_period_us")[0]
-        except (OSError, IndexError):
-            return None
-    if quota in ("max", "-1"):
-        return None
+        pass
+    return paths
+
+
+def _folders(mount: str, path: Optional[str]) -> Iterator[str]:
+    """The cgroup folder at `path` under `mount`, then each parent up to the mount."""
+    mount = os.path.normpath(mount)
+    here = os.path.normpath(os.path.join(mount, (path or "").lstrip("/")))
+    if os.path.commonpath([here, mount]) != mount or not os.path.isdir(here):
+        here = mount
+    while True:
+        yield here
+        if here == mount:
+            return
+        here = os.path.dirname(here)
+
+
+def _quota(folder: str, v1: bool) -> Optional[float]:
+    """The CPUs a cgroup's quota allows, or None: no quota, or no files to say."""
     try:
+        if v1:
+            quota, period = _fields(folder, "cpu.cfs_quota_us")[0], _fields(folder, "cpu.cfs_period_us")[0]
+        else:
+            quota, period = _fields(folder, "cpu.max")  # "<quota> <period>" or "max <period>"
+        if quota in ("max", "-1"):
+            return None
         return float(quota) / float(period)
-    except (ValueError, ZeroDivisionError):
+    except (OSError, IndexError, ValueError, ZeroDivisionError):
         return None
 
 
-def usable_cpus(cgroup: str = CGROUP) -> int:
-    """This process's CPU affinity, capped by a container's CPU quota (a Kubeflow pod limited to
+def usable_cpus(cgroup: str = CGROUP, proc: str = PROC_CGROUP) -> int:
+    """This process's CPU affinity, capped by its cgroups' CPU quotas (a Kubeflow pod limited to
     one CPU on a big node must not start a worker per node CPU)."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cpus = os.cpu_count() or 1
-    quota = _quota(cgroup)
-    return cpus if quota is None else max(1, min(cpus, int(quota)))
+    own = _own_paths(proc)
+    quotas = [q for q in [_quota(f, False) for f in _folders(cgroup, own.get(""))] +
+              [_quota(f, True) for f in _folders(os.path.join(cgroup, "cpu"), own.get("cpu"))] if q is not None]
+    return cpus if not quotas else max(1, min(cpus, int(min(quotas))))
 
 
 def _stat(*path: str) -> Dict[str, int]:
@@ -48,34 +81,35 @@ def _stat(*path: str) -> Dict[str, int]:
     return {k: int(v) for k, v in zip(values[::2], values[1::2]) if v.isdigit()}
 
 
-def _container_headroom(cgroup: str) -> Optional[int]:
-    """A container's memory limit less its working set, or None when it has no limit.
+def _headroom(folder: str, v1: bool) -> Optional[int]:
+    """A cgroup's memory limit less its working set, or None when it has no limit.
 
     The working set leaves out inactive page cache, as the kubelet counts it: the
     kernel reclaims that before the OOM killer comes."""
     try:
-        limit, used = _fields(cgroup, "memory.max")[0], int(_fields(cgroup, "memory.current")[0])
-        inactive = _stat(cgroup, "memory.stat").get("inactive_file", 0)
+        if v1:
+            limit, used = _fields(folder, "memory.limit_in_bytes")[0], int(_fields(folder, "memory.usage_in_bytes")[0])
+            inactive = _stat(folder, "memory.stat").get("total_inactive_file", 0)
+        else:
+            limit, used = _fields(folder, "memory.max")[0], int(_fields(folder, "memory.current")[0])
+            inactive = _stat(folder, "memory.stat").get("inactive_file", 0)
     except (OSError, IndexError, ValueError):
-        try:  # v1
-            v1 = os.path.join(cgroup, "memory")
-            limit, used = _fields(v1, "memory.limit_in_bytes")[0], int(_fields(v1, "memory.usage_in_bytes")[0])
-            inactive = _stat(v1, "memory.stat").get("total_inactive_file", 0)
-        except (OSError, IndexError, ValueError):
-            return None
-    if limit == "max" or not limit.isdigit() or int(limit) >= _V1_UNLIMITED:
+        return None
+    if not limit.isdigit() or int(limit) >= _V1_UNLIMITED:  # v2's "max"
         return None
     return max(0, int(limit) - max(0, used - inactive))
 
 
-def available_memory(cgroup: str = CGROUP, meminfo: str = "/proc/meminfo") -> Optional[int]:
-    """Bytes this process can still use: the machine's available memory, capped by what a
-    container's limit leaves; None when neither can be read (not Linux)."""
+def available_memory(cgroup: str = CGROUP, meminfo: str = "/proc/meminfo", proc: str = PROC_CGROUP) -> Optional[int]:
+    """Bytes this process can still use: the machine's available memory, capped by what its
+    cgroups' limits leave; None when nothing can be read (not Linux)."""
     try:
         with open(meminfo) as f:
             machine = next((int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")), None)
     except (OSError, ValueError):
         machine = None
-    container = _container_headroom(cgroup)
-    known = [m for m in (machine, container) if m is not None]
+    own = _own_paths(proc)
+    known = [machine] + [_headroom(f, False) for f in _folders(cgroup, own.get(""))] + \
+        [_headroom(f, True) for f in _folders(os.path.join(cgroup, "memory"), own.get("memory"))]
+    known = [m for m in known if m is not None]
     return min(known) if known else None

@@ -202,17 +202,69 @@ def test_local_workers_fit_in_the_memory_left():
 def test_local_workers_respect_a_containers_cpu_quota(tmp_path):
     from deepfm_tfx.machine import usable_cpus
     affinity = len(os.sched_getaffinity(0))
+    proc = tmp_path / "proc-self-cgroup"
+    proc.write_text("0::/\n")
+
+    def cpus():
+        return usable_cpus(str(tmp_path), str(proc))
+
     (tmp_path / "cpu.max").write_text("100000 100000\n")  # a pod limited to one CPU
-    assert usable_cpus(str(tmp_path)) == 1
+    assert cpus() == 1
     (tmp_path / "cpu.max").write_text("max 100000\n")
-    assert usable_cpus(str(tmp_path)) == affinity
+    assert cpus() == affinity
     (tmp_path / "cpu.max").unlink()
     (tmp_path / "cpu").mkdir()
     (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("150000\n")  # cgroup v1, 1.5 CPUs
     (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
-    assert usable_cpus(str(tmp_path)) == 1
+    assert cpus() == 1
     (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
-    assert usable_cpus(str(tmp_path)) == affinity
+    assert cpus() == affinity
+
+
+def test_a_limit_on_this_process_cgroup_or_one_above_it_counts(tmp_path):
+    """An Airflow worker run as a systemd service with MemoryMax and CPUQuota: the limits are on its
+    own cgroup, not on the mount's root; a parent's limit counts too, the tightest wins."""
+    from deepfm_tfx.machine import available_memory, usable_cpus
+    gib = 1 << 30
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text(f"MemAvailable: {40 * gib // 1024} kB\n")
+    proc = tmp_path / "proc-self-cgroup"
+    proc.write_text("0::/system.slice/airflow-worker.service\n")
+    service = tmp_path / "system.slice" / "airflow-worker.service"
+    service.mkdir(parents=True)
+    (service / "memory.max").write_text(f"{8 * gib}\n")
+    (service / "memory.current").write_text(f"{gib}\n")
+    (service / "memory.stat").write_text("inactive_file 0\n")
+    (service / "cpu.max").write_text("100000 100000\n")
+    assert available_memory(str(tmp_path), str(meminfo), str(proc)) == 7 * gib
+    assert usable_cpus(str(tmp_path), str(proc)) == 1
+    slice_ = tmp_path / "system.slice"
+    (slice_ / "memory.max").write_text(f"{4 * gib}\n")
+    (slice_ / "memory.current").write_text(f"{3 * gib}\n")
+    (slice_ / "memory.stat").write_text("inactive_file 0\n")
+    assert available_memory(str(tmp_path), str(meminfo), str(proc)) == gib
+    # A container that mounts its own cgroup as the root: /proc names a path it cannot see.
+    proc.write_text("0::/kubepods/pod1/container2\n")
+    (tmp_path / "memory.max").write_text(f"{2 * gib}\n")
+    (tmp_path / "memory.current").write_text(f"{gib}\n")
+    (tmp_path / "memory.stat").write_text("inactive_file 0\n")
+    assert available_memory(str(tmp_path), str(meminfo), str(proc)) == gib
+    # cgroup v1: the memory controller's own line and folder.
+    proc.write_text("4:memory:/process_api/job\n1:cpu,cpuacct:/process_api/job\n")
+    for name in ("memory.max", "memory.current", "memory.stat"):
+        (tmp_path / name).unlink()
+    job = tmp_path / "memory" / "process_api" / "job"
+    job.mkdir(parents=True)
+    (job / "memory.limit_in_bytes").write_text(f"{3 * gib}\n")
+    (job / "memory.usage_in_bytes").write_text(f"{gib}\n")
+    (job / "memory.stat").write_text("total_inactive_file 0\n")
+    assert available_memory(str(tmp_path), str(meminfo), str(proc)) == 2 * gib
+    cpu_job = tmp_path / "cpu" / "process_api" / "job"
+    cpu_job.mkdir(parents=True)
+    (cpu_job / "cpu.cfs_quota_us").write_text("50000\n")
+    (cpu_job / "cpu.cfs_period_us").write_text("100000\n")
+    (service / "cpu.max").unlink()
+    assert usable_cpus(str(tmp_path), str(proc)) == 1
 
 
 def test_memory_left_is_the_machines_capped_by_a_containers_limit(tmp_path):
@@ -222,14 +274,20 @@ def test_memory_left_is_the_machines_capped_by_a_containers_limit(tmp_path):
     meminfo.write_text(f"MemTotal: {64 * gib // 1024} kB\nMemAvailable: {40 * gib // 1024} kB\n")
     cgroup = tmp_path / "cgroup"
     cgroup.mkdir()
-    assert available_memory(str(cgroup), str(meminfo)) == 40 * gib  # no cgroup files: the machine's
+    proc = tmp_path / "proc-self-cgroup"
+    proc.write_text("0::/\n")
+
+    def available(cgroup_root, meminfo_file):
+        return available_memory(cgroup_root, meminfo_file, str(proc))
+
+    assert available(str(cgroup), str(meminfo)) == 40 * gib  # no cgroup files: the machine's
     # A pod limited to 4 GiB using 3 GiB, 1 GiB of it inactive page cache the kernel would reclaim first.
     (cgroup / "memory.max").write_text(f"{4 * gib}\n")
     (cgroup / "memory.current").write_text(f"{3 * gib}\n")
     (cgroup / "memory.stat").write_text(f"anon {2 * gib}\ninactive_file {gib}\nactive_file 0\n")
-    assert available_memory(str(cgroup), str(meminfo)) == 2 * gib
+    assert available(str(cgroup), str(meminfo)) == 2 * gib
     (cgroup / "memory.max").write_text("max\n")
-    assert available_memory(str(cgroup), str(meminfo)) == 40 * gib
+    assert available(str(cgroup), str(meminfo)) == 40 * gib
     for name in ("memory.max", "memory.current", "memory.stat"):
         (cgroup / name).unlink()
     v1 = cgroup / "memory"
@@ -237,7 +295,7 @@ def test_memory_left_is_the_machines_capped_by_a_containers_limit(tmp_path):
     (v1 / "memory.limit_in_bytes").write_text(f"{8 * gib}\n")
     (v1 / "memory.usage_in_bytes").write_text(f"{7 * gib}\n")
     (v1 / "memory.stat").write_text(f"cache {gib}\ntotal_inactive_file {gib}\n")
-    assert available_memory(str(cgroup), str(meminfo)) == 2 * gib
+    assert available(str(cgroup), str(meminfo)) == 2 * gib
     (v1 / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1's "no limit"
-    assert available_memory(str(cgroup), str(meminfo)) == 40 * gib
-    assert available_memory(str(cgroup), str(tmp_path / "none")) is None
+    assert available(str(cgroup), str(meminfo)) == 40 * gib
+    assert available(str(cgroup), str(tmp_path / "none")) is None
