@@ -6,7 +6,7 @@ these two spend on a big span is decoding tf.Examples, C++ that holds the GIL
 not help, worker processes do. Starting them costs a few seconds of imports
 each, more than a small span gains, so only a span of at least MIN_BYTES of
 examples on local disk gets them, and only as many as the CPUs and the memory
-(a container's limits included) hold. Beam's own options win: any
+(the limits of its cgroups included) hold. Beam's own options win: any
 --direct_running_mode, --direct_num_workers or --runner in the run's Beam args
 leaves the component as Beam would run it.
 
