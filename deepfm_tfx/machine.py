@@ -9,12 +9,13 @@ is then the cgroup."""
 from __future__ import annotations
 
 import os
-from typing import Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, TypeVar
 
 CGROUP = "/sys/fs/cgroup"
 PROC_CGROUP = "/proc/self/cgroup"
 # cgroup v1 writes "no limit" as the largest page-aligned int64, not as "max".
 _V1_UNLIMITED = 1 << 60
+T = TypeVar("T")
 
 
 def _fields(*path: str) -> List[str]:
@@ -49,6 +50,15 @@ def _folders(mount: str, path: Optional[str]) -> Iterator[str]:
         here = os.path.dirname(here)
 
 
+def _found(read: Callable[[str, bool], Optional[T]], controller: str, cgroup: str, proc: str) -> List[T]:
+    """`read(folder, v1)` of this process's cgroup and every one above it, in v2's single hierarchy
+    and in v1's `controller` one: the values found (None: no limit there, or no files)."""
+    own = _own_paths(proc)
+    values = [read(f, False) for f in _folders(cgroup, own.get(""))] + \
+        [read(f, True) for f in _folders(os.path.join(cgroup, controller), own.get(controller))]
+    return [v for v in values if v is not None]
+
+
 def _quota(folder: str, v1: bool) -> Optional[float]:
     """The CPUs a cgroup's quota allows, or None: no quota, or no files to say."""
     try:
@@ -70,9 +80,7 @@ def usable_cpus(cgroup: str = CGROUP, proc: str = PROC_CGROUP) -> int:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cpus = os.cpu_count() or 1
-    own = _own_paths(proc)
-    quotas = [q for q in [_quota(f, False) for f in _folders(cgroup, own.get(""))] +
-              [_quota(f, True) for f in _folders(os.path.join(cgroup, "cpu"), own.get("cpu"))] if q is not None]
+    quotas = _found(_quota, "cpu", cgroup, proc)
     return cpus if not quotas else max(1, min(cpus, int(min(quotas))))
 
 
@@ -108,8 +116,5 @@ def available_memory(cgroup: str = CGROUP, meminfo: str = "/proc/meminfo", proc:
             machine = next((int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")), None)
     except (OSError, ValueError):
         machine = None
-    own = _own_paths(proc)
-    known = [machine] + [_headroom(f, False) for f in _folders(cgroup, own.get(""))] + \
-        [_headroom(f, True) for f in _folders(os.path.join(cgroup, "memory"), own.get("memory"))]
-    known = [m for m in known if m is not None]
+    known = _found(_headroom, "memory", cgroup, proc) + ([machine] if machine is not None else [])
     return min(known) if known else None

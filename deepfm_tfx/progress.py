@@ -331,6 +331,11 @@ def worker_reads() -> int:
     return total
 
 
+def beam_reads() -> int:
+    """Every record Beam has read for this run: in this process and in its local worker processes."""
+    return BEAM_READS.total() + worker_reads()
+
+
 def publish_worker_reads(every: float = 0.5) -> Callable[[], None]:
     """In a worker process, when the console asked for it: counts its reads and writes the count
     to its file every `every` seconds. Returns the last write, for the worker's exit."""

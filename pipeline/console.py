@@ -37,11 +37,6 @@ def silence_before_imports(verbose: bool) -> None:
         warnings.filterwarnings("ignore")
 
 
-# Kept in deepfm_tfx.progress, where Beam's worker processes count too.
-BEAM_READS = progress.BEAM_READS
-count_beam_reads = progress.count_beam_reads
-
-
 # --- outputs --------------------------------------------------------------------------------------
 
 def _line(mark: str, name: str, when: str, detail: Optional[str]) -> str:
@@ -167,7 +162,7 @@ class ComponentProgress(logging.Handler):
 
     # What the running component is doing.
     def detail(self, now: Optional[float] = None, final: bool = False) -> Optional[str]:
-        reads = BEAM_READS.total() + progress.worker_reads() - self._reads_base
+        reads = progress.beam_reads() - self._reads_base
         if reads and reads != progress.READS.values.get("rows"):
             progress.READS.set(rows=reads)
         since = self.started.get(self.current) if self.current is not None else None
@@ -225,7 +220,7 @@ class ComponentProgress(logging.Handler):
         if self.current is not None:  # the previous one raised: TFX logs no "finished" for it
             self._finish(self.current, failed=True)
         progress.reset_all()
-        self._reads_base = BEAM_READS.total() + progress.worker_reads()
+        self._reads_base = progress.beam_reads()
         self.current = node
         self.started[node] = self._last_line = time.monotonic()
         self.output.started(node)
@@ -339,7 +334,7 @@ def configure_logging(verbose: bool, quiet: bool = False, every: Optional[float]
     # The console draws the tallies; their own log lines are for Kubeflow and Airflow.
     progress.LOGGER.setLevel(logging.WARNING)
     if not quiet:
-        count_beam_reads()
+        progress.count_beam_reads()
         _count_worker_reads()
     absl_logger = logging.getLogger("absl")
     saved = absl_logger.handlers[:], absl_logger.propagate, absl_logger.level

@@ -159,15 +159,15 @@ def test_live_console_redraws_one_line_and_keeps_the_finished_ones():
 
 def test_beam_reads_are_counted(tmp_path):
     import apache_beam as beam
-    assert console.count_beam_reads(), "Beam's TFRecord reader moved: StatisticsGen, Transform and " \
+    assert progress.count_beam_reads(), "Beam's TFRecord reader moved: StatisticsGen, Transform and " \
                                        "the Evaluator would show no rows"
     path = str(tmp_path / "rows")
     with beam.Pipeline() as p:
         _ = p | beam.Create([b"%d" % i for i in range(137)]) | beam.io.WriteToTFRecord(path)
-    before = console.BEAM_READS.total()
+    before = progress.BEAM_READS.total()
     with beam.Pipeline() as p:
         _ = p | beam.io.ReadFromTFRecord(path + "*") | beam.Map(len)
-    assert console.BEAM_READS.total() - before == 137
+    assert progress.BEAM_READS.total() - before == 137
 
 
 def test_beam_reads_in_local_worker_processes_are_counted(tmp_path, monkeypatch):
@@ -180,11 +180,11 @@ def test_beam_reads_in_local_worker_processes_are_counted(tmp_path, monkeypatch)
     folder = tmp_path / "reads"
     folder.mkdir()
     monkeypatch.setenv(progress.WORKER_READS_ENV, str(folder))
-    here = console.BEAM_READS.total()
+    here = progress.BEAM_READS.total()
     with beam_workers.local_pipeline([], 2) as p:
         _ = p | beam.io.ReadFromTFRecord(path + "*") | beam.Map(len)
     assert progress.worker_reads() == 137
-    assert console.BEAM_READS.total() == here and os.listdir(folder)  # read in the workers, not here
+    assert progress.BEAM_READS.total() == here and os.listdir(folder)  # read in the workers, not here
 
 
 def _raise_data_error(x):
