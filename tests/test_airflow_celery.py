@@ -131,6 +131,10 @@ def test_one_weekly_run_on_two_celery_workers_sharing_only_a_bucket_and_the_data
                 state = _dag_run_state(postgres)
             task_states = _task_states(postgres)
             assert state == "success", task_states
+            # Each worker's pool process, which Celery forks a task from, loaded TensorFlow and the
+            # pipeline before any task (airflow_celery.CELERY_CONFIG): a task does not import them again.
+            for worker in processes[:WORKERS]:
+                assert all(_loaded_tensorflow(pool) for pool in _pool_processes(worker)), _tail(log)
 
             # Both workers ran tasks, each task on one of them.
             ran = [_tasks_logged(str(w)) for w in workers]
@@ -156,6 +160,18 @@ def test_one_weekly_run_on_two_celery_workers_sharing_only_a_bucket_and_the_data
             log.close()
         _drop_redis_keys(redis_db, queue)
         airflow.drop_postgres_metadata_db(user=postgres["user"], database=postgres["database"])
+
+
+def _pool_processes(worker):
+    import psutil
+    pools = psutil.Process(worker.pid).children()
+    assert pools, "the Celery worker has no pool process"
+    return pools
+
+
+def _loaded_tensorflow(process):
+    with open(f"/proc/{process.pid}/maps") as f:
+        return "_pywrap_tensorflow_internal" in f.read()
 
 
 def _celery_outcomes(log_path):

@@ -240,6 +240,8 @@ def celery_environment(broker_url: str, sql_alchemy_conn: str, queue: str = "def
         "AIRFLOW__OPERATORS__DEFAULT_QUEUE": queue,
         # One task at a time per worker: a TFX component takes the worker's cores.
         "AIRFLOW__CELERY__WORKER_CONCURRENCY": "1",
+        # Each worker imports TensorFlow and the pipeline once, not once per task.
+        "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": "deepfm_tfx.pipeline.orchestrators.airflow_celery.CELERY_CONFIG",
     }
 
 
