@@ -5,19 +5,24 @@ GenericExecutor gives both trainers the same FnArgs, data accessor and output
 layout, so the pipeline swaps trainers with one dotted path and the Estimator
 path keeps working after TFX removed its executor (1.16).
 """
+from __future__ import annotations
+
 import json
 import os
 import shutil
 import tempfile
 import time
+from typing import TYPE_CHECKING
 
 import tensorflow as tf
-from tfx.components.trainer.fn_args_utils import FnArgs
 
 from deepfm_tfx import contracts
 from deepfm_tfx.trainer_modules import cluster_training, local_cluster, measure, optimizers, progress, resume, serving
 from deepfm_tfx.trainer_modules import training_setup
 from deepfm_tfx.trainer_modules.deepfm import DeepFM
+
+if TYPE_CHECKING:  # a cluster task runs these loops without importing tfx.components (cluster_training.TaskArgs)
+    from tfx.components.trainer.fn_args_utils import FnArgs
 
 LOGITS = "logits"
 MODEL_VARIABLES = f"^{contracts.MODEL_SCOPE}/"  # WarmStartSettings takes a regex

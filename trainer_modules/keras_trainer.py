@@ -1,15 +1,19 @@
 """Keras trainer: TFX Trainer's `run_fn` training DeepFM with model.fit."""
+from __future__ import annotations
+
 import os
 import threading
-from typing import Dict
+from typing import TYPE_CHECKING, Dict
 
 import tensorflow as tf
-from tfx.components.trainer.fn_args_utils import FnArgs
 
 from deepfm_tfx.contracts import TRAINING_KEY, VARIABLES_CHECKPOINT
 from deepfm_tfx.trainer_modules import cluster_training, deepfm, local_cluster, measure, optimizers, progress, resume
 from deepfm_tfx.trainer_modules import serving, training_setup
 from deepfm_tfx.trainer_modules.deepfm import DeepFM
+
+if TYPE_CHECKING:  # a cluster task runs these loops without importing tfx.components (cluster_training.TaskArgs)
+    from tfx.components.trainer.fn_args_utils import FnArgs
 
 
 def build_model(inputs: training_setup.TrainerInputs, train_steps: int) -> tf.keras.Model:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
-from tfx.components.trainer.fn_args_utils import DataAccessor, FnArgs
 from tfx_bsl.public import tfxio
 
 from deepfm_tfx.contracts import FEATURE_SPEC_KEY, TRAINER_KEY, TRAINING_KEY
@@ -19,6 +18,9 @@ from deepfm_tfx.trainer_modules import preprocessing
 from deepfm_tfx import training_info
 from deepfm_tfx.trainer_modules.deepfm import FieldLayout
 from deepfm_tfx.trainer_modules.hparams import TrainingConfig
+
+if TYPE_CHECKING:  # a cluster task runs these loops without importing tfx.components (cluster_training.TaskArgs)
+    from tfx.components.trainer.fn_args_utils import FnArgs
 
 
 @dataclasses.dataclass
@@ -106,15 +108,6 @@ def make_dataset(file_pattern, data_accessor, inputs: TrainerInputs, batch_size:
     if cache:
         dataset = dataset.cache().shuffle(CACHE_SHUFFLE_BATCHES, reshuffle_each_iteration=True).repeat()
     return dataset.prefetch(tf.data.AUTOTUNE)
-
-
-def file_data_accessor() -> DataAccessor:
-    """What TFX's DataAccessor gives run_fn for ExampleGen's output (gzipped tf.Example
-    TFRecords), for a cluster task, which runs outside TFX."""
-    def dataset(file_pattern, options, schema):
-        return tfxio.TFExampleRecord(file_pattern=file_pattern, schema=schema,
-                                     telemetry_descriptors=["Trainer"]).TensorFlowDataset(options)
-    return DataAccessor(tf_dataset_factory=dataset, record_batch_factory=None, data_view_decode_fn=None)
 
 
 def learning_rate(config: TrainingConfig, train_steps: int):
