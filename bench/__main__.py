@@ -26,7 +26,7 @@ from bench.runs import DefaultRuns
 
 # Run order: parity also reports the trainer section's loops, so it follows it.
 SECTIONS = ("ingest", "trainer", "parity", "serving", "serving_inprocess", "storage", "scale", "admission",
-            "learning_curve", "cluster", "transform_placement", "pipeline")
+            "learning_curve", "cluster", "transform_placement", "pipeline", "fresh_clone")
 TRAINERS = ("keras", "estimator")
 
 

@@ -322,3 +322,42 @@ def test_plain_tfx_reference_is_the_template_topology():
                                   {"batch_size": 64}, [])
     assert [c.id for c in p.components] == ["CsvExampleGen", "StatisticsGen", "SchemaGen", "Transform", "Trainer",
                                            "Evaluator", "Pusher"]
+
+
+def test_fresh_clone_times_make_in_a_clone_of_head_with_shared_beside_it(tmp_path):
+    """The fresh_clone section's mechanics on a two-target Makefile: a clone of the committed HEAD
+    (not the working tree), ../shared beside it, the exit code, CPU and pytest's summary line."""
+    from bench import fresh_clone
+    source = tmp_path / "src" / "repo"
+    (tmp_path / "src" / "shared").mkdir(parents=True)
+    source.mkdir()
+    (source / "Makefile").write_text(
+        "run:\n\tmkdir -p workspace/pipeline && echo '{\"auc\": 0.78, \"bayes_auc_gap\": 0.02, \"pushed\": true}'"
+        " > workspace/pipeline/summary.json\n"
+        "test:\n\ttest -d ../shared && python3 -c 'sum(range(3_000_000))' && cat out.txt\n")
+    (source / "out.txt").write_text("=== slowest 15 durations ===\n== 3 passed, 1 skipped in 1.50s (0:00:01) ==\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(git + ["init", "-q"], cwd=source, check=True)
+    subprocess.run(git + ["add", "."], cwd=source, check=True)
+    subprocess.run(git + ["commit", "-qm", "x"], cwd=source, check=True)
+    (source / "out.txt").write_text("uncommitted\n")  # the clone must not see it
+
+    args = types.SimpleNamespace(fresh_clone_steps=["run", "test"], fresh_clone_source=str(source),
+                                 workdir=str(tmp_path / "bench"), quick=False)
+    res = fresh_clone.run(args, {})
+    ran, tested = res["steps"]
+    assert res["uncommitted_changes_left_out"] and len(res["commit"]) >= 7
+    assert ran["exit_code"] == 0 and ran["auc"] == 0.78 and ran["bayes_auc_gap"] == 0.02
+    assert ran["verdict"] == "met" and ran["wall_seconds"] < ran["target_seconds"]
+    assert tested["exit_code"] == 0 and tested["counts"] == {"passed": 3, "skipped": 1}
+    assert tested["pytest_seconds"] == 1.5 and tested["cpu_seconds"] > 0
+    fresh_clone.show(res)
+
+
+def test_fresh_clone_measures_a_failing_command_and_reads_pytests_summary(tmp_path):
+    from bench import fresh_clone
+    log = tmp_path / "log"
+    out = fresh_clone.measure(["sh", "-c", "echo boom; exit 3"], str(tmp_path), str(log))
+    assert out["exit_code"] == 3 and log.read_text() == "boom\n"
+    assert fresh_clone.pytest_outcome("== 1 failed, 2 passed in 9.00s ==")["counts"] == {"failed": 1, "passed": 2}
+    assert fresh_clone.pytest_outcome("no summary") is None
