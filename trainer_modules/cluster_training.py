@@ -1,5 +1,5 @@
 """What both trainers share on a training cluster: the Trainer's side (start the cluster, follow
-its progress, read back what the tasks recorded) and the tasks' side (their FnArgs, their
+its progress, read back what the tasks recorded) and the tasks' side (their TaskArgs, their
 progress files). Each trainer adds its own loop: the Estimator's chief and workers, or the
 Keras coordinator driving ParameterServerStrategy's workers."""
 from __future__ import annotations
@@ -10,6 +10,8 @@ import shutil
 import threading
 import time
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+
+from tfx_bsl.public import tfxio
 
 from deepfm_tfx import progress as progress_tally
 from deepfm_tfx.trainer_modules import local_cluster, measure, tfjob, training_setup
@@ -91,7 +93,6 @@ def task_fn_args(task: dict) -> TaskArgs:
 
 def _read_examples(file_pattern, options, schema):
     """What TFX's DataAccessor reads ExampleGen's output (gzipped tf.Example TFRecords) with."""
-    from tfx_bsl.public import tfxio
     return tfxio.TFExampleRecord(file_pattern=file_pattern, schema=schema,
                                  telemetry_descriptors=["Trainer"]).TensorFlowDataset(options)
 
