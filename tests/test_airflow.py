@@ -98,11 +98,15 @@ def test_cli_compile_airflow_installs_the_dag_with_its_flags(airflow_env, capsys
     from deepfm_tfx.pipeline import cli
     dags = airflow_env / "dags"
     assert cli.main(["compile", "--target", "airflow", "--output", str(dags),
-                     "--model-repository", str(airflow_env / "served"), "--trainer", "estimator"]) == 0
+                     "--model-repository", str(airflow_env / "served"), "--trainer", "estimator",
+                     "--latency-budget-ms", "15", "--memory-budget-mb", "900"]) == 0
     assert str(dags / "deepfm_tfx_dag.py") in capsys.readouterr().out
     props = {t.task_id: t.op_kwargs["exec_properties"] for t in load_dag(dags / "deepfm_tfx_dag.py").tasks
              if t.task_id != airflow.FINAL_TASK}
     assert props["ModelRepositoryPusher"]["model_repository_dir"] == str(airflow_env / "served")
+    # Every compile flag reaches the DAG: the pusher's serving check among them.
+    assert props["ModelRepositoryPusher"]["latency_budget_ms"] == 15
+    assert props["ModelRepositoryPusher"]["memory_budget_mb"] == 900
     assert props["Trainer"]["run_fn"] == "deepfm_tfx.trainer_modules.estimator_trainer.run_fn"
 
     assert cli.main(["compile", "--target", "airflow", "--output", str(dags), "--image", "x:1"]) == 2
@@ -155,7 +159,9 @@ def test_three_weeks_in_airflow_push_twice_then_stop_and_quarantine_the_broken_o
         data, root, repo = str(home / "data"), str(home / "pipeline"), str(home / "model_repository")
         dags = tmp_path / "dags"
         spec = scenario.spec_without_schema(tmp_path)
-        airflow.install_dag(str(dags), dict(scenario.KNOBS, features=spec))
+        # Generous budgets: the pusher's task serves each candidate in a process of its own first.
+        airflow.install_dag(str(dags), dict(scenario.KNOBS, features=spec, latency_budget_ms=60_000.0,
+                                            memory_budget_mb=100_000.0))
         env = dict(os.environ, DEEPFM_TFX_HOME=str(home), TF_CPP_MIN_LOG_LEVEL="3", PYTHONWARNINGS="ignore",
                    **airflow.airflow_environment(str(tmp_path / "airflow_home"), str(dags), url))
         log = str(tmp_path / "airflow.log")
@@ -192,5 +198,8 @@ def test_three_weeks_in_airflow_push_twice_then_stop_and_quarantine_the_broken_o
         scenario.check_frozen_schema(root, connection, spec)
         record = model_repository.read_record(repo, "deepfm", model_repository.versions(repo, "deepfm")[-1])
         assert record["spans"] == [1, 2]
+        for version in model_repository.versions(repo, "deepfm"):
+            check = model_repository.read_record(repo, "deepfm", version)["serving_check"]
+            assert check["latency_budget_ms"] == 60_000 and 0 < check["p99_ms"] < 60_000 and check["loaded_mb"] > 0
     finally:
         airflow.drop_postgres_metadata_db(user=POSTGRES["user"], database=POSTGRES["database"])

@@ -110,7 +110,7 @@ def test_compiled_v1_workflow_runs_three_weeks_and_agrees_with_the_other_orchest
                      "--pipeline-root", root, "--data-root", data, "--model-repository", repo, "--features", spec,
                      "--notify-url", "http://127.0.0.1:9/down", "--train-steps", "30", "--eval-steps", "3",
                      "--min-auc", "0", "--max-auc-drop", "1", "--window-spans", "3", "--batch-size", "256",
-                     "--dnn-units", "32,16"])
+                     "--dnn-units", "32,16", "--latency-budget-ms", "60000", "--memory-budget-mb", "100000"])
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "week-end" in printed and "workflow Succeeded" in printed
@@ -132,6 +132,10 @@ def test_compiled_v1_workflow_runs_three_weeks_and_agrees_with_the_other_orchest
     assert len(model_repository.versions(repo, "deepfm")) == 2
     assert scenario.quarantined_spans(connection) == [scenario.BROKEN_WEEK]
     scenario.check_frozen_schema(root, connection, spec)
+    # The pusher's step served each candidate in a process of its own before pushing it, within budget.
+    for version in model_repository.versions(repo, "deepfm"):
+        check = model_repository.read_record(repo, "deepfm", version)["serving_check"]
+        assert check["latency_budget_ms"] == 60_000 and 0 < check["p99_ms"] < 60_000 and check["loaded_mb"] > 0
 
 
 def _parameters(ir):

@@ -14,13 +14,16 @@ from deepfm_tfx.contracts import EXIT_BAD_INPUT, EXIT_ERROR
 from deepfm_tfx.pipeline import configs
 
 TARGETS = ("kubeflow", "kubeflow-v2", "airflow")
+# The RunConfig fields compile takes, each handed on to every target that has it (a flag accepted and then
+# dropped left a compiled pipeline without its latency gate). Kubeflow's ml-metadata is the cluster's own.
+KNOBS = ("features", "trainer", "train_steps", "eval_steps", "min_auc", "max_auc_drop", "model_name",
+         "window_spans", "beam_args", "notify_url", "metadata", "latency_budget_ms", "memory_budget_mb")
+NOT_FOR_KUBEFLOW = ("metadata",)
 
 
 def _pipeline_options(p: argparse.ArgumentParser) -> None:
     # Only flags given are passed on; the target's own defaults fill the rest.
-    configs.add_arguments(p, names=["features", "trainer", "train_steps", "eval_steps", "min_auc", "max_auc_drop",
-                                    "model_name", "window_spans", "beam_args", "notify_url", "metadata",
-                                    "latency_budget_ms", "memory_budget_mb"], only_given=True)
+    configs.add_arguments(p, names=list(KNOBS), only_given=True)
     # The orchestrators' own defaults, written out here without importing them (TFX, KFP).
     p.add_argument("--pipeline-root", help="pipeline outputs (default: Kubeflow /mnt/deepfm-tfx/pipeline, "
                                            "Airflow ~/deepfm-tfx/pipeline)")
@@ -55,8 +58,8 @@ def _training(args) -> Dict[str, Any]:
 
 
 def _kubeflow_options(args) -> Dict[str, Any]:
-    options = _given(args, "pipeline_root", "data_root", "model_repository", "image", "features", "model_name",
-                     "trainer", "train_steps", "eval_steps", "min_auc", "max_auc_drop", "window_spans", "notify_url")
+    options = _given(args, "pipeline_root", "data_root", "model_repository", "image",
+                     *[k for k in KNOBS if k not in NOT_FOR_KUBEFLOW and k != "beam_args"])
     options["beam_args"] = list(getattr(args, "beam_args", []))
     if _training(args):
         options["training"] = _training(args)
@@ -80,8 +83,7 @@ def _install_airflow(args) -> str:
         raise ValueError("--image, --pvc and --dry-run apply to Kubeflow targets only")
     if getattr(args, "features", None):
         feature_spec.load(args.features)  # fail here rather than in Airflow's DAG parser
-    defaults = _given(args, "trainer", "train_steps", "eval_steps", "min_auc", "max_auc_drop", "model_name",
-                      "window_spans", "notify_url", "metadata")
+    defaults = _given(args, *[k for k in KNOBS if k not in ("features", "beam_args")])
     if _training(args):
         defaults["training"] = _training(args)
     # Airflow parses the DAG from its own working directory.
