@@ -3,8 +3,8 @@
 Each runs in a clone of this repository's HEAD made for it (no venv, no data,
 no pipeline root; the venv comes from the lock through uv, whose download
 cache may be warm), with `../shared` beside it as CI has it. Timed from
-outside: wall clock, CPU of the whole process tree (every process it waited
-for), and the largest single process's peak RSS. Issue 27's targets: `make
+outside by bench/runs.py's run_command: wall clock, CPU of the whole process
+tree (every process it waited for), and the tree's peak RSS. Issue 27's targets: `make
 run` at most 4 minutes, `make test` at most 12, venv included. Uncommitted
 changes are not in the clone: the section names the commit it measured.
 `make test` takes about as long as the rest of the bench together; leave it
@@ -18,10 +18,10 @@ import re
 import shutil
 import subprocess
 import tempfile
-import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 from bench.common import fmt, parse_list, table, verdict
+from bench.runs import run_command
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = ("run", "test")
@@ -45,19 +45,6 @@ def clone(source: str, parent: str) -> str:
     if os.path.isdir(shared):
         os.symlink(shared, os.path.join(parent, "shared"))
     return dest
-
-
-def measure(argv: Sequence[str], cwd: str, log_path: str, env: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
-    """Runs argv in cwd, its output into log_path; its wall seconds, the CPU of it and every process it
-    waited for, the largest one's peak RSS, and its exit code."""
-    started = time.monotonic()
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(list(argv), cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return {"exit_code": process.returncode, "wall_seconds": round(time.monotonic() - started, 1),
-            "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
-            "peak_rss_gb": round(usage.ru_maxrss / 2**20, 2)}
 
 
 def pytest_outcome(text: str) -> Optional[Dict[str, Any]]:
@@ -87,7 +74,7 @@ def run_step(step: str, source: str, logs: str, quick: bool) -> Dict[str, Any]:
         argv = ["make", step] + ([f"RUN_ARGS={QUICK_RUN_ARGS}"] if step == "run" and quick else [])
         log = os.path.join(logs, f"make-{step}.log")
         print(f"  make {step} in a fresh clone ({parent}); its output in {log}", flush=True)
-        out = {"step": step, "argv": argv, "log": log, **measure(argv, repo, log)}
+        out = {"step": step, **run_command(argv, log, cwd=repo)}
         if step == "run":
             summary = os.path.join(repo, SUMMARY)
             if os.path.exists(summary):
@@ -98,7 +85,7 @@ def run_step(step: str, source: str, logs: str, quick: bool) -> Dict[str, Any]:
             with open(log, errors="replace") as f:
                 out.update(pytest_outcome(f.read()) or {})
         out["target_seconds"] = TARGET_SECONDS[step]
-        out["verdict"] = verdict(out["wall_seconds"], TARGET_SECONDS[step], higher_is_better=False) \
+        out["verdict"] = verdict(out["process_seconds"], TARGET_SECONDS[step], higher_is_better=False) \
             if out["exit_code"] == 0 and not quick else "n/a"
         return out
     finally:
@@ -123,7 +110,7 @@ def show(res: Dict[str, Any]) -> None:
         counts = s.get("counts") or {}
         what = (f"AUC {fmt(s.get('auc'), 4)}, gap {fmt(s.get('bayes_auc_gap'), 4)}" if s["step"] == "run"
                 else ", ".join(f"{n} {w}" for w, n in counts.items()) or "no pytest summary")
-        rows.append([f"make {s['step']}", s["exit_code"], s["wall_seconds"], s["cpu_seconds"], s["peak_rss_gb"],
-                     what, s["target_seconds"], s["verdict"]])
-    print(table(["command", "exit", "wall s", "CPU s", "peak RSS GB", "outcome", "target s", ""], rows,
+        rows.append([f"make {s['step']}", s["exit_code"], s["process_seconds"], s["cpu_seconds"],
+                     s["peak_rss_mb"], what, s["target_seconds"], s["verdict"]])
+    print(table(["command", "exit", "wall s", "CPU s", "peak RSS MB", "outcome", "target s", ""], rows,
                 title=f"\nA fresh clone of {res['commit']}, venv included"))

@@ -118,14 +118,17 @@ def run_pipeline(root: str, rows: int, trainer: str = "keras", extra: Sequence[s
 
 
 def run_command(cmd: Sequence[str], log_path: str, cwd: Optional[str] = None) -> Dict[str, Any]:
-    """A command as a subprocess, its output to `log_path`: exit code, wall time, peak tree RSS."""
+    """A command as a subprocess, its output to `log_path`: exit code, wall time, the CPU of it and
+    every process it waited for, peak tree RSS."""
     started = time.monotonic()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
         with TreeSampler(proc.pid, log=log_path) as sampler:
-            code = proc.wait()
+            _, status, usage = os.wait4(proc.pid, 0)  # proc.wait() gives no rusage
+            proc.returncode = code = os.waitstatus_to_exitcode(status)
     wall = time.monotonic() - started
     return {"command": " ".join(cmd), "exit_code": code, "process_seconds": round(wall, 1),
+            "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
             "peak_rss_mb": round(sampler.peak_bytes / 2**20),
             "peak_rss_mb_by_component": {k: round(v / 2**20) for k, v in sampler.peak_by_component.items()},
             "start_rss_mb_by_component": {k: round(v / 2**20) for k, v in sampler.start_by_component.items()},
