@@ -16,7 +16,7 @@ from deepfm_tfx.pipeline.orchestrators import local
 from deepfm_tfx.trainer_modules import local_cluster
 
 TRAIN_STEPS, BATCH = 400, 128
-TASK_MODULE = "deepfm_tfx.trainer_modules.cluster_task"
+TASK_MODULE = local_cluster.TASK_MODULE
 
 
 def run_config(root, data_root, train_steps=TRAIN_STEPS, trainer="estimator", **training):
@@ -27,24 +27,33 @@ def run_config(root, data_root, train_steps=TRAIN_STEPS, trainer="estimator", **
 
 
 def cluster_tasks():
-    """{task name: (pid, its work dir)} of the cluster tasks that are children of this process."""
-    tasks = {}
+    """{task name: (pid, its work dir)} of the tasks of the clusters this process started: the
+    children of its fork servers, named by their process names."""
+    servers, parents = {}, {}
     for stat in glob.glob("/proc/[0-9]*/stat"):
         pid = int(stat.split("/")[2])
         try:
             with open(stat) as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                parents[pid] = int(f.read().rsplit(")", 1)[1].split()[1])
+            if parents[pid] != os.getpid():
+                continue
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 argv = f.read().decode().split("\0")
-            if ppid != os.getpid() or TASK_MODULE not in argv:
-                continue
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                env = dict(e.split("=", 1) for e in f.read().decode(errors="replace").split("\0") if "=" in e)
         except (OSError, IndexError, ValueError):
             continue
-        task = json.loads(env["TF_CONFIG"])["task"]
-        name = "chief" if task["type"] == "chief" else f"{task['type']}{task['index']}"
-        tasks[name] = (pid, os.path.dirname(argv[argv.index(TASK_MODULE) + 1]))
+        if TASK_MODULE in argv and local_cluster.FORK_SERVER_FLAG in argv:
+            servers[pid] = os.path.dirname(argv[argv.index(local_cluster.FORK_SERVER_FLAG) + 1])
+    tasks = {}
+    for pid, parent in parents.items():
+        if parent not in servers:
+            continue
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                name = f.read().strip()
+        except OSError:
+            continue
+        if name.startswith(local_cluster.TASK_NAME_PREFIX):
+            tasks[name[len(local_cluster.TASK_NAME_PREFIX):]] = (pid, servers[parent])
     return tasks
 
 

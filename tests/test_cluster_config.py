@@ -114,3 +114,73 @@ def test_a_task_dies_with_the_process_that_started_it_and_an_orphan_exits(tmp_pa
     orphan = subprocess.run([sys.executable, "-c", task], env=dict(os.environ, **{local_cluster.PARENT_PID_ENV: "1"}),
                             capture_output=True, text=True, timeout=60)
     assert orphan.returncode == 1 and "ready" not in orphan.stdout
+
+
+def test_the_fork_server_forks_named_tasks_reports_their_ends_and_they_die_with_the_trainer(tmp_path):
+    """A local cluster's tasks are forks of one server that imported TensorFlow once: each is named
+    in ps and top, its end is reported as Popen would (a signal as its negative number), and killing
+    the process that started the server (the Trainer) takes the server and its tasks with it."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from deepfm_tfx.contracts import TRAINER_KEY
+
+    config = tmp_path / "task_config.json"
+    config.write_text(json.dumps({"custom_config": {TRAINER_KEY: "estimator"}}))
+
+    def ps_task(name):  # a parameter server of a cluster of its own: serves until stopped
+        port = local_cluster.free_ports(1)[0]
+        return name, {"cluster": {"ps": [f"127.0.0.1:{port}"]}, "task": {"type": "ps", "index": 0}}, \
+            str(tmp_path / f"{name}.log")
+
+    def state(pid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return fields[0], int(fields[1])
+        except FileNotFoundError:
+            return None, None
+
+    def gone(pid, seconds=30):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if state(pid)[0] in (None, "Z"):  # a zombie until init reaps it
+                return True
+            time.sleep(0.05)
+        return False
+
+    server = local_cluster.ForkServer(str(config), str(tmp_path / "fork_server.log"))
+    try:
+        first, second = server.fork(*ps_task("ps0")), server.fork(*ps_task("ps1"))
+        for task, name in ((first, "ps0"), (second, "ps1")):
+            assert state(task.pid)[1] == server.process.pid and task.poll() is None
+            deadline = time.monotonic() + 10
+            while open(f"/proc/{task.pid}/comm").read().strip() != f"deepfm-{name}" and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert open(f"/proc/{task.pid}/comm").read().strip() == f"deepfm-{name}"
+        first.kill()
+        second.terminate()
+        assert first.wait(30) == -signal.SIGKILL and second.wait(30) == -signal.SIGTERM
+    finally:
+        server.close()
+    assert server.process.returncode == 0
+
+    starter = ("import json, sys, time; from deepfm_tfx.trainer_modules import local_cluster; "
+               f"server = local_cluster.ForkServer({str(config)!r}, {str(tmp_path / 'second.log')!r}); "
+               f"task = server.fork(*json.loads(sys.argv[1])); "
+               "print(server.process.pid, task.pid, flush=True); time.sleep(120)")
+    parent = subprocess.Popen([sys.executable, "-c", starter, json.dumps(ps_task("ps0"))], stdout=subprocess.PIPE,
+                              text=True)
+    server_pid, task_pid = map(int, parent.stdout.readline().split())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    if not (gone(server_pid) and gone(task_pid)):
+        for pid in (server_pid, task_pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        raise AssertionError("the fork server or its task outlived the process that started them")

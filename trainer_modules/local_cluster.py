@@ -8,7 +8,8 @@ that dies stops the whole cluster with an error, and the re-run resumes from
 the last checkpoint. Every task is stopped when training ends or fails, and
 dies with the Trainer (PR_SET_DEATHSIG) if the Trainer itself is killed.
 
-No TensorFlow here: the tasks run `python -m deepfm_tfx.trainer_modules.cluster_task`.
+No TensorFlow here: one fork server (`python -m deepfm_tfx.trainer_modules.cluster_task
+--fork-server`) imports it once and forks every task, a restarted worker too.
 """
 from __future__ import annotations
 
@@ -23,11 +24,15 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Callable, Dict, List, Optional
 
 CHIEF, WORKER, PS = "chief", "worker", "ps"
 TASK_MODULE = "deepfm_tfx.trainer_modules.cluster_task"
+FORK_SERVER_FLAG = "--fork-server"  # cluster_task.py's
+TASK_NAME_PREFIX = "deepfm-"  # a forked task's process name (ps, top): deepfm-worker1
+FORK_SERVER_START_SECONDS = 600  # its imports, on a busy machine
 # A worker is restarted at most this many times, so a task that cannot start fails the run.
 MAX_RESTARTS = 5
 PROGRESS_DIR = "progress"  # each training task writes its steps here, as <task>.json
@@ -118,7 +123,7 @@ def _how(returncode: int) -> str:
 class _Task:
     kind: str
     index: int
-    process: Optional[subprocess.Popen] = None
+    process: Optional["ForkedTask"] = None
     restarts: int = 0
     log: Optional[str] = None
 
@@ -143,16 +148,14 @@ class LocalCluster:
         self.tasks = [_Task(PS, i) for i in range(shape.ps)] + [_Task(CHIEF, 0)] + \
             [_Task(WORKER, i) for i in range(shape.workers)]
         self.restarts: Dict[str, int] = {}
+        self.server: Optional[ForkServer] = None
 
     def _start(self, task: _Task) -> None:
-        env = dict(os.environ)
-        env["TF_CONFIG"] = json.dumps({"cluster": self.spec, "task": {"type": task.kind, "index": task.index}})
-        env[PARENT_PID_ENV] = str(os.getpid())
-        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        if self.server is None:
+            self.server = ForkServer(self.config_file, os.path.join(self.work_dir, "fork_server.log"))
         task.log = os.path.join(self.work_dir, f"{task.name}.log")
-        with open(task.log, "ab") as log:
-            task.process = subprocess.Popen([sys.executable, "-m", TASK_MODULE, self.config_file], env=env,
-                                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        task.process = self.server.fork(task.name, {"cluster": self.spec,
+                                                    "task": {"type": task.kind, "index": task.index}}, task.log)
 
     def pid(self, name: str) -> int:
         """The process id of a task, e.g. "worker1" (the fault tests kill it)."""
@@ -218,12 +221,108 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 task.process.kill()
                 task.process.wait()
+        if self.server is not None:
+            self.server.close()
+            self.server = None
 
     def __enter__(self) -> "LocalCluster":
         return self.start()
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
+
+
+class ForkServer:
+    """The process that forks the tasks (cluster_task.serve_forks), and the tasks' exits it reports."""
+
+    def __init__(self, config_file: str, log_path: str):
+        env = dict(os.environ)
+        env[PARENT_PID_ENV] = str(os.getpid())
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        self.log_path = log_path
+        with open(log_path, "ab") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", TASK_MODULE, FORK_SERVER_FLAG, config_file],
+                                            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
+        self.changed = threading.Condition()
+        self.codes: Dict[int, int] = {}
+        self.forked: List[int] = []
+        self.gone = False
+        threading.Thread(target=self._read, name="cluster-fork-server", daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            message = json.loads(line)
+            with self.changed:
+                if "pid" in message:
+                    self.forked.append(message["pid"])
+                else:
+                    self.codes[message["exited"]] = message["code"]
+                self.changed.notify_all()
+        with self.changed:  # the server is gone, and its tasks with it (PR_SET_DEATHSIG)
+            self.gone = True
+            self.changed.notify_all()
+
+    def fork(self, name: str, tf_config: dict, log: str) -> "ForkedTask":
+        """A new task; the first call waits for the server's imports."""
+        with self.changed:
+            count = len(self.forked)
+            try:
+                self.process.stdin.write(json.dumps({"name": name, "tf_config": tf_config, "log": log}).encode() + b"\n")
+                self.process.stdin.flush()
+            except BrokenPipeError:
+                pass  # gone: reported below
+            self.changed.wait_for(lambda: len(self.forked) > count or self.gone, FORK_SERVER_START_SECONDS)
+            if len(self.forked) == count:
+                if not self.gone:
+                    self.process.kill()
+                raise ClusterFailed(f"the training cluster's fork server exited ({_how(self.process.wait())}) "
+                                    f"before starting {name}; its log: {self.log_path}")
+            return ForkedTask(self, self.forked[count])
+
+    def close(self) -> None:
+        """Ends the server once its tasks are stopped (closing its stdin is the signal)."""
+        try:
+            self.process.stdin.close()
+            self.process.wait(10)
+        except (OSError, subprocess.TimeoutExpired):
+            self.process.kill()
+            self.process.wait()
+
+
+class ForkedTask:
+    """A forked task, as Popen would show it: the fork server reaps it and reports its exit."""
+
+    def __init__(self, server: ForkServer, pid: int):
+        self.server, self.pid = server, pid
+
+    @property
+    def returncode(self) -> Optional[int]:
+        return self.poll()
+
+    def poll(self) -> Optional[int]:
+        with self.server.changed:
+            if self.pid in self.server.codes:
+                return self.server.codes[self.pid]
+            return -signal.SIGKILL if self.server.gone else None
+
+    def wait(self, timeout: Optional[float] = None) -> int:
+        with self.server.changed:
+            if not self.server.changed.wait_for(lambda: self.poll() is not None, timeout):
+                raise subprocess.TimeoutExpired(f"{TASK_NAME_PREFIX}task {self.pid}", timeout)
+        return self.poll()
+
+    def _signal(self, signum: int) -> None:
+        if self.poll() is None:
+            try:
+                os.kill(self.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
 
 
 def last_checkpoint_step(directory: str) -> Optional[int]:
