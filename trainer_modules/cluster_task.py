@@ -84,6 +84,8 @@ def serve_forks(config_file: str) -> int:
 
     Safe to fork because nothing here has run a TensorFlow op: importing creates no runtime, no
     thread pools and no gRPC channels (each task creates its own after the fork)."""
+    replies = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # first: a stray print, the imports' too, must not land in the replies
     task_config = _prepare(config_file)
     import tensorflow  # noqa: F401  the import the tasks share
     if _keras(task_config):
@@ -91,8 +93,6 @@ def serve_forks(config_file: str) -> int:
     else:
         from deepfm_tfx.trainer_modules import estimator_trainer  # noqa: F401
     server = os.getpid()
-    replies = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)  # a stray print must not land in the replies
     pending = b""
     while True:
         readable, _, _ = select.select([0], [], [], 0.1)

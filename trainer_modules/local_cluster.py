@@ -266,8 +266,9 @@ class ForkServer:
         """A new task; the first call waits for the server's imports."""
         with self.changed:
             count = len(self.forked)
+            request = {"name": name, "tf_config": tf_config, "log": log}
             try:
-                self.process.stdin.write(json.dumps({"name": name, "tf_config": tf_config, "log": log}).encode() + b"\n")
+                self.process.stdin.write(json.dumps(request).encode() + b"\n")
                 self.process.stdin.flush()
             except BrokenPipeError:
                 pass  # gone: reported below
