@@ -1,5 +1,9 @@
 """--cluster: what it accepts, and one error line for what it does not."""
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -79,14 +83,38 @@ def test_two_threads_writing_a_tasks_progress_never_fail(tmp_path):
         assert json.load(f) == {"steps": 1999, "global_step": 1999}
 
 
+def _state(pid):
+    """(state letter, parent pid) from /proc, (None, None) once the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return fields[0], int(fields[1])
+    except FileNotFoundError:
+        return None, None
+
+
+def _gone(pid, seconds):
+    """The process ends within `seconds` (a zombie counts: init reaps an orphan shortly)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if _state(pid)[0] in (None, "Z"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _kill(pids):
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def test_a_task_dies_with_the_process_that_started_it_and_an_orphan_exits(tmp_path):
     """PR_SET_DEATHSIG, set by the task itself after exec (not in a preexec_fn, which ran Python in a
     fork of the Trainer's threads): SIGKILL the starter, the task goes; a task whose starter is already
     gone exits at once."""
-    import signal
-    import subprocess
-    import sys
-    import time
 
     task = ("import sys, time; from deepfm_tfx.trainer_modules import local_cluster; "
             "local_cluster.die_with_parent(); print('ready', flush=True); time.sleep(120)")
@@ -98,17 +126,8 @@ def test_a_task_dies_with_the_process_that_started_it_and_an_orphan_exits(tmp_pa
     child = int(parent.stdout.readline())
     os.kill(parent.pid, signal.SIGKILL)
     parent.wait()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{child}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "Z":  # reaped by init shortly
-                    break
-        except FileNotFoundError:
-            break
-        time.sleep(0.05)
-    else:
-        os.kill(child, signal.SIGKILL)
+    if not _gone(child, 10):
+        _kill([child])
         raise AssertionError("the task outlived the process that started it")
 
     orphan = subprocess.run([sys.executable, "-c", task], env=dict(os.environ, **{local_cluster.PARENT_PID_ENV: "1"}),
@@ -121,10 +140,6 @@ def test_the_fork_server_forks_named_tasks_reports_their_ends_and_they_die_with_
     in ps and top, its end is reported as Popen would (a signal as its negative number), and killing
     the process that started the server (the Trainer) takes the server and its tasks with it."""
     import json
-    import signal
-    import subprocess
-    import sys
-    import time
 
     from deepfm_tfx.contracts import TRAINER_KEY
 
@@ -136,27 +151,11 @@ def test_the_fork_server_forks_named_tasks_reports_their_ends_and_they_die_with_
         return name, {"cluster": {"ps": [f"127.0.0.1:{port}"]}, "task": {"type": "ps", "index": 0}}, \
             str(tmp_path / f"{name}.log")
 
-    def state(pid):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            return fields[0], int(fields[1])
-        except FileNotFoundError:
-            return None, None
-
-    def gone(pid, seconds=30):
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if state(pid)[0] in (None, "Z"):  # a zombie until init reaps it
-                return True
-            time.sleep(0.05)
-        return False
-
     server = local_cluster.ForkServer(str(config), str(tmp_path / "fork_server.log"))
     try:
         first, second = server.fork(*ps_task("ps0")), server.fork(*ps_task("ps1"))
         for task, name in ((first, "ps0"), (second, "ps1")):
-            assert state(task.pid)[1] == server.process.pid and task.poll() is None
+            assert _state(task.pid)[1] == server.process.pid and task.poll() is None
             deadline = time.monotonic() + 10
             while open(f"/proc/{task.pid}/comm").read().strip() != f"deepfm-{name}" and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -177,10 +176,6 @@ def test_the_fork_server_forks_named_tasks_reports_their_ends_and_they_die_with_
     server_pid, task_pid = map(int, parent.stdout.readline().split())
     os.kill(parent.pid, signal.SIGKILL)
     parent.wait()
-    if not (gone(server_pid) and gone(task_pid)):
-        for pid in (server_pid, task_pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    if not (_gone(server_pid, 30) and _gone(task_pid, 30)):
+        _kill([server_pid, task_pid])
         raise AssertionError("the fork server or its task outlived the process that started them")

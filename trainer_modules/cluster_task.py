@@ -16,7 +16,6 @@ import ctypes
 import json
 import os
 import select
-import signal
 import sys
 import traceback
 
@@ -123,12 +122,9 @@ def _run_forked(request: dict, task_config: dict, server: int, replies_fd: int) 
     """The forked task: never returns into the server's loop."""
     code = 1
     try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_DEATHSIG: dies with the fork server
-        if os.getppid() != server:  # the server died before the call
-            os._exit(1)
+        local_cluster.die_with(server)
         # ps and top show the task, e.g. deepfm-worker1
-        libc.prctl(PR_SET_NAME, f"{local_cluster.TASK_NAME_PREFIX}{request['name']}"[:15].encode())
+        ctypes.CDLL("libc.so.6").prctl(PR_SET_NAME, f"{local_cluster.TASK_NAME_PREFIX}{request['name']}"[:15].encode())
         os.close(replies_fd)
         log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(log, 1)

@@ -102,11 +102,16 @@ def die_with_parent() -> None:
     expected = os.environ.get(PARENT_PID_ENV)
     if not expected:  # not started by LocalCluster (a TFJob's pod): the pod's lifetime is the operator's
         return
+    die_with(int(expected))
+
+
+def die_with(parent: int) -> None:
+    """SIGKILL for this process when `parent` (its parent) dies; exits at once if it already has."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_DEATHSIG
     except OSError:
         return
-    if os.getppid() != int(expected):
+    if os.getppid() != parent:
         os._exit(1)
 
 
@@ -295,10 +300,6 @@ class ForkedTask:
 
     def __init__(self, server: ForkServer, pid: int):
         self.server, self.pid = server, pid
-
-    @property
-    def returncode(self) -> Optional[int]:
-        return self.poll()
 
     def poll(self) -> Optional[int]:
         with self.server.changed:
