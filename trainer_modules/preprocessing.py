@@ -139,12 +139,16 @@ def dense_columns(columns: Sequence[Any], default: Any, dtype: tf.DType) -> Tupl
                             if isinstance(c, tf.SparseTensor) else tf.ones_like(tf.reshape(c, [-1]), tf.bool)
                             for c in columns], axis=1)
         return dense, present
-    widths = tf.stack([c.dense_shape[1] for c in columns])
+    # Slicing each column's shape or offsetting each column's indices would add three constants
+    # and an op per column to every trace: one op over all columns instead.
+    widths = tf.stack([c.dense_shape for c in columns])[:, 1]
     # A second value in a row would land in the next field's column: refuse it, as the per-field
     # to_dense did (index out of bounds).
     with tf.control_dependencies([tf.debugging.assert_less_equal(
             widths, tf.constant(1, tf.int64), message="a single-valued feature has more than one value in a row")]):
-        indices = tf.concat([c.indices + tf.constant([0, j], tf.int64) for j, c in enumerate(columns)], axis=0)
+        ends = tf.cumsum(tf.stack([tf.size(c.values, out_type=tf.int64) for c in columns]))
+        field = tf.searchsorted(ends, tf.range(ends[-1]), side="right", out_type=tf.int64)  # each value's column
+        indices = tf.concat([c.indices for c in columns], axis=0) + tf.stack([tf.zeros_like(field), field], axis=1)
     values = tf.concat([c.values if c.values.dtype == dtype else tf.cast(c.values, dtype) for c in columns], axis=0)
     shape = tf.stack([columns[0].dense_shape[0], tf.constant(len(columns), tf.int64)])
     # Each (row, field) is set at most once, so the indices need no ordering.
@@ -200,8 +204,8 @@ def _finite(statistic: tf.Tensor, spec: FeatureSpec, what: str) -> tf.Tensor:
     every value of its column to the same number."""
     return tf.stack([
         tf.debugging.check_numerics(
-            statistic[i], f"Transform: the z-score {what} of numeric column '{name}' {NON_FINITE_STATISTIC}")
-        for i, name in enumerate(spec.numerical)])
+            column, f"Transform: the z-score {what} of numeric column '{name}' {NON_FINITE_STATISTIC}")
+        for column, name in zip(tf.unstack(statistic, num=len(spec.numerical)), spec.numerical)])
 
 
 def _numerical(inputs: Dict[str, Any], spec: FeatureSpec) -> Dict[str, tf.Tensor]:
@@ -223,7 +227,7 @@ def _numerical(inputs: Dict[str, Any], spec: FeatureSpec) -> Dict[str, tf.Tensor
         values = tf.cast(tf.where(std > 0, (values64 - mean) / tf.where(std > 0, std, 1.0), 0.0), tf.float32)
     # Missing is not "at the mean": the model gives it its own embedding.
     values = tf.where(present > 0, values, float("nan"))
-    return {name: values[:, i] for i, name in enumerate(spec.numerical)}
+    return dict(zip(spec.numerical, tf.unstack(values, num=len(spec.numerical), axis=1)))
 
 
 def _prefixed(field: str, tokens):
