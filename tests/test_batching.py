@@ -13,9 +13,11 @@ class Model:
     def __init__(self, first_run_seconds=0.0):
         self.runs = []
         self.first_run_seconds = first_run_seconds
+        self.running = threading.Event()  # set once the first run has begun
 
     def __call__(self, feeds):
         if not self.runs:
+            self.running.set()
             time.sleep(self.first_run_seconds)
         self.runs.append(len(feeds["x"]))
         return {"y": feeds["x"] * 2}
@@ -38,11 +40,23 @@ def send(batcher, model, sizes, gap=0.002):
     return answers
 
 
+def behind_a_slow_run(batcher, model, sizes):
+    """One request, then `sizes` sent once the model runs it (alone, slowly), so they queue behind
+    it whatever the machine's load (sent together, a busy machine once let two into the first run)."""
+    first = []
+    client = threading.Thread(target=lambda: first.extend(send(batcher, model, [100])))
+    client.start()
+    assert model.running.wait(10)
+    rest = send(batcher, model, sizes)
+    client.join(10)
+    return first + rest
+
+
 def test_under_concurrent_load_a_timeout_gathers_the_requests_that_arrive_within_it():
     batcher = batching.Batcher(threads=1, max_rows=1024, timeout_ms=300)
-    model = Model(first_run_seconds=0.2)
+    model = Model(first_run_seconds=0.5)
     try:
-        first = send(batcher, model, [100] * 6)  # five queue behind the first, slow run
+        first = behind_a_slow_run(batcher, model, [100] * 5)
         second = send(batcher, model, [100] * 6)  # now the batcher waits for them
     finally:
         batcher.stop()
@@ -53,9 +67,9 @@ def test_under_concurrent_load_a_timeout_gathers_the_requests_that_arrive_within
 
 def test_the_timeout_ends_as_soon_as_a_batch_is_full():
     batcher = batching.Batcher(threads=1, max_rows=200, timeout_ms=5_000)
-    model = Model(first_run_seconds=0.2)
+    model = Model(first_run_seconds=0.5)
     try:
-        send(batcher, model, [100] * 3)
+        behind_a_slow_run(batcher, model, [100] * 2)  # a batch of two requests: the next one waits
         started = time.monotonic()
         answers = send(batcher, model, [100, 100])
         assert time.monotonic() - started < 2 and model.runs[-1] == 200
