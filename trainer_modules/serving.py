@@ -19,7 +19,7 @@ probability under `click_probability` (OUTPUT_KEY), shape [batch, 1].
 import inspect
 import os
 import re
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -54,24 +54,25 @@ def _missing(dtype: tf.DType):
     return tf.constant("" if dtype == tf.string else float("nan"), dtype)
 
 
-def _row_count(columns: Dict[str, tf.Tensor]) -> tf.Tensor:
-    """The batch size: every input has it, or none (left out)."""
+def _row_count(columns: Dict[str, tf.Tensor]) -> Tuple[tf.Tensor, tf.Tensor]:
+    """The batch size (every input has it, or none: left out), and each input's rows in order."""
     sizes = tf.stack([tf.size(c) for c in columns.values()])  # the inputs are vectors
     batch = tf.reduce_max(sizes)
     ok = tf.reduce_all(tf.logical_or(tf.equal(sizes, 0), tf.equal(sizes, batch)))
     with tf.control_dependencies([tf.debugging.Assert(ok, [
             "every input of the features signature needs the same number of rows (or none); got",
             tf.constant(list(columns)), sizes], summarize=len(columns))]):
-        return tf.identity(batch)
+        return tf.identity(batch), sizes
 
 
-def _sparse_columns(columns: List[tf.Tensor], dtypes: List[tf.DType], batch: tf.Tensor) -> List[tf.SparseTensor]:
+def _sparse_columns(columns: List[tf.Tensor], sizes: tf.Tensor, dtypes: List[tf.DType],
+                    batch: tf.Tensor) -> List[tf.SparseTensor]:
     """What parse_example gives single-valued VarLenFeatures ([batch, 1], the present values), for
     many inputs of one dtype at once: a fixed number of ops, whatever their count. One input at a
     time, 39 made about a thousand, which every export traces and saves and every load of the model
     (the Evaluator, the gates, each server) restores; a served call costs the same either way."""
     missing = _missing(columns[0].dtype)
-    sizes = tf.stack([tf.size(c, out_type=tf.int64) for c in columns])
+    sizes = tf.cast(sizes, tf.int64)  # each input's rows, as _row_count counted them
     # Row r of input j: flat[start_j + r], or, for an input left out, the block of missing values after them.
     flat = tf.concat(columns + [tf.fill([batch], missing)], 0)
     start = tf.where(tf.equal(sizes, tf.cast(batch, tf.int64)), tf.cumsum(sizes, exclusive=True),
@@ -88,7 +89,8 @@ def _sparse_columns(columns: List[tf.Tensor], dtypes: List[tf.DType], batch: tf.
 
 def raw_features_from_columns(columns: Dict[str, tf.Tensor], feature_spec: Dict, spec: FeatureSpec) -> Dict:
     """The features signature's inputs as parse_example would give them for the same rows."""
-    batch = _row_count(columns)
+    batch, sizes = _row_count(columns)
+    position = {name: i for i, name in enumerate(columns)}
     separators = {m.name: m.separator for m in spec.multivalent}
     raw = {}
     single = {}  # input dtype -> the single-valued varlen features, converted together
@@ -109,7 +111,8 @@ def raw_features_from_columns(columns: Dict[str, tf.Tensor], feature_spec: Dict,
         dense = tf.where(present, column, tf.cast(default, column.dtype))
         raw[name] = tf.reshape(tf.cast(dense, feature.dtype), [-1] + list(feature.shape))
     for names in single.values():
-        raw.update(zip(names, _sparse_columns([columns[n] for n in names], [feature_spec[n].dtype for n in names],
+        rows = tf.gather(sizes, [position[n] for n in names])
+        raw.update(zip(names, _sparse_columns([columns[n] for n in names], rows, [feature_spec[n].dtype for n in names],
                                               batch)))
     return raw
 
