@@ -210,7 +210,11 @@ def create_pipeline(
         disable_statistics=True,
         # The Trainer applies the transform graph to the window's examples itself
         # (training_setup.transformed_batches): writing them transformed cost more than analysing.
-        materialize=False).with_id("Transform")
+        materialize=False,
+        # A TF1 graph: the same outputs (40 of 40 equal, value for value), traced once instead of as
+        # tf.functions for analysis, schema and the saved function; a small run's Transform takes
+        # about a third less (docs/performance.md, "Fixed costs of a run").
+        force_tf_compat_v1=True).with_id("Transform")
     transform.add_upstream_node(anomaly_gate)
     transform.add_upstream_node(drift_gate)
 

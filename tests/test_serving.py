@@ -248,7 +248,8 @@ def test_an_id_below_min_count_and_an_unseen_id_share_the_rare_row_served_as_in_
         raw.update({name: tf.SparseTensor([[0, 0]], [1.0], [1, 1]) for name in spec.numerical})
         raw[field] = tf.SparseTensor([[0, 0]], [value.encode()], [1, 1])
         raw[spec.label] = tf.SparseTensor([[0, 0]], tf.constant([0], tf.int64), [1, 1])
-        return int(graph.transform_raw_features(raw)[field].numpy()[0])
+        return int(layer(raw)[field].numpy()[0])
+    layer = graph.transform_features_layer()  # transform_raw_features is graph-mode only for a TF1 graph
     buckets = id_space.chosen(pushed["pipeline_root"])["hash_buckets"]
     rare = transformed(unseen)
     assert rare == buckets + spec.admitted_fields.index(field)  # the field's rare row, after the table
