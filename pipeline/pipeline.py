@@ -97,6 +97,15 @@ def statistics_options() -> tfdv.StatsOptions:
     return tfdv.StatsOptions(use_sketch_based_topk_uniques=True)
 
 
+def transform_graph_is_tf1(trainer: str, training: Dict[str, Any]) -> bool:
+    """Whether Transform writes a TF1 graph: the same outputs, value for value, traced once rather than
+    as tf.functions for the analysis, the schema and the saved function, so a small run's Transform
+    takes about a third less (docs/performance.md, "Fixed costs of a run"). Not for the Keras
+    trainer on a cluster: ParameterServerStrategy builds the dataset's tables again on each worker,
+    which it can only do for a TF2 graph's (a TF1 graph's are initialised once, on the chief)."""
+    return not (trainer == "keras" and training.get("cluster"))
+
+
 def create_pipeline(
     *,
     pipeline_name: str,
@@ -211,10 +220,7 @@ def create_pipeline(
         # The Trainer applies the transform graph to the window's examples itself
         # (training_setup.transformed_batches): writing them transformed cost more than analysing.
         materialize=False,
-        # A TF1 graph: the same outputs (40 of 40 equal, value for value), traced once instead of as
-        # tf.functions for analysis, schema and the saved function; a small run's Transform takes
-        # about a third less (docs/performance.md, "Fixed costs of a run").
-        force_tf_compat_v1=True).with_id("Transform")
+        force_tf_compat_v1=transform_graph_is_tf1(trainer, training)).with_id("Transform")
     transform.add_upstream_node(anomaly_gate)
     transform.add_upstream_node(drift_gate)
 

@@ -153,6 +153,11 @@ def _train_on_cluster(fn_args, inputs, resume_dir, warm_from, first_batch, trans
     """The local cluster (or a TFJob) trains; this process then loads its last checkpoint into the
     single-machine model: one variable per table, no device placements, the same signatures."""
     config = inputs.config
+    from tensorflow_transform.saved import saved_transform_io
+    if saved_transform_io.exported_as_v1(inputs.transform_output.transform_savedmodel_dir):
+        # Else each worker fails with "Table not initialized" (pipeline.transform_graph_is_tf1).
+        raise ValueError("the Keras trainer on a cluster needs a TF2 transform graph: Transform with "
+                         "force_tf_compat_v1=False")
     step_start = local_cluster.last_checkpoint_step(resume_dir) or 0
     rate, measured = cluster_training.train_on_cluster(fn_args, inputs, resume_dir, warm_from, step_start)
     model = build_model(inputs, fn_args.train_steps)
