@@ -31,13 +31,17 @@ def _rows():
     return rows
 
 
-def _run(spec):
-    feature_spec = {"label": tf.io.VarLenFeature(tf.int64), "C1": tf.io.VarLenFeature(tf.string),
-                    "C2": tf.io.VarLenFeature(tf.string), "I1": tf.io.VarLenFeature(tf.float32),
-                    "genres": tf.io.VarLenFeature(tf.string)}
-    metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(feature_spec))
-    with tempfile.TemporaryDirectory() as tmp, tft_beam.Context(temp_dir=tmp, force_tf_compat_v1=False):
-        (transformed, _), transform_fn = (_rows(), metadata) | tft_beam.AnalyzeAndTransformDataset(
+RAW_SPEC = {"label": tf.io.VarLenFeature(tf.int64), "C1": tf.io.VarLenFeature(tf.string),
+            "C2": tf.io.VarLenFeature(tf.string), "I1": tf.io.VarLenFeature(tf.float32),
+            "genres": tf.io.VarLenFeature(tf.string)}
+
+
+def _run(spec, rows=None, raw_spec=RAW_SPEC, force_tf_compat_v1=False):
+    """preprocessing_fn over `rows` (default: _rows()): the transformed rows, and the vocabulary if any."""
+    metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(raw_spec))
+    rows = _rows() if rows is None else rows
+    with tempfile.TemporaryDirectory() as tmp, tft_beam.Context(temp_dir=tmp, force_tf_compat_v1=force_tf_compat_v1):
+        (transformed, _), transform_fn = (rows, metadata) | tft_beam.AnalyzeAndTransformDataset(
             lambda inputs: preprocessing.preprocessing_fn(inputs, {FEATURE_SPEC_KEY: spec.to_dict()}),
             output_record_batches=False)
         transform_fn | tft_beam.WriteTransformFn(tmp)
@@ -145,16 +149,8 @@ def test_the_tf1_transform_graph_gives_the_tf2_graphs_outputs(tmp_path):
              **{c: (tf.string, str.encode) for c in spec.categorical}}
     rows = [{c: [cast(v)] if v != "" else [] for c, (_, cast) in types.items() for v in [row[c]]}
             for row in frame.to_dict("records")]
-    metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(
-        {c: tf.io.VarLenFeature(dtype) for c, (dtype, _) in types.items()}))
-    outputs = []
-    for tf1 in (True, False):
-        with tempfile.TemporaryDirectory() as tmp, tft_beam.Context(temp_dir=tmp, force_tf_compat_v1=tf1):
-            (transformed, _), _ = (rows, metadata) | tft_beam.AnalyzeAndTransformDataset(
-                lambda inputs: preprocessing.preprocessing_fn(inputs, {FEATURE_SPEC_KEY: spec.to_dict()}),
-                output_record_batches=False)
-        outputs.append(transformed)
-    tf1_rows, tf2_rows = outputs
+    raw_spec = {c: tf.io.VarLenFeature(dtype) for c, (dtype, _) in types.items()}
+    tf1_rows, tf2_rows = (_run(spec, rows, raw_spec, force_tf_compat_v1=tf1)[0] for tf1 in (True, False))
     assert len(tf1_rows) == len(tf2_rows) == len(rows) and len(tf1_rows[0]) == len(spec.feature_columns) + 1
     for a, b in zip(tf1_rows, tf2_rows):
         assert a.keys() == b.keys()
