@@ -136,7 +136,8 @@ def test_the_fused_dense_columns_equal_the_per_field_ones_and_refuse_a_second_va
 
 def test_the_tf1_transform_graph_gives_the_tf2_graphs_outputs(tmp_path):
     """The pipeline's Transform writes a TF1 graph (cheaper to build) except for the Keras trainer on a
-    cluster: both must give every output the same, value for value, on the default spec's rows."""
+    cluster: both must give every id the same and every float the same to float32 rounding, on the
+    default spec's rows."""
     import pandas as pd
 
     from deepfm_tfx.schemas import feature_spec
@@ -155,4 +156,9 @@ def test_the_tf1_transform_graph_gives_the_tf2_graphs_outputs(tmp_path):
     for a, b in zip(tf1_rows, tf2_rows):
         assert a.keys() == b.keys()
         for key in a:
-            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+            if np.issubdtype(np.asarray(a[key]).dtype, np.floating):
+                # The z-score's mean and variance are float sums in an order Beam does not fix (one
+                # suite run here differed by 4.8e-7 in 1.23).
+                np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6, err_msg=key)
+            else:
+                np.testing.assert_array_equal(a[key], b[key], err_msg=key)
