@@ -83,6 +83,9 @@ def transformed_batches(raw: tf.data.Dataset, inputs: TrainerInputs, transform_l
     layer = transform_layer or inputs.transform_output.transform_features_layer()
     label = inputs.spec.label
 
+    # Nothing here branches on a tensor; AutoGraph would rewrite and step through all of TFT's layer
+    # code on every trace, which was most of a small run's Trainer (each Estimator evaluation traces it).
+    @tf.autograph.experimental.do_not_convert
     def transform(features):
         transformed = layer(features)
         return transformed, transformed.pop(label)
