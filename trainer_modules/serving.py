@@ -128,7 +128,8 @@ def keras_signatures(model: tf.keras.Model, transform_output: tft.TFTransformOut
     def predict(raw):
         return {OUTPUT_KEY: tf.sigmoid(model(model.tft_layer(raw), training=False))}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT_KEY)])
+    # No tensor-dependent branches below: AutoGraph would only step through the model and TFT's layer.
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT_KEY)], autograph=False)
     def serve(examples):
         return predict(tf.io.parse_example(examples, feature_spec))
 
@@ -145,7 +146,7 @@ def keras_signatures(model: tf.keras.Model, transform_output: tft.TFTransformOut
     with_defaults.__signature__ = inspect.Signature([
         inspect.Parameter(specs[n].name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
                           default=tf.constant([], specs[n].dtype)) for n in names])
-    features = tf.function(with_defaults, input_signature=[specs[n] for n in names])
+    features = tf.function(with_defaults, input_signature=[specs[n] for n in names], autograph=False)
     return {SERVING_SIGNATURE: serve.get_concrete_function(), FEATURES_SIGNATURE: features}
 
 
