@@ -14,6 +14,9 @@ Only these two: the Evaluator gained 4 s of its 25 at 500k rows (its workers
 each load the models, two of them from the second week on), and our
 ExampleGen is bound by its writer, not by decoding. The workers run `python -m
 deepfm_tfx.components.beam_worker_main`, Beam's own worker main made quiet at exit.
+
+All three (and our ExampleGen) build their Beam pipelines with the DoFn specs cache
+(components/dofn_specs_cache.py).
 """
 from __future__ import annotations
 
@@ -23,14 +26,16 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from absl import logging
 from tfx import types
+from tfx.components import Evaluator as TfxEvaluator
 from tfx.components import StatisticsGen as TfxStatisticsGen
+from tfx.components.evaluator import executor as evaluator_executor
 from tfx.components import Transform as TfxTransform
 from tfx.components.statistics_gen import executor as statistics_gen_executor
 from tfx.components.transform import executor as transform_executor
 from tfx.dsl.components.base import executor_spec
 from tfx.types import standard_component_specs
 
-from deepfm_tfx.components import beam_worker_main
+from deepfm_tfx.components import beam_worker_main, dofn_specs_cache
 from deepfm_tfx.machine import available_memory, usable_cpus
 
 # 32 MB of GZIP tf.Examples is about 200k criteo rows: at 500k the workers saved 9 s of
@@ -85,6 +90,7 @@ class _LocalWorkers:
         super().Do(input_dict, output_dict, exec_properties)
 
     def _make_beam_pipeline(self):
+        dofn_specs_cache.install()
         n = workers(self._beam_pipeline_args, self._input_bytes, usable_cpus(), available_memory())
         if not n or self._make_beam_pipeline_fn is not None:
             return super()._make_beam_pipeline()
@@ -111,6 +117,18 @@ class StatisticsExecutor(_LocalWorkers, statistics_gen_executor.Executor):
 
 class TransformExecutor(_LocalWorkers, transform_executor.Executor):
     pass
+
+
+class EvaluatorExecutor(evaluator_executor.Executor):
+    """TFX's, with the DoFn specs cache; no local workers (the module docstring says why)."""
+
+    def _make_beam_pipeline(self):
+        dofn_specs_cache.install()
+        return super()._make_beam_pipeline()
+
+
+class Evaluator(TfxEvaluator):
+    EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(EvaluatorExecutor)
 
 
 class StatisticsGen(TfxStatisticsGen):

@@ -38,7 +38,7 @@ from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
 from deepfm_tfx import progress, spans
-from deepfm_tfx.components import csv_rows, example_encoder, hash_splits, rows
+from deepfm_tfx.components import csv_rows, dofn_specs_cache, example_encoder, hash_splits, rows
 from deepfm_tfx.schemas.feature_spec import FeatureSpec
 
 _COUNTERS = "SpecCsvExampleGen"
@@ -126,6 +126,7 @@ class Executor(BaseExampleGenExecutor):
         for folder in split_dirs:
             fileio.makedirs(folder)
 
+        dofn_specs_cache.install()
         pipeline = self._make_beam_pipeline()
         _ = (pipeline
              | "ListFiles" >> beam.Create(list(enumerate(files)))

@@ -17,7 +17,7 @@ import tensorflow_data_validation as tfdv
 import tensorflow_model_analysis as tfma
 from ml_metadata.proto import metadata_store_pb2
 # Not `tfx.v1`: it imports every Google Cloud extension (8 s per process start).
-from tfx.components import Evaluator, ExampleValidator, Trainer
+from tfx.components import ExampleValidator, Trainer
 from tfx.components.schema_gen.import_schema_gen.component import ImportSchemaGen
 from tfx.dsl.components.common.resolver import Resolver
 from tfx.dsl.input_resolution.strategies.latest_artifact_strategy import LatestArtifactStrategy
@@ -31,7 +31,7 @@ from deepfm_tfx.contracts import (FEATURE_SPEC_KEY, PAIRED_AUC_GATE, SERVING_SIG
                                   TRAINING_KEY)
 from deepfm_tfx.pipeline import id_space
 from deepfm_tfx.components import hash_splits
-from deepfm_tfx.components.beam_workers import StatisticsGen, Transform
+from deepfm_tfx.components.beam_workers import Evaluator, StatisticsGen, Transform
 from deepfm_tfx.components.csv_example_gen import SpecCsvExampleGen
 from deepfm_tfx.components.frozen_schema_gen import FrozenSchemaGen
 from deepfm_tfx.components.gates import AnomalyGate, DriftGate
