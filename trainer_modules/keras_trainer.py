@@ -123,9 +123,14 @@ def _train_here(fn_args, inputs, resume_dir, warm_from, train, transform_layer):
         model = build_model(inputs, fn_args.train_steps)
         manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model, optimizer=model.optimizer),
                                              resume_dir, max_to_keep=1)
-        resumed_from = restore(model, manager, next(iter(train))[0])
+        first = next(iter(train))[0]
+        resumed_from = restore(model, manager, first)
         if warm_from and not resumed_from:
-            warm_start(model, warm_from, inputs, next(iter(train))[0])
+            warm_start(model, warm_from, inputs, first)
+        # The variables and the optimizer's slots exist before fit: made by its first step, they
+        # make TF trace the whole train function twice (once creating them, once without).
+        model(first)
+        model.optimizer.build(model.trainable_variables)
     base_weights = {v.name: v.numpy() for v in model.weights} if warm_from else None
     step_start = int(model.optimizer.iterations.numpy())
     throughput = measure.KerasThroughput(config.batch_size, fn_args.train_steps - step_start)
