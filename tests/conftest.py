@@ -9,16 +9,16 @@ SHARED_SAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__f
                              "..", "shared", "data", "criteo_sample.txt")
 
 
-# Seconds each long file took in `make test` (2026-12-06, this 2-core machine, three workers), to
+# Seconds each long file took in `make test` (2026-12-07, this 2-core machine, three workers), to
 # hand files out longest first. Only the order depends on them: a file missing here comes after
 # them, end-to-end files before the rest.
 FILE_SECONDS = {
-    "test_cluster_keras.py": 247, "test_weekly_own_data.py": 229, "test_cluster_estimator.py": 212,
-    "test_weekly_gates.py": 159, "test_airflow.py": 158, "test_airflow_celery.py": 153,
-    "test_weekly_warm_start.py": 149, "test_trainer_resume.py": 143, "test_report.py": 124,
-    "test_pipeline_e2e.py": 123, "test_object_store_e2e.py": 119, "test_admission.py": 115,
-    "test_kubeflow.py": 102, "test_formats.py": 90, "test_serving.py": 84, "test_progress.py": 67,
-    "test_latency_gate.py": 47, "test_synthetic_data.py": 31, "test_mysql_metadata.py": 27,
+    "test_cluster_keras.py": 250, "test_weekly_own_data.py": 199, "test_airflow.py": 197,
+    "test_cluster_estimator.py": 192, "test_weekly_gates.py": 167, "test_weekly_warm_start.py": 146,
+    "test_pipeline_e2e.py": 146, "test_airflow_celery.py": 138, "test_report.py": 136,
+    "test_trainer_resume.py": 132, "test_object_store_e2e.py": 125, "test_kubeflow.py": 115,
+    "test_admission.py": 86, "test_formats.py": 81, "test_latency_gate.py": 72, "test_progress.py": 67,
+    "test_serving.py": 62, "test_preprocessing.py": 55, "test_mysql_metadata.py": 45, "test_synthetic_data.py": 31,
 }
 
 
