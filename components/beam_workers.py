@@ -28,8 +28,8 @@ from absl import logging
 from tfx import types
 from tfx.components import Evaluator as TfxEvaluator
 from tfx.components import StatisticsGen as TfxStatisticsGen
-from tfx.components.evaluator import executor as evaluator_executor
 from tfx.components import Transform as TfxTransform
+from tfx.components.evaluator import executor as evaluator_executor
 from tfx.components.statistics_gen import executor as statistics_gen_executor
 from tfx.components.transform import executor as transform_executor
 from tfx.dsl.components.base import executor_spec
