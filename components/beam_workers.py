@@ -90,7 +90,6 @@ class _LocalWorkers:
         super().Do(input_dict, output_dict, exec_properties)
 
     def _make_beam_pipeline(self):
-        dofn_specs_cache.install()
         n = workers(self._beam_pipeline_args, self._input_bytes, usable_cpus(), available_memory())
         if not n or self._make_beam_pipeline_fn is not None:
             return super()._make_beam_pipeline()
@@ -111,20 +110,16 @@ def local_pipeline(beam_args: Sequence[str], n: int):
     return beam.Pipeline(runner=runner, options=PipelineOptions(list(beam_args) + [f"--direct_num_workers={n}"]))
 
 
-class StatisticsExecutor(_LocalWorkers, statistics_gen_executor.Executor):
+class StatisticsExecutor(dofn_specs_cache.Installed, _LocalWorkers, statistics_gen_executor.Executor):
     pass
 
 
-class TransformExecutor(_LocalWorkers, transform_executor.Executor):
+class TransformExecutor(dofn_specs_cache.Installed, _LocalWorkers, transform_executor.Executor):
     pass
 
 
-class EvaluatorExecutor(evaluator_executor.Executor):
+class EvaluatorExecutor(dofn_specs_cache.Installed, evaluator_executor.Executor):
     """TFX's, with the DoFn specs cache; no local workers (the module docstring says why)."""
-
-    def _make_beam_pipeline(self):
-        dofn_specs_cache.install()
-        return super()._make_beam_pipeline()
 
 
 class Evaluator(TfxEvaluator):

@@ -103,7 +103,7 @@ def _write_file(item: Tuple[int, str], spec_dict: Dict[str, Any], splits: Sequen
             writer.close()
 
 
-class Executor(BaseExampleGenExecutor):
+class Executor(dofn_specs_cache.Installed, BaseExampleGenExecutor):
     def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
         return _CsvToExamples
 
@@ -126,7 +126,6 @@ class Executor(BaseExampleGenExecutor):
         for folder in split_dirs:
             fileio.makedirs(folder)
 
-        dofn_specs_cache.install()
         pipeline = self._make_beam_pipeline()
         _ = (pipeline
              | "ListFiles" >> beam.Create(list(enumerate(files)))

@@ -9,7 +9,8 @@ about 10% of its CPU (docs/performance.md, "Fixed costs of a run").
 The answer depends only on the DoFn's methods, which Beam never changes on a
 DoFn it has built, so it is kept per object, by identity, for as long as the
 object lives. Objects that cannot be weakly referenced are inspected as before.
-`install()` is idempotent; the Beam executors call it before building a pipeline.
+`install()` is idempotent; our Beam executors take `Installed`, which calls it
+before their pipeline is built.
 """
 from __future__ import annotations
 
@@ -30,6 +31,14 @@ def install() -> None:
         _installed = True
 
 
+class Installed:
+    """For a BaseBeamExecutor (first among its bases): the cache is in place before its pipeline is built."""
+
+    def _make_beam_pipeline(self):
+        install()
+        return super()._make_beam_pipeline()
+
+
 def _cached(inspect_specs):
     cache = {}  # id(dofn) -> (weakref to it, its specs)
 
@@ -37,13 +46,12 @@ def _cached(inspect_specs):
         key = id(dofn)
         hit = cache.get(key)
         if hit is None or hit[0]() is not dofn:
-            hit = None
             state, timers = inspect_specs(dofn)
             try:
-                hit = (weakref.ref(dofn, lambda _, key=key: cache.pop(key, None)), (state, timers))
+                ref = weakref.ref(dofn, lambda _, key=key: cache.pop(key, None))
             except TypeError:
                 return state, timers
-            cache[key] = hit
+            hit = cache[key] = (ref, (state, timers))
         state, timers = hit[1]
         return set(state), set(timers)  # callers get their own sets, as before
 

@@ -129,7 +129,8 @@ def _train_here(fn_args, inputs, resume_dir, warm_from, train, transform_layer):
             warm_start(model, warm_from, inputs, first)
         # The variables and the optimizer's slots exist before fit: made by its first step, they
         # make TF trace the whole train function twice (once creating them, once without).
-        model(first)
+        if not model.built:  # a resume or a warm start built it already
+            model(first)
         model.optimizer.build(model.trainable_variables)
     base_weights = {v.name: v.numpy() for v in model.weights} if warm_from else None
     step_start = int(model.optimizer.iterations.numpy())
