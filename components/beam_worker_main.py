@@ -12,8 +12,8 @@ import sys
 if __name__ == "__main__":
     from deepfm_tfx import progress
     last_count = progress.publish_worker_reads()
-    from deepfm_tfx.components import dofn_specs_cache
-    dofn_specs_cache.install()
+    from deepfm_tfx.components import beam_caches
+    beam_caches.install()
     from apache_beam.runners.worker import sdk_worker_main
     sdk_worker_main.main(sys.argv)  # returns once the runner has closed the control channel
     last_count()

@@ -16,7 +16,7 @@ ExampleGen is bound by its writer, not by decoding. The workers run `python -m
 deepfm_tfx.components.beam_worker_main`, Beam's own worker main made quiet at exit.
 
 All three (and our ExampleGen) build their Beam pipelines with the DoFn specs cache
-(components/dofn_specs_cache.py).
+(components/beam_caches.py).
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from tfx.components.transform import executor as transform_executor
 from tfx.dsl.components.base import executor_spec
 from tfx.types import standard_component_specs
 
-from deepfm_tfx.components import beam_worker_main, dofn_specs_cache
+from deepfm_tfx.components import beam_worker_main, beam_caches
 from deepfm_tfx.machine import available_memory, usable_cpus
 
 # 32 MB of GZIP tf.Examples is about 200k criteo rows: at 500k the workers saved 9 s of
@@ -110,15 +110,15 @@ def local_pipeline(beam_args: Sequence[str], n: int):
     return beam.Pipeline(runner=runner, options=PipelineOptions(list(beam_args) + [f"--direct_num_workers={n}"]))
 
 
-class StatisticsExecutor(dofn_specs_cache.Installed, _LocalWorkers, statistics_gen_executor.Executor):
+class StatisticsExecutor(beam_caches.Installed, _LocalWorkers, statistics_gen_executor.Executor):
     pass
 
 
-class TransformExecutor(dofn_specs_cache.Installed, _LocalWorkers, transform_executor.Executor):
+class TransformExecutor(beam_caches.Installed, _LocalWorkers, transform_executor.Executor):
     pass
 
 
-class EvaluatorExecutor(dofn_specs_cache.Installed, evaluator_executor.Executor):
+class EvaluatorExecutor(beam_caches.Installed, evaluator_executor.Executor):
     """TFX's, with the DoFn specs cache; no local workers (the module docstring says why)."""
 
 

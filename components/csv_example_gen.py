@@ -38,7 +38,7 @@ from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
 from deepfm_tfx import progress, spans
-from deepfm_tfx.components import csv_rows, dofn_specs_cache, example_encoder, hash_splits, rows
+from deepfm_tfx.components import csv_rows, beam_caches, example_encoder, hash_splits, rows
 from deepfm_tfx.schemas.feature_spec import FeatureSpec
 
 _COUNTERS = "SpecCsvExampleGen"
@@ -103,7 +103,7 @@ def _write_file(item: Tuple[int, str], spec_dict: Dict[str, Any], splits: Sequen
             writer.close()
 
 
-class Executor(dofn_specs_cache.Installed, BaseExampleGenExecutor):
+class Executor(beam_caches.Installed, BaseExampleGenExecutor):
     def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
         return _CsvToExamples
 

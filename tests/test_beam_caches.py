@@ -1,11 +1,12 @@
-"""The DoFn specs cache (components/dofn_specs_cache.py): the same answers as Beam's own inspection,
-one inspection per DoFn object, and stateful DoFns still keep their state in a pipeline run with it."""
+"""Beam's caches (components/beam_caches.py): DoFn specs equal to Beam's own inspection, one inspection
+per DoFn object, stateful DoFns still keep their state in a pipeline run with them; state-cache weights
+equal to Beam's own, also after a module is loaded."""
 import apache_beam as beam
 from apache_beam.coders import VarIntCoder
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms import userstate
 
-from deepfm_tfx.components import dofn_specs_cache
+from deepfm_tfx.components import beam_caches
 
 # Beam's own inspection, whether or not this process installed the cache already.
 BEAMS_OWN = getattr(userstate.get_dofn_specs, "__wrapped__", userstate.get_dofn_specs)
@@ -30,7 +31,7 @@ def test_cached_specs_are_beams_and_each_dofn_is_inspected_once():
     def inspect(dofn):
         calls.append(dofn)
         return BEAMS_OWN(dofn)
-    cached = dofn_specs_cache._cached(inspect)
+    cached = beam_caches._cached(inspect)
     stateful, plain = _RunningCount(), _Plain()
     assert cached(stateful) == ({COUNT}, set()) and cached(plain) == (set(), set())
     assert cached(stateful) == ({COUNT}, set()) and cached(plain) == (set(), set())
@@ -42,10 +43,34 @@ def test_cached_specs_are_beams_and_each_dofn_is_inspected_once():
 
 
 def test_a_stateful_dofn_keeps_its_state_per_key_with_the_cache_installed():
-    dofn_specs_cache.install()
-    dofn_specs_cache.install()  # idempotent: one wrapper, not two
+    beam_caches.install()
+    beam_caches.install()  # idempotent: one wrapper, not two
     assert not hasattr(userstate.get_dofn_specs.__wrapped__, "__wrapped__")
     with beam.Pipeline() as pipeline:
         counts = (pipeline | beam.Create([("a", 1), ("b", 1), ("a", 1), ("a", 1)])
                   | beam.ParDo(_RunningCount()))
         assert_that(counts, equal_to([("a", 1), ("a", 2), ("a", 3), ("b", 1)]))
+
+
+def test_state_cache_weights_are_beams_before_and_after_a_module_loads(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    import numpy as np
+    from apache_beam.runners.worker import statecache
+    beams_own = getattr(statecache.get_deep_size, "__wrapped__", statecache.get_deep_size)
+    sizer = beam_caches._sizer(statecache)
+    shared = {"weights": np.arange(1000.0)}
+    values = [[1, 2, 3], {"a": b"x" * 100, "b": [shared, shared]}, np.zeros((10, 10)), ("s", None),
+              _RunningCount(), statecache, sys.modules[__name__].__dict__]
+    for value in values:
+        assert sizer(value) == beams_own(value), value
+    # A module loaded after the first call: its globals are left out from then on, as Beam does.
+    module = types.ModuleType("late_module")
+    module.table = list(range(1000))
+    holder = [vars(module)]
+    before = sizer(holder)
+    monkeypatch.setitem(sys.modules, "late_module", module)
+    assert sizer(holder) == beams_own(holder) < before
+    monkeypatch.delitem(sys.modules, "late_module")
+    assert sizer(holder) == beams_own(holder) == before
