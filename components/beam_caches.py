@@ -1,5 +1,6 @@
-"""Two answers Beam computes again and again, computed once: a DoFn's state specs, and the
-set of module globals its state cache leaves out of a value's size.
+"""Work Beam repeats on every call that changes nothing between calls, done once: a DoFn's
+state specs, the set of module globals its state cache leaves out of a value's size, and
+the dill logger's level.
 
 - **DoFn specs.** `apache_beam.transforms.userstate.get_dofn_specs` inspects the signature
   of every method of a DoFn, and Beam calls it several times for the same DoFn object (at
@@ -14,6 +15,11 @@ set of module globals its state cache leaves out of a value's size.
   modules), for values that often weigh microseconds. That set changes only when a
   module is loaded or unloaded, so it is kept until `sys.modules` changes. The weights
   are objsize's, exactly.
+- **dill's logger level.** Beam sets it (`dill._dill._trace(False)`) after every pickle
+  and unpickle, and `Logger.setLevel` clears the level cache of every logger in the
+  process (hundreds with TensorFlow, thousands with Airflow): about a tenth of a small
+  run's pickling. It is set only when it changes; a logger whose level did not change
+  keeps valid caches.
 
 docs/performance.md, "Fixed costs of a run", has the figures. `install()` is
 idempotent; our Beam executors take `Installed`, which calls it before their pipeline
@@ -38,6 +44,8 @@ def install() -> None:
         from apache_beam.transforms import userstate
         userstate.get_dofn_specs = _cached(userstate.get_dofn_specs)
         statecache.get_deep_size = _sizer(statecache)
+        from dill import _dill
+        _dill._trace = _level_when_changed(_dill.log, _dill._trace)
         _installed = True
 
 
@@ -106,3 +114,16 @@ def _sizer(statecache):
     get_deep_size.__wrapped__ = statecache.get_deep_size
     get_deep_size.__doc__ = statecache.get_deep_size.__doc__
     return get_deep_size
+
+
+def _level_when_changed(log, trace):
+    """dill's `_trace`, which only sets its logger's level, without setting the level it already has."""
+    import logging
+
+    def _trace(boolean):
+        if log.level != (logging.INFO if boolean else logging.WARN):
+            trace(boolean)
+
+    _trace.__wrapped__ = trace
+    _trace.__doc__ = trace.__doc__
+    return _trace

@@ -74,3 +74,22 @@ def test_state_cache_weights_are_beams_before_and_after_a_module_loads(tmp_path,
     assert sizer(holder) == beams_own(holder) < before
     monkeypatch.delitem(sys.modules, "late_module")
     assert sizer(holder) == beams_own(holder) == before
+
+
+def test_dills_level_is_set_as_before_and_only_when_it_changes(monkeypatch):
+    import logging
+
+    from dill import _dill
+    calls = []
+    beams_own = getattr(_dill._trace, "__wrapped__", _dill._trace)
+
+    def trace(boolean):
+        calls.append(boolean)
+        beams_own(boolean)
+    monkeypatch.setattr(_dill.log, "level", logging.WARN)  # as Beam leaves it; restored after the test
+    quiet = beam_caches._level_when_changed(_dill.log, trace)
+    for boolean, level in ((False, logging.WARN), (False, logging.WARN), (True, logging.INFO),
+                           (True, logging.INFO), (False, logging.WARN)):
+        quiet(boolean)
+        assert _dill.log.level == level
+    assert calls == [True, False]
