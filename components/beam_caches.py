@@ -1,6 +1,6 @@
 """Work Beam repeats on every call that changes nothing between calls, done once: a DoFn's
-state specs, the set of module globals its state cache leaves out of a value's size, and
-the dill logger's level.
+state specs, the set of module globals its state cache leaves out of a value's size, the
+dill logger's level, and the parse of the pipeline options' flags.
 
 - **DoFn specs.** `apache_beam.transforms.userstate.get_dofn_specs` inspects the signature
   of every method of a DoFn, and Beam calls it several times for the same DoFn object (at
@@ -20,6 +20,10 @@ the dill logger's level.
   process (hundreds with TensorFlow, thousands with Airflow): about a tenth of a small
   run's pickling. It is set only when it changes; a logger whose level did not change
   keeps valid caches.
+- **Pipeline options.** Beam views the options as another options class (`view_as`) for
+  each transform it applies, and each view builds an argparse parser with its class's
+  arguments and parses the flags again: 0.3 ms a view. The parse depends only on the class
+  and the flags; each view gets a deep copy of the kept namespace.
 
 docs/performance.md, "Fixed costs of a run", has the figures. `install()` is
 idempotent; our Beam executors take `Installed`, which calls it before their pipeline
@@ -46,6 +50,8 @@ def install() -> None:
         statecache.get_deep_size = _sizer(statecache)
         from dill import _dill
         _dill._trace = _level_when_changed(_dill.log, _dill._trace)
+        from apache_beam.options import pipeline_options
+        pipeline_options.PipelineOptions.__init__ = _parsed_once(pipeline_options.PipelineOptions.__init__)
         _installed = True
 
 
@@ -127,3 +133,36 @@ def _level_when_changed(log, trace):
     _trace.__wrapped__ = trace
     _trace.__doc__ = trace.__doc__
     return _trace
+
+
+
+def _parsed_once(init):
+    """PipelineOptions.__init__ with each (options class, flags) parsed once.
+
+    Beam builds a view of the options (`view_as`) for every transform it applies, and each view
+    builds an argparse parser, adds its class's arguments and parses the flags. The result depends
+    only on the class and the flags, so the parsed namespace is kept and each object gets a deep
+    copy of it (values can be lists that a caller appends to). The rest is Beam's __init__."""
+    import copy
+    import logging
+
+    parsed = {}  # (options class, flags) -> the parser's namespace
+
+    def __init__(self, flags=None, **kwargs):
+        key = (type(self), tuple(sys.argv[1:]) if flags is None else tuple(flags))
+        namespace = parsed.get(key)
+        if namespace is None:
+            init(self, flags, **kwargs)
+            parsed[key] = copy.deepcopy(self._visible_options)
+            return
+        logging.basicConfig()
+        self._flags = flags
+        self._visible_options = copy.deepcopy(namespace)
+        self._all_options = kwargs
+        for option_name in self._visible_option_list():
+            if option_name not in self._all_options:
+                self._all_options[option_name] = getattr(self._visible_options, option_name)
+
+    __init__.__wrapped__ = init
+    __init__.__doc__ = init.__doc__
+    return __init__

@@ -93,3 +93,26 @@ def test_dills_level_is_set_as_before_and_only_when_it_changes(monkeypatch):
         quiet(boolean)
         assert _dill.log.level == level
     assert calls == [True, False]
+
+
+def test_options_parsed_once_are_beams_and_no_two_objects_share_a_value(monkeypatch):
+    from apache_beam.options import pipeline_options as po
+    beams_own = getattr(po.PipelineOptions.__init__, "__wrapped__", po.PipelineOptions.__init__)
+    kept = beam_caches._parsed_once(beams_own)
+    flags = ["--direct_num_workers=2", "--experiments=a", "--experiments=b", "--runner=DirectRunner",
+             "--temp_location=/tmp/x", "--not_an_option=1"]
+    classes = [po.PipelineOptions, po.StandardOptions, po.TypeOptions, po.DebugOptions, po.DirectOptions,
+               po.GoogleCloudOptions, po.SetupOptions, po.WorkerOptions, po.PortableOptions]
+    for cls in classes:
+        for args in (flags, [], None):
+            monkeypatch.setattr(po.PipelineOptions, "__init__", beams_own)
+            expected = cls(args, job_name="j") if cls is po.GoogleCloudOptions else cls(args)
+            monkeypatch.setattr(po.PipelineOptions, "__init__", kept)
+            for _ in range(2):  # parsed, then kept
+                got = cls(args, job_name="j") if cls is po.GoogleCloudOptions else cls(args)
+                assert str(got) == str(expected) and got._all_options == expected._all_options, cls
+    # A view that appends to a list option changes its own options object only.
+    first = po.PipelineOptions(flags)
+    first.view_as(po.DebugOptions).add_experiment("z")
+    assert first.view_as(po.DebugOptions).experiments == ["a", "b", "z"]
+    assert po.PipelineOptions(flags).view_as(po.DebugOptions).experiments == ["a", "b"]
