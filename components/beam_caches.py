@@ -135,7 +135,6 @@ def _level_when_changed(log, trace):
     return _trace
 
 
-
 def _parsed_once(init):
     """PipelineOptions.__init__ with each (options class, flags) parsed once.
 

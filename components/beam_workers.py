@@ -15,7 +15,7 @@ each load the models, two of them from the second week on), and our
 ExampleGen is bound by its writer, not by decoding. The workers run `python -m
 deepfm_tfx.components.beam_worker_main`, Beam's own worker main made quiet at exit.
 
-All three (and our ExampleGen) build their Beam pipelines with the DoFn specs cache
+All three (and our ExampleGen) build their Beam pipelines with Beam's caches
 (components/beam_caches.py).
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ from tfx.components.transform import executor as transform_executor
 from tfx.dsl.components.base import executor_spec
 from tfx.types import standard_component_specs
 
-from deepfm_tfx.components import beam_worker_main, beam_caches
+from deepfm_tfx.components import beam_caches, beam_worker_main
 from deepfm_tfx.machine import available_memory, usable_cpus
 
 # 32 MB of GZIP tf.Examples is about 200k criteo rows: at 500k the workers saved 9 s of
@@ -119,7 +119,7 @@ class TransformExecutor(beam_caches.Installed, _LocalWorkers, transform_executor
 
 
 class EvaluatorExecutor(beam_caches.Installed, evaluator_executor.Executor):
-    """TFX's, with the DoFn specs cache; no local workers (the module docstring says why)."""
+    """TFX's, with Beam's caches; no local workers (the module docstring says why)."""
 
 
 class Evaluator(TfxEvaluator):

@@ -38,7 +38,7 @@ from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
 from deepfm_tfx import progress, spans
-from deepfm_tfx.components import csv_rows, beam_caches, example_encoder, hash_splits, rows
+from deepfm_tfx.components import beam_caches, csv_rows, example_encoder, hash_splits, rows
 from deepfm_tfx.schemas.feature_spec import FeatureSpec
 
 _COUNTERS = "SpecCsvExampleGen"

@@ -1,6 +1,7 @@
 """Beam's caches (components/beam_caches.py): DoFn specs equal to Beam's own inspection, one inspection
 per DoFn object, stateful DoFns still keep their state in a pipeline run with them; state-cache weights
-equal to Beam's own, also after a module is loaded."""
+equal to Beam's own, also after a module is loaded; dill's level as before; every options class parsed
+as Beam parses it, with no value shared between two options objects."""
 import apache_beam as beam
 from apache_beam.coders import VarIntCoder
 from apache_beam.testing.util import assert_that, equal_to
@@ -52,7 +53,7 @@ def test_a_stateful_dofn_keeps_its_state_per_key_with_the_cache_installed():
         assert_that(counts, equal_to([("a", 1), ("a", 2), ("a", 3), ("b", 1)]))
 
 
-def test_state_cache_weights_are_beams_before_and_after_a_module_loads(tmp_path, monkeypatch):
+def test_state_cache_weights_are_beams_before_and_after_a_module_loads(monkeypatch):
     import sys
     import types
 
