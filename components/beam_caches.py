@@ -31,6 +31,7 @@ is built, and the local workers' main calls it.
 """
 from __future__ import annotations
 
+import functools
 import sys
 import threading
 import weakref
@@ -66,6 +67,7 @@ class Installed:
 def _cached(inspect_specs):
     cache = {}  # id(dofn) -> (weakref to it, its specs)
 
+    @functools.wraps(inspect_specs)
     def get_dofn_specs(dofn):
         key = id(dofn)
         hit = cache.get(key)
@@ -79,8 +81,6 @@ def _cached(inspect_specs):
         state, timers = hit[1]
         return set(state), set(timers)  # callers get their own sets, as before
 
-    get_dofn_specs.__wrapped__ = inspect_specs
-    get_dofn_specs.__doc__ = inspect_specs.__doc__
     return get_dofn_specs
 
 
@@ -114,11 +114,10 @@ def _sizer(statecache):
             excluded[:] = modules, ids, dicts
         return ids
 
+    @functools.wraps(statecache.get_deep_size)
     def get_deep_size(*objs):
         return _Context(module_globals_ids()).get_deep_size(*objs)
 
-    get_deep_size.__wrapped__ = statecache.get_deep_size
-    get_deep_size.__doc__ = statecache.get_deep_size.__doc__
     return get_deep_size
 
 
@@ -126,12 +125,11 @@ def _level_when_changed(log, trace):
     """dill's `_trace`, which only sets its logger's level, without setting the level it already has."""
     import logging
 
+    @functools.wraps(trace)
     def _trace(boolean):
         if log.level != (logging.INFO if boolean else logging.WARN):
             trace(boolean)
 
-    _trace.__wrapped__ = trace
-    _trace.__doc__ = trace.__doc__
     return _trace
 
 
@@ -147,6 +145,7 @@ def _parsed_once(init):
 
     parsed = {}  # (options class, flags) -> the parser's namespace
 
+    @functools.wraps(init)
     def __init__(self, flags=None, **kwargs):
         key = (type(self), tuple(sys.argv[1:]) if flags is None else tuple(flags))
         namespace = parsed.get(key)
@@ -162,6 +161,4 @@ def _parsed_once(init):
             if option_name not in self._all_options:
                 self._all_options[option_name] = getattr(self._visible_options, option_name)
 
-    __init__.__wrapped__ = init
-    __init__.__doc__ = init.__doc__
     return __init__
