@@ -42,7 +42,6 @@ setuptools.setup(
         "apache-beam[gcp]==2.59.0",
         "pyyaml",
         "rich",  # the run's live progress line on a terminal
-        "matplotlib",  # the run report's plots
     ],
     extras_require={
         # Not tfx[airflow]: it pulls mysqlclient, which needs C headers.
