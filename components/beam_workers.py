@@ -35,7 +35,7 @@ from tfx.components.transform import executor as transform_executor
 from tfx.dsl.components.base import executor_spec
 from tfx.types import standard_component_specs
 
-from deepfm_tfx.components import beam_caches, beam_worker_main
+from deepfm_tfx.components import beam_caches, beam_worker_main, tfma_histograms
 from deepfm_tfx.machine import available_memory, usable_cpus
 
 # 32 MB of GZIP tf.Examples is about 200k criteo rows: at 500k the workers saved 9 s of
@@ -118,8 +118,9 @@ class TransformExecutor(beam_caches.Installed, _LocalWorkers, transform_executor
     pass
 
 
-class EvaluatorExecutor(beam_caches.Installed, evaluator_executor.Executor):
-    """TFX's, with Beam's caches; no local workers (the module docstring says why)."""
+class EvaluatorExecutor(beam_caches.Installed, tfma_histograms.Installed, evaluator_executor.Executor):
+    """TFX's, with Beam's caches and TFMA's matrices summed in numpy; no local workers (the module
+    docstring says why)."""
 
 
 class Evaluator(TfxEvaluator):
