@@ -3,11 +3,13 @@ step per threshold.
 
 TFMA computes AUC (and every thresholded metric) by rebinning a sparse histogram of the
 predictions onto 10,000 thresholds and summing it into confusion matrices, one Python
-iteration per threshold, for each model and each slice: 24 ms a call, 0.8 s of a week's
-Evaluator (two models, 16 slices), a sixth of its CPU on the tests' small runs.
+iteration and one Bucket object per threshold, for each model and each slice: 26 ms a
+call, 32 calls in a week with a baseline (two models, 16 slices).
 
 Here the histogram's non-empty buckets are walked once (a bisection finds each one's
-threshold) and the matrices are cumulative sums in numpy. Every sum adds the same
+threshold), the rebinned histogram is three arrays whose Buckets are made only if read,
+and the matrices are cumulative sums in numpy: 1.7 ms a call. A week-2 Evaluator of the
+tests' small runs went from 4.2-4.6 to 2.9-3.1 s of CPU. Every sum adds the same
 numbers in the same order as TFMA's loops, so the results are identical, not close
 (tests/test_tfma_histograms.py compares them with TFMA's own functions).
 """
