@@ -1,4 +1,6 @@
 """The report's plots: well-formed SVG that shows the numbers it is given."""
+import math
+import re
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -73,3 +75,22 @@ def test_a_trend_marks_the_serving_version_and_skips_missing_values():
     assert len(line.get("points").split()) == 2
     many = _tree(charts.trend({"AUC": [(f"2026-W{w:02d}", 0.7) for w in range(10)]}, "AUC"))
     assert any("rotate" in (t.get("transform") or "") for t in many.iter(SVG + "text"))
+
+
+def test_values_a_plot_cannot_place_are_left_out_not_drawn_as_nan():
+    nan, inf = float("nan"), float("inf")
+    drawn = [
+        charts.curves({"loss": [(1, 0.7), (2, nan), (3, inf), (4, 0.5)]}, "loss"),
+        charts.horizontal_bars(["C1", "C2"], [nan, 0.5], "drift", threshold=[inf, 1.0]),
+        charts.trend({"AUC": [("v1", nan), ("v2", 0.7)]}, "AUC"),
+        charts.paired_interval(nan, nan, nan, 0.01, blocked=False),
+        charts.curves({"loss": [(1, nan)]}, "loss"),
+    ]
+    geometry = ("x", "y", "x1", "y1", "x2", "y2", "cx", "cy", "r", "width", "height")
+    for svg_text in drawn:
+        for element in _tree(svg_text).iter():
+            numbers = [element.get(a) for a in geometry if element.get(a) not in (None, "100%")]
+            numbers += re.split(r"[ ,]", element.get("points", "").strip()) if element.get("points") else []
+            assert all(math.isfinite(float(n)) for n in numbers), element.attrib
+    [line] = [p for p in _tree(drawn[0]).iter(SVG + "polyline") if p.get("stroke") == charts.NEW]
+    assert len(line.get("points").split()) == 2

@@ -39,7 +39,14 @@ def _ticks(lo: float, hi: float, count: int = 5) -> List[float]:
     return [round(k * step, 12) for k in range(first, int(math.floor(hi / step + 1e-9)) + 1)]
 
 
+def _finite(values) -> List[float]:
+    """The values a plot can place: a diverged run's NaN loss or an infinite ratio are left out."""
+    return [v for v in values if v is not None and math.isfinite(v)]
+
+
 def _decimals(step: float) -> int:
+    if not (math.isfinite(step) and step > 0):
+        return 0
     decimals = max(0, -math.floor(math.log10(step) + 1e-9))
     while decimals < 12 and abs(step * 10 ** decimals - round(step * 10 ** decimals)) > 1e-6:
         decimals += 1
@@ -54,6 +61,7 @@ def _tick_label(value: float, ticks: Sequence[float], percent: bool = False) -> 
 
 
 def _limits(values: Sequence[float], margin: float = 0.05, floor: Optional[float] = None) -> Tuple[float, float]:
+    values = _finite(values)
     lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
     if floor is not None:
         lo = min(lo, floor)
@@ -105,7 +113,9 @@ class _Plot:
 
     def line(self, xs: Sequence[float], ys: Sequence[float], color: str, width: float = 1.5, dash: bool = False,
              marker: float = 0.0, label: Optional[str] = None) -> None:
-        pixels = [(self.x(a), self.y(b)) for a, b in zip(xs, ys)]
+        kept = [(a, b) for a, b in zip(xs, ys) if len(_finite((a, b))) == 2]
+        xs, ys = [a for a, _ in kept], [b for _, b in kept]
+        pixels = [(self.x(a), self.y(b)) for a, b in kept]
         self.drawn.extend(pixels)
         points = " ".join(f"{_f(a)},{_f(b)}" for a, b in pixels)
         style = ' stroke-dasharray="5 3"' if dash else ""
@@ -246,7 +256,7 @@ def curves(series: Dict[str, List[Tuple[float, float]]], ylabel: str) -> str:
 
 def paired_interval(diff: float, low: float, high: float, max_auc_drop: float, blocked: bool) -> str:
     """The AUC difference with its 95% interval against the gate's line at -max_auc_drop."""
-    span = max(abs(low), abs(high), max_auc_drop) * 1.35 or 0.01
+    span = max([abs(v) for v in _finite((low, high, diff))] + [max_auc_drop]) * 1.35 or 0.01
     plot = _Plot(560, 160, (-span, span), (-1.0, 1.0), left=16, top=8)
     plot.axes("AUC(new) \u2212 AUC(baseline), 95% CI on the same rows", "", yticks=[], grid=False)
     color = BAD if blocked else OK
@@ -257,11 +267,14 @@ def paired_interval(diff: float, low: float, high: float, max_auc_drop: float, b
     room = gate - 4 - _w(note, 11) >= 0  # else it goes right of the line, not off the picture
     plot.text(gate - 4 if room else gate + 4, plot.y1 + 8, note, anchor="end" if room else "start", color=BAD,
               size=11)
-    y, left, right = plot.y(0), plot.x(low), plot.x(high)
-    plot.segment(left, y, right, y, color, 2)
-    for end in (left, right):
-        plot.segment(end, y - 5, end, y + 5, color, 2)
-    plot.parts.append(f'<circle cx="{_f(plot.x(diff))}" cy="{_f(y)}" r="4.5" fill="{color}"/>')
+    y = plot.y(0)
+    if len(_finite((low, high))) == 2:
+        left, right = plot.x(low), plot.x(high)
+        plot.segment(left, y, right, y, color, 2)
+        for end in (left, right):
+            plot.segment(end, y - 5, end, y + 5, color, 2)
+    if _finite((diff,)):
+        plot.parts.append(f'<circle cx="{_f(plot.x(diff))}" cy="{_f(y)}" r="4.5" fill="{color}"/>')
     return plot.svg()
 
 
@@ -269,7 +282,7 @@ def horizontal_bars(labels: Sequence[str], values: Sequence[float], xlabel: str,
                     threshold: Optional[Sequence[float]] = None, percent: bool = False) -> str:
     """One bar per label, the first on top; bars past their threshold in red."""
     thresholds = list(threshold) if threshold is not None else [None] * len(values)
-    reach = [v for v in values] + [t for t in thresholds if t is not None]
+    reach = _finite(list(values) + thresholds)
     lo, hi = min([0.0] + reach), max([0.0] + reach)
     hi = hi + (hi - lo) * 0.05 or 1.0
     left = 24 + max([_w(str(label)) for label in labels] or [0])
@@ -280,8 +293,9 @@ def horizontal_bars(labels: Sequence[str], values: Sequence[float], xlabel: str,
     plot.axes(xlabel, "", xticks=ticks, yticks=[], xformat=fmt)
     for i, (label, value, limit) in enumerate(zip(labels, values, thresholds)):
         over = limit is not None and value > limit
-        plot.rect(0.0, i - 0.35, value, i + 0.35, BAD if over else NEW)
-        if limit is not None:
+        if math.isfinite(value):
+            plot.rect(0.0, i - 0.35, value, i + 0.35, BAD if over else NEW)
+        if _finite((limit,)):
             plot.segment(plot.x(limit), plot.y(i - 0.45), plot.x(limit), plot.y(i + 0.45), BAD, 1.5)
         plot.segment(plot.x0 - 4, plot.y(i), plot.x0, plot.y(i), INK, 0.8)
         plot.text(plot.x0 - 7, plot.y(i), str(label), anchor="end")
