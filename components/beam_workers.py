@@ -118,9 +118,13 @@ class TransformExecutor(beam_caches.Installed, _LocalWorkers, transform_executor
     pass
 
 
-class EvaluatorExecutor(beam_caches.Installed, tfma_histograms.Installed, evaluator_executor.Executor):
+class EvaluatorExecutor(beam_caches.Installed, evaluator_executor.Executor):
     """TFX's, with Beam's caches and TFMA's matrices summed in numpy; no local workers (the module
     docstring says why)."""
+
+    def _make_beam_pipeline(self):
+        tfma_histograms.install()
+        return super()._make_beam_pipeline()
 
 
 class Evaluator(TfxEvaluator):

@@ -35,14 +35,6 @@ def install() -> None:
         _installed = True
 
 
-class Installed:
-    """For a BaseBeamExecutor: the replacements are in place before its pipeline is built."""
-
-    def _make_beam_pipeline(self):
-        install()
-        return super()._make_beam_pipeline()
-
-
 class _Rebinned(Sequence):
     """A rebinned histogram as three arrays; its Buckets are made when read. TFMA's own rebin
     makes 10,000 of them a call (17 ms), for a caller that only sums their fields."""
