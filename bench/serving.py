@@ -317,7 +317,8 @@ def compare_models(workdir: str, models: Dict[str, str], rows: List[bytes], seco
 
 # Server settings tried on the target cell (gRPC, 100 candidates, 8 clients), each in a fresh server.
 VARIANTS = {
-    "as shipped (2 batch threads, timeout 3 ms, jemalloc)": (),
+    "as shipped (2 batch threads, batches up to 400 rows, timeout 3 ms, jemalloc)": (),
+    "batches up to 1,024 rows (the default until 2026-12-07)": ("--max-batch-rows", "1024"),
     "glibc's malloc": ("--allocator", "system"),
     "no batch timeout": ("--batch-timeout-ms", "0"),
     "batch timeout 1 ms": ("--batch-timeout-ms", "1"),

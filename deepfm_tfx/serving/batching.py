@@ -41,7 +41,7 @@ class _Item:
 
 
 class Batcher:
-    def __init__(self, threads: int = 2, max_rows: int = 1024, timeout_ms: float = 0.0):
+    def __init__(self, threads: int, max_rows: int, timeout_ms: float):
         self.max_rows = max_rows
         self.timeout = timeout_ms / 1000.0
         self._last_batch_requests = 1
