@@ -85,6 +85,9 @@ def test_values_a_plot_cannot_place_are_left_out_not_drawn_as_nan():
         charts.trend({"AUC": [("v1", nan), ("v2", 0.7)]}, "AUC"),
         charts.paired_interval(nan, nan, nan, 0.01, blocked=False),
         charts.curves({"loss": [(1, nan)]}, "loss"),
+        # a diverged model's predictions
+        charts.calibration({"new": {"bins": [{"mean_prediction": nan, "mean_label": 0.1, "count": 50},
+                                             {"mean_prediction": 0.3, "mean_label": 0.25, "count": 50}]}}),
     ]
     geometry = ("x", "y", "x1", "y1", "x2", "y2", "cx", "cy", "r", "width", "height")
     for svg_text in drawn:

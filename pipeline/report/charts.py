@@ -106,7 +106,9 @@ class _Plot:
 
     def segment(self, xa: float, ya: float, xb: float, yb: float, color: str, width: float = 1.0,
                 dash: bool = False) -> None:
-        """A line between two points given in pixels."""
+        """A line between two points given in pixels; not drawn where a value could not be placed."""
+        if len(_finite((xa, ya, xb, yb))) < 4:
+            return
         style = ' stroke-dasharray="5 3"' if dash else ""
         self.parts.append(f'<line x1="{_f(xa)}" y1="{_f(ya)}" x2="{_f(xb)}" y2="{_f(yb)}" stroke="{color}" '
                           f'stroke-width="{_f(width)}"{style}/>')
@@ -127,11 +129,19 @@ class _Plot:
             self.legend_items.append((label, color, dash, bool(marker)))
 
     def markers(self, xs: Sequence[float], ys: Sequence[float], color: str, radius: float) -> None:
-        self.parts.extend(f'<circle cx="{_f(self.x(a))}" cy="{_f(self.y(b))}" r="{_f(radius)}" fill="{color}"/>'
-                          for a, b in zip(xs, ys))
+        for a, b in zip(xs, ys):
+            self.circle(self.x(a), self.y(b), radius, color)
+
+    def circle(self, cx: float, cy: float, radius: float, color: str) -> None:
+        """A dot at a point given in pixels; not drawn where a value could not be placed."""
+        if len(_finite((cx, cy))) == 2:
+            self.parts.append(f'<circle cx="{_f(cx)}" cy="{_f(cy)}" r="{_f(radius)}" fill="{color}"/>')
 
     def rect(self, xa: float, ya: float, xb: float, yb: float, color: str) -> None:
-        """A filled rectangle between two corners given in data coordinates."""
+        """A filled rectangle between two corners given in data coordinates; not drawn where a value
+        could not be placed."""
+        if len(_finite((xa, ya, xb, yb))) < 4:
+            return
         left, right = sorted((self.x(xa), self.x(xb)))
         top, bottom = sorted((self.y(ya), self.y(yb)))
         self.parts.append(f'<rect x="{_f(left)}" y="{_f(top)}" width="{_f(right - left)}" '
@@ -223,7 +233,7 @@ def calibration(series: Dict[str, dict]) -> str:
         half = [1.96 * (max(b["mean_label"] * (1 - b["mean_label"]), 1e-12) / max(b["count"], 1)) ** 0.5
                 for b in bins]
         drawn.append((label, NEW if data.get("role") == "new" else BASELINE, x, y, half))
-        top = max(top, max(x), max(a + h for a, h in zip(y, half)))
+        top = max([top] + _finite(x) + _finite(a + h for a, h in zip(y, half)))
     top = min(1.0, top * 1.08 or 1.0)
     plot = _Plot(460, 420, (0.0, top), (0.0, top))
     plot.axes("mean predicted click probability", "observed click rate")
@@ -273,8 +283,7 @@ def paired_interval(diff: float, low: float, high: float, max_auc_drop: float, b
         plot.segment(left, y, right, y, color, 2)
         for end in (left, right):
             plot.segment(end, y - 5, end, y + 5, color, 2)
-    if _finite((diff,)):
-        plot.parts.append(f'<circle cx="{_f(plot.x(diff))}" cy="{_f(y)}" r="4.5" fill="{color}"/>')
+    plot.circle(plot.x(diff), y, 4.5, color)
     return plot.svg()
 
 
@@ -293,9 +302,8 @@ def horizontal_bars(labels: Sequence[str], values: Sequence[float], xlabel: str,
     plot.axes(xlabel, "", xticks=ticks, yticks=[], xformat=fmt)
     for i, (label, value, limit) in enumerate(zip(labels, values, thresholds)):
         over = limit is not None and value > limit
-        if math.isfinite(value):
-            plot.rect(0.0, i - 0.35, value, i + 0.35, BAD if over else NEW)
-        if _finite((limit,)):
+        plot.rect(0.0, i - 0.35, value, i + 0.35, BAD if over else NEW)
+        if limit is not None:
             plot.segment(plot.x(limit), plot.y(i - 0.45), plot.x(limit), plot.y(i + 0.45), BAD, 1.5)
         plot.segment(plot.x0 - 4, plot.y(i), plot.x0, plot.y(i), INK, 0.8)
         plot.text(plot.x0 - 7, plot.y(i), str(label), anchor="end")
