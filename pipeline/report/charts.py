@@ -44,6 +44,11 @@ def _finite(values) -> List[float]:
     return [v for v in values if v is not None and math.isfinite(v)]
 
 
+def _placeable(*values) -> bool:
+    """Whether every value is a number a plot can place (not None, NaN or infinite)."""
+    return len(_finite(values)) == len(values)
+
+
 def _decimals(step: float) -> int:
     if not (math.isfinite(step) and step > 0):
         return 0
@@ -107,7 +112,7 @@ class _Plot:
     def segment(self, xa: float, ya: float, xb: float, yb: float, color: str, width: float = 1.0,
                 dash: bool = False) -> None:
         """A line between two points given in pixels; not drawn where a value could not be placed."""
-        if len(_finite((xa, ya, xb, yb))) < 4:
+        if not _placeable(xa, ya, xb, yb):
             return
         style = ' stroke-dasharray="5 3"' if dash else ""
         self.parts.append(f'<line x1="{_f(xa)}" y1="{_f(ya)}" x2="{_f(xb)}" y2="{_f(yb)}" stroke="{color}" '
@@ -115,7 +120,7 @@ class _Plot:
 
     def line(self, xs: Sequence[float], ys: Sequence[float], color: str, width: float = 1.5, dash: bool = False,
              marker: float = 0.0, label: Optional[str] = None) -> None:
-        kept = [(a, b) for a, b in zip(xs, ys) if len(_finite((a, b))) == 2]
+        kept = [(a, b) for a, b in zip(xs, ys) if _placeable(a, b)]
         xs, ys = [a for a, _ in kept], [b for _, b in kept]
         pixels = [(self.x(a), self.y(b)) for a, b in kept]
         self.drawn.extend(pixels)
@@ -134,13 +139,13 @@ class _Plot:
 
     def circle(self, cx: float, cy: float, radius: float, color: str) -> None:
         """A dot at a point given in pixels; not drawn where a value could not be placed."""
-        if len(_finite((cx, cy))) == 2:
+        if _placeable(cx, cy):
             self.parts.append(f'<circle cx="{_f(cx)}" cy="{_f(cy)}" r="{_f(radius)}" fill="{color}"/>')
 
     def rect(self, xa: float, ya: float, xb: float, yb: float, color: str) -> None:
         """A filled rectangle between two corners given in data coordinates; not drawn where a value
         could not be placed."""
-        if len(_finite((xa, ya, xb, yb))) < 4:
+        if not _placeable(xa, ya, xb, yb):
             return
         left, right = sorted((self.x(xa), self.x(xb)))
         top, bottom = sorted((self.y(ya), self.y(yb)))
@@ -278,11 +283,10 @@ def paired_interval(diff: float, low: float, high: float, max_auc_drop: float, b
     plot.text(gate - 4 if room else gate + 4, plot.y1 + 8, note, anchor="end" if room else "start", color=BAD,
               size=11)
     y = plot.y(0)
-    if len(_finite((low, high))) == 2:
-        left, right = plot.x(low), plot.x(high)
-        plot.segment(left, y, right, y, color, 2)
-        for end in (left, right):
-            plot.segment(end, y - 5, end, y + 5, color, 2)
+    left, right = plot.x(low), plot.x(high)
+    plot.segment(left, y, right, y, color, 2)
+    for end in (left, right):
+        plot.segment(end, y - 5, end, y + 5, color, 2)
     plot.circle(plot.x(diff), y, 4.5, color)
     return plot.svg()
 
