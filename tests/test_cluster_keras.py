@@ -12,7 +12,7 @@ from deepfm_tfx.synthetic import generator
 from test_cluster_estimator import AUC_TOLERANCE, check_the_single_machine_export
 
 pytestmark = pytest.mark.e2e
-TRAIN_STEPS = 1000
+TRAIN_STEPS = 250
 CLUSTER = "workers=2,ps=2"
 
 
@@ -29,9 +29,9 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("keras-cluster")
     generator.generate(str(root / "data"), rows=40000, spans=1, seed=5)  # 4,000 eval rows: AUC noise below 0.01
     single = local.run(run_config(root, str(root / "data")))
-    # Checkpoints every 50 steps: the kills come early, and the Trainer re-runs (its inputs otherwise unchanged).
-    config = run_config(root, str(root / "data"), cluster=CLUSTER, checkpoint_every_steps=50)
-    clustered, info = faults_then_killed_worker(config, TRAIN_STEPS, 100)
+    # Checkpoints every 15 steps: the kills come early, and the Trainer re-runs (its inputs otherwise unchanged).
+    config = run_config(root, str(root / "data"), cluster=CLUSTER, checkpoint_every_steps=15)
+    clustered, info = faults_then_killed_worker(config, TRAIN_STEPS, 25)
     return root, single, clustered, info
 
 
