@@ -9,6 +9,22 @@ SHARED_SAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__f
                              "..", "shared", "data", "criteo_sample.txt")
 
 
+def without_preload():
+    """This environment without LD_PRELOAD: make test preloads jemalloc for its processes, and a
+    test of a command's own re-exec onto it starts the command without."""
+    return {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+
+
+def jemalloc_library():
+    from deepfm_tfx import machine
+    return next((p for p in machine.JEMALLOC_PATHS if os.path.exists(p)), None)
+
+
+def mapped_libraries(pid):
+    with open(f"/proc/{pid}/maps") as f:
+        return {os.path.realpath(line.split()[-1]) for line in f if "/" in line}
+
+
 # Seconds each long file took in `make test` (2026-12-07, this 2-core machine, three workers), to
 # hand files out longest first. Only the order depends on them: a file missing here comes after
 # them, end-to-end files before the rest.

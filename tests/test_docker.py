@@ -9,7 +9,7 @@ import urllib.parse
 import pytest
 import yaml
 
-from deepfm_tfx import model_repository
+from deepfm_tfx import machine, model_repository
 from deepfm_tfx.pipeline.orchestrators import kubeflow
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,6 +49,10 @@ def test_dockerfile_builds_from_pinned_tfx_and_installs_the_lock():
     runs = " ".join(args for op, args in instructions if op == "RUN")
     assert "--no-deps -r requirements.lock" in runs and "--no-deps -e ." in runs
     assert [args for op, args in instructions if op == "WORKDIR"] == [kubeflow.IMAGE_PROJECT_DIR]
+    # Every process in the image on jemalloc, from the package apt installs (Airflow's and Kubeflow's
+    # task processes have no command to re-execute, as `deepfm-tfx run` does).
+    env = dict(args.split("=", 1) for op, args in instructions if op == "ENV")
+    assert env["LD_PRELOAD"] in machine.JEMALLOC_PATHS and "libjemalloc2" in runs
 
 
 def _setup_package_dir():

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import s3_server
+from conftest import jemalloc_library, mapped_libraries, without_preload
 from deepfm_tfx import contracts, model_repository, object_store
 from deepfm_tfx.components.example_encoder import request_examples
 from deepfm_tfx.pipeline import configs
@@ -81,7 +82,7 @@ def server(pushed, tmp_path_factory):
          "--port", "0", "--rest-api-port", str(port), "--host", "127.0.0.1",
          "--model-config-file-poll-wait-seconds", "0.5", "--experiments-dir", str(tmp_path_factory.mktemp("exp")),
          "--outcomes-port", "0"],  # no experiments here; 8502 may be taken by a test beside it
-        stdout=log, stderr=subprocess.STDOUT, text=True)
+        stdout=log, stderr=subprocess.STDOUT, text=True, env=without_preload())
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     while True:
@@ -145,14 +146,12 @@ def test_serve_from_the_bucket_answers_the_in_process_probabilities(server, push
 
 
 def test_serve_runs_on_jemalloc_in_its_own_process(server):
-    # The answers above came from it; it re-executed itself (same pid) with the allocator preloaded.
-    from deepfm_tfx.serving import server as model_server
-    library = next((p for p in model_server.JEMALLOC_PATHS if os.path.exists(p)), None)
+    # The answers above came from it; started without the allocator (make test preloads it), it
+    # re-executed itself (same pid) with the allocator preloaded.
+    library = jemalloc_library()
     if library is None:
         pytest.skip("libjemalloc2 is not installed here")
-    with open(f"/proc/{server['process'].pid}/maps") as f:
-        mapped = {os.path.realpath(line.split()[-1]) for line in f if "/" in line}
-    assert os.path.realpath(library) in mapped
+    assert os.path.realpath(library) in mapped_libraries(server["process"].pid)
 
 
 def test_serve_answers_through_ten_seconds_of_the_store_away_then_loads_a_canary(s3, server, pushed, in_process,

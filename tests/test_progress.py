@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from conftest import jemalloc_library, mapped_libraries, without_preload
 from deepfm_tfx import progress
 from deepfm_tfx.errors import DataError
 from deepfm_tfx.pipeline import cli, console
@@ -351,20 +352,40 @@ def test_models_commands_say_what_happened_even_when_nothing_did(tmp_path, capsy
 
 # --- a real run, as CI sees it -----------------------------------------------------------------
 
-def _run(tmp_path, *argv, name="run"):
-    """`deepfm-tfx ARGV` in a fresh process with its output piped, not a terminal."""
+def _run(tmp_path, *argv, name="run", while_running=None):
+    """`deepfm-tfx ARGV` in a fresh process with its output piped, not a terminal, and without
+    make test's preloaded allocator; `while_running(pid)` is called until it returns True or the
+    process ends."""
     command = os.path.join(os.path.dirname(sys.executable), "deepfm-tfx")
-    proc = subprocess.run([command, *argv], cwd=str(tmp_path), capture_output=True, text=True, timeout=900)
-    (tmp_path / f"{name}.out").write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
-    return proc
+    with open(tmp_path / f"{name}.stdout", "w+") as out, open(tmp_path / f"{name}.stderr", "w+") as err:
+        process = subprocess.Popen([command, *argv], cwd=str(tmp_path), stdout=out, stderr=err, text=True,
+                                   env=without_preload())
+        while while_running and process.poll() is None and not while_running(process.pid):
+            time.sleep(0.05)
+        process.wait(timeout=900)
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(process.args, process.returncode, out.read(), err.read())
 
 
 @pytest.mark.e2e
 def test_a_run_shows_progress_for_every_component_and_the_trainers_steps(tmp_path):
+    library, on_jemalloc = jemalloc_library(), []
+
+    def runs_on_jemalloc(pid):
+        try:
+            on_jemalloc.append(os.path.realpath(library) in mapped_libraries(pid))
+        except OSError:  # ended
+            return True
+        return on_jemalloc[-1]
+
     # A step per Keras execution and a line every 0.25 s: 40 steps of 1024 rows give several lines.
     proc = _run(tmp_path, "run", "--rows", "3000", "--train-steps", "40", "--eval-steps", "2",
                 "--steps-per-execution", "1", "--min-auc", "0.5", "--progress-every", "0.25",
-                "--pipeline-root", "pipeline", "--model-repository", "repo")
+                "--pipeline-root", "pipeline", "--model-repository", "repo",
+                while_running=runs_on_jemalloc if library else None)
+    # Started without it, the run re-executed itself (same pid) on jemalloc (--allocator's default).
+    assert not library or (on_jemalloc and on_jemalloc[-1]), "the run's process never mapped libjemalloc"
     out = proc.stdout
     # 3: a gate refused this week; it is still a run that printed its progress.
     assert proc.returncode in (0, 3), out[-3000:] + proc.stderr[-3000:]

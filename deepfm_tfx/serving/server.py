@@ -14,8 +14,9 @@ import os
 import signal
 import sys
 import threading
-from typing import Dict, Optional
+from typing import Optional
 
+from deepfm_tfx import machine
 from deepfm_tfx.contracts import EXIT_BAD_INPUT, EXIT_ERROR
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -25,38 +26,6 @@ DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 # the CPU per call by a third at 8 clients. Both in docs/performance.md.
 MAX_BATCH_ROWS = 400
 BATCH_TIMEOUT_MS = 3.0
-# Where Debian and Ubuntu's libjemalloc2 puts it (the Docker image installs it).
-JEMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2")
-
-
-def with_allocator(allocator: str, environ=os.environ) -> Optional[Dict[str, str]]:
-    """The environment to re-run this process in with jemalloc preloaded, or None to go on as is.
-
-    A served call allocates and frees thousands of small strings and protos
-    (parsing, tstring copies, responses); under glibc's malloc that was about
-    14% of the server's CPU, and jemalloc cut the CPU per call by 10-15%
-    (docs/performance.md). TF Serving links tcmalloc for the same reason.
-    The allocator must be in place before the first allocation, hence a re-exec."""
-    if allocator != "jemalloc" or "jemalloc" in environ.get("LD_PRELOAD", ""):
-        return None
-    path = next((p for p in JEMALLOC_PATHS if os.path.exists(p)), None)
-    if path is None:
-        return None
-    preload = " ".join(filter(None, [path, environ.get("LD_PRELOAD", "")]))
-    return dict(environ, LD_PRELOAD=preload)
-
-
-def reexec_with_allocator(args: argparse.Namespace) -> None:
-    """Replaces this process by the same command with jemalloc preloaded (when --allocator asks
-    for it and the system has it); returns when there is nothing to do, or when the command was
-    not this process's own (`args.own_process`: parsed from sys.argv, not called from Python)."""
-    env = with_allocator(args.allocator) if getattr(args, "own_process", False) else None
-    if env is not None:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.execve(sys.executable, [sys.executable] + sys.orig_argv[1:], env)
-
-
 class ModelServer:
     """Ports: None turns a protocol off, 0 picks a free port (tests, benchmarks).
 
@@ -163,13 +132,11 @@ def add_arguments(parser: argparse.ArgumentParser, default_repository: Optional[
                              "slows requests less")
     parser.add_argument("--inter-op-threads", type=int, default=-1,
                         help="TF threads across ops; -1 runs a request's ops in its own thread")
-    parser.add_argument("--allocator", choices=("jemalloc", "system"), default="jemalloc",
-                        help="memory allocator of the server process: jemalloc (preloaded when the system has "
-                             "libjemalloc2; 10-15%% less CPU per call) or the system's malloc")
+    machine.add_allocator_argument(parser, "10-15%% less CPU per call")
 
 
 def run(args: argparse.Namespace, router=None) -> int:
-    """Serves until SIGINT or SIGTERM; `router` as in ModelServer. Call reexec_with_allocator(args)
+    """Serves until SIGINT or SIGTERM; `router` as in ModelServer. Call machine.reexec_with_allocator(args)
     first, before anything else is set up."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # the TF1 loader's deprecation notices
@@ -236,7 +203,7 @@ def main(argv=None) -> int:
     add_arguments(parser)
     args = parser.parse_args(argv)
     args.own_process = argv is None
-    reexec_with_allocator(args)
+    machine.reexec_with_allocator(args)
     return run(args)
 
 

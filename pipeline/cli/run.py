@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 
+from deepfm_tfx import machine
 from deepfm_tfx.contracts import TRAINER_KEY
 from deepfm_tfx.pipeline import configs, console
 
@@ -14,6 +15,7 @@ def configure(p) -> None:
         "window_spans", "warm_start", "enable_cache", "push_as", "serving_url", "serving_base_path", "notify_url",
         "latency_budget_ms", "memory_budget_mb"])
     console.add_arguments(p)
+    machine.add_allocator_argument(p)
     p.set_defaults(func=cmd_run)
 
 
@@ -53,6 +55,7 @@ def print_summary(summary) -> None:
 
 
 def cmd_run(args) -> int:
+    machine.reexec_with_allocator(args)  # before TensorFlow allocates anything
     from deepfm_tfx.contracts import EXIT_BAD_INPUT
     from deepfm_tfx.errors import ConfigError, DataError
     from deepfm_tfx.pipeline import validation

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import sys
 
+from deepfm_tfx import machine
 from deepfm_tfx.contracts import EXIT_BAD_INPUT, EXIT_ERROR, ROLL_BACK
 from deepfm_tfx.pipeline import configs, console
 from deepfm_tfx.pipeline.simulation import BAD_KINDS, WORSE_CANDIDATE, OnlineConfig
@@ -37,10 +38,12 @@ def configure(p) -> None:
                         help="rounds of traffic, the report read after each (the CTR rule is always valid); "
                              "still undecided after the last, the canary is rolled back")
     console.add_arguments(p)
+    machine.add_allocator_argument(p)
     p.set_defaults(func=_main)
 
 
 def _main(args) -> int:
+    machine.reexec_with_allocator(args)  # before TensorFlow allocates anything
     from deepfm_tfx.pipeline.simulation import weeks
     from deepfm_tfx.synthetic import generator
     display = console.configure_logging(args.verbose, quiet=args.quiet, every=args.progress_every)
