@@ -27,7 +27,7 @@ run: $(STAMP)
 TEST_WORKERS ?= 3
 # The tests' processes run on jemalloc when the system has it, as `deepfm-tfx run` and `serve`
 # re-execute themselves onto it (--allocator): most runs are in the pytest workers' own processes,
-# and the suite took about a tenth less CPU (docs/testing.md).
+# and the suite took 6% less CPU (docs/testing.md).
 JEMALLOC := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 /usr/lib/aarch64-linux-gnu/libjemalloc.so.2))
 
 test: $(STAMP) chromium

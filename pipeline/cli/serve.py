@@ -45,9 +45,9 @@ def outcome_token(token_file, environ=os.environ):
 
 
 def _run(args) -> int:
+    from deepfm_tfx import machine
     from deepfm_tfx.contracts import EXIT_BAD_INPUT
     from deepfm_tfx.experiments.router import ExperimentRouter
-    from deepfm_tfx import machine
     from deepfm_tfx.serving import server
 
     machine.reexec_with_allocator(args)  # before the router or TensorFlow set anything up
