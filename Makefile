@@ -28,6 +28,7 @@ TEST_WORKERS ?= 3
 # The tests' processes run on jemalloc when the system has it, as `deepfm-tfx run` and `serve`
 # re-execute themselves onto it (--allocator): most runs are in the pytest workers' own processes,
 # and the suite took 6% less CPU (docs/testing.md).
+# deepfm_tfx/machine.py's JEMALLOC_PATHS, read here without starting Python.
 JEMALLOC := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 /usr/lib/aarch64-linux-gnu/libjemalloc.so.2))
 
 test: $(STAMP) chromium

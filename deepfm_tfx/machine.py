@@ -137,6 +137,11 @@ def add_allocator_argument(parser, saves: str = "9%% less CPU for a small weekly
                              f"libjemalloc2; {saves}) or the system's malloc")
 
 
+def jemalloc_path() -> Optional[str]:
+    """The installed libjemalloc2, or None."""
+    return next((p for p in JEMALLOC_PATHS if os.path.exists(p)), None)
+
+
 def with_allocator(allocator: str, environ=os.environ) -> Optional[Dict[str, str]]:
     """The environment to re-run this process in with jemalloc preloaded, or None to go on as is.
 
@@ -148,7 +153,7 @@ def with_allocator(allocator: str, environ=os.environ) -> Optional[Dict[str, str
     first allocation, hence a re-exec."""
     if allocator != "jemalloc" or "jemalloc" in environ.get("LD_PRELOAD", ""):
         return None
-    path = next((p for p in JEMALLOC_PATHS if os.path.exists(p)), None)
+    path = jemalloc_path()
     if path is None:
         return None
     preload = " ".join(filter(None, [path, environ.get("LD_PRELOAD", "")]))

@@ -15,11 +15,6 @@ def without_preload():
     return {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
 
 
-def jemalloc_library():
-    from deepfm_tfx import machine
-    return next((p for p in machine.JEMALLOC_PATHS if os.path.exists(p)), None)
-
-
 def mapped_libraries(pid):
     with open(f"/proc/{pid}/maps") as f:
         return {os.path.realpath(line.split()[-1]) for line in f if "/" in line}

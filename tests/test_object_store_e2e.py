@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 import s3_server
-from conftest import jemalloc_library, mapped_libraries, without_preload
-from deepfm_tfx import contracts, model_repository, object_store
+from conftest import mapped_libraries, without_preload
+from deepfm_tfx import contracts, machine, model_repository, object_store
 from deepfm_tfx.components.example_encoder import request_examples
 from deepfm_tfx.pipeline import configs
 from deepfm_tfx.schemas import feature_spec
@@ -148,7 +148,7 @@ def test_serve_from_the_bucket_answers_the_in_process_probabilities(server, push
 def test_serve_runs_on_jemalloc_in_its_own_process(server):
     # The answers above came from it; started without the allocator (make test preloads it), it
     # re-executed itself (same pid) with the allocator preloaded.
-    library = jemalloc_library()
+    library = machine.jemalloc_path()
     if library is None:
         pytest.skip("libjemalloc2 is not installed here")
     assert os.path.realpath(library) in mapped_libraries(server["process"].pid)

@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from conftest import jemalloc_library, mapped_libraries, without_preload
-from deepfm_tfx import progress
+from conftest import mapped_libraries, without_preload
+from deepfm_tfx import machine, progress
 from deepfm_tfx.errors import DataError
 from deepfm_tfx.pipeline import cli, console
 
@@ -370,7 +370,7 @@ def _run(tmp_path, *argv, name="run", while_running=None):
 
 @pytest.mark.e2e
 def test_a_run_shows_progress_for_every_component_and_the_trainers_steps(tmp_path):
-    library, on_jemalloc = jemalloc_library(), []
+    library, on_jemalloc = machine.jemalloc_path(), []
 
     def runs_on_jemalloc(pid):
         try:
